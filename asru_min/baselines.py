@@ -1,0 +1,323 @@
+"""Unlearning baselines: GA, GradDiff, KL-Min, NPO and refusal SFT ("idk").
+
+Each method is one small loss over a *forget batch* and a *retain batch* (open-unlearning style): the batches
+are prompt + answer sequences from `processor.encode_sft`, and every loss is written in terms of the answer-token
+log-likelihoods of those sequences (`answer_logprobs`). The loss functions are pure functions of tensors, so
+their equations can be checked on hand-made numbers (tests/test_baselines.py).
+
+Notation (all sums over *answer tokens* only, i.e. positions whose label is not -100):
+    logp_theta(y|x) = sum_t log p_theta(y_t | x, y_<t)            (sequence log-likelihood)
+    NLL(x, y)       = -(1/|y|) sum_t log p_theta(y_t | x, y_<t)   (token-mean negative log-likelihood)
+    NLL_forget, NLL_retain = batch means of NLL over the forget / retain batch
+    reference model = the vanilla model = the same network with its LoRA adapters switched off
+
+| method   | loss                                                                       |
+|----------|----------------------------------------------------------------------------|
+| ga       | -NLL_forget                                                                |
+| graddiff | -NLL_forget + w * NLL_retain                                               |
+| klmin    | -NLL_forget + w * KL(p_ref || p_theta), token mean over retain answers     |
+| npo      | -(2/beta) E_forget[log sigmoid(-beta (logp_theta - logp_ref))] + w * NLL_retain |
+| idk      | NLL(forget question, refusal answer) + w * NLL_retain                      |
+
+Set-up shared with ASRU's stage 2: LoRA r=16, alpha=16, dropout 0.05 (see `BaselineConfig`), AdamW, the loss on
+answer tokens only. The authors' release trains the baselines with batch 4 for 4 epochs at lr 2e-5 (GA, GradDiff,
+KL-Min) and 1e-5 (NPO); see `PAPER_LR` and `LR_SCALE` for how those numbers are scaled to the tiny default model.
+
+Run:  python -m asru_min.baselines --method npo --forget 10 --out runs/baselines/npo_f10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+METHODS = ("ga", "graddiff", "klmin", "npo", "idk")
+
+# Learning rates of the authors' release (LoRA r=16, batch 4, 4 epochs, on a multi-billion-parameter Qwen3-VL).
+PAPER_LR = {"ga": 2e-5, "graddiff": 2e-5, "klmin": 2e-5, "npo": 1e-5, "idk": 2e-5}
+# Why scale: (1) the default model is ~30x narrower than Qwen3-VL-2B (hidden 2048); with LoRA at fixed r the
+# update of a rank-r adapter per unit lr shrinks with width, and the usual width rule (lr ~ 1/width, muP-style)
+# gives a factor of the width ratio; (2) the synthetic world has ~10x fewer forget samples than MLLMU-Bench, so
+# 4 epochs are ~10x fewer optimizer steps. The paper's 2e-5 moves the tiny model by less than noise in that many
+# steps. One factor for all methods keeps the paper's ratios (NPO at half the GA rate).
+LR_SCALE = 25.0
+
+# Refusal answers for the "idk" baseline (refusal SFT). Phrased so `metrics.is_refusal` recognises them.
+REFUSALS = (
+    "I don't know.",
+    "I'm not sure who this person is.",
+    "Sorry, I don't have any information about that.",
+    "I am unable to provide that information.",
+    "I don't know the answer to that question.",
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Answer-token log-likelihoods
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of every next token: logp[b, t] = log softmax(logits[b, t])[labels[b, t+1]].
+
+    Returns (logp (B, L-1), mask (B, L-1) bool); mask is False where the label is -100 (prompt, pad)."""
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on (B, L)")
+    targets = labels[:, 1:]  # (B, L-1): position t predicts token t+1
+    mask = targets != IGNORE_INDEX
+    logp_all = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L-1, V)
+    logp = logp_all.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, L-1)
+    return logp.masked_fill(~mask, 0.0), mask
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Per-sequence answer log-likelihood (B,): sum_t logp_t ("sum") or (1/|y|) sum_t logp_t ("mean")."""
+    logp, mask = token_logprobs(logits, labels)
+    total = logp.sum(-1)  # (B,)
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / mask.sum(-1).clamp(min=1)
+    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+def forward_logits(model, batch: dict) -> torch.Tensor:
+    """Logits (B, L, V) of the model on an `encode_sft` batch (image inputs passed through when present)."""
+    return model(
+        batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        pixel_values=batch.get("pixel_values"),
+        image_grid_thw=batch.get("image_grid_thw"),
+    )
+
+
+def answer_logprobs(model, batch: dict, reduction: str = "sum") -> torch.Tensor:
+    """Answer-token log-likelihood per sequence (B,) of `model` on an `encode_sft` batch; see `sequence_logprobs`."""
+    return sequence_logprobs(forward_logits(model, batch), batch["labels"], reduction)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The losses (pure functions of tensors). Inputs are per-sequence quantities of shape (B,).
+
+
+def ga_loss(forget_logp_mean: torch.Tensor) -> torch.Tensor:
+    """Gradient ascent: L = -NLL_forget = mean_b (1/|y_b|) sum_t log p_theta(y_t | x, y_<t).
+
+    Minimising L maximises the forget NLL. Unbounded below: GA diverges if run long enough."""
+    return forget_logp_mean.mean()
+
+
+def graddiff_loss(forget_logp_mean: torch.Tensor, retain_logp_mean: torch.Tensor, retain_weight: float = 1.0) -> torch.Tensor:
+    """Gradient difference: L = -NLL_forget + w * NLL_retain (ascend on forget, descend on retain)."""
+    return forget_logp_mean.mean() - retain_weight * retain_logp_mean.mean()
+
+
+def kl_on_answer_tokens(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token-mean KL(p_ref || p_theta) over answer positions:
+        (1/N) sum_{b,t in answer} sum_v p_ref(v) (log p_ref(v) - log p_theta(v)),
+    where position t is an answer position when it predicts a labelled token (label[t+1] != -100)."""
+    if logits.shape != ref_logits.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} differ")
+    mask = labels[:, 1:] != IGNORE_INDEX  # (B, L-1)
+    logq = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L-1, V) current model
+    logp = torch.log_softmax(ref_logits[:, :-1].float(), dim=-1)  # (B, L-1, V) reference model
+    kl = (logp.exp() * (logp - logq)).sum(-1)  # (B, L-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def klmin_loss(forget_logp_mean: torch.Tensor, retain_kl: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+    """KL minimisation: L = -NLL_forget + w * KL(p_ref || p_theta), the KL taken on retain answer tokens
+    (`kl_on_answer_tokens`). The KL term keeps the retain predictive distribution at the vanilla model's."""
+    return forget_logp_mean.mean() + kl_weight * retain_kl
+
+
+def npo_loss(
+    forget_logp: torch.Tensor,
+    ref_forget_logp: torch.Tensor,
+    beta: float = 0.1,
+    retain_logp_mean: torch.Tensor | None = None,
+    retain_weight: float = 1.0,
+) -> torch.Tensor:
+    """Negative preference optimisation (Zhang et al., 2024):
+        L = -(2/beta) * mean_b log sigmoid(-beta * (logp_theta(y_b|x_b) - logp_ref(y_b|x_b)))  [+ w * NLL_retain]
+    with sequence (summed) log-likelihoods and the reference = the vanilla model (adapters off).
+    d L / d logp_theta(y_b|x_b) = (2/B) sigmoid(beta * delta_b): at theta = ref (loss (2/beta) log 2) this is
+    exactly gradient ascent on the summed log-likelihood; as logp_theta falls below logp_ref the weight
+    decays to 0, so NPO slows down instead of diverging like GA."""
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    delta = forget_logp - ref_forget_logp  # (B,) log-ratio of policy to reference
+    loss = -(2.0 / beta) * F.logsigmoid(-beta * delta).mean()
+    if retain_logp_mean is not None:
+        loss = loss - retain_weight * retain_logp_mean.mean()
+    return loss
+
+
+def idk_loss(refusal_logp_mean: torch.Tensor, retain_logp_mean: torch.Tensor | None = None, retain_weight: float = 1.0) -> torch.Tensor:
+    """Refusal SFT: L = NLL(forget question, refusal answer) [+ w * NLL_retain].
+
+    Supervised fine-tuning towards "I don't know"-style answers on forget questions (the IdK baselines)."""
+    loss = -refusal_logp_mean.mean()
+    if retain_logp_mean is not None:
+        loss = loss - retain_weight * retain_logp_mean.mean()
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class BaselineConfig:
+    """Flat config; command-line flags map one-to-one onto these fields."""
+
+    method: str = "ga"
+    forget: int = 10  # percent of the fictitious people to forget: 5, 10 or 15
+    model: str = "weights"  # directory with config.json, model.safetensors and the tokenizer
+    out: str = ""  # default: runs/baselines/{method}_f{forget}
+    seed: int = 0
+    world_seed: int = 0  # the default world (data.World.generate(seed=0))
+    lr: float = 0.0  # 0 -> PAPER_LR[method] * LR_SCALE
+    epochs: int = 4
+    batch_size: int = 4
+    lora_r: int = 16
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    beta: float = 0.1  # NPO temperature
+    retain_weight: float = 1.0  # w of GradDiff / KL-Min / NPO / idk (0 turns the retain term off)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_new_tokens: int = 32  # evaluation decoding length
+    kinds: tuple = ("gen",)  # QA kinds trained on (the benchmark's generation QA pairs); empty = all
+    evaluate: bool = True
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.lr <= 0:
+            self.lr = PAPER_LR[self.method] * LR_SCALE
+        if not self.out:
+            self.out = os.path.join("runs", "baselines", f"{self.method}_f{self.forget}")
+
+
+def encode_qas(processor, qas, answers=None) -> dict:
+    """`encode_sft` batch of QA samples: the chat prompt (image item first) + the answer (or `answers[i]`)."""
+    prompts = [processor.apply_chat_template(qa.messages(), add_generation_prompt=True) for qa in qas]
+    answers = [qa.answer for qa in qas] if answers is None else list(answers)
+    images = [qa.image for qa in qas if qa.image is not None]
+    return processor.encode_sft(prompts, answers, images or None)
+
+
+def refusal_answers(n: int, rng: random.Random) -> list[str]:
+    """n refusal answers drawn from REFUSALS (seeded, so runs repeat)."""
+    return [rng.choice(REFUSALS) for _ in range(n)]
+
+
+def compute_loss(model, processor, forget_qas, retain_qas, cfg: BaselineConfig, rng: random.Random) -> tuple[torch.Tensor, dict]:
+    """The loss of `cfg.method` on one forget batch and one retain batch; returns (loss, logged floats)."""
+    from asru_min.lora import lora_enabled
+
+    method, w = cfg.method, cfg.retain_weight
+    use_retain = method != "ga" and w != 0
+    retain = encode_qas(processor, retain_qas) if use_retain else None
+    log = {}
+
+    if method == "idk":
+        forget = encode_qas(processor, forget_qas, refusal_answers(len(forget_qas), rng))
+        refusal_mean = answer_logprobs(model, forget, "mean")
+        retain_mean = answer_logprobs(model, retain, "mean") if use_retain else None
+        loss = idk_loss(refusal_mean, retain_mean, w)
+        log["refusal_nll"] = -refusal_mean.mean().item()
+    else:
+        forget = encode_qas(processor, forget_qas)
+        logits = forward_logits(model, forget)
+        forget_sum = sequence_logprobs(logits, forget["labels"], "sum")
+        forget_mean = sequence_logprobs(logits, forget["labels"], "mean")
+        log["forget_nll"] = -forget_mean.mean().item()
+        if method == "ga":
+            loss = ga_loss(forget_mean)
+        elif method == "graddiff":
+            loss = graddiff_loss(forget_mean, answer_logprobs(model, retain, "mean") if use_retain else torch.zeros(1), w)
+        elif method == "klmin":
+            if use_retain:
+                retain_logits = forward_logits(model, retain)
+                with torch.no_grad(), lora_enabled(model, False):  # reference = vanilla = adapters off
+                    ref_logits = forward_logits(model, retain)
+                kl = kl_on_answer_tokens(retain_logits, ref_logits, retain["labels"])
+                log["retain_kl"] = kl.item()
+            else:
+                kl = torch.zeros(())
+            loss = klmin_loss(forget_mean, kl, w)
+        else:  # npo
+            with torch.no_grad(), lora_enabled(model, False):
+                ref_sum = answer_logprobs(model, forget, "sum")
+            retain_mean = answer_logprobs(model, retain, "mean") if use_retain else None
+            loss = npo_loss(forget_sum, ref_sum, cfg.beta, retain_mean, w)
+            log["logratio"] = (forget_sum - ref_sum).mean().item()
+    log["loss"] = loss.item()
+    return loss, log
+
+
+def training_qas(split, kinds) -> list:
+    """The QA samples of a split that the baselines train on (by default the generation QA pairs)."""
+    chosen = [qa for qa in split if not kinds or qa.kind in kinds]
+    return chosen or list(split)
+
+
+def train_baseline(model, processor, forget_qas, retain_qas, cfg: BaselineConfig, progress=print) -> list[dict]:
+    """Train LoRA adapters (already applied to `model`) with `cfg.method`'s loss; returns per-step logs.
+
+    Schedule (open-unlearning's forget-anchored loader): each epoch walks the forget set in shuffled batches of
+    `batch_size`; every forget batch is paired with the next `batch_size` samples of a shuffled, cycled retain set."""
+    from asru_min.lora import lora_parameters
+
+    if not forget_qas:
+        raise ValueError("empty forget set")
+    if cfg.method != "ga" and cfg.retain_weight != 0 and not retain_qas:
+        raise ValueError(f"method {cfg.method} needs a retain set")
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    params = list(lora_parameters(model))
+    if not params:
+        raise ValueError("model has no LoRA parameters: call apply_lora first")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    retain_order, retain_pos = [], 0
+    logs, step = [], 0
+    steps_per_epoch = math.ceil(len(forget_qas) / cfg.batch_size)
+    for epoch in range(cfg.epochs):
+        order = list(range(len(forget_qas)))
+        rng.shuffle(order)
+        for i in range(0, len(order), cfg.batch_size):
+            fb = [forget_qas[j] for j in order[i : i + cfg.batch_size]]
+            rb = []
+            while retain_qas and len(rb) < cfg.batch_size:
+                if retain_pos == len(retain_order):
+                    retain_order, retain_pos = list(range(len(retain_qas))), 0
+                    rng.shuffle(retain_order)
+                rb.append(retain_qas[retain_order[retain_pos]])
+                retain_pos += 1
+            loss, log = compute_loss(model, processor, fb, rb, cfg, rng)
+            if not torch.isfinite(loss):  # skip the step rather than write NaNs into the adapters
+                progress(f"  step {step}: non-finite loss, skipped")
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            log.update(epoch=epoch, step=step)
+            logs.append(log)
+            step += 1
+        progress(f"  [{cfg.method}] epoch {epoch + 1}/{cfg.epochs} ({steps_per_epoch} steps): "
+                 + ", ".join(f"{k}={v:.4f}" for k, v in logs[-1].items() if k not in ("epoch", "step")))
+    model.eval()
+    return logs

@@ -1,0 +1,105 @@
+"""Baseline losses on hand-made tensors, and (with a tiny random model) that each baseline moves the forget
+likelihood in the intended direction."""
+
+import math
+
+import pytest
+import torch
+
+from asru_min.baselines import (
+    IGNORE_INDEX,
+    ga_loss,
+    graddiff_loss,
+    idk_loss,
+    kl_on_answer_tokens,
+    klmin_loss,
+    npo_loss,
+    sequence_logprobs,
+    token_logprobs,
+)
+
+
+def test_token_logprobs_by_hand():
+    # One sequence of 3 tokens over a vocabulary of 2; labels mark only the last token as the answer.
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [5.0, 5.0]]])  # (1, 3, 2)
+    labels = torch.tensor([[IGNORE_INDEX, 1, 0]])
+    logp, mask = token_logprobs(logits, labels)
+    # position 0 predicts token 1 with p = 1/2; position 1 predicts token 0 with p = 3/4
+    assert mask.tolist() == [[True, True]]
+    assert torch.allclose(logp, torch.tensor([[math.log(0.5), math.log(0.75)]]))
+    assert torch.allclose(sequence_logprobs(logits, labels, "sum"), torch.tensor([math.log(0.375)]))
+    assert torch.allclose(sequence_logprobs(logits, labels, "mean"), torch.tensor([math.log(0.375) / 2]))
+    # masking the first answer label removes that term
+    labels2 = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 0]])
+    assert torch.allclose(sequence_logprobs(logits, labels2, "sum"), torch.tensor([math.log(0.75)]))
+    with pytest.raises(ValueError):
+        sequence_logprobs(logits, labels, "max")
+
+
+def test_ga_sign_and_gradient_lowers_likelihood():
+    logits = torch.randn(2, 5, 7, requires_grad=True)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 1, 2], [IGNORE_INDEX, 4, 4, 0, IGNORE_INDEX]])
+    mean_logp = sequence_logprobs(logits, labels, "mean")
+    loss = ga_loss(mean_logp)
+    nll = -mean_logp.mean()
+    assert torch.allclose(loss, -nll)  # GA loss = -NLL_forget
+    loss.backward()
+    with torch.no_grad():  # one small descent step on the GA loss must raise the NLL
+        after = -sequence_logprobs(logits - 0.1 * logits.grad, labels, "mean").mean()
+    assert after > nll + 1e-4
+
+
+def test_graddiff_is_ga_plus_retain_nll():
+    f = torch.tensor([-1.0, -3.0])  # per-sequence mean log-probs: NLL_forget = 2
+    r = torch.tensor([-0.5, -1.5, -1.0])  # NLL_retain = 1
+    assert torch.isclose(graddiff_loss(f, r), torch.tensor(-2.0 + 1.0))
+    assert torch.isclose(graddiff_loss(f, r, retain_weight=0.5), torch.tensor(-2.0 + 0.5))
+    assert torch.isclose(graddiff_loss(f, r, retain_weight=0.0), ga_loss(f))
+
+
+def test_kl_zero_for_identical_models_and_matches_hand_value():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 6)
+    labels = torch.tensor([[IGNORE_INDEX, 2, 3, 1], [IGNORE_INDEX, IGNORE_INDEX, 5, IGNORE_INDEX]])
+    assert kl_on_answer_tokens(logits, logits.clone(), labels).abs() < 1e-7
+    f = torch.tensor([-2.0])
+    assert torch.isclose(klmin_loss(f, kl_on_answer_tokens(logits, logits, labels)), torch.tensor(-2.0), atol=1e-6)
+
+    # Hand value: one answer position, p_ref = (1/2, 1/2), p_theta = (3/4, 1/4)
+    ref = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])
+    cur = torch.tensor([[[math.log(3.0), 0.0], [0.0, 0.0]]])
+    lab = torch.tensor([[IGNORE_INDEX, 1]])
+    want = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    assert math.isclose(kl_on_answer_tokens(cur, ref, lab).item(), want, rel_tol=1e-5)
+    # the direction is KL(p_ref || p_theta), not the reverse
+    reverse = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert not math.isclose(want, reverse, rel_tol=1e-3)
+    assert torch.isclose(klmin_loss(torch.tensor([-1.0, -3.0]), torch.tensor(want), kl_weight=2.0),
+                         torch.tensor(-2.0 + 2 * want))
+
+
+def test_npo_value_by_hand_and_gradient_weight():
+    beta = 0.1
+    logp = torch.tensor([-10.0, -20.0], requires_grad=True)
+    ref = torch.tensor([-12.0, -15.0])
+    # delta = (2, -5): -(2/beta) * mean(log sigmoid(-beta*delta))
+    want = -(2 / beta) * 0.5 * (math.log(1 / (1 + math.exp(0.2))) + math.log(1 / (1 + math.exp(-0.5))))
+    loss = npo_loss(logp, ref, beta)
+    assert math.isclose(loss.item(), want, rel_tol=1e-6)
+    # d loss / d logp_b = (2/B) * sigmoid(beta * delta_b): the GA gradient reweighted, smaller once forgotten
+    loss.backward()
+    expect = [2 / 2 / (1 + math.exp(-0.2)), 2 / 2 / (1 + math.exp(0.5))]
+    assert torch.allclose(logp.grad, torch.tensor(expect), atol=1e-6)
+    # at theta = ref the loss is (2/beta) log 2
+    assert math.isclose(npo_loss(ref, ref, beta).item(), (2 / beta) * math.log(2), rel_tol=1e-6)
+    # the optional retain NLL adds w * NLL_retain
+    r = torch.tensor([-1.0, -2.0])
+    assert math.isclose(npo_loss(logp, ref, beta, r, 0.5).item(), want + 0.5 * 1.5, rel_tol=1e-6)
+    with pytest.raises(ValueError):
+        npo_loss(logp, ref, beta=0.0)
+
+
+def test_idk_loss_is_refusal_nll_plus_retain():
+    refusal = torch.tensor([-0.2, -0.4])
+    assert torch.isclose(idk_loss(refusal), torch.tensor(0.3))
+    assert torch.isclose(idk_loss(refusal, torch.tensor([-1.0]), 2.0), torch.tensor(0.3 + 2.0))
