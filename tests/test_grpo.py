@@ -1,0 +1,185 @@
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from asru_min.grpo import group_advantages, optimizer_step, policy_loss, sequence_logprobs
+
+
+# ---------------------------------------------------------------------------------------------- advantages
+
+
+def test_group_advantages_hand_computed():
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.1, 0.1, 0.1, 0.9])  # two groups of 4
+    adv = group_advantages(rewards, group_size=4, eps=0.0)
+    g0 = torch.tensor([1.0, 0.0, 0.5, 0.5])
+    std0 = math.sqrt(((g0 - 0.5) ** 2).sum().item() / 3)  # unbiased: divide by G - 1
+    assert torch.allclose(adv[:4], (g0 - 0.5) / std0, atol=1e-6)
+    g1 = torch.tensor([0.1, 0.1, 0.1, 0.9])
+    std1 = math.sqrt(((g1 - 0.3) ** 2).sum().item() / 3)
+    assert torch.allclose(adv[4:], (g1 - 0.3) / std1, atol=1e-6)
+    assert abs(adv[:4].sum().item()) < 1e-6 and abs(adv[4:].sum().item()) < 1e-6
+
+
+def test_group_advantages_equal_rewards_are_zero_not_nan():
+    rewards = torch.tensor([0.1, 0.1, 0.1, 1.0, 1.0, 1.0])
+    adv = group_advantages(rewards, group_size=3)
+    assert torch.isfinite(adv).all()
+    assert torch.equal(adv, torch.zeros(6))
+
+
+def test_group_advantages_bad_input():
+    with pytest.raises(ValueError):
+        group_advantages(torch.zeros(5), group_size=2)
+    with pytest.raises(ValueError):
+        group_advantages(torch.zeros(4), group_size=1)
+
+
+# ---------------------------------------------------------------------------------------------- policy loss
+
+
+def _ratios_to_logps(ratios):
+    old = torch.full_like(ratios, -2.0)
+    return old + torch.log(ratios), old
+
+
+def test_policy_loss_clips_both_sides_hand_computed():
+    # response 0: A = +1, ratios 1.5 (clipped at 1.3), 1.0, 0.5 (below range, but min keeps 0.5: not clipped)
+    # response 1: A = -2, ratios 0.5 (clipped at 0.8), 1.5 (above range, min keeps 1.5: not clipped), pad
+    ratios = torch.tensor([[1.5, 1.0, 0.5], [0.5, 1.5, 1.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    adv = torch.tensor([1.0, -2.0])
+    logp, old = _ratios_to_logps(ratios)
+    loss, stats = policy_loss(logp, old, logp.clone(), adv, mask, clip_low=0.2, clip_high=0.3, kl_coef=0.1)
+    # per-token -min(r A, clip(r) A): [-1.3, -1.0, -0.5], [+1.6, +3.0]
+    expected = (-1.3 - 1.0 - 0.5 + 1.6 + 3.0) / 5
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    assert stats["clip_frac"] == pytest.approx(2 / 5)
+    assert stats["clip_low_frac"] == pytest.approx(2 / 5)
+    assert stats["clip_high_frac"] == pytest.approx(2 / 5)
+    assert stats["kl"] == pytest.approx(0.0, abs=1e-7)
+    # the masked (pad) token is not in the loss: changing its values changes nothing
+    logp2 = logp.clone()
+    logp2[1, 2] = 50.0
+    loss2, _ = policy_loss(logp2, old, logp2.clone(), adv, mask)
+    assert loss2.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_policy_loss_k3_value_and_gradient_sign():
+    # ratio 1 everywhere (logp == old), so only the KL term remains; ref - logp = ln 2 and -1
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    ref = torch.tensor([[-1.0 + math.log(2.0), -3.0]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    loss, stats = policy_loss(logp, logp.detach(), ref, torch.zeros(1), mask, kl_coef=0.5)
+    k3 = [2.0 - math.log(2.0) - 1.0, math.exp(-1.0) + 1.0 - 1.0]
+    assert stats["kl"] == pytest.approx(sum(k3) / 2, abs=1e-6)
+    assert loss.item() == pytest.approx(0.5 * sum(k3) / 2, abs=1e-6)
+    loss.backward()
+    # d k3 / d logp = 1 - exp(ref - logp): the KL pulls logp toward ref
+    assert logp.grad[0, 0].item() == pytest.approx(0.5 * (1 - 2.0) / 2, abs=1e-6)
+    assert logp.grad[0, 1].item() == pytest.approx(0.5 * (1 - math.exp(-1.0)) / 2, abs=1e-6)
+
+
+def test_policy_loss_keeps_eos_when_pad_equals_eos():
+    # tokens of two responses where pad id == EOS id == 2: [7, 2, 2] and [5, 9, 2]. The first 2 of row 0 is the
+    # real EOS and must be trained; generate's mask is True up to and including the EOS.
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    logp = torch.tensor([[-1.0, -0.5, -9.0], [-1.0, -1.0, -0.2]], requires_grad=True)
+    adv = torch.tensor([1.0, -1.0])
+    loss, _ = policy_loss(logp, logp.detach(), logp.detach(), adv, mask, kl_coef=0.0)
+    loss.backward()
+    # on-policy (ratio 1) d loss / d logp = -A / (number of masked tokens) on every masked token, EOS included
+    assert logp.grad[0, 1].item() == pytest.approx(-1.0 / 5)
+    assert logp.grad[1, 2].item() == pytest.approx(1.0 / 5)
+    assert logp.grad[0, 2].item() == 0.0
+    assert loss.item() == pytest.approx((-1 - 1 + 1 + 1 + 1) / 5)
+
+
+def test_policy_loss_per_token_advantages_and_shape_check():
+    logp = torch.zeros(2, 3)
+    adv_tok = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    loss, _ = policy_loss(logp, logp, logp, adv_tok, torch.ones(2, 3, dtype=torch.bool))
+    assert loss.item() == pytest.approx(-6.0 / 6)
+    with pytest.raises(ValueError):
+        policy_loss(logp, logp, logp[:, :2], adv_tok[:, 0], torch.ones(2, 3))
+
+
+# ---------------------------------------------------------------------------------------------- log-probs
+
+
+class BagOfTokensLM(nn.Module):
+    """A causal toy LM that honours attention_mask and logits_to_keep like Qwen3VL.forward:
+    the state at position t is the running mean of the embeddings of the real tokens <= t."""
+
+    def __init__(self, vocab=11, dim=8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(64, dim))
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, **unused):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        m = attention_mask.float().unsqueeze(-1)  # (N, L, 1)
+        positions = (attention_mask.cumsum(1) - 1).clamp(min=0)  # positions over real tokens only
+        x = (self.embed(input_ids) + self.pos[positions]) * m
+        h = x.cumsum(1) / m.cumsum(1).clamp(min=1)
+        logits = self.head(torch.tanh(h))
+        return logits[:, -logits_to_keep:] if logits_to_keep > 0 else logits
+
+
+def test_sequence_logprobs_equals_manual_per_row_computation():
+    model = BagOfTokensLM()
+    pad = 0
+    # row = [left pads | prompt | response | right pads]
+    rows = [([3, 4, 5], [6, 7, 1]), ([8], [9, 1]), ([3, 3], [1])]
+    P = max(len(p) for p, _ in rows)
+    T = max(len(r) for _, r in rows)
+    ids = torch.full((3, P + T), pad)
+    att = torch.zeros(3, P + T, dtype=torch.long)
+    resp = torch.zeros(3, P + T, dtype=torch.bool)
+    for i, (p, r) in enumerate(rows):
+        ids[i, P - len(p) : P] = torch.tensor(p)
+        ids[i, P : P + len(r)] = torch.tensor(r)
+        att[i, P - len(p) : P + len(r)] = 1
+        resp[i, P : P + len(r)] = True
+    got = sequence_logprobs(model, ids, att, resp)
+    assert got.shape == (3, P + T)
+    for i, (p, r) in enumerate(rows):
+        seq = torch.tensor([p + r])
+        logp_all = torch.log_softmax(model(seq), dim=-1)[0]  # (len, V), no padding at all
+        for j, tok in enumerate(r):
+            t = len(p) + j
+            assert got[i, P + j].item() == pytest.approx(logp_all[t - 1, tok].item(), abs=1e-5)
+    assert torch.equal(got[~resp], torch.zeros(int((~resp).sum())))
+    with pytest.raises(ValueError):
+        sequence_logprobs(model, ids, att, torch.ones_like(resp))
+
+
+# ---------------------------------------------------------------------------------------------- skipping
+
+
+def test_non_finite_loss_skips_the_step():
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 1)
+    before = [p.detach().clone() for p in lin.parameters()]
+    opt = torch.optim.AdamW(lin.parameters(), lr=0.1)
+    loss = lin(torch.ones(1, 3)).sum() * float("nan")
+    with pytest.warns(UserWarning, match="non-finite"):
+        assert optimizer_step(loss, list(lin.parameters()), opt, grad_clip=1.0) is False
+    # finite loss but a NaN gradient (d sqrt(x)/dx at 0 is inf, times 0 -> NaN)
+    loss = torch.sqrt((lin.weight * 0).sum())
+    assert torch.isfinite(loss)
+    with pytest.warns(UserWarning, match="non-finite"):
+        assert optimizer_step(loss, list(lin.parameters()), opt, grad_clip=1.0) is False
+    for b, p in zip(before, lin.parameters()):
+        assert torch.equal(b, p)
+    assert len(opt.state) == 0  # AdamW moments untouched
+    # a finite loss does step
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert optimizer_step(lin(torch.ones(1, 3)).sum(), list(lin.parameters()), opt, 1.0) is True
+    assert not torch.equal(before[0], lin.weight)
