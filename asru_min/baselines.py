@@ -321,3 +321,80 @@ def train_baseline(model, processor, forget_qas, retain_qas, cfg: BaselineConfig
                  + ", ".join(f"{k}={v:.4f}" for k, v in logs[-1].items() if k not in ("epoch", "step")))
     model.eval()
     return logs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Train + evaluate + save (the command-line entry point)
+
+
+def run_baseline(cfg: BaselineConfig, model=None, processor=None, splits=None, progress=print) -> dict:
+    """Apply LoRA, train `cfg.method`, evaluate, write {out}/metrics.json and {out}/adapter/; returns the record.
+
+    `model`, `processor` and `splits` are loaded from `cfg.model` and the default world when not given; a given
+    model is modified in place (LoRA added and trained)."""
+    from asru_min.data import World
+    from asru_min.evaluate import evaluate_model
+    from asru_min.lora import apply_lora, save_lora
+    from asru_min.model import Qwen3VL
+    from asru_min.processor import Processor
+
+    t0 = time.time()
+    if model is None or processor is None:
+        if not os.path.isdir(cfg.model):
+            raise FileNotFoundError(f"model directory {cfg.model!r} not found (run python -m asru_min.pretrain)")
+        model = Qwen3VL.from_pretrained(cfg.model) if model is None else model
+        processor = Processor.from_pretrained(cfg.model) if processor is None else processor
+    if splits is None:
+        splits = World.generate(seed=cfg.world_seed).splits(forget=cfg.forget)
+    torch.manual_seed(cfg.seed)
+    apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+    forget_qas = training_qas(splits["forget"], cfg.kinds)
+    retain_qas = training_qas(splits["retain"], cfg.kinds)
+    progress(f"[{cfg.method}] forget {cfg.forget}%: {len(forget_qas)} forget / {len(retain_qas)} retain samples, "
+             f"lr {cfg.lr:g}, {cfg.epochs} epochs, batch {cfg.batch_size}")
+    logs = train_baseline(model, processor, forget_qas, retain_qas, cfg, progress)
+    train_s = time.time() - t0
+    metrics = evaluate_model(model, processor, splits, max_new_tokens=cfg.max_new_tokens) if cfg.evaluate else {}
+    record = {"method": cfg.method, "config": asdict(cfg), "metrics": metrics, "train_log": logs,
+              "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1)}
+    os.makedirs(cfg.out, exist_ok=True)
+    save_lora(model, os.path.join(cfg.out, "adapter"))
+    with open(os.path.join(cfg.out, "metrics.json"), "w") as f:
+        json.dump(record, f, indent=1, default=str)
+    progress(f"[{cfg.method}] done in {record['seconds']:.0f}s -> {cfg.out}")
+    return record
+
+
+def parse_args(argv=None) -> BaselineConfig:
+    p = argparse.ArgumentParser(prog="python -m asru_min.baselines", description=__doc__.split("\n")[0])
+    d = BaselineConfig()
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--forget", type=int, default=d.forget, choices=(5, 10, 15))
+    p.add_argument("--out", default="")
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--world-seed", type=int, default=d.world_seed)
+    p.add_argument("--lr", type=float, default=0.0, help="default: the paper's lr x LR_SCALE")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lora-r", type=int, default=d.lora_r)
+    p.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
+    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    p.add_argument("--beta", type=float, default=d.beta)
+    p.add_argument("--retain-weight", type=float, default=d.retain_weight)
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
+    return BaselineConfig(**vars(p.parse_args(argv)))
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    record = run_baseline(cfg)
+    if record["metrics"]:
+        from asru_min.evaluate import format_table
+
+        print(format_table({cfg.method: record["metrics"]}))
+
+
+if __name__ == "__main__":
+    main()
