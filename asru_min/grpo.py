@@ -153,12 +153,17 @@ def sequence_logprobs(
     pixel_values: torch.Tensor | None = None,
     image_grid_thw: torch.Tensor | None = None,
     image_features=None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """log pi(token_t | tokens_<t) for every response token, one forward over prompt + response.
+
+        log pi(y_t) = log_softmax(logits_{t-1} / temperature)[y_t]
 
     input_ids, attention_mask, response_mask: (N, L). Returns (N, L) float32, 0 where response_mask is False.
     The token at position t is predicted by the logits at t - 1; only the last k + 1 positions' logits are
     computed (k = width of the response region), which keeps the (N, k, V) logits small.
+    GRPO passes the rollout temperature, as the release does (verl divides the logits by it), so the ratio and
+    the KL compare the distributions the responses were actually sampled from (top_p truncation aside).
     """
     if not (input_ids.shape == attention_mask.shape == response_mask.shape):
         raise ValueError("input_ids, attention_mask and response_mask must have the same (N, L) shape")
@@ -180,7 +185,7 @@ def sequence_logprobs(
         image_features=image_features,
         logits_to_keep=k + 1,
     )  # (N, k + 1, V)
-    logits = logits[:, :-1].float()  # (N, k, V): position first-1 .. L-2 predict first .. L-1
+    logits = logits[:, :-1].float() / temperature  # (N, k, V): positions first-1 .. L-2 predict first .. L-1
     targets = input_ids[:, first:]  # (N, k)
     token_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     out[:, first:] = token_logp * response_mask[:, first:]
@@ -209,3 +214,257 @@ def optimizer_step(loss: torch.Tensor, params: list, optimizer: torch.optim.Opti
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the boundary set and its prompts
+
+
+def build_boundary_set(forget_qas: list, retain_qas: list, size: int, kinds=("gen",), seed: int = 0) -> list:
+    """The stage-2 training set: `size` samples, half forget QA and half retain QA, each a (qa, forget) pair.
+
+    Only free-form kinds are used by default: the reward compares the response with the ground truth text,
+    which a multiple-choice letter never contains. The release draws 200 random samples of each side.
+    """
+    rng = random.Random(seed)
+    forget = [qa for qa in forget_qas if qa.kind in kinds]
+    retain = [qa for qa in retain_qas if qa.kind in kinds]
+    if not forget or not retain:
+        raise ValueError(f"boundary set needs forget and retain QA of kinds {kinds}: got {len(forget)}, {len(retain)}")
+    n_forget = min(size // 2, len(forget))
+    n_retain = min(size - n_forget, len(retain))
+    samples = [(qa, True) for qa in rng.sample(forget, n_forget)] + [(qa, False) for qa in rng.sample(retain, n_retain)]
+    rng.shuffle(samples)
+    return samples
+
+
+def encode_prompts(processor, qas: list) -> dict:
+    """Chat-template prompts (image first, then the question, no system prompt), left-padded."""
+    texts = [processor.apply_chat_template(qa.messages(), add_generation_prompt=True) for qa in qas]
+    images = [qa.image for qa in qas if qa.image is not None]
+    return processor(text=texts, images=images or None)
+
+
+def split_image_features(image_features, image_token_counts: list[int]) -> list:
+    """Cut `encode_images` output (embeds (N, D), deepstack [(N, D)]) into one chunk per prompt, so the G rows
+    of a group (and any mini-batch of rows) can reuse the features of their prompt's image."""
+    embeds, deepstack = image_features
+    cuts = [embeds.split(image_token_counts)] + [d.split(image_token_counts) for d in deepstack]
+    return [(c[0], list(c[1:])) for c in zip(*cuts)]
+
+
+def join_image_features(chunks: list):
+    """Inverse of `split_image_features` for a chosen list of rows; None if those rows hold no image."""
+    if sum(c[0].shape[0] for c in chunks) == 0:
+        return None
+    embeds = torch.cat([c[0] for c in chunks])
+    deepstack = [torch.cat([c[1][i] for c in chunks]) for i in range(len(chunks[0][1]))]
+    return embeds, deepstack
+
+
+def trim_padding(*row_tensors: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
+    """Drop the columns that are padding in every row of a mini-batch (positions are counted over real tokens
+    only, so removing all-pad columns leaves every row's computation unchanged and saves time)."""
+    real = attention_mask.bool().any(dim=0).nonzero()
+    lo, hi = int(real[0]), int(real[-1]) + 1
+    return tuple(t[:, lo:hi] for t in row_tensors) + (attention_mask[:, lo:hi],)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# rollouts
+
+
+@torch.no_grad()
+def rollout(model, processor, samples: list, cfg: GRPOConfig, generator: torch.Generator, reward_fn) -> dict:
+    """G sampled responses per prompt and their rewards. Rows are prompt-major (row b*G + g).
+
+    Returns input_ids / attention_mask / response_mask (B*G, P+T), image feature chunks per prompt,
+    rewards (B*G,), the decoded responses and the forget flag per row.
+    """
+    G = cfg.group_size
+    device = next(model.parameters()).device
+    qas = [qa for qa, _ in samples]
+    batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in encode_prompts(processor, qas).items()}
+    prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]  # (B, P)
+    tokens, gen_mask = model.generate(
+        prompt_ids,
+        attention_mask=prompt_mask,
+        pixel_values=batch.get("pixel_values"),
+        image_grid_thw=batch.get("image_grid_thw"),
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        num_samples=G,
+        generator=generator,
+        eos_token_ids=processor.eos_token_ids,
+    )  # (B*G, T) each
+    gen_mask = gen_mask.bool()
+    input_ids = torch.cat([prompt_ids.repeat_interleave(G, dim=0), tokens], dim=1)  # (B*G, P+T)
+    attention_mask = torch.cat([prompt_mask.repeat_interleave(G, dim=0).bool(), gen_mask], dim=1).long()
+    response_mask = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.bool).repeat_interleave(G, 0), gen_mask], 1)
+
+    chunks = None
+    if batch.get("pixel_values") is not None:
+        features = model.encode_images(batch["pixel_values"], batch["image_grid_thw"])
+        counts = (prompt_ids == model.config.image_token_id).sum(dim=1).tolist()
+        chunks = split_image_features(features, counts)
+
+    responses = [processor.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(tokens, gen_mask)]
+    forget = [f for _, f in samples for _ in range(G)]
+    truths = [qa.ground_truth for qa, _ in samples for _ in range(G)]
+    rewards = torch.tensor([reward_fn(r, t, f) for r, t, f in zip(responses, truths, forget)], dtype=torch.float32)
+    return dict(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask, chunks=chunks,
+                pixel_values=batch.get("pixel_values"), image_grid_thw=batch.get("image_grid_thw"),
+                rewards=rewards, responses=responses, forget=forget)
+
+
+def rows_logprobs(model, ro: dict, rows: list[int], cfg: GRPOConfig, image_chunks=None) -> tuple:
+    """sequence_logprobs for a subset of rollout rows, with all-pad columns trimmed.
+
+    Returns (logp (n, L'), response_mask (n, L')) with L' the trimmed width."""
+    idx = torch.tensor(rows, device=ro["input_ids"].device)
+    ids, resp, att = trim_padding(ro["input_ids"][idx], ro["response_mask"][idx], attention_mask=ro["attention_mask"][idx])
+    chunks = image_chunks if image_chunks is not None else ro["chunks"]
+    feats = join_image_features([chunks[r // cfg.group_size] for r in rows]) if chunks is not None else None
+    logp = sequence_logprobs(model, ids, att, resp, image_features=feats, temperature=cfg.temperature)
+    return logp, resp
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def make_optimizer(params: list, cfg: GRPOConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def step_schedule(num_samples: int, cfg: GRPOConfig) -> list[list[int]]:
+    """Indices of the boundary-set samples of every step, all epochs; reshuffled per epoch from the seed, so a
+    resumed run sees exactly the batches the interrupted one would have."""
+    steps = []
+    for epoch in range(cfg.epochs):
+        order = list(range(num_samples))
+        random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+        steps += [order[i : i + cfg.prompts_per_step] for i in range(0, num_samples, cfg.prompts_per_step)]
+    return steps
+
+
+def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, params: list, step: int,
+              reward_fn=None, reference=None) -> dict:
+    """One GRPO step on one rollout batch: rollouts -> rewards -> advantages -> old/ref log-probs -> updates.
+
+    reference: a context-manager factory under which `model` is the reference policy; default: LoRA adapters off.
+    Returns the step's log record.
+    """
+    from .metrics import is_refusal
+    from .reward import asru_reward
+
+    reward_fn = reward_fn or asru_reward
+    if reference is None:
+        from .lora import lora_enabled
+
+        reference = lambda: lora_enabled(model, False)  # noqa: E731
+    t0 = time.time()
+    was_training = model.training
+    model.eval()  # rollouts and old/ref log-probs without (LoRA) dropout
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+    ro = rollout(model, processor, samples, cfg, generator, reward_fn)
+    advantages = group_advantages(ro["rewards"], cfg.group_size, cfg.adv_eps).to(device)  # (B*G,)
+
+    n_rows = ro["input_ids"].shape[0]
+    mb = cfg.mini_batch_size or n_rows
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    minibatches = []
+    for _ in range(cfg.ppo_epochs):
+        order = list(range(n_rows))
+        rng.shuffle(order)
+        minibatches += [sorted(order[i : i + mb]) for i in range(0, n_rows, mb)]
+    # With one mini-batch and one inner epoch the update is exactly on-policy: old == current, ratio == 1,
+    # so the old-policy forward is skipped and logp.detach() stands in for it.
+    on_policy = len(minibatches) == 1
+    with torch.no_grad():
+        old = {} if on_policy else {tuple(r): rows_logprobs(model, ro, r, cfg)[0] for r in minibatches}
+        ref = {}
+        if cfg.kl_coef > 0:
+            with reference():
+                ref = {tuple(r): rows_logprobs(model, ro, r, cfg)[0] for r in minibatches}
+
+    # Vision features are reused from the rollout unless a trainable parameter lives in the vision tower.
+    vision_trains = any(p.requires_grad for p in model.model.visual.parameters()) if ro["chunks"] else False
+    model.train()
+    stats, steps_done, losses = [], 0, []
+    for r in minibatches:
+        chunks = None
+        if vision_trains:
+            counts = [c[0].shape[0] for c in ro["chunks"]]
+            chunks = split_image_features(model.encode_images(ro["pixel_values"], ro["image_grid_thw"]), counts)
+        logp, resp = rows_logprobs(model, ro, r, cfg, image_chunks=chunks)
+        old_logp = logp.detach() if on_policy else old[tuple(r)]
+        ref_logp = ref[tuple(r)] if cfg.kl_coef > 0 else logp.detach()
+        loss, st = policy_loss(logp, old_logp, ref_logp, advantages[r], resp,
+                               cfg.clip_low, cfg.clip_high, cfg.kl_coef)
+        steps_done += optimizer_step(loss, params, optimizer, cfg.grad_clip)
+        stats.append(st)
+        losses.append(loss.item())
+    model.train(was_training)
+
+    def mean_std(values):
+        t = torch.tensor(values, dtype=torch.float32)
+        return (t.mean().item(), t.std(unbiased=False).item()) if len(values) else (float("nan"), float("nan"))
+
+    forget_r = [r for r, f in zip(ro["rewards"].tolist(), ro["forget"]) if f]
+    retain_r = [r for r, f in zip(ro["rewards"].tolist(), ro["forget"]) if not f]
+    refusal = [is_refusal(t) for t in ro["responses"]]
+    record = {
+        "step": step,
+        "loss": sum(losses) / len(losses),
+        "reward_mean": ro["rewards"].mean().item(),
+        "reward_forget_mean": mean_std(forget_r)[0],
+        "reward_forget_std": mean_std(forget_r)[1],
+        "reward_retain_mean": mean_std(retain_r)[0],
+        "reward_retain_std": mean_std(retain_r)[1],
+        "refusal_rate_forget": mean_std([float(x) for x, f in zip(refusal, ro["forget"]) if f])[0],
+        "refusal_rate_retain": mean_std([float(x) for x, f in zip(refusal, ro["forget"]) if not f])[0],
+        "response_len": ro["response_mask"].sum(dim=1).float().mean().item(),
+        "optimizer_steps": steps_done,
+        "skipped_steps": len(minibatches) - steps_done,
+        "seconds": time.time() - t0,
+        "sample_response": ro["responses"][0],
+    }
+    for key in stats[0]:
+        record[key] = sum(s[key] for s in stats) / len(stats)
+    return record
+
+
+def train_grpo(model, processor, samples: list, cfg: GRPOConfig, optimizer=None, start_step: int = 0,
+               log_path: str | None = None, on_step: Callable | None = None, reward_fn=None, reference=None,
+               progress=print) -> list[dict]:
+    """Stage 2: GRPO over the boundary set for cfg.epochs epochs, steps numbered 0..N-1 across epochs.
+
+    start_step > 0 resumes (the schedule and every step's sampling seed depend only on cfg.seed and the step).
+    on_step(step, record, optimizer) runs after each step (train.py checkpoints there). Each record is also
+    appended to log_path as one JSON line.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: apply LoRA (or unfreeze weights) before GRPO")
+    optimizer = optimizer or make_optimizer(params, cfg)
+    schedule = step_schedule(len(samples), cfg)
+    records = []
+    for step in range(start_step, len(schedule)):
+        batch = [samples[i] for i in schedule[step]]
+        record = grpo_step(model, processor, batch, cfg, optimizer, params, step, reward_fn, reference)
+        records.append(record)
+        if log_path:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        progress(
+            f"grpo step {step + 1}/{len(schedule)}  reward forget {record['reward_forget_mean']:.2f} "
+            f"retain {record['reward_retain_mean']:.2f}  kl {record['kl']:.4f}  clip {record['clip_frac']:.2f}  "
+            f"refusal f/r {record['refusal_rate_forget']:.2f}/{record['refusal_rate_retain']:.2f}  "
+            f"len {record['response_len']:.1f}  {record['seconds']:.1f}s"
+        )
+        if on_step:
+            on_step(step, record, optimizer)
+    return records

@@ -1,3 +1,4 @@
+import copy
 import math
 import warnings
 
@@ -183,3 +184,132 @@ def test_non_finite_loss_skips_the_step():
         warnings.simplefilter("error")
         assert optimizer_step(lin(torch.ones(1, 3)).sum(), list(lin.parameters()), opt, 1.0) is True
     assert not torch.equal(before[0], lin.weight)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+class ToyGenLM(BagOfTokensLM):
+    """BagOfTokensLM plus `generate` with the Qwen3VL.generate contract (prompt-major rows, mask up to and
+    including the EOS, pad 0 after it)."""
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, max_new_tokens=8, temperature=1.0, top_p=1.0,
+                 num_samples=1, generator=None, eos_token_ids=(1,), **unused):
+        ids = input_ids.repeat_interleave(num_samples, 0)
+        att = attention_mask.repeat_interleave(num_samples, 0)
+        out, mask = [], []
+        done = torch.zeros(ids.shape[0], dtype=torch.bool)
+        for _ in range(max_new_tokens):
+            probs = torch.softmax(self(ids, att)[:, -1] / temperature, dim=-1)
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            tok = torch.where(done, torch.zeros_like(tok), tok)
+            mask.append(~done)
+            out.append(tok)
+            done = done | torch.isin(tok, torch.tensor(list(eos_token_ids)))
+            ids = torch.cat([ids, tok[:, None]], 1)
+            att = torch.cat([att, (~done | mask[-1]).long()[:, None]], 1)
+        return torch.stack(out, 1), torch.stack(mask, 1)
+
+
+class ToyProcessor:
+    """Characters 'a'..'i' are tokens 2..10; 0 = pad, 1 = EOS."""
+
+    eos_token_ids = [1]
+    pad_token_id = 0
+
+    def apply_chat_template(self, messages, add_generation_prompt=True):
+        return messages[0]["content"]
+
+    def __call__(self, text, images=None):
+        rows = [[ord(c) - ord("a") + 2 for c in t] for t in text]
+        P = max(len(r) for r in rows)
+        ids = torch.tensor([[0] * (P - len(r)) + r for r in rows])
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i - 2 + ord("a")) for i in ids if i >= 2)
+
+
+class ToyQA:
+    def __init__(self, question, truth):
+        self.question, self.ground_truth, self.image, self.kind = question, truth, None, "gen"
+
+    def messages(self):
+        return [{"role": "user", "content": self.question}]
+
+
+def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path):
+    from asru_min.grpo import GRPOConfig, train_grpo
+
+    model, proc = ToyGenLM(), ToyProcessor()
+    samples = [(ToyQA("abd", "x"), True), (ToyQA("ggh", "y"), False)]
+    target = ord("c") - ord("a") + 2
+
+    def p_target():
+        with torch.no_grad():
+            batch = proc(["abd", "ggh"])
+            return torch.softmax(model(batch["input_ids"], batch["attention_mask"])[:, -1], -1)[:, target].mean().item()
+
+    ref_model = ToyGenLM()  # a frozen copy as the reference policy
+    ref_model.load_state_dict(model.state_dict())
+    before = p_target()
+    cfg = GRPOConfig(group_size=8, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=6,
+                     lr=0.05, kl_coef=0.01, seed=0)
+    reward = lambda response, truth, forget: 1.0 if "c" in response else 0.0  # noqa: E731
+
+    class Ref:  # reference policy = the frozen copy: swap its weights in, put the trained ones back after
+        def __enter__(self):
+            self.saved = {k: v.clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(ref_model.state_dict())
+
+        def __exit__(self, *exc):
+            model.load_state_dict(self.saved)
+
+    log = tmp_path / "grpo.jsonl"
+    records = train_grpo(model, proc, samples, cfg, log_path=str(log), reward_fn=reward, reference=Ref,
+                         progress=lambda s: None)
+    after = p_target()
+    assert len(records) == 6 and len(log.read_text().splitlines()) == 6
+    assert after > before + 0.1, (before, after)
+    assert records[-1]["reward_mean"] > records[0]["reward_mean"]
+    assert records[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first step starts at the reference
+    assert records[-1]["kl"] > 0.0
+    assert all(r["skipped_steps"] == 0 for r in records)
+
+
+def test_grpo_off_policy_minibatches_and_exact_resume():
+    """ppo_epochs=2 with mini-batches uses stored old log-probs (ratio != 1, clipping happens); stopping after
+    3 steps and resuming from (weights, optimiser state, step 3) gives exactly the uninterrupted run."""
+    import contextlib
+
+    from asru_min.grpo import GRPOConfig, make_optimizer, train_grpo
+
+    samples = [(ToyQA("abd", "x"), True), (ToyQA("ggh", "y"), False), (ToyQA("fea", "z"), True)]
+    cfg = GRPOConfig(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=3,
+                     mini_batch_size=4, ppo_epochs=2, lr=0.3, kl_coef=0.0, seed=3)
+    reward = lambda response, truth, forget: float(response.count("c")) / 4  # noqa: E731
+    quiet = dict(reward_fn=reward, reference=contextlib.nullcontext, progress=lambda s: None)
+
+    full = ToyGenLM()
+    records = train_grpo(full, ToyProcessor(), samples, cfg, **quiet)
+    assert len(records) == 6  # 3 epochs x ceil(3 / 2)
+    assert records[0]["optimizer_steps"] == 4  # 8 rows / 4 per mini-batch x 2 inner epochs
+    assert max(r["clip_frac"] for r in records) > 0.0
+    assert any(abs(r["ratio_mean"] - 1.0) > 1e-4 for r in records)
+
+    part = ToyGenLM()
+    saved = {}
+    stop = lambda step, record, opt: saved.update(step=step, opt=copy.deepcopy(opt.state_dict()),  # noqa: E731
+                                                  w={k: v.clone() for k, v in part.state_dict().items()})
+    train_grpo(part, ToyProcessor(), samples, cfg, on_step=lambda s, r, o: stop(s, r, o) if s == 2 else None,
+               **quiet)
+    resumed = ToyGenLM()
+    resumed.load_state_dict(saved["w"])
+    opt = make_optimizer([p for p in resumed.parameters() if p.requires_grad], cfg)
+    opt.load_state_dict(saved["opt"])
+    rest = train_grpo(resumed, ToyProcessor(), samples, cfg, optimizer=opt, start_step=saved["step"] + 1, **quiet)
+    assert [r["step"] for r in rest] == [3, 4, 5]
+    assert [r["reward_mean"] for r in rest] == [r["reward_mean"] for r in records[3:]]
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
