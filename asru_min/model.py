@@ -1,0 +1,455 @@
+"""Qwen3-VL glue (spec: docs QWEN3VL_SPEC.md §1, §5, §7, §8).
+
+    pixel_values --VisionModel--> image rows (N/4, D) + DeepStack rows K x (N/4, D)
+    input_ids --embed--> E;  E[image placeholders] = image rows                    §5
+    3-D positions (T, H, W) over the real tokens (attention_mask == 1)             §7
+    TextModel(E, positions, DeepStack on visual positions) -> lm_head -> logits    §6
+
+Also: a KV-cached `generate` (one prefill per prompt, the cache copied G ways for a GRPO group) and
+checkpoint I/O whose tensor names are exactly the module paths (`model.visual.*`, `model.language_model.*`,
+`lm_head.weight`), so loading is one loop and files round-trip with the reference implementation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .text import KVCache, TextConfig, TextModel
+from .vision import VisionConfig, VisionModel
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+# ------------------------------------------------------------------------------------------------
+
+
+def _fields(cls, d: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+@dataclass
+class Qwen3VLConfig:
+    text: TextConfig = field(default_factory=TextConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    image_token_id: int = 151655
+    video_token_id: int = 151656
+    vision_start_token_id: int = 151652
+    vision_end_token_id: int = 151653
+    tie_word_embeddings: bool = False  # read at the top level of config.json (§10)
+    dtype: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Qwen3VLConfig":
+        """Parse config.json. Accepts the legacy layout (text_config.rope_scaling + text_config.rope_theta,
+        as in the released checkpoints) and the transformers v5 layout (text_config.rope_parameters)."""
+        t = dict(d.get("text_config") or {})
+        rope = t.get("rope_parameters") or t.get("rope_scaling") or {}
+        t["rope_theta"] = rope.get("rope_theta", t.get("rope_theta", 500000.0))  # reference class default 5e5
+        t["mrope_section"] = list(rope.get("mrope_section", [24, 20, 20]))
+        t["mrope_interleaved"] = rope.get("mrope_interleaved", True)
+        if t.get("eos_token_id") is None and d.get("eos_token_id") is not None:
+            t["eos_token_id"] = d["eos_token_id"]
+        if t.get("num_key_value_heads") is None and "num_attention_heads" in t:
+            t["num_key_value_heads"] = t["num_attention_heads"]
+        v = dict(d.get("vision_config") or {})
+        v.setdefault("num_heads", v.get("num_attention_heads", VisionConfig.num_heads))
+        v.setdefault("depth", v.get("num_hidden_layers", VisionConfig.depth))
+        if isinstance(v.get("rope_parameters"), dict) and "rope_theta" in v["rope_parameters"]:
+            v["rope_theta"] = v["rope_parameters"]["rope_theta"]
+        if "deepstack_visual_indexes" in v:
+            v["deepstack_visual_indexes"] = list(v["deepstack_visual_indexes"])
+        top = {k: d[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                 "vision_end_token_id", "tie_word_embeddings") if k in d}
+        dtype = d.get("dtype") or d.get("torch_dtype") or t.get("dtype") or t.get("torch_dtype")
+        return cls(text=TextConfig(**_fields(TextConfig, t)), vision=VisionConfig(**_fields(VisionConfig, v)),
+                   dtype=dtype, **top)
+
+    def to_dict(self) -> dict:
+        """A config.json the reference (transformers >= 4.57, v5 rope_parameters layout) loads."""
+        t = dataclasses.asdict(self.text)
+        t["rope_parameters"] = {"rope_type": "default", "rope_theta": t.pop("rope_theta"),
+                                "mrope_section": t.pop("mrope_section"),
+                                "mrope_interleaved": t.pop("mrope_interleaved")}
+        t["model_type"] = "qwen3_vl_text"
+        v = dataclasses.asdict(self.vision)
+        v["rope_parameters"] = {"rope_type": "axial", "rope_theta": v.pop("rope_theta")}
+        v.pop("layer_norm_eps")  # hard-coded 1e-6 in the reference, not a config field
+        v["model_type"] = "qwen3_vl_vision"
+        out = {"architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl",
+               "image_token_id": self.image_token_id, "video_token_id": self.video_token_id,
+               "vision_start_token_id": self.vision_start_token_id,
+               "vision_end_token_id": self.vision_end_token_id,
+               "tie_word_embeddings": self.tie_word_embeddings, "text_config": t, "vision_config": v}
+        if self.dtype is not None:
+            out["dtype"] = self.dtype
+        return out
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        e = self.text.eos_token_id
+        return [] if e is None else [e] if isinstance(e, int) else list(e)
+
+
+# ------------------------------------------------------------------------------------------------
+# 3-D positions (get_rope_index, §7), vectorised over the batch; pads may be anywhere in a row
+# ------------------------------------------------------------------------------------------------
+
+
+def rope_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_grid_thw: torch.Tensor | None,
+                   image_token_id: int, merge: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (3, B, L) and rope deltas (B,).
+
+    Over the real tokens of a row (pads skipped), with a running `cur`:
+      text token:                    (cur, cur, cur), cur += 1
+      image run, merged grid H'xW':  token (i, j) in raster order -> (cur, cur+i, cur+j); cur += max(H', W')
+    i.e. position = base + offset, base = #real text tokens before + sum of max(H', W') of earlier image runs.
+    Pads get 0.  delta = max(position) + 1 - #real tokens (a decoded token s gets s + delta).
+    Images are consumed in row-major order of their placeholder runs across the batch."""
+    B, L = input_ids.shape
+    dev = input_ids.device
+    real = attention_mask.bool()
+    is_img = (input_ids == image_token_id) & real
+    is_text = real & ~is_img
+    # an image run starts where the previous *real* token (pads skipped) is not an image token
+    idx = torch.arange(L, device=dev).expand(B, L)
+    last_real = torch.where(real, idx, -1).cummax(dim=1).values  # (B, L) last real index <= l
+    prev_real = torch.cat([torch.full((B, 1), -1, device=dev, dtype=torch.long), last_real[:, :-1]], dim=1)
+    prev_is_img = torch.where(prev_real >= 0, is_img.gather(1, prev_real.clamp(min=0)), False)
+    run_start = is_img & ~prev_is_img
+    n_runs = int(run_start.sum())
+    n_grids = 0 if image_grid_thw is None else image_grid_thw.shape[0]
+    if n_runs != n_grids:
+        raise ValueError(f"found {n_runs} runs of image placeholder tokens but {n_grids} image grids")
+
+    text_before = is_text.long().cumsum(1) - is_text.long()  # exclusive count of real text tokens
+    pos = torch.zeros(3, B, L, dtype=torch.long, device=dev)
+    base = text_before
+    if n_runs:
+        grid = image_grid_thw.to(dev).long()
+        t, hm, wm = grid[:, 0], grid[:, 1] // merge, grid[:, 2] // merge
+        extent = torch.maximum(hm, wm)  # cur advances by max(H', W') after a run
+        run_id = (run_start.flatten().long().cumsum(0) - 1).view(B, L).clamp(min=0)  # run of each image token
+        sizes = torch.bincount(run_id[is_img], minlength=n_runs)
+        if not torch.equal(sizes, t * hm * wm):
+            raise ValueError(f"image placeholder runs have lengths {sizes.tolist()} but the grids need "
+                             f"{(t * hm * wm).tolist()}")
+        ext_at_start = torch.zeros(B, L, dtype=torch.long, device=dev)
+        ext_at_start[run_start] = extent
+        ext_before = ext_at_start.cumsum(1) - torch.where(is_img, extent[run_id], 0)  # earlier runs only
+        base = text_before + ext_before
+        img_excl = is_img.long().cumsum(1) - is_img.long()
+        k = img_excl - img_excl[run_start][run_id]  # index of the token inside its run
+        hw = (hm * wm)[run_id]
+        off_t = torch.where(is_img, k // hw, 0)
+        off_h = torch.where(is_img, (k // wm[run_id]) % hm[run_id], 0)
+        off_w = torch.where(is_img, k % wm[run_id], 0)
+        pos = torch.stack([base + off_t, base + off_h, base + off_w])
+    else:
+        pos = base.expand(3, B, L).clone()
+    pos = torch.where(real, pos, 0)
+    n_real = real.long().sum(1)
+    deltas = torch.where(n_real > 0, pos.amax(dim=(0, 2)) + 1 - n_real, 0)
+    return pos, deltas
+
+
+def attention_mask_4d(real_keys: torch.Tensor, q_len: int, past: int) -> torch.Tensor:
+    """(B, 1, q_len, past+q_len) bool: query i (absolute past+i) sees key j iff j <= past+i and key j is real.
+    Every query also sees itself, so a pad query never has an empty softmax row (its output is unused)."""
+    S = past + q_len
+    qi = torch.arange(past, S, device=real_keys.device)[:, None]
+    kj = torch.arange(S, device=real_keys.device)[None, :]
+    causal = kj <= qi  # (q_len, S)
+    return (causal & real_keys[:, None, None, :S]) | (kj == qi)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+# ------------------------------------------------------------------------------------------------
+
+
+class Qwen3VLModel(nn.Module):
+    """Container so that attribute paths equal checkpoint keys: model.visual.*, model.language_model.*."""
+
+    def __init__(self, cfg: Qwen3VLConfig):
+        super().__init__()
+        self.visual = VisionModel(cfg.vision)
+        self.language_model = TextModel(cfg.text)
+
+
+class Qwen3VL(nn.Module):
+    def __init__(self, config: Qwen3VLConfig):
+        super().__init__()
+        self.config = config
+        self.model = Qwen3VLModel(config)
+        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.language_model.embed_tokens.weight
+
+    # ----- helpers -----
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def num_parameters(self) -> int:
+        """Unique parameter count (a tied head counts once)."""
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+    def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor):
+        """-> (image_embeds (N/4, D), DeepStack features: list of K x (N/4, D)); rows in image order."""
+        return self.model.visual(pixel_values.to(self.dtype), image_grid_thw)
+
+    def repeat_image_features(self, image_features, image_grid_thw: torch.Tensor, n: int,
+                              images_per_prompt: int = 1):
+        """For a batch whose prompts are each repeated n times (row b*n + g, e.g. a GRPO group): repeat each
+        prompt's image feature rows n times. Returns (image_features, image_grid_thw) for that batch."""
+        embeds, deepstack = image_features
+        grid = torch.as_tensor(image_grid_thw)
+        m2 = self.config.vision.spatial_merge_size ** 2
+        counts = (grid.prod(-1) // m2).tolist()  # feature rows per image
+        starts = [sum(counts[:i]) for i in range(len(counts))]
+        rows, grid_rows = [], []
+        for p in range(0, len(counts), images_per_prompt):  # one prompt's images, repeated n times
+            imgs = range(p, p + images_per_prompt)
+            prompt_rows = torch.cat([torch.arange(starts[i], starts[i] + counts[i]) for i in imgs])
+            rows.append(prompt_rows.repeat(n))
+            grid_rows.append(torch.tensor(list(imgs)).repeat(n))
+        rows = torch.cat(rows).to(embeds.device)
+        return (embeds[rows], [f[rows] for f in deepstack]), grid[torch.cat(grid_rows).to(grid.device)]
+
+    # ----- forward -----
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
+                image_features=None, cache: KVCache | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+        """Logits (B, L, V) (or the last `logits_to_keep` positions).
+
+        attention_mask (B, L): 1 real, 0 pad, pads anywhere. With a cache, it covers the new input_ids only
+        (a mask over cache.pos + L columns is also accepted; its last L columns are used).
+        The first call on an empty cache is the prefill (3-D positions, rope deltas stored in the cache);
+        later calls are decode steps: a real token with s real tokens before it gets position s + delta."""
+        cfg = self.config
+        B, L = input_ids.shape
+        past = 0 if cache is None else cache.pos
+        if past + L > cfg.text.max_position_embeddings:
+            raise ValueError(f"sequence length {past + L} exceeds max_position_embeddings "
+                             f"{cfg.text.max_position_embeddings}")
+        if cache is not None and past + L > cache.max_len:
+            raise ValueError(f"KV cache holds {cache.max_len} positions, need {past + L}")
+        if attention_mask is None:
+            attention_mask = torch.ones(B, L, dtype=torch.long, device=input_ids.device)
+        elif attention_mask.shape[1] == past + L and past > 0:
+            attention_mask = attention_mask[:, past:]
+        real = attention_mask.bool()
+
+        emb = self.model.language_model.embed_tokens(input_ids)  # (B, L, D)
+        img_mask = input_ids == cfg.image_token_id
+        n_placeholders = int(img_mask.sum())
+        visual_pos_mask, deepstack = None, None
+        if pixel_values is not None and image_features is None:
+            if image_grid_thw is None:
+                raise ValueError("pixel_values given without image_grid_thw")
+            image_features = self.encode_images(pixel_values, image_grid_thw)
+        if image_features is not None:
+            embeds, deepstack = image_features
+            if image_grid_thw is None:
+                raise ValueError("image_features need image_grid_thw for the 3-D positions")
+            m2 = cfg.vision.spatial_merge_size ** 2
+            n_grid = int(torch.as_tensor(image_grid_thw).prod(-1).sum()) // m2
+            if not (n_placeholders == embeds.shape[0] == n_grid):
+                raise ValueError(f"{n_placeholders} image placeholder tokens in input_ids, but the images give "
+                                 f"{embeds.shape[0]} feature rows (image_grid_thw implies {n_grid})")
+            if past > 0:
+                raise ValueError("images must be in the first (prefill) call of a cached forward")
+            vis_idx = img_mask.nonzero(as_tuple=True)  # row-major, like masked_scatter
+            emb = emb.index_put(vis_idx, embeds.to(emb.dtype))
+            visual_pos_mask = img_mask
+        elif n_placeholders:
+            raise ValueError(f"input_ids contain {n_placeholders} image placeholder tokens but no images were given")
+
+        # positions and attention mask
+        if past == 0:
+            grid = None if image_features is None else torch.as_tensor(image_grid_thw)
+            pos, deltas = rope_positions(input_ids, attention_mask, grid, cfg.image_token_id,
+                                         cfg.vision.spatial_merge_size)
+            if cache is not None:
+                cache.rope_deltas = deltas
+                cache.seen = real.long().sum(1)
+        else:
+            s = cache.seen[:, None] + real.long().cumsum(1) - 1  # real tokens before each new token
+            pos = torch.where(real, s + cache.rope_deltas[:, None], 0).expand(3, B, L)
+            cache.seen = cache.seen + real.long().sum(1)
+        if cache is not None:
+            cache.key_mask[:, past:past + L] = real
+            mask = attention_mask_4d(cache.key_mask, L, past)
+        elif bool(real.all()):
+            mask = None  # plain causal
+        else:
+            mask = attention_mask_4d(real, L, 0)
+
+        h = self.model.language_model(emb, pos, mask, cache, visual_pos_mask, deepstack)
+        if logits_to_keep > 0:
+            h = h[:, -logits_to_keep:]
+        return self.lm_head(h)
+
+    # ----- generation -----
+
+    @staticmethod
+    def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """logits (B, V) -> next ids (B,). temperature 0: argmax. Otherwise softmax(logits / T) restricted to the
+        top_k largest (if top_k > 0) and to the smallest set whose probability reaches top_p."""
+        if temperature <= 0:
+            return logits.argmax(-1)
+        logits = logits.float() / temperature
+        if top_k > 0:
+            kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        if top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+            sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
+            logits = torch.full_like(logits, -math.inf).scatter(-1, order, sorted_logits)
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
+                 max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                 num_samples: int = 1, generator: torch.Generator | None = None,
+                 eos_token_ids=None, image_features=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompts (B, L) -> (tokens (B*G, T), mask (B*G, T)), G = num_samples, T <= max_new_tokens.
+
+        Each prompt is prefilled once (vision runs once), then the KV cache is copied G ways: row b*G + g is
+        sample g of prompt b. mask is True on generated tokens up to and including each row's EOS; later
+        tokens are 0. Decoding stops early once every row has finished."""
+        B, L = input_ids.shape
+        if L > self.config.text.max_position_embeddings:
+            raise ValueError(f"prompt length {L} exceeds max_position_embeddings "
+                             f"{self.config.text.max_position_embeddings}")
+        max_new_tokens = min(max_new_tokens, self.config.text.max_position_embeddings - L)
+        if eos_token_ids is None:
+            eos_token_ids = self.config.eos_token_ids
+        elif isinstance(eos_token_ids, int):
+            eos_token_ids = [eos_token_ids]
+        eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=input_ids.device)
+        G = num_samples
+        tokens = torch.zeros(B * G, max_new_tokens, dtype=torch.long, device=input_ids.device)
+        mask = torch.zeros(B * G, max_new_tokens, dtype=torch.bool, device=input_ids.device)
+        if max_new_tokens <= 0:
+            return tokens, mask
+
+        cache = KVCache(self.config.text, B, L + max_new_tokens, self.dtype, self.device)
+        logits = self(input_ids, attention_mask, pixel_values, image_grid_thw, image_features=image_features,
+                      cache=cache, logits_to_keep=1)[:, -1]  # (B, V)
+        if G > 1:
+            cache = cache.repeat_interleave(G)
+            logits = logits.repeat_interleave(G, dim=0)  # (B*G, V)
+        finished = torch.zeros(B * G, dtype=torch.bool, device=input_ids.device)
+        ones = torch.ones(B * G, 1, dtype=torch.long, device=input_ids.device)
+        for t in range(max_new_tokens):
+            nxt = self.sample_next(logits, temperature, top_p, top_k, generator)
+            nxt = torch.where(finished, 0, nxt)
+            tokens[:, t] = nxt
+            mask[:, t] = ~finished
+            finished = finished | torch.isin(nxt, eos)
+            if bool(finished.all()) or t == max_new_tokens - 1:
+                return tokens[:, :t + 1], mask[:, :t + 1]
+            logits = self(nxt[:, None], ones, cache=cache, logits_to_keep=1)[:, -1]
+        return tokens, mask
+
+    # ----- checkpoint I/O -----
+
+    def checkpoint_keys(self) -> dict[str, tuple]:
+        """{checkpoint key: shape} for this config (a tied head has no lm_head.weight), taken from a fresh
+        meta-device model so extra parameters attached later (e.g. LoRA) are never included."""
+        with torch.device("meta"):
+            fresh = Qwen3VL(self.config)
+        keys = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+        if self.config.tie_word_embeddings:
+            keys.pop("lm_head.weight", None)
+        return keys
+
+    def save_pretrained(self, path) -> None:
+        """Write config.json + model.safetensors with exactly the checkpoint keys."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        sd = self.state_dict()
+        keys = self.checkpoint_keys()
+        missing = [k for k in keys if k not in sd]
+        if missing:
+            raise ValueError(f"cannot save: the model has no tensors for {missing[:10]}")
+        tensors = {k: sd[k].detach().contiguous().cpu() for k in keys}
+        cfg = dataclasses.replace(self.config, dtype=str(self.dtype).replace("torch.", ""))
+        (path / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device=None) -> "Qwen3VL":
+        """Load config.json and model.safetensors (or a sharded model.safetensors.index.json).
+        dtype None keeps the stored dtype. Raises FileNotFoundError for a missing folder/file, ValueError for a
+        corrupt file, and one ValueError naming every missing, unexpected and mis-shaped tensor."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint folder not found: {path}")
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"config.json not found in {path}")
+        config = Qwen3VLConfig.from_dict(json.loads(cfg_file.read_text()))
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            files = [path / f for f in files]
+        else:
+            files = [path / "model.safetensors"]
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"weights file not found: {f}")
+        tensors = {}
+        for f in files:
+            try:
+                with safe_open(str(f), framework="pt", device="cpu") as sf:
+                    for k in sf.keys():
+                        tensors[k] = sf.get_tensor(k)
+            except Exception as e:  # safetensors raises its own error type for bad headers / truncated data
+                raise ValueError(f"cannot read safetensors file {f} (truncated or corrupt?): {e}") from e
+
+        with torch.device("meta"):
+            model = cls(config)
+        expected = model.checkpoint_keys()
+        if config.tie_word_embeddings:
+            tensors.pop("lm_head.weight", None)  # tied: the head is embed_tokens
+        elif "lm_head.weight" not in tensors and "model.language_model.embed_tokens.weight" in tensors:
+            tensors["lm_head.weight"] = tensors["model.language_model.embed_tokens.weight"].clone()
+        missing = sorted(k for k in expected if k not in tensors)
+        unexpected = sorted(k for k in tensors if k not in expected)
+        misshaped = sorted(f"{k}: file {tuple(tensors[k].shape)} vs model {expected[k]}"
+                           for k in expected if k in tensors and tuple(tensors[k].shape) != expected[k])
+        if missing or unexpected or misshaped:
+            raise ValueError(f"checkpoint {path} does not match the config:\n  missing: {missing}\n"
+                             f"  unexpected: {unexpected}\n  mis-shaped: {misshaped}")
+        if dtype is not None:
+            tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+        model.load_state_dict(tensors, strict=False, assign=True)
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.model.language_model.embed_tokens.weight
+        if device is not None:
+            model.to(device)
+        return model.eval()
