@@ -1,0 +1,343 @@
+"""LoRA: low-rank adapters on nn.Linear layers, switchable on/off, explicit merge/unmerge, PEFT-format I/O.
+
+    y = x W^T + b + (alpha / r) * dropout(x) A^T B^T          A: (r, in), B: (out, r)
+
+A starts Kaiming-uniform and B starts at zero, so at init the adapted model equals the base model exactly.
+The base W (and b) stay frozen; only A and B train.
+
+Design choices (see docs/STYLE.md):
+- `LoRALinear` subclasses nn.Linear and keeps the base parameters as `weight` / `bias`, so the state-dict keys of
+  the base model are unchanged (`...q_proj.weight` is still `...q_proj.weight`); the adapters add
+  `...q_proj.lora_A.weight` and `...q_proj.lora_B.weight`.
+- "Adapters off" (`lora_enabled(model, False)`) IS the reference policy for GRPO/NPO/KL: no second model copy.
+- Merging is only ever explicit (`merge_lora` / `unmerge_lora`); `.eval()` never merges (unlike loralib),
+  so switching train/eval cannot silently change what "adapters off" means.
+- `save_lora` / `load_lora` use PEFT's file layout (adapter_model.safetensors with keys
+  `base_model.model.<module path>.lora_A.weight`, adapter_config.json with peft_type LORA), so a PEFT user
+  can load the adapter onto the Hugging Face Qwen3-VL, whose module paths equal ours.
+"""
+
+import json
+import math
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VISION_TARGETS = ("qkv", "proj", "linear_fc1", "linear_fc2")  # Qwen3-VL vision blocks and patch mergers
+TEXT_PREFIX = "model.language_model.layers."
+VISION_PREFIX = "model.visual."
+PEFT_PREFIX = "base_model.model."  # PEFT wraps the model twice: PeftModel.base_model (LoraModel).model
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass
+class LoRAConfig:
+    r: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: tuple = TEXT_TARGETS
+    layers: list | None = None  # text-decoder layer indices to adapt; None = all
+    vision: bool = False
+    paths: list = field(default_factory=list)  # the module paths that were wrapped (filled by apply_lora)
+
+
+class LoRALinear(nn.Linear):
+    """nn.Linear plus a low-rank update: y = x W^T + b + scaling * B(A(dropout(x))), scaling = alpha / r."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, r: int = 16, alpha: float = 16.0,
+                 dropout: float = 0.0, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if r <= 0:
+            raise ValueError(f"LoRA rank must be positive, got {r}")
+        self.r, self.lora_alpha, self.scaling = r, alpha, alpha / r
+        self.lora_A = nn.Linear(in_features, r, bias=False, device=device, dtype=dtype)  # weight (r, in)
+        self.lora_B = nn.Linear(r, out_features, bias=False, device=device, dtype=dtype)  # weight (out, r)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.enabled = True  # adapters on
+        self.merged = False  # delta currently folded into self.weight
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self) -> None:
+        # A: the default nn.Linear (Kaiming-uniform) init; B = 0 so the update starts at exactly zero
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, r: int, alpha: float, dropout: float) -> "LoRALinear":
+        """Wrap an existing nn.Linear, sharing (not copying) its weight and bias parameters."""
+        w = linear.weight
+        # build the base part on the meta device (no allocation), then adopt the existing parameters
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, r=r, alpha=alpha,
+                     dropout=dropout, device="meta", dtype=w.dtype)
+        module.weight = w
+        module.bias = linear.bias
+        module.lora_A.to_empty(device=w.device)
+        module.lora_B.to_empty(device=w.device)
+        module.reset_lora_parameters()
+        module.train(linear.training)
+        return module
+
+    def delta_weight(self) -> torch.Tensor:
+        """scaling * B @ A, shape (out, in): what merging adds to W."""
+        return self.scaling * (self.lora_B.weight @ self.lora_A.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if not self.enabled and self.merged:
+            raise RuntimeError("LoRA adapters are merged into the weight; unmerge_lora before switching them off")
+        if self.enabled and not self.merged:
+            xa = self.lora_dropout(x).to(self.lora_A.weight.dtype)
+            y = y + (self.scaling * self.lora_B(self.lora_A(xa))).to(y.dtype)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, r={self.r}, alpha={self.lora_alpha}, merged={self.merged}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# applying and finding adapters
+
+
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    """Module path -> LoRALinear, in model order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """All adapter parameters (A and B of every LoRALinear): what the optimizer trains."""
+    return [p for m in lora_modules(model).values() for p in (m.lora_A.weight, m.lora_B.weight)]
+
+
+def _target_paths(model: nn.Module, targets, layers, vision: bool, vision_targets) -> list[str]:
+    """Module paths of the nn.Linear layers to adapt: text-decoder layers (optionally a subset), optionally
+    the vision tower."""
+    layer_set = None if layers is None else {int(i) for i in layers}
+    paths = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Linear):
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if name.startswith(TEXT_PREFIX) and leaf in targets:
+            if layer_set is None or int(name[len(TEXT_PREFIX):].split(".")[0]) in layer_set:
+                paths.append(name)
+        elif vision and name.startswith(VISION_PREFIX) and leaf in vision_targets:
+            paths.append(name)
+    return paths
+
+
+def _wrap(model: nn.Module, paths: list[str], r: int, alpha: float, dropout: float) -> None:
+    for path in paths:
+        parent_path, _, leaf = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        linear = getattr(parent, leaf)
+        if isinstance(linear, LoRALinear):
+            raise ValueError(f"{path} already has a LoRA adapter")
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"{path} is a {type(linear).__name__}, not nn.Linear")
+        setattr(parent, leaf, LoRALinear.from_linear(linear, r, alpha, dropout))
+
+
+def apply_lora(model: nn.Module, targets=TEXT_TARGETS, r: int = 16, alpha: float = 16.0, dropout: float = 0.05,
+               layers=None, vision: bool = False, vision_targets=VISION_TARGETS) -> list[str]:
+    """Wrap the target nn.Linear layers of the text decoder (and of the vision tower if `vision`) in LoRALinear,
+    freeze every other parameter, and return the wrapped module paths.
+
+    targets: leaf names in the decoder layers (default: all seven linear maps, as the authors' fine-tuning);
+    layers: decoder layer indices to adapt (None = all). The settings are kept in `model.lora_config`."""
+    if lora_modules(model):
+        raise ValueError("model already has LoRA adapters")
+    paths = _target_paths(model, tuple(targets), layers, vision, tuple(vision_targets))
+    if not paths:
+        raise ValueError(f"no nn.Linear named {tuple(targets)} under {TEXT_PREFIX}*")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    _wrap(model, paths, r, alpha, dropout)
+    model.lora_config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=tuple(targets),
+                                   layers=None if layers is None else sorted(int(i) for i in layers),
+                                   vision=vision, paths=paths)
+    return paths
+
+
+@contextmanager
+def lora_enabled(model: nn.Module, on: bool) -> Iterator[None]:
+    """Switch all adapters on or off inside the block (restoring the previous state after, even on error).
+    Off = the base model = the reference policy."""
+    modules = list(lora_modules(model).values())
+    if not modules:
+        raise ValueError("model has no LoRA adapters: call apply_lora first")
+    if not on and any(m.merged for m in modules):
+        raise RuntimeError("LoRA adapters are merged into the weights; call unmerge_lora before switching them off")
+    before = [m.enabled for m in modules]
+    try:
+        for m in modules:
+            m.enabled = on
+        yield
+    finally:
+        for m, was in zip(modules, before):
+            m.enabled = was
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> int:
+    """W <- W + scaling * B @ A in every adapted layer (explicitly; never implied by .eval()).
+    Returns the number of layers merged. In bf16 a merge/unmerge round trip is exact only up to rounding."""
+    n = 0
+    for m in lora_modules(model).values():
+        if not m.merged:
+            m.weight.add_(m.delta_weight().to(m.weight.dtype))
+            m.merged = True
+            n += 1
+    return n
+
+
+@torch.no_grad()
+def unmerge_lora(model: nn.Module) -> int:
+    """W <- W - scaling * B @ A: undoes merge_lora. Returns the number of layers unmerged."""
+    n = 0
+    for m in lora_modules(model).values():
+        if m.merged:
+            m.weight.sub_(m.delta_weight().to(m.weight.dtype))
+            m.merged = False
+            n += 1
+    return n
+
+
+def unload_lora(model: nn.Module, merge: bool = True) -> int:
+    """Replace every LoRALinear by a plain nn.Linear holding the same weight (merged first if `merge`), so the
+    model is the plain architecture again (e.g. before save_pretrained). Returns the number of layers."""
+    if merge:
+        merge_lora(model)
+    modules = lora_modules(model)
+    for path, m in modules.items():
+        if m.merged != merge:
+            raise RuntimeError(f"{path}: cannot unload {'unmerged' if merge else 'merged'} adapters here")
+        parent_path, _, leaf = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        plain.weight, plain.bias = m.weight, m.bias
+        plain.train(m.training)
+        setattr(parent, leaf, plain)
+    if hasattr(model, "lora_config"):
+        del model.lora_config
+    return len(modules)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PEFT-compatible save / load
+
+
+def _peft_target_modules(cfg: LoRAConfig, paths: list[str]):
+    """PEFT's `target_modules`: the plain list of leaf names when every decoder layer is adapted (PEFT then
+    matches `*.q_proj` etc., which on Qwen3-VL exist only in the text decoder), else a regex that PEFT
+    full-matches against module paths, listing exactly the wrapped paths."""
+    if cfg.layers is None and not cfg.vision:
+        return sorted(cfg.targets)
+    return "(" + "|".join(re.escape(p) for p in paths) + ")"
+
+
+def save_lora(model: nn.Module, directory: str, base_model_name_or_path: str | None = None) -> None:
+    """Write `directory/adapter_model.safetensors` (keys `base_model.model.<path>.lora_{A,B}.weight`) and
+    `directory/adapter_config.json` in PEFT's format."""
+    modules = lora_modules(model)
+    if not modules:
+        raise ValueError("model has no LoRA adapters to save")
+    if any(m.merged for m in modules.values()):
+        raise RuntimeError("save_lora needs unmerged adapters (call unmerge_lora first)")
+    r = {m.r for m in modules.values()}
+    alpha = {m.lora_alpha for m in modules.values()}
+    if len(r) != 1 or len(alpha) != 1:
+        raise ValueError("save_lora supports one rank and alpha for all adapters")
+    # without a recorded config (adapters wrapped by hand) name the exact paths rather than leaf names
+    cfg = getattr(model, "lora_config", None) or LoRAConfig(layers=[])
+    os.makedirs(directory, exist_ok=True)
+    tensors = {}
+    for path, m in modules.items():
+        tensors[f"{PEFT_PREFIX}{path}.lora_A.weight"] = m.lora_A.weight.detach().cpu().contiguous()
+        tensors[f"{PEFT_PREFIX}{path}.lora_B.weight"] = m.lora_B.weight.detach().cpu().contiguous()
+    save_file(tensors, os.path.join(directory, ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    m0 = next(iter(modules.values()))
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": m0.r,
+        "lora_alpha": m0.lora_alpha,
+        "lora_dropout": m0.lora_dropout.p if isinstance(m0.lora_dropout, nn.Dropout) else 0.0,
+        "target_modules": _peft_target_modules(cfg, list(modules)),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+    }
+    with open(os.path.join(directory, ADAPTER_CONFIG), "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def load_lora(model: nn.Module, directory: str) -> list[str]:
+    """Load a PEFT-format LoRA adapter. If the model has no adapters yet, they are created on exactly the
+    module paths named in the file (with r / alpha / dropout from adapter_config.json); if it has some, the
+    paths and ranks must match. Returns the adapted module paths."""
+    weights_path = os.path.join(directory, ADAPTER_WEIGHTS)
+    config_path = os.path.join(directory, ADAPTER_CONFIG)
+    for p in (directory, weights_path, config_path):
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"LoRA adapter: {p} not found")
+    with open(config_path) as f:
+        config = json.load(f)
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{config_path}: peft_type {config.get('peft_type')!r} is not LORA")
+    tensors = load_file(weights_path)
+
+    # "base_model.model.<path>.lora_A.weight" -> path (PEFT's in-memory ".default" adapter name tolerated)
+    by_path: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        m = re.fullmatch(re.escape(PEFT_PREFIX) + r"(.+)\.(lora_[AB])(?:\.default)?\.weight", key)
+        if m is None:
+            raise ValueError(f"{weights_path}: unexpected key {key!r} (expected {PEFT_PREFIX}<path>.lora_A.weight)")
+        by_path.setdefault(m.group(1), {})[m.group(2)] = t
+    for path, pair in by_path.items():
+        if set(pair) != {"lora_A", "lora_B"}:
+            raise ValueError(f"{weights_path}: {path} lacks lora_A or lora_B")
+
+    existing = lora_modules(model)
+    if not existing:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        paths = list(by_path)
+        _wrap(model, paths, int(config["r"]), float(config["lora_alpha"]), float(config.get("lora_dropout", 0.0)))
+        model.lora_config = LoRAConfig(r=int(config["r"]), alpha=float(config["lora_alpha"]),
+                                       dropout=float(config.get("lora_dropout", 0.0)),
+                                       targets=tuple(sorted({p.rsplit(".", 1)[-1] for p in paths})),
+                                       layers=None if isinstance(config.get("target_modules"), list) else [],
+                                       vision=any(p.startswith(VISION_PREFIX) for p in paths), paths=paths)
+    elif set(existing) != set(by_path):
+        missing, extra = sorted(set(existing) - set(by_path)), sorted(set(by_path) - set(existing))
+        raise ValueError(f"adapter paths differ from the model's: missing in file {missing[:3]}, "
+                         f"not in model {extra[:3]}")
+    modules = lora_modules(model)
+    with torch.no_grad():
+        for path, pair in by_path.items():
+            m = modules[path]
+            if m.merged:
+                raise RuntimeError("cannot load into merged adapters (call unmerge_lora first)")
+            for name, t in pair.items():
+                param = getattr(m, name).weight
+                if t.shape != param.shape:
+                    raise ValueError(f"{path}.{name}.weight: file shape {tuple(t.shape)} != model shape "
+                                     f"{tuple(param.shape)} (different r or a different base model?)")
+                param.copy_(t)
+            m.lora_alpha = float(config["lora_alpha"])
+            m.scaling = m.lora_alpha / m.r
+    return list(by_path)
