@@ -351,6 +351,7 @@ class Processor:
         self.chat_template = chat_template
         self._preprocessor_dict = dict(preprocessor_dict or {})  # the loaded file, kept for save_pretrained
         self._tokenizer_config = dict(tokenizer_config) if tokenizer_config else None
+        self._video_config = None  # video_preprocessor_config.json, carried through save_pretrained only
         tid = tokenizer.token_to_id
         self.pad_token_id = tid(ENDOFTEXT)
         self.eos_token_ids = [tid(IM_END), tid(ENDOFTEXT)]
@@ -388,13 +389,19 @@ class Processor:
         tok_cfg = _read_json(tok_cfg_path) if os.path.isfile(tok_cfg_path) else None
         if template is None and tok_cfg is not None:
             template = tok_cfg.get("chat_template")
-        return cls(tokenizer, ImageProcessorConfig.from_dict(pre), template, pre, tok_cfg)
+        video_path = os.path.join(path, "video_preprocessor_config.json")
+        proc = cls(tokenizer, ImageProcessorConfig.from_dict(pre), template, pre, tok_cfg)
+        proc._video_config = _read_json(video_path) if os.path.isfile(video_path) else None
+        return proc
 
     def save_pretrained(self, path: str) -> None:
-        """Write tokenizer.json, preprocessor_config.json, tokenizer_config.json and chat_template.json.
+        """Write tokenizer.json, preprocessor_config.json, tokenizer_config.json, chat_template.json and
+        video_preprocessor_config.json.
 
-        A loaded tokenizer_config.json / template is written back unchanged; otherwise a minimal Qwen2 tokenizer
-        config and `SUBSET_CHAT_TEMPLATE` (the supported subset of the Instruct template) are written.
+        A loaded tokenizer_config.json / template / video config is written back unchanged; otherwise a minimal
+        Qwen2 tokenizer config, `SUBSET_CHAT_TEMPLATE` (the supported subset of the Instruct template) and the
+        Qwen3-VL video defaults (spec 1) are written. This processor never reads the video config (no video
+        support); the reference `AutoProcessor` refuses to load a Qwen3-VL processor folder without one.
         """
         os.makedirs(path, exist_ok=True)
         self.tokenizer.save(os.path.join(path, "tokenizer.json"))
@@ -418,8 +425,20 @@ class Processor:
             "model_max_length": 262144,
         }
         tok_cfg = {k: v for k, v in tok_cfg.items() if k != "chat_template"}  # kept in chat_template.json only
+        c = self.image_config
+        video = self._video_config or {
+            "video_processor_type": "Qwen3VLVideoProcessor",
+            "processor_class": "Qwen3VLProcessor",
+            "patch_size": c.patch_size,
+            "temporal_patch_size": c.temporal_patch_size,
+            "merge_size": c.merge_size,
+            "image_mean": list(c.image_mean),
+            "image_std": list(c.image_std),
+            "size": {"shortest_edge": 4096, "longest_edge": 25165824},
+        }
         for name, obj in (("preprocessor_config.json", pre), ("tokenizer_config.json", tok_cfg),
-                          ("chat_template.json", {"chat_template": self.chat_template or SUBSET_CHAT_TEMPLATE})):
+                          ("chat_template.json", {"chat_template": self.chat_template or SUBSET_CHAT_TEMPLATE}),
+                          ("video_preprocessor_config.json", video)):
             with open(os.path.join(path, name), "w", encoding="utf-8") as f:
                 json.dump(obj, f, indent=2, ensure_ascii=False)
                 f.write("\n")

@@ -356,7 +356,8 @@ def test_decode_round_trip(proc):
 def test_save_and_reload(tmp_path, proc):
     proc.save_pretrained(tmp_path / "out")
     again = Processor.from_pretrained(tmp_path / "out")
-    for name in ("tokenizer.json", "preprocessor_config.json", "tokenizer_config.json", "chat_template.json"):
+    for name in ("tokenizer.json", "preprocessor_config.json", "tokenizer_config.json", "chat_template.json",
+                 "video_preprocessor_config.json"):
         assert (tmp_path / "out" / name).is_file()
     pre = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
     assert pre["size"] == {"shortest_edge": 65536, "longest_edge": 16777216}
