@@ -4,8 +4,12 @@ limits, the table; and one real pass through a tiny random Qwen3-VL."""
 from dataclasses import dataclass, field
 
 import pytest
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from asru_min.evaluate import (
+    answer,
     correct_letter,
     evaluate_model,
     format_table,
@@ -28,6 +32,10 @@ class FakeQA:
     visible: str = ""
     options: list = field(default_factory=list)
     person: str = "p0"
+
+    def messages(self):
+        content = ([{"type": "image"}] if self.image is not None else []) + [{"type": "text", "text": self.question}]
+        return [{"role": "user", "content": content}]
 
 
 OPTS = ["a nurse", "a pilot", "a chef", "a baker"]
@@ -134,3 +142,130 @@ def test_evaluate_model_with_fake_answers_and_table():
     assert row.split()[3:5] == ["100.0", "100.0"]  # MC, Cloze
     assert row.split()[-1] == "-"  # Acc applies to utility only
     assert sum(line.startswith("forget") for line in lines) == 6  # 3 forms x 2 results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real processor and model (tiny, random): the batching / decoding path of `answer`
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+            "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_processor():
+    """A byte-level tokenizer (one token per byte, no merges) with the Qwen special tokens; 32x32 images."""
+    from asru_min.processor import ImageProcessorConfig, Processor
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    return Processor(tok, ImageProcessorConfig(min_pixels=32 * 32, max_pixels=32 * 32))
+
+
+def tiny_model(processor):
+    from asru_min.model import Qwen3VL, Qwen3VLConfig
+    from asru_min.text import TextConfig
+    from asru_min.vision import VisionConfig
+
+    tid = processor.tokenizer.token_to_id
+    cfg = Qwen3VLConfig(
+        text=TextConfig(vocab_size=processor.tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                        max_position_embeddings=2048, mrope_section=[4, 2, 2], eos_token_id=tid("<|im_end|>")),
+        vision=VisionConfig(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                            num_position_embeddings=16, deepstack_visual_indexes=[0]),
+        image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
+        vision_start_token_id=tid("<|vision_start|>"), vision_end_token_id=tid("<|vision_end|>"))
+    torch.manual_seed(0)
+    return Qwen3VL(cfg)
+
+
+def with_images(qas):
+    for i, qa in enumerate(qas):
+        if qa.form == "image":
+            qa.image = Image.new("RGB", (32 + 8 * (i % 2), 32), (40 * i % 256, 90, 200))
+    return qas
+
+
+def tiny_splits():
+    util = [FakeQA("Capital of France?", "Paris", "utility", "Paris", "text")]
+    priv = [FakeQA("What is the phone number of the person in the image?", "", "private", "", "image", "img")]
+    return {"forget": with_images(forget_split()), "retain": with_images(forget_split()),
+            "utility": util, "private": with_images(priv)}
+
+
+def test_answer_and_grid_on_tiny_random_model(one_thread):
+    processor = tiny_processor()
+    model = tiny_model(processor)
+    model.train()
+    qas = tiny_splits()["forget"]
+    texts, finished = answer(model, processor, qas, batch_size=2, max_new_tokens=4, return_finished=True)
+    assert model.training  # mode restored
+    assert len(texts) == len(finished) == len(qas) and all(isinstance(t, str) for t in texts)
+    # greedy decoding is deterministic and independent of the batch composition
+    assert answer(model, processor, qas[::-1], batch_size=3, max_new_tokens=4) == texts[::-1]
+    r = evaluate_model(model, processor, tiny_splits(), batch_size=4, max_new_tokens=4, verbose=False)
+    assert set(r) == {"forget", "retain", "utility", "private", "examples", "meta"}
+    keys = {"mc_acc", "mc_n", "cloze_acc", "cloze_n", "gen_n", "rouge1", "rouge2", "rougeL", "bleu",
+            "refusal_rate", "leak_rate"}
+    quality = {"quality", "quality_contextual_refusal", "quality_no_leak", "quality_naturalness"}
+    assert set(r["forget"]["all"]) == keys | quality and set(r["retain"]["all"]) == keys
+    assert all(0.0 <= v <= 1.0 for v in r["forget"]["all"].values() if isinstance(v, float))
+    assert r["private"]["image"]["n"] == 1 and r["private"]["text"]["n"] == 0
+
+
+class ScriptedModel(torch.nn.Module):
+    """Stands in for Qwen3VL.generate: reads each prompt back, finds its question, and 'generates' the perfect
+    answer followed by <|im_end|> and pad ids, in the contract's (tokens, mask) form. Checks that a batch is
+    all-image (with pixel tensors) or all-text (without)."""
+
+    def __init__(self, processor, qas):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.processor, self.qas = processor, qas
+        self.calls = []
+
+    def generate(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, max_new_tokens=32,
+                 temperature=0.0, eos_token_ids=None, **kw):
+        assert temperature == 0.0 and max_new_tokens == 50
+        im_end = self.processor.tokenizer.token_to_id("<|im_end|>")
+        rows, has_image = [], []
+        for ids, m in zip(input_ids, attention_mask):
+            prompt = self.processor.decode(ids[m.bool()], skip_special_tokens=False)
+            image = "<|image_pad|>" in prompt
+            qa = next(q for q in self.qas if q.question in prompt and (q.image is not None) == image)
+            has_image.append(image)
+            text = correct_letter(qa) if qa.kind == "mc" else qa.answer
+            rows.append(self.processor.tokenizer.encode(text, add_special_tokens=False).ids + [im_end])
+        assert all(has_image) == (pixel_values is not None) and (all(has_image) or not any(has_image))
+        self.calls.append(len(rows))
+        T = max(len(r) for r in rows) + 2
+        tokens = torch.zeros(len(rows), T, dtype=torch.long)
+        mask = torch.zeros(len(rows), T, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), True
+        return tokens, mask
+
+
+def test_perfect_generations_score_one_through_answer():
+    processor = tiny_processor()
+    splits = tiny_splits()
+    qas = [qa for s in splits.values() for qa in s]
+    model = ScriptedModel(processor, qas)
+    r = evaluate_model(model, processor, splits, batch_size=2, verbose=False)
+    for split in ("forget", "retain"):
+        m = r[split]["all"]
+        assert m["mc_acc"] == m["cloze_acc"] == m["rouge1"] == m["rouge2"] == m["rougeL"] == 1.0
+        assert m["bleu"] == pytest.approx(1.0)
+    assert r["utility"]["all"]["acc"] == 1.0
+    assert max(model.calls) <= 2
