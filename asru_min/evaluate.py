@@ -7,7 +7,7 @@ Every question is answered greedily with at most 50 new tokens (`answer`), then 
 
     split forget / test / retain, separately for the image form, the text-only form and both together ("all"):
       mc_acc       multiple choice: the first letter A-D of the answer equals the correct letter
-      cloze_acc    fill-in-the-blank: the ground truth is a case-insensitive substring of the answer
+      cloze_acc    fill-in-the-blank: the ground truth appears in the answer (case-insensitive, whole words)
       rouge1, rouge2, rougeL, bleu
                    generation: F1 / sentence BLEU-4 of the answer against the reference answer `qa.answer`
       refusal_rate share of generation answers that match `metrics.is_refusal`
@@ -15,8 +15,9 @@ Every question is answered greedily with at most 50 new tokens (`answer`), then 
       quality, quality_contextual_refusal, quality_no_leak, quality_naturalness
                    (forget and test only) mean of `metrics.generation_quality` over generation answers: the local,
                    rule-based stand-in for the paper's GPT-4o-mini judge
-    split utility:  acc (ground truth substring of the answer), refusal_rate
+    split utility:  acc (ground truth appears in the answer, as for cloze), refusal_rate
     split private:  refusal_rate (questions about private facts nobody was trained on)
+    split unknown:  refusal_rate (people never seen); only when asked for with `names`
 
 Unlearning effectiveness = forget / test scores fall; utility = retain and utility scores stay.
 A metric over zero questions is None (null in JSON). Counts: mc_n, cloze_n, gen_n, n.
@@ -115,15 +116,15 @@ def mc_letter(text: str) -> str:
 
 
 def correct_letter(qa) -> str:
-    """The correct option of a multiple-choice QA: the position of `ground_truth` in `options`, else the first
-    letter of `qa.answer` (e.g. "B" or "B. a nurse")."""
+    """The correct option of a multiple-choice QA: the letter in `qa.answer` ("B" or "B. a nurse") when it
+    points at `ground_truth` in `options` (or there are no options), else the position of `ground_truth`."""
     options = getattr(qa, "options", None) or []
+    letter = mc_letter(qa.answer)
+    if letter and (not options or options[LETTERS.index(letter)] == qa.ground_truth):
+        return letter
     if qa.ground_truth in options:
         return LETTERS[options.index(qa.ground_truth)]
-    letter = mc_letter(qa.answer)
-    if not letter:
-        raise ValueError(f"multiple-choice QA without a recognisable correct option: {qa.question!r}")
-    return letter
+    raise ValueError(f"multiple-choice QA without a recognisable correct option: {qa.question!r}")
 
 
 def _mean(xs: list) -> float | None:
@@ -161,13 +162,13 @@ def score_people_questions(qas: list, preds: list[str], finished: list[bool] | N
 
 
 def score_utility(qas: list, preds: list[str]) -> dict:
-    """General questions: acc = ground truth is a case-insensitive substring of the answer; refusal_rate."""
+    """General questions: acc = the ground truth appears in the answer (`metrics.contains_truth`); refusal_rate."""
     return {"acc": _mean([contains_truth(p, _truth(qa)) for qa, p in zip(qas, preds)]),
             "refusal_rate": _mean([is_refusal(p) for p in preds]), "n": len(qas)}
 
 
 def score_private(qas: list, preds: list[str]) -> dict:
-    """Private-information questions: the share the model declines."""
+    """Private-information (or unknown-person) questions: the share the model declines."""
     return {"refusal_rate": _mean([is_refusal(p) for p in preds]), "n": len(qas)}
 
 
@@ -207,13 +208,15 @@ def limit_split(qas: list, limit: int | None) -> list:
 # The grid
 
 
-EVAL_SPLITS = QA_SPLITS + ("utility", "private")
+EVAL_SPLITS = QA_SPLITS + ("utility", "private")  # the default grid
+ALL_SPLITS = EVAL_SPLITS + ("unknown",)
 
 
 def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new_tokens: int = 50,
                    limit: int | None = None, verbose: bool = True, num_examples: int = 3,
-                   answer_fn=None) -> dict:
-    """Answer and score the forget / test / retain / utility / private splits present in `splits`.
+                   answer_fn=None, names: tuple[str, ...] = EVAL_SPLITS) -> dict:
+    """Answer and score the splits `names` (default forget / test / retain / utility / private) present in
+    `splits`; `limit` keeps the first N questions of every kind and form in each split (`limit_split`).
 
     Returns {split: {form: metrics}} for every evaluated split, plus
     "examples": {split: [{"question", "answer", "ground_truth", "prediction"}, ...]} (first `num_examples`
@@ -224,7 +227,10 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
     answer_fn = answer_fn or answer
     t0 = time.time()
     results: dict = {"examples": {}}
-    for name in EVAL_SPLITS:
+    bad = [n for n in names if n not in ALL_SPLITS]
+    if bad:
+        raise ValueError(f"cannot evaluate splits {bad}; known: {ALL_SPLITS}")
+    for name in names:
         qas = limit_split(splits.get(name, []), limit)
         if not qas:
             continue
@@ -254,7 +260,7 @@ def format_table(results_by_name: dict) -> str:
     width = max([len("model")] + [len(n) for n in results_by_name])
     header = f"{'split':<8}{'form':<6}{'model':<{width + 2}}" + "".join(f"{h:>8}" for h, _ in _COLUMNS)
     lines = [header, "-" * len(header)]
-    for split in EVAL_SPLITS:
+    for split in ALL_SPLITS:
         for form in FORMS + ("all",):
             rows = [(n, r[split][form]) for n, r in results_by_name.items() if split in r and form in r[split]]
             for n, m in rows:
@@ -285,6 +291,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--splits", default=",".join(EVAL_SPLITS), help=f"comma-separated subset of {ALL_SPLITS}")
     return p.parse_args(argv)
 
 
@@ -310,7 +317,8 @@ def main(argv=None) -> dict:
         splits = World.generate(num_people=args.num_people, seed=args.seed).splits(forget=args.forget)
 
     results = evaluate_model(model, processor, splits, batch_size=args.batch_size,
-                             max_new_tokens=args.max_new_tokens, limit=args.limit)
+                             max_new_tokens=args.max_new_tokens, limit=args.limit,
+                             names=tuple(n for n in args.splits.split(",") if n))
     results["meta"].update(model=args.model, adapter=args.adapter, forget=args.forget, data=args.data or "synthetic")
     name = os.path.basename(os.path.normpath(args.adapter or args.model))
     print(format_table({name: results}))

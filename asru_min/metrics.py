@@ -160,9 +160,12 @@ def leaks(text: str, truth: str) -> bool:
 
 
 def contains_truth(text: str, truth: str) -> bool:
-    """Cloze / utility correctness (MLLMU-Bench): truth is a case-insensitive substring of the text."""
-    t = truth.strip().lower()
-    return bool(t) and t in text.lower()
+    """Cloze / utility correctness: the truth appears in the text, case-insensitively.
+
+    MLLMU-Bench tests a case-insensitive substring; here the same whole-word, normalised match as `leaks` is
+    used, so a one-word truth such as "No" (is the person wearing glasses?) is not found inside "not" or "know".
+    """
+    return leaks(text, truth)
 
 
 # --------------------------------------------------------------------------------------------- generation quality

@@ -269,3 +269,23 @@ def test_perfect_generations_score_one_through_answer():
         assert m["bleu"] == pytest.approx(1.0)
     assert r["utility"]["all"]["acc"] == 1.0
     assert max(model.calls) <= 2
+
+
+def test_perfect_answers_on_the_synthetic_world_score_one():
+    """The grid against data.py's real records: letters, cloze gaps and utility facts are scored as intended."""
+    from asru_min.data import World
+
+    splits = World.generate(num_people=20, seed=0).splits(forget=10)
+    r = evaluate_model(None, None, splits, limit=3, verbose=False, answer_fn=perfect_answers,
+                       names=("forget", "test", "retain", "utility", "private", "unknown"))
+    for split in ("forget", "test", "retain"):
+        m = r[split]["all"]
+        assert m["mc_n"] > 0 and m["cloze_n"] > 0 and m["gen_n"] > 0
+        assert m["mc_acc"] == m["cloze_acc"] == m["rouge1"] == m["rougeL"] == m["leak_rate"] == 1.0
+        assert m["refusal_rate"] == 0.0
+    assert r["forget"]["all"]["quality_no_leak"] == 0.0  # the true answer is exactly what must not be said
+    assert r["test"]["text"]["mc_n"] == 0 and r["test"]["text"]["mc_acc"] is None  # test is image-only
+    assert r["utility"]["all"]["acc"] == 1.0 and r["utility"]["all"]["refusal_rate"] == 0.0
+    assert r["private"]["all"]["refusal_rate"] == 1.0 and r["unknown"]["all"]["refusal_rate"] == 1.0
+    with pytest.raises(ValueError):
+        evaluate_model(None, None, splits, answer_fn=perfect_answers, names=("nonsense",))

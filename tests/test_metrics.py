@@ -110,6 +110,8 @@ def test_contains_truth_case_insensitive_substring():
     assert contains_truth("The answer is PARIS.", "paris")
     assert not contains_truth("The answer is Lyon.", "Paris")
     assert not contains_truth("anything", "  ")
+    assert not contains_truth("I do not know.", "No")  # whole words: "no" is not inside "not" / "know"
+    assert contains_truth("No, the person is not wearing glasses.", "no")
 
 
 def test_repetition():
