@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -389,6 +390,9 @@ class Processor:
         tok_cfg = _read_json(tok_cfg_path) if os.path.isfile(tok_cfg_path) else None
         if template is None and tok_cfg is not None:
             template = tok_cfg.get("chat_template")
+        if template is not None and "<think>" in template:
+            warnings.warn(f"{path} ships a thinking-style chat template; apply_chat_template renders the Instruct "
+                          "format (no <think> block)")
         video_path = os.path.join(path, "video_preprocessor_config.json")
         proc = cls(tokenizer, ImageProcessorConfig.from_dict(pre), template, pre, tok_cfg)
         proc._video_config = _read_json(video_path) if os.path.isfile(video_path) else None
