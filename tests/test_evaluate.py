@@ -289,3 +289,39 @@ def test_perfect_answers_on_the_synthetic_world_score_one():
     assert r["private"]["all"]["refusal_rate"] == 1.0 and r["unknown"]["all"]["refusal_rate"] == 1.0
     with pytest.raises(ValueError):
         evaluate_model(None, None, splits, answer_fn=perfect_answers, names=("nonsense",))
+
+
+def test_command_line_with_adapter(tmp_path, one_thread, capsys):
+    """python -m asru_min.evaluate on a saved tiny checkpoint + LoRA adapter: the adapter changes the answers the
+    command reports exactly as it does in memory, and metrics.json holds the grid."""
+    import json
+
+    from asru_min.data import World
+    from asru_min.evaluate import main
+    from asru_min.lora import apply_lora, save_lora
+
+    processor = tiny_processor()
+    model = tiny_model(processor)
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(str(tmp_path / "ckpt"))
+    apply_lora(model, r=4, alpha=8.0, dropout=0.0)
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 2.0)  # a zero B would make the adapter a no-op
+    save_lora(model, str(tmp_path / "adapter"))
+
+    out = tmp_path / "metrics.json"
+    argv = ["--model", str(tmp_path / "ckpt"), "--adapter", str(tmp_path / "adapter"), "--num-people", "20",
+            "--limit", "1", "--max-new-tokens", "6", "--batch-size", "4", "--out", str(out),
+            "--splits", "forget,utility"]
+    results = main(argv)
+    assert "forget" in capsys.readouterr().out  # the table
+    saved = json.loads(out.read_text())
+    assert set(saved) == {"forget", "utility", "examples", "meta"} and saved["meta"]["adapter"] == str(tmp_path / "adapter")
+    assert saved["forget"]["all"]["gen_n"] == 2 and saved["utility"]["all"]["n"] == 1
+
+    qas = World.generate(num_people=20, seed=0).splits(forget=10)["forget"]
+    shown = results["examples"]["forget"][0]
+    qa = next(q for q in qas if q.question == shown["question"] and q.form == shown["form"])
+    assert answer(model, processor, [qa], max_new_tokens=6) == [shown["prediction"]]
