@@ -1,0 +1,312 @@
+"""ASRU stage 1: the knowledge-absence direction and activation-steering optimisation (ASRU_METHOD.md, Stage 1).
+
+1. Direction. Read the residual stream after text-decoder layer L at the last prompt token (the end of the
+   generation prompt, index -1 with left padding) on two sets of questions:
+       positive: questions the model cannot know (unseen people, private facts), answered with a refusal;
+       negative: forget-set questions (no answer appended), which the vanilla model answers from memory.
+       v = mean(positive) - mean(negative)                      (accumulated in float64, not normalised)
+2. Steering optimisation (RMU-style redirect; the change ends up in the weights). Train only layer L's
+   `mlp.down_proj.weight` W so that
+       forget:  h_L(x_f)[last] -> h_L^frozen(x_f)[last] + c v      (the forget prompts now "look unknown")
+       retain:  h_L(x_r)       -> h_L^frozen(x_r)                   (nothing else moves)
+   No refusal text is ever trained on: the refusal comes from the redirected activations.
+
+The frozen reference costs no second model. Only W (layer L's down_proj) changes, and everything before it is
+frozen, so the input `a` of down_proj and every other term of layer L's output are the same for the updated and
+the frozen model. Layer L's output is  h = h_in + attn + a W^T, hence
+
+       h_frozen = h_updated - a (W - W0)^T
+
+with `a` captured by a hook in the same forward and W0 a saved copy of W (one matrix, not a model).
+The forward is also stopped right after layer L: later layers cannot change h_L.
+
+Differences from the authors' release, on purpose: the retain MSE masks pad positions (the release averages
+over pads too); the refusal filter matches whole words "not"/"no"/"sorry" (the release's substring test also
+accepts "know" or "now"); the frozen activations come from the reconstruction above instead of a second model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import time
+from contextlib import ExitStack
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .hooks import decoder_layer, forward_hook, read_input, read_output
+
+REFUSAL_WORDS = re.compile(r"\b(not|no|sorry)\b", re.IGNORECASE)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# batches and the truncated forward
+
+
+def prompt_batch(processor, qas: list) -> dict:
+    """Prompt-only batch (question + generation prompt, left-padded): its last position is the last prompt token."""
+    prompts = [processor.apply_chat_template(qa.messages(), add_generation_prompt=True) for qa in qas]
+    images = [qa.image for qa in qas if qa.image is not None]
+    return processor(text=prompts, images=images or None)
+
+
+def qa_batch(processor, qas: list) -> dict:
+    """Question + answer + <|im_end|> batch (left-padded), as the model saw it in fine-tuning."""
+    prompts = [processor.apply_chat_template(qa.messages(), add_generation_prompt=True) for qa in qas]
+    images = [qa.image for qa in qas if qa.image is not None]
+    return processor.encode_sft(prompts, [qa.answer for qa in qas], images=images or None)
+
+
+def _model_inputs(batch: dict, model: nn.Module) -> dict:
+    p = next(model.parameters())
+    out = {"input_ids": batch["input_ids"].to(p.device), "attention_mask": batch["attention_mask"].to(p.device)}
+    if batch.get("pixel_values") is not None:
+        out["pixel_values"] = batch["pixel_values"].to(p.device, p.dtype)
+        out["image_grid_thw"] = batch["image_grid_thw"].to(p.device)
+    return out
+
+
+class _StopForward(Exception):
+    """Raised by a hook after layer L: the rest of the forward cannot change h_L."""
+
+
+def forward_to_layer(model: nn.Module, batch: dict, layer: int, grad: bool = False):
+    """Run the model up to and including decoder layer `layer` only.
+
+    Returns (h, a): h (B, L, D) = the output of layer `layer` (keeps the graph when `grad`), and
+    a (B, L, F) = the input of that layer's mlp.down_proj (detached; it does not depend on down_proj)."""
+    module = decoder_layer(model, layer)
+
+    def stop(mod, inputs, output):
+        raise _StopForward
+
+    inputs = _model_inputs(batch, model)
+    with torch.set_grad_enabled(grad), ExitStack() as stack:
+        hs = stack.enter_context(read_output(module, positions="all", detach=not grad))
+        a_s = stack.enter_context(read_input(module.mlp.down_proj))
+        stack.enter_context(forward_hook(module, stop))  # registered last: runs after the read hook
+        try:
+            model(**inputs)
+        except _StopForward:
+            pass
+    if len(hs) != 1 or len(a_s) != 1:
+        raise RuntimeError(f"expected one forward through layer {layer}, saw {len(hs)}")
+    return hs[0], a_s[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. the knowledge-absence direction
+
+
+@torch.no_grad()
+def mean_last_token_activation(model: nn.Module, processor, qas: list, layer: int, batch_size: int = 8):
+    """mean_i h_L(x_i)[last prompt token], summed in float64 (a float32 running sum of thousands of
+    activations with large common components loses the small difference we are after). Returns (mean (D,), n)."""
+    if not qas:
+        raise ValueError("no questions to average over")
+    total, n = None, 0
+    for s in range(0, len(qas), batch_size):
+        h, _ = forward_to_layer(model, prompt_batch(processor, qas[s : s + batch_size]), layer)
+        last = h[:, -1].to(torch.float64)  # (B, D): left padding puts every row's last prompt token at -1
+        total = last.sum(0) if total is None else total + last.sum(0)
+        n += last.shape[0]
+    return total / n, n
+
+
+def keep_refusals(model: nn.Module, processor, qas: list, batch_size: int = 8, max_new_tokens: int = 32) -> list:
+    """The questions whose greedy answer contains the word "not", "no" or "sorry" (the release's positive-set
+    filter: keep only prompts the model really answers with ignorance)."""
+    from .evaluate import answer
+
+    answers = answer(model, processor, qas, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return [qa for qa, text in zip(qas, answers) if REFUSAL_WORDS.search(text)]
+
+
+def knowledge_absence_direction(model: nn.Module, processor, positive_qas: list, negative_qas: list, layer: int,
+                                batch_size: int = 8, negative_model: nn.Module | None = None,
+                                stats: dict | None = None) -> torch.Tensor:
+    """v = mean_{x in positive} h_L(x)[last] - mean_{x in negative} h_L(x)[last]   (float64, shape (D,)).
+
+    positive_qas: unknown-person and private-information questions (data splits `unknown` + `private`),
+    optionally filtered with `keep_refusals`; negative_qas: forget-set questions. `negative_model` reads the
+    negatives (the paper: base model for the positives, vanilla model for the negatives); default `model`.
+    If `stats` is a dict it receives layer, counts and norms (for `save_direction`)."""
+    mu_pos, n_pos = mean_last_token_activation(model, processor, positive_qas, layer, batch_size)
+    mu_neg, n_neg = mean_last_token_activation(negative_model or model, processor, negative_qas, layer, batch_size)
+    v = mu_pos - mu_neg
+    if stats is not None:
+        stats.update(layer=layer, n_positive=n_pos, n_negative=n_neg, norm=float(v.norm()),
+                     norm_positive_mean=float(mu_pos.norm()), norm_negative_mean=float(mu_neg.norm()),
+                     cosine_positive_negative=float(F.cosine_similarity(mu_pos, mu_neg, dim=0)))
+    return v
+
+
+def save_direction(path: str, v: torch.Tensor, metadata: dict | None = None) -> None:
+    """Write `path` (safetensors, tensor "direction") and `path` with .json (the metadata, e.g. layer, counts,
+    norms, model path). The metadata also goes into the safetensors header (as strings)."""
+    meta = {k: v_ for k, v_ in (metadata or {}).items()}
+    meta.setdefault("dim", int(v.shape[0]))
+    meta.setdefault("norm", float(v.double().norm()))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file({"direction": v.detach().cpu().contiguous()}, path, metadata={k: str(x) for k, x in meta.items()})
+    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def load_direction(path: str) -> tuple[torch.Tensor, dict]:
+    """Inverse of `save_direction`: (v (D,), metadata dict from the .json next to it, {} if absent)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"direction file not found: {path}")
+    tensors = load_file(path)
+    if "direction" not in tensors:
+        raise ValueError(f"{path} has no tensor named 'direction' (found {sorted(tensors)})")
+    meta_path = os.path.splitext(path)[0] + ".json"
+    meta = json.load(open(meta_path)) if os.path.isfile(meta_path) else {}
+    return tensors["direction"], meta
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. the steering losses
+
+
+@torch.no_grad()
+def frozen_activation(h_updated: torch.Tensor, a: torch.Tensor, W: torch.Tensor, W0: torch.Tensor) -> torch.Tensor:
+    """h_frozen = h_updated - a (W - W0)^T  (float32, no graph).
+
+    Layer L's output is h_in + attn + a W^T, and h_in, attn and a do not depend on W (all earlier parameters and
+    the attention of layer L are frozen), so replacing W by W0 changes exactly the term a (W - W0)^T.
+    Shapes: h (B, L, D), a (B, L, F), W and W0 (D, F)."""
+    return h_updated.float() - a.float() @ (W.float() - W0.float()).T
+
+
+def forget_loss(h_last: torch.Tensor, h_frozen_last: torch.Tensor, v: torch.Tensor, c: float) -> torch.Tensor:
+    """L_forget = MSE(h_updated[last], h_frozen[last] + c v): push the forget prompts along the
+    knowledge-absence direction. h (B, D), v (D,); the mean runs over B and D."""
+    return F.mse_loss(h_last.float(), h_frozen_last.float() + c * v.float())
+
+
+def retain_loss(h: torch.Tensor, h_frozen: torch.Tensor, attention_mask: torch.Tensor, alpha: float) -> torch.Tensor:
+    """L_retain = alpha * MSE(h_updated, h_frozen) over the real (non-pad) tokens of question + answer:
+    alpha * sum_{b,t: mask=1} |h[b,t] - h_frozen[b,t]|^2 / (n_real * D). h (B, L, D), attention_mask (B, L)."""
+    m = attention_mask.to(h.device, torch.float32)  # (B, L)
+    sq = (h.float() - h_frozen.float()).pow(2).sum(-1)  # (B, L)
+    return alpha * (sq * m).sum() / (m.sum().clamp(min=1) * h.shape[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the optimisation loop
+
+
+def down_proj_name(layer: int) -> str:
+    return f"model.language_model.layers.{layer}.mlp.down_proj.weight"
+
+
+def _batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
+    order = list(range(n))
+    rng.shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def optimize_steering(model: nn.Module, processor, forget_qas: list, retain_qas: list, direction: torch.Tensor,
+                      layer: int, c: float = 3.0, alpha: float = 1.0, lr: float = 1e-4, batch_size: int = 2,
+                      epochs: int = 3, seed: int = 0, log_every: int = 10, callback=None,
+                      weight_decay: float = 0.01) -> dict:
+    """Steering optimisation: train only W = layer L's mlp.down_proj.weight (full matrix); all else frozen.
+
+    Schedule (as the release): each epoch iterates over the (shuffled) retain batches; every
+    k = max(1, n_retain_batches // n_forget_batches) iterations it first takes one forget step
+        W <- AdamW(grad L_forget),  L_forget = MSE(h[last], h_frozen[last] + c v)      (prompt-only batch)
+    and then, every iteration, one retain step
+        W <- AdamW(grad L_retain),  L_retain = alpha * MSE(h, h_frozen)  over question+answer tokens.
+    AdamW with a constant lr (the release steps its linear schedule once per epoch) and torch's default
+    weight_decay 0.01. h_frozen comes from `frozen_activation` (see the module docstring): no model copy.
+
+    callback(step, record) is called after every optimizer step. Returns stats: forget_loss and retain_loss
+    (one float per step of that kind), log (a record per step), steps, param_name and original
+    ({param_name: W0 on the CPU}, for `changed_tensors`). The model is left updated.
+    """
+    if not forget_qas or not retain_qas:
+        raise ValueError("optimize_steering needs non-empty forget and retain sets")
+    down = decoder_layer(model, layer).mlp.down_proj
+    W = down.weight
+    if direction.shape != (W.shape[0],):
+        raise ValueError(f"direction shape {tuple(direction.shape)} != ({W.shape[0]},) (hidden size)")
+    W0 = W.detach().clone()
+    v = direction.to(W.device, torch.float32)
+    name = down_proj_name(layer)
+
+    trainable_before = {p: p.requires_grad for p in model.parameters()}
+    was_training = model.training
+    for p in model.parameters():
+        p.requires_grad_(False)
+    W.requires_grad_(True)
+    model.eval()  # no dropout anywhere; activations must be deterministic functions of W
+    opt = torch.optim.AdamW([W], lr=lr, weight_decay=weight_decay)
+    rng = random.Random(seed)
+    stats = {"forget_loss": [], "retain_loss": [], "log": [], "param_name": name}
+
+    def step(kind: str, qas: list, epoch: int) -> None:
+        if kind == "forget":
+            h, a = forward_to_layer(model, prompt_batch(processor, qas), layer, grad=True)
+            h_frozen = frozen_activation(h, a, W, W0)
+            loss = forget_loss(h[:, -1], h_frozen[:, -1], v, c)
+        else:
+            batch = qa_batch(processor, qas)
+            h, a = forward_to_layer(model, batch, layer, grad=True)
+            h_frozen = frozen_activation(h, a, W, W0)
+            loss = retain_loss(h, h_frozen, batch["attention_mask"], alpha)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        record = {"step": len(stats["log"]), "epoch": epoch, "kind": kind, "loss": loss.item(),
+                  "delta_norm": float((W.detach().float() - W0.float()).norm())}
+        stats[f"{kind}_loss"].append(record["loss"])
+        stats["log"].append(record)
+        if callback is not None:
+            callback(record["step"], record)
+        if log_every and record["step"] % log_every == 0:
+            print(f"[steer] epoch {epoch} step {record['step']:4d} {kind:6s} loss {record['loss']:.5f} "
+                  f"|W-W0| {record['delta_norm']:.4f} ({time.time() - t0:.1f}s)", flush=True)
+
+    t0 = time.time()
+    try:
+        for epoch in range(epochs):
+            retain_batches = _batches(len(retain_qas), batch_size, rng)
+            forget_batches = _batches(len(forget_qas), batch_size, rng)
+            every = max(1, len(retain_batches) // len(forget_batches))
+            forget_iter = iter(forget_batches)
+            for it, idx in enumerate(retain_batches):
+                if it % every == 0:
+                    f_idx = next(forget_iter, None)
+                    if f_idx is not None:
+                        step("forget", [forget_qas[i] for i in f_idx], epoch)
+                step("retain", [retain_qas[i] for i in idx], epoch)
+    finally:
+        W.requires_grad_(False)
+        W.grad = None
+        for p, flag in trainable_before.items():
+            p.requires_grad_(flag)
+        model.train(was_training)
+    stats["steps"] = len(stats["log"])
+    stats["original"] = {name: W0.cpu()}
+    return stats
+
+
+def changed_tensors(model: nn.Module, original: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The parameters named in `original` ({name: tensor before training}) that differ from it now, as
+    contiguous CPU tensors ready for `safetensors.torch.save_file` (stage 1 changes one matrix, so the
+    checkpoint of the update is that matrix, not the whole model)."""
+    params = dict(model.named_parameters())
+    out = {}
+    for name, before in original.items():
+        if name not in params:
+            raise ValueError(f"model has no parameter {name}")
+        now = params[name].detach()
+        if not torch.equal(now.cpu(), before.to(now.dtype).cpu()):
+            out[name] = now.cpu().contiguous().clone()
+    return out
