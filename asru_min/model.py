@@ -169,6 +169,45 @@ def attention_mask_4d(real_keys: torch.Tensor, q_len: int, past: int) -> torch.T
     return (causal & real_keys[:, None, None, :S]) | (kj == qi)
 
 
+def checkpoint_shapes(cfg: Qwen3VLConfig) -> dict[str, tuple]:
+    """Every tensor of a checkpoint and its shape (spec §8); equals the module paths of `Qwen3VL`."""
+    v, t = cfg.vision, cfg.text
+    Dv, I, D4 = v.hidden_size, v.intermediate_size, v.hidden_size * v.spatial_merge_size**2
+    out = {"model.visual.patch_embed.proj.weight": (Dv, v.in_channels, v.temporal_patch_size, v.patch_size,
+                                                    v.patch_size),
+           "model.visual.patch_embed.proj.bias": (Dv,),
+           "model.visual.pos_embed.weight": (v.num_position_embeddings, Dv)}
+    for i in range(v.depth):
+        b = f"model.visual.blocks.{i}."
+        out.update({b + "norm1.weight": (Dv,), b + "norm1.bias": (Dv,), b + "norm2.weight": (Dv,),
+                    b + "norm2.bias": (Dv,), b + "attn.qkv.weight": (3 * Dv, Dv), b + "attn.qkv.bias": (3 * Dv,),
+                    b + "attn.proj.weight": (Dv, Dv), b + "attn.proj.bias": (Dv,),
+                    b + "mlp.linear_fc1.weight": (I, Dv), b + "mlp.linear_fc1.bias": (I,),
+                    b + "mlp.linear_fc2.weight": (Dv, I), b + "mlp.linear_fc2.bias": (Dv,)})
+    mergers = ["model.visual.merger."] + [f"model.visual.deepstack_merger_list.{k}."
+                                          for k in range(len(v.deepstack_visual_indexes))]
+    for j, b in enumerate(mergers):
+        norm = Dv if j == 0 else D4  # main merger normalises each patch, DeepStack ones the concatenation
+        out.update({b + "norm.weight": (norm,), b + "norm.bias": (norm,), b + "linear_fc1.weight": (D4, D4),
+                    b + "linear_fc1.bias": (D4,), b + "linear_fc2.weight": (v.out_hidden_size, D4),
+                    b + "linear_fc2.bias": (v.out_hidden_size,)})
+    D, q, kv = t.hidden_size, t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
+    out["model.language_model.embed_tokens.weight"] = (t.vocab_size, D)
+    for i in range(t.num_hidden_layers):
+        b = f"model.language_model.layers.{i}."
+        out.update({b + "input_layernorm.weight": (D,), b + "self_attn.q_proj.weight": (q, D),
+                    b + "self_attn.k_proj.weight": (kv, D), b + "self_attn.v_proj.weight": (kv, D),
+                    b + "self_attn.o_proj.weight": (D, q), b + "self_attn.q_norm.weight": (t.head_dim,),
+                    b + "self_attn.k_norm.weight": (t.head_dim,), b + "post_attention_layernorm.weight": (D,),
+                    b + "mlp.gate_proj.weight": (t.intermediate_size, D),
+                    b + "mlp.up_proj.weight": (t.intermediate_size, D),
+                    b + "mlp.down_proj.weight": (D, t.intermediate_size)})
+    out["model.language_model.norm.weight"] = (D,)
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = (t.vocab_size, D)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # Model
 # ------------------------------------------------------------------------------------------------
@@ -374,14 +413,9 @@ class Qwen3VL(nn.Module):
     # ----- checkpoint I/O -----
 
     def checkpoint_keys(self) -> dict[str, tuple]:
-        """{checkpoint key: shape} for this config (a tied head has no lm_head.weight), taken from a fresh
-        meta-device model so extra parameters attached later (e.g. LoRA) are never included."""
-        with torch.device("meta"):
-            fresh = Qwen3VL(self.config)
-        keys = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
-        if self.config.tie_word_embeddings:
-            keys.pop("lm_head.weight", None)
-        return keys
+        """{checkpoint key: shape} for this config (spec §8); a tied model has no lm_head.weight.
+        Built from the config, not from state_dict(), so parameters attached later (e.g. LoRA) never count."""
+        return checkpoint_shapes(self.config)
 
     def save_pretrained(self, path) -> None:
         """Write config.json + model.safetensors with exactly the checkpoint keys."""
@@ -431,9 +465,14 @@ class Qwen3VL(nn.Module):
             except Exception as e:  # safetensors raises its own error type for bad headers / truncated data
                 raise ValueError(f"cannot read safetensors file {f} (truncated or corrupt?): {e}") from e
 
-        with torch.device("meta"):
+        expected = checkpoint_shapes(config)
+        # A large model is built on the meta device (no random init, no memory) and the loaded tensors are
+        # assigned in place; a small one is simply built on the CPU (the meta path has a one-off import cost).
+        if sum(math.prod(s) for s in expected.values()) > 50_000_000:
+            with torch.device("meta"):
+                model = cls(config)
+        else:
             model = cls(config)
-        expected = model.checkpoint_keys()
         if config.tie_word_embeddings:
             tensors.pop("lm_head.weight", None)  # tied: the head is embed_tokens
         elif "lm_head.weight" not in tensors and "model.language_model.embed_tokens.weight" in tensors:

@@ -34,7 +34,7 @@ class TextConfig:
     mrope_section: list[int] = field(default_factory=lambda: [24, 20, 20])
     mrope_interleaved: bool = True
     hidden_act: str = "silu"
-    attention_bias: bool = False
+    attention_bias: bool = False  # always false for Qwen3-VL; kept so config.json round-trips
     bos_token_id: int | None = 151643
     eos_token_id: int | list[int] | None = 151645
     pad_token_id: int | None = None
@@ -124,10 +124,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.nq, self.nkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.nq * self.d, bias=cfg.attention_bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.nkv * self.d, bias=cfg.attention_bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.nkv * self.d, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.nq * self.d, cfg.hidden_size, bias=cfg.attention_bias)
+        self.q_proj = nn.Linear(cfg.hidden_size, self.nq * self.d, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.nkv * self.d, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.nkv * self.d, bias=False)
+        self.o_proj = nn.Linear(self.nq * self.d, cfg.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)  # per head, before RoPE (§6.2)
         self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps)
 
