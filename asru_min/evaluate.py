@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -108,11 +109,17 @@ def answer(model, processor, qas: list, batch_size: int = 32, max_new_tokens: in
 # Scoring (pure functions of questions and answers)
 
 
+# The option letter must stand alone: at the end of the answer or before punctuation ("B", "B.", "(c)", "**D**"),
+# so the article in "A person with red hair." is not read as option A.
+_LETTER = re.compile(r"^[\s(\[{\"'*]*([A-Da-d])(?:\s*$|[.):,\]}\"'*-])")
+
+
 def mc_letter(text: str) -> str:
-    """The letter an answer picks: its first character after leading spaces / brackets / quotes, upper-cased,
-    if that is A-D, else "" (MLLMU-Bench parses the first character of the output)."""
-    s = text.lstrip(" \t\n([{\"'*")
-    return s[0].upper() if s and s[0].upper() in LETTERS else ""
+    """The option an answer picks (upper-case A-D), or "" when its first character is not a standalone letter.
+
+    MLLMU-Bench parses the first character of the output; leading spaces, brackets, quotes and "*" are skipped."""
+    m = _LETTER.match(text)
+    return m.group(1).upper() if m else ""
 
 
 def correct_letter(qa) -> str:

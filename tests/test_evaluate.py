@@ -67,6 +67,8 @@ def test_mc_letter_parsing():
     assert mc_letter("B") == "B"
     assert mc_letter("  (c) a chef") == "C"
     assert mc_letter("**D**") == "D"
+    assert mc_letter("b") == "B" and mc_letter("A. Rosmere") == "A"
+    assert mc_letter("A person with red hair.") == ""  # an article, not option A
     assert mc_letter("E") == ""
     assert mc_letter("The answer is B") == ""  # only the first character counts, as in MLLMU-Bench
     assert mc_letter("") == ""
