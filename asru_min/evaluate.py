@@ -262,7 +262,8 @@ def format_table(results_by_name: dict) -> str:
     """A plain-text table of one or more `evaluate_model` results (e.g. {"before": r0, "after": r1}).
 
     One row per split / form / result name, one column per metric, values x 100 with one decimal, "-" where a
-    metric does not apply or had no question. Rows of the same split and form sit together for comparison.
+    metric does not apply or had no question; a form with no question at all is left out. Rows of the same
+    split and form sit together for comparison.
     """
     width = max([len("model")] + [len(n) for n in results_by_name])
     header = f"{'split':<8}{'form':<6}{'model':<{width + 2}}" + "".join(f"{h:>8}" for h, _ in _COLUMNS)
@@ -276,7 +277,8 @@ def format_table(results_by_name: dict) -> str:
                     v = m.get(key)
                     cells.append(f"{100 * v:>8.1f}" if isinstance(v, (int, float)) and not isinstance(v, bool)
                                  else f"{'-':>8}")
-                lines.append(f"{split:<8}{form:<6}{n:<{width + 2}}" + "".join(cells))
+                if any(c.strip() != "-" for c in cells):  # skip forms without questions (e.g. test/text)
+                    lines.append(f"{split:<8}{form:<6}{n:<{width + 2}}" + "".join(cells))
     return "\n".join(lines)
 
 
