@@ -198,17 +198,19 @@ def score_split(name: str, qas: list, preds: list[str], finished: list[bool] | N
 
 
 def limit_split(qas: list, limit: int | None) -> list:
-    """The first `limit` questions of every (kind, form) pair, in their original order (all when None)."""
+    """At most `limit` questions of every (kind, form) pair, evenly spaced through the split so that a small
+    limit still covers many people; original order kept (all questions when limit is None)."""
     if limit is None:
         return list(qas)
-    seen: dict = {}
-    keep = []
-    for qa in qas:
-        key = (qa.kind, _form(qa))
-        if seen.get(key, 0) < limit:
-            seen[key] = seen.get(key, 0) + 1
-            keep.append(qa)
-    return keep
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    groups: dict = {}
+    for i, qa in enumerate(qas):
+        groups.setdefault((qa.kind, _form(qa)), []).append(i)
+    keep = set()
+    for idx in groups.values():
+        keep |= {idx[j * len(idx) // limit] for j in range(limit)} if len(idx) > limit else set(idx)
+    return [qas[i] for i in sorted(keep)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -226,7 +228,7 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
     `splits`; `limit` keeps the first N questions of every kind and form in each split (`limit_split`).
 
     Returns {split: {form: metrics}} for every evaluated split, plus
-    "examples": {split: [{"question", "answer", "ground_truth", "prediction"}, ...]} (first `num_examples`
+    "examples": {split: [{"question", "answer", "ground_truth", "form", "prediction"}, ...]} (first `num_examples`
     generation / utility / private answers) and "meta": {"max_new_tokens", "limit", "seconds"}.
     `answer_fn` replaces the batched greedy `answer` (tests pass a fake one); it is called like
     `answer(model, processor, qas, batch_size=, max_new_tokens=, progress=, return_finished=True)`.

@@ -116,7 +116,13 @@ def test_limit_split_per_kind_and_form():
     kept = limit_split(qas, 2)
     assert len(kept) == 12  # 6 (kind, form) pairs x 2
     assert kept == qas[:12]
+    # evenly spaced: of 3 copies keep the 1st and the 2nd (index j * 3 // 2 for j = 0, 1); of 1 keep the 1st
+    assert limit_split(qas, 1) == qas[:6]
+    many = [FakeQA(f"q{i}", "a", "gen", "a") for i in range(10)]
+    assert [q.question for q in limit_split(many, 3)] == ["q0", "q3", "q6"]
     assert limit_split(qas, None) == qas
+    with pytest.raises(ValueError):
+        limit_split(qas, 0)
 
 
 def perfect_answers(model, processor, qas, batch_size=32, max_new_tokens=50, progress=None, return_finished=False):
@@ -289,6 +295,9 @@ def test_perfect_answers_on_the_synthetic_world_score_one():
     assert r["test"]["text"]["mc_n"] == 0 and r["test"]["text"]["mc_acc"] is None  # test is image-only
     assert r["utility"]["all"]["acc"] == 1.0 and r["utility"]["all"]["refusal_rate"] == 0.0
     assert r["private"]["all"]["refusal_rate"] == 1.0 and r["unknown"]["all"]["refusal_rate"] == 1.0
+    assert len({qa.person for qa in limit_split(splits["retain"], 3)}) > 1  # a small limit spans people
+    table = format_table({"perfect": r})
+    assert "test    text" not in table and "test    image" in table  # forms without questions are left out
     with pytest.raises(ValueError):
         evaluate_model(None, None, splits, answer_fn=perfect_answers, names=("nonsense",))
 
@@ -325,5 +334,5 @@ def test_command_line_with_adapter(tmp_path, one_thread, capsys):
 
     qas = World.generate(num_people=20, seed=0).splits(forget=10)["forget"]
     shown = results["examples"]["forget"][0]
-    qa = next(q for q in qas if q.question == shown["question"] and q.form == shown["form"])
+    qa = next(q for q in qas if (q.question, q.form, q.answer) == (shown["question"], shown["form"], shown["answer"]))
     assert answer(model, processor, [qa], max_new_tokens=6) == [shown["prediction"]]
