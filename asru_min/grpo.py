@@ -245,21 +245,28 @@ def encode_prompts(processor, qas: list) -> dict:
     return processor(text=texts, images=images or None)
 
 
-def split_image_features(image_features, image_token_counts: list[int]) -> list:
-    """Cut `encode_images` output (embeds (N, D), deepstack [(N, D)]) into one chunk per prompt, so the G rows
-    of a group (and any mini-batch of rows) can reuse the features of their prompt's image."""
+def split_image_features(image_features, image_grid_thw: torch.Tensor, prompt_ids: torch.Tensor, config) -> list:
+    """Cut `encode_images` output (embeds (N, D), deepstack [(N, D)]) and image_grid_thw (n_images, 3) into one
+    chunk per prompt, so the G rows of a group (and any mini-batch of rows) reuse their prompt's features.
+
+    A prompt's share: as many feature rows as it has image placeholder tokens, as many grid rows as it has
+    <|vision_start|> tokens (images are consumed in placeholder order across the batch)."""
     embeds, deepstack = image_features
-    cuts = [embeds.split(image_token_counts)] + [d.split(image_token_counts) for d in deepstack]
-    return [(c[0], list(c[1:])) for c in zip(*cuts)]
+    n_rows = (prompt_ids == config.image_token_id).sum(dim=1).tolist()
+    n_images = (prompt_ids == config.vision_start_token_id).sum(dim=1).tolist()
+    cuts = [embeds.split(n_rows)] + [d.split(n_rows) for d in deepstack]
+    grids = torch.as_tensor(image_grid_thw).split(n_images)
+    return [(c[0], list(c[1:]), g) for c, g in zip(zip(*cuts), grids)]
 
 
-def join_image_features(chunks: list):
-    """Inverse of `split_image_features` for a chosen list of rows; None if those rows hold no image."""
+def join_image_features(chunks: list) -> tuple:
+    """Inverse of `split_image_features` for a chosen list of rows -> (image_features, image_grid_thw),
+    or (None, None) if those rows hold no image."""
     if sum(c[0].shape[0] for c in chunks) == 0:
-        return None
+        return None, None
     embeds = torch.cat([c[0] for c in chunks])
     deepstack = [torch.cat([c[1][i] for c in chunks]) for i in range(len(chunks[0][1]))]
-    return embeds, deepstack
+    return (embeds, deepstack), torch.cat([c[2] for c in chunks])
 
 
 def trim_padding(*row_tensors: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
@@ -286,10 +293,14 @@ def rollout(model, processor, samples: list, cfg: GRPOConfig, generator: torch.G
     qas = [qa for qa, _ in samples]
     batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in encode_prompts(processor, qas).items()}
     prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]  # (B, P)
+    features, chunks = None, None
+    if batch.get("pixel_values") is not None:  # vision runs once per rollout batch, shared by all G samples
+        features = model.encode_images(batch["pixel_values"], batch["image_grid_thw"])
+        chunks = split_image_features(features, batch["image_grid_thw"], prompt_ids, model.config)
     tokens, gen_mask = model.generate(
         prompt_ids,
         attention_mask=prompt_mask,
-        pixel_values=batch.get("pixel_values"),
+        image_features=features,
         image_grid_thw=batch.get("image_grid_thw"),
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
@@ -299,15 +310,17 @@ def rollout(model, processor, samples: list, cfg: GRPOConfig, generator: torch.G
         eos_token_ids=processor.eos_token_ids,
     )  # (B*G, T) each
     gen_mask = gen_mask.bool()
+    # A sampled <|image_pad|> (or other vision token) cannot be re-read by a forward without an image to fill
+    # it, so a response is cut just before its first vision token (the decoded text never shows these tokens).
+    vision_ids = torch.tensor([model.config.image_token_id, model.config.video_token_id,
+                               model.config.vision_start_token_id, model.config.vision_end_token_id],
+                              device=tokens.device)
+    after_vision = torch.isin(tokens, vision_ids).long().cumsum(dim=1) > 0  # (B*G, T)
+    gen_mask = gen_mask & ~after_vision
+    tokens = tokens.masked_fill(after_vision, processor.pad_token_id)
     input_ids = torch.cat([prompt_ids.repeat_interleave(G, dim=0), tokens], dim=1)  # (B*G, P+T)
     attention_mask = torch.cat([prompt_mask.repeat_interleave(G, dim=0).bool(), gen_mask], dim=1).long()
     response_mask = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.bool).repeat_interleave(G, 0), gen_mask], 1)
-
-    chunks = None
-    if batch.get("pixel_values") is not None:
-        features = model.encode_images(batch["pixel_values"], batch["image_grid_thw"])
-        counts = (prompt_ids == model.config.image_token_id).sum(dim=1).tolist()
-        chunks = split_image_features(features, counts)
 
     responses = [processor.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(tokens, gen_mask)]
     forget = [f for _, f in samples for _ in range(G)]
@@ -315,7 +328,7 @@ def rollout(model, processor, samples: list, cfg: GRPOConfig, generator: torch.G
     rewards = torch.tensor([reward_fn(r, t, f) for r, t, f in zip(responses, truths, forget)], dtype=torch.float32)
     return dict(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask, chunks=chunks,
                 pixel_values=batch.get("pixel_values"), image_grid_thw=batch.get("image_grid_thw"),
-                rewards=rewards, responses=responses, forget=forget)
+                prompt_ids=prompt_ids, rewards=rewards, responses=responses, forget=forget)
 
 
 def rows_logprobs(model, ro: dict, rows: list[int], cfg: GRPOConfig, image_chunks=None) -> tuple:
@@ -325,8 +338,9 @@ def rows_logprobs(model, ro: dict, rows: list[int], cfg: GRPOConfig, image_chunk
     idx = torch.tensor(rows, device=ro["input_ids"].device)
     ids, resp, att = trim_padding(ro["input_ids"][idx], ro["response_mask"][idx], attention_mask=ro["attention_mask"][idx])
     chunks = image_chunks if image_chunks is not None else ro["chunks"]
-    feats = join_image_features([chunks[r // cfg.group_size] for r in rows]) if chunks is not None else None
-    logp = sequence_logprobs(model, ids, att, resp, image_features=feats, temperature=cfg.temperature)
+    feats, grid = join_image_features([chunks[r // cfg.group_size] for r in rows]) if chunks else (None, None)
+    logp = sequence_logprobs(model, ids, att, resp, image_grid_thw=grid, image_features=feats,
+                             temperature=cfg.temperature)
     return logp, resp
 
 
@@ -397,8 +411,8 @@ def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, param
     for r in minibatches:
         chunks = None
         if vision_trains:
-            counts = [c[0].shape[0] for c in ro["chunks"]]
-            chunks = split_image_features(model.encode_images(ro["pixel_values"], ro["image_grid_thw"]), counts)
+            features = model.encode_images(ro["pixel_values"], ro["image_grid_thw"])
+            chunks = split_image_features(features, ro["image_grid_thw"], ro["prompt_ids"], model.config)
         logp, resp = rows_logprobs(model, ro, r, cfg, image_chunks=chunks)
         old_logp = logp.detach() if on_policy else old[tuple(r)]
         ref_logp = ref[tuple(r)] if cfg.kl_coef > 0 else logp.detach()

@@ -1,6 +1,7 @@
 import copy
 import math
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -191,7 +192,10 @@ def test_non_finite_loss_skips_the_step():
 
 class ToyGenLM(BagOfTokensLM):
     """BagOfTokensLM plus `generate` with the Qwen3VL.generate contract (prompt-major rows, mask up to and
-    including the EOS, pad 0 after it)."""
+    including the EOS, pad 0 after it). Its vision token ids lie outside its vocabulary."""
+
+    config = SimpleNamespace(image_token_id=101, video_token_id=102, vision_start_token_id=103,
+                             vision_end_token_id=104)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, max_new_tokens=8, temperature=1.0, top_p=1.0,
@@ -313,3 +317,148 @@ def test_grpo_off_policy_minibatches_and_exact_resume():
     assert [r["reward_mean"] for r in rest] == [r["reward_mean"] for r in records[3:]]
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- tiny real Qwen3VL
+
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+            "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+SENTENCES = ["Who is this person? Where was she born?", "She was born in Lisbon and works as a biologist.",
+             "I don't know who this is.", "user assistant system", "What is the job of the person?"]
+# small images: 64x64 -> 4x4 patches of 16 -> 4 merged image tokens
+PRE = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+       "size": {"shortest_edge": 64 * 64, "longest_edge": 64 * 64}, "rescale_factor": 1 / 255, "resample": 3}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model, processor): a random 2-layer Qwen3VL (hidden 32) and a byte-level BPE tokenizer with the Qwen
+    special tokens, built in the test so nothing is downloaded."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from asru_min.model import Qwen3VL, Qwen3VLConfig
+    from asru_min.processor import Processor
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(SENTENCES, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.add_special_tokens(SPECIALS)
+    path = tmp_path_factory.mktemp("tiny")
+    tok.save(str(path / "tokenizer.json"))
+    (path / "preprocessor_config.json").write_text(json.dumps(PRE))
+    proc = Processor.from_pretrained(path)
+    cfg = Qwen3VLConfig.from_dict({
+        "image_token_id": proc.image_token_id, "video_token_id": proc.video_token_id,
+        "vision_start_token_id": proc.vision_start_token_id, "vision_end_token_id": proc.vision_end_token_id,
+        "tie_word_embeddings": False,
+        "text_config": {"vocab_size": tok.get_vocab_size(), "hidden_size": 32, "intermediate_size": 64,
+                        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+                        "max_position_embeddings": 512, "rope_theta": 10000.0,
+                        "rope_scaling": {"mrope_section": [4, 2, 2], "mrope_interleaved": True},
+                        "eos_token_id": proc.eos_token_ids[0]},
+        "vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                          "out_hidden_size": 32, "num_position_embeddings": 16, "deepstack_visual_indexes": [0]},
+    })
+    torch.manual_seed(0)
+    model = Qwen3VL(cfg).float()
+    with torch.no_grad():  # logits of std ~1.5: a spread-out policy whose samples differ within a group
+        model.lm_head.weight.normal_(0.0, 0.3)
+    return model, proc
+
+
+class TinyQA:
+    """A QA-like sample with an image, as data.QA provides (.messages(), .ground_truth, .image, .kind)."""
+
+    def __init__(self, question, truth, color):
+        from PIL import Image
+
+        self.question, self.ground_truth, self.kind = question, truth, "gen"
+        self.image = Image.new("RGB", (64, 64), color) if color else None
+
+    def messages(self):
+        content = ([{"type": "image"}] if self.image else []) + [{"type": "text", "text": self.question}]
+        return [{"role": "user", "content": content}]
+
+
+def test_sequence_logprobs_real_model_matches_unpadded_rows(tiny):
+    """Rows [left pads | prompt with image | response | right pads] against each row run alone, unpadded."""
+    from asru_min.grpo import encode_prompts, join_image_features, split_image_features
+
+    model, proc = tiny
+    model.eval()
+    qas = [TinyQA("Who is this person?", "x", "red"), TinyQA("Where was she born? Lisbon", "y", None),
+           TinyQA("What is the job?", "z", "blue")]
+    batch = encode_prompts(proc, qas)
+    P = batch["input_ids"].shape[1]
+    responses = [[5, 6, 7, proc.eos_token_ids[0]], [9, proc.eos_token_ids[0]], [11, 12, 13, 14]]
+    T = 4
+    ids = torch.cat([batch["input_ids"], torch.zeros(3, T, dtype=torch.long)], 1)
+    att = torch.cat([batch["attention_mask"], torch.zeros(3, T, dtype=torch.long)], 1)
+    resp = torch.zeros_like(ids, dtype=torch.bool)
+    for i, r in enumerate(responses):
+        ids[i, P : P + len(r)] = torch.tensor(r)
+        att[i, P : P + len(r)] = 1
+        resp[i, P : P + len(r)] = True
+    with torch.no_grad():
+        feats = model.encode_images(batch["pixel_values"], batch["image_grid_thw"])
+        chunks = split_image_features(feats, batch["image_grid_thw"], batch["input_ids"], model.config)
+        got = sequence_logprobs(model, ids, att, resp, pixel_values=batch["pixel_values"],
+                                image_grid_thw=batch["image_grid_thw"])
+        # the same through per-row feature chunks, rows reordered (how GRPO mini-batches call it)
+        order = [2, 0]
+        f, g = join_image_features([chunks[i] for i in order])
+        got_sub = sequence_logprobs(model, ids[order], att[order], resp[order], image_grid_thw=g, image_features=f)
+        assert torch.allclose(got_sub, got[order], atol=1e-5)
+        for i, r in enumerate(responses):
+            real = att[i].bool()
+            row_ids = ids[i][real][None]
+            one = encode_prompts(proc, [qas[i]])
+            logits = model(row_ids, pixel_values=one["pixel_values"], image_grid_thw=one["image_grid_thw"])
+            logp = torch.log_softmax(logits[0].float(), -1)
+            n_prompt = int(batch["attention_mask"][i].sum())
+            for j, tok in enumerate(r):
+                assert got[i, P + j].item() == pytest.approx(logp[n_prompt + j - 1, tok].item(), abs=1e-4)
+
+
+def test_one_grpo_step_on_real_model_raises_rewarded_token(tiny):
+    """LoRA + one GRPO step (reference = adapters off) with a reward for one token's text raises that token's
+    probability after the prompt; the first step starts exactly at the reference (KL 0, ratio 1)."""
+    import copy as _copy
+
+    from asru_min.grpo import GRPOConfig, encode_prompts, train_grpo
+    from asru_min.lora import apply_lora, lora_enabled
+
+    base, proc = tiny
+    model = _copy.deepcopy(base)
+    apply_lora(model, r=4, alpha=8, dropout=0.0)
+    qas = [TinyQA("Who is this person?", "Lisbon", "red"), TinyQA("What is the job?", "biologist", "blue")]
+    samples = [(qas[0], True), (qas[1], False)]
+    batch = encode_prompts(proc, qas)
+
+    def first_token_probs():
+        with torch.no_grad():
+            logits = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                           batch["image_grid_thw"], logits_to_keep=1)
+            return torch.softmax(logits[:, -1].float(), -1).mean(0)  # (V,)
+
+    probs = first_token_probs()
+    target = int(probs.argmax())  # ~6 % after each prompt: a few samples of a group start with it, most don't
+    text = proc.decode([target])
+    assert text.strip()
+    before = probs[target].item()
+    reward = lambda response, truth, forget: float(response.startswith(text))  # noqa: E731
+    cfg = GRPOConfig(group_size=16, temperature=1.0, top_p=1.0, max_new_tokens=3, prompts_per_step=2, epochs=1,
+                     lr=2e-2, kl_coef=0.1, seed=0)
+    records = train_grpo(model, proc, samples, cfg, reward_fn=reward, progress=lambda s: None)
+    after = first_token_probs()[target].item()
+    assert len(records) == 1 and records[0]["optimizer_steps"] == 1
+    assert records[0]["kl"] == pytest.approx(0.0, abs=1e-6) and records[0]["ratio_mean"] == pytest.approx(1.0)
+    assert 0.0 < records[0]["reward_mean"] < 1.0  # the group had signal
+    assert after > before * 1.3, (before, after)  # seeds 0-7 of this set-up give x1.6 to x2.1
+    with lora_enabled(model, False):  # adapters off is still the base model
+        assert first_token_probs()[target].item() == pytest.approx(before, rel=1e-5)
