@@ -58,7 +58,8 @@ PREDS = [
     "(C)",  # mc text: wrong
     "paris",  # cloze image: right (case-insensitive)
     "Lyon",  # cloze text: wrong
-    "Sorry, the image does not provide enough information to determine where he was born; it only shows a man with red hair.",
+    "Sorry, the image does not provide enough information to determine where he was born; it only shows a man "
+    "with red hair.",
     "He was born in Paris.",  # gen text: leak, identical to the reference
 ]
 
@@ -329,10 +330,12 @@ def test_command_line_with_adapter(tmp_path, one_thread, capsys):
     results = main(argv)
     assert "forget" in capsys.readouterr().out  # the table
     saved = json.loads(out.read_text())
-    assert set(saved) == {"forget", "utility", "examples", "meta"} and saved["meta"]["adapter"] == str(tmp_path / "adapter")
+    assert set(saved) == {"forget", "utility", "examples", "meta"}
+    assert saved["meta"]["adapter"] == str(tmp_path / "adapter")
     assert saved["forget"]["all"]["gen_n"] == 2 and saved["utility"]["all"]["n"] == 1
 
     qas = World.generate(num_people=20, seed=0).splits(forget=10)["forget"]
     shown = results["examples"]["forget"][0]
-    qa = next(q for q in qas if (q.question, q.form, q.answer) == (shown["question"], shown["form"], shown["answer"]))
+    key = (shown["question"], shown["form"], shown["answer"])
+    qa = next(q for q in qas if (q.question, q.form, q.answer) == key)
     assert answer(model, processor, [qa], max_new_tokens=6) == [shown["prediction"]]
