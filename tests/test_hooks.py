@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from asru_min.hooks import (
     ablate_direction, add_direction, decoder_layer, get_module, read_input, read_layer_output, read_output,
 )
+from asru_min.model import Qwen3VL, Qwen3VLConfig, rope_positions
+from asru_min.text import TextConfig, mrope_cos_sin
+from asru_min.vision import VisionConfig
 
 
 # ---- a toy decoder with the same attribute path as Qwen3VL: model.model.language_model.layers[i].mlp.down_proj
@@ -82,6 +85,26 @@ class ToyLM(nn.Module):
         for layer in self.model.language_model.layers[: upto + 1]:
             h = layer(h, mask)
         return h
+
+
+def tiny_qwen3vl(vocab_size=64, seed=0, std=0.2, image_token_id=60, video_token_id=61, vision_start_token_id=62,
+                 vision_end_token_id=63, eos_token_id=59, layers=3) -> Qwen3VL:
+    """A tiny random real Qwen3VL (D=32, 3 layers, 2-block vision tower), weights ~N(0, std) so that
+    activations differ visibly between inputs."""
+    torch.manual_seed(seed)
+    text = TextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, rope_theta=10000.0,
+                      mrope_section=[2, 1, 1], eos_token_id=eos_token_id)
+    vision = VisionConfig(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                          num_position_embeddings=16, deepstack_visual_indexes=[0, 1])
+    cfg = Qwen3VLConfig(text=text, vision=vision, image_token_id=image_token_id, video_token_id=video_token_id,
+                        vision_start_token_id=vision_start_token_id, vision_end_token_id=vision_end_token_id)
+    model = Qwen3VL(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, std)
+    return model
 
 
 def _hook_count(model):
@@ -179,3 +202,38 @@ def test_bad_arguments(toy):
         with ablate_direction(toy, 0, torch.zeros(16)):
             pass
     assert _hook_count(toy) == 0
+
+
+def test_real_qwen3vl_read_add_and_cached_generation():
+    model = tiny_qwen3vl()
+    L = 1
+    ids = torch.randint(0, 59, (1, 7))
+    # manual forward through the decoder layers (no hooks) up to layer L
+    with torch.no_grad():
+        pos, _ = rope_positions(ids, torch.ones_like(ids), None, 60, 2)
+        cos, sin = mrope_cos_sin(pos, model.config.text, torch.float32)
+        h = model.model.language_model.embed_tokens(ids)
+        for layer in model.model.language_model.layers[: L + 1]:
+            h = layer(h, cos, sin, None)
+    # the same row left-padded in a batch: "last" is still the last prompt token
+    batch = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1)
+    other = torch.randint(0, 59, (1, 10))
+    mask = torch.tensor([[0, 0, 0] + [1] * 7, [1] * 10])
+    with torch.no_grad(), read_layer_output(model, L, positions="last") as last, \
+            read_layer_output(model, L, positions="all") as full:
+        model(torch.cat([batch, other]), attention_mask=mask)
+    torch.testing.assert_close(full[0][0, 3:], h[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(last[0][0], h[0, -1], rtol=0, atol=1e-5)
+
+    # steering inside cached generation: the hook fires on the prefill and on every decode step
+    v = torch.randn(32) * 5
+    with torch.no_grad():
+        plain, _ = model.generate(ids, max_new_tokens=6, eos_token_ids=[])
+        with add_direction(model, L, v, 4.0), read_layer_output(model, L, positions="last") as steps:
+            steered, _ = model.generate(ids, max_new_tokens=6, eos_token_ids=[])
+    assert len(steps) == 6  # one prefill + 5 decode forwards
+    assert not torch.equal(plain, steered)
+    assert _hook_count(model) == 0
+    with torch.no_grad():
+        again, _ = model.generate(ids, max_new_tokens=6, eos_token_ids=[])
+    assert torch.equal(again, plain)

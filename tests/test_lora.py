@@ -9,11 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from asru_min.model import Qwen3VL
 from asru_min.lora import (
     LoRALinear, apply_lora, load_lora, lora_enabled, lora_modules, lora_parameters, merge_lora, save_lora,
     unload_lora, unmerge_lora,
 )
-from test_hooks import ToyLM  # the toy decoder with Qwen3VL's attribute paths
+from test_hooks import ToyLM, tiny_qwen3vl  # a toy decoder with Qwen3VL's attribute paths; the real tiny model
 
 ALL7 = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -186,3 +187,42 @@ def test_errors(tmp_path):
     save_file(bad, str(tmp_path / "r4" / "adapter_model.safetensors"))
     with pytest.raises(ValueError, match="unexpected key"):
         load_lora(_toy(), str(tmp_path / "r4"))
+
+
+def test_real_qwen3vl_identity_merge_and_peft_keys(tmp_path):
+    model = tiny_qwen3vl()
+    ids = torch.randint(0, 59, (2, 6))
+    with torch.no_grad():
+        ref = model(ids)
+    text_paths = apply_lora(model, r=4, alpha=8, dropout=0.0)
+    assert len(text_paths) == 3 * 7
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), ref, rtol=0, atol=0)
+    _train_step(model, ids)
+    _train_step(model, ids)
+    with torch.no_grad():
+        on = model(ids)
+        with lora_enabled(model, False):
+            torch.testing.assert_close(model(ids), ref, rtol=0, atol=0)
+        merge_lora(model)
+        torch.testing.assert_close(model(ids), on, rtol=0, atol=1e-5)
+        unmerge_lora(model)
+    save_lora(model, str(tmp_path))
+    keys = set(load_file(str(tmp_path / "adapter_model.safetensors")))
+    assert "base_model.model.model.language_model.layers.1.mlp.gate_proj.lora_A.weight" in keys and len(keys) == 42
+    # the checkpoint written by save_pretrained keeps exactly the base keys (and the base weights)
+    model.save_pretrained(str(tmp_path / "ckpt"))
+    saved = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert not any("lora" in k for k in saved)
+    with torch.no_grad():
+        # (unmerge after merge restores W up to float rounding)
+        torch.testing.assert_close(Qwen3VL.from_pretrained(str(tmp_path / "ckpt")).eval()(ids), ref, rtol=0, atol=1e-5)
+
+    vis = tiny_qwen3vl()
+    paths = apply_lora(vis, r=2, alpha=2, vision=True)
+    vision_paths = [p for p in paths if p.startswith("model.visual.")]
+    # 2 blocks x (qkv, proj, linear_fc1, linear_fc2) + the merger and 2 DeepStack mergers x (linear_fc1, linear_fc2)
+    assert len(vision_paths) == 2 * 4 + 3 * 2
+    save_lora(vis, str(tmp_path / "vis"))
+    pattern = json.load(open(tmp_path / "vis" / "adapter_config.json"))["target_modules"]
+    assert [n for n, _ in tiny_qwen3vl().named_modules() if re.fullmatch(pattern, n)] == paths
