@@ -103,3 +103,98 @@ def test_idk_loss_is_refusal_nll_plus_retain():
     refusal = torch.tensor([-0.2, -0.4])
     assert torch.isclose(idk_loss(refusal), torch.tensor(0.3))
     assert torch.isclose(idk_loss(refusal, torch.tensor([-1.0]), 2.0), torch.tensor(0.3 + 2.0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Two optimizer steps of every baseline on a tiny random Qwen3-VL move the likelihoods the intended way.
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+            "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def _tiny_processor():
+    """Byte-level tokenizer (one token per byte) with the Qwen special tokens; images resized to 32x32."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from asru_min.processor import ImageProcessorConfig, Processor
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    return Processor(tok, ImageProcessorConfig(min_pixels=32 * 32, max_pixels=32 * 32))
+
+
+def _tiny_model(processor):
+    from asru_min.model import Qwen3VL, Qwen3VLConfig
+    from asru_min.text import TextConfig
+    from asru_min.vision import VisionConfig
+
+    tid = processor.tokenizer.token_to_id
+    cfg = Qwen3VLConfig(
+        text=TextConfig(vocab_size=processor.tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                        max_position_embeddings=1024, mrope_section=[4, 2, 2], eos_token_id=tid("<|im_end|>")),
+        vision=VisionConfig(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                            num_position_embeddings=16, deepstack_visual_indexes=[0]),
+        image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
+        vision_start_token_id=tid("<|vision_start|>"), vision_end_token_id=tid("<|vision_end|>"))
+    torch.manual_seed(0)
+    return Qwen3VL(cfg)
+
+
+def _qas(names, facts, template="{n} lives in {f}."):
+    from PIL import Image
+
+    from asru_min.data import QA
+
+    out = []
+    for i, (n, f) in enumerate(zip(names, facts)):
+        img = Image.new("RGB", (32, 32), (30 * i % 256, 120, 200)) if i % 2 == 0 else None
+        out.append(QA(question=f"What about {n}?", answer=template.format(n=n, f=f), image=img, kind="gen",
+                      ground_truth=f, form="image" if img is not None else "text"))
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("method", ["ga", "graddiff", "klmin", "npo", "idk"])
+def test_two_steps_move_forget_likelihood(method, one_thread):
+    from asru_min.baselines import BaselineConfig, REFUSALS, answer_logprobs, encode_qas, train_baseline
+    from asru_min.lora import apply_lora
+
+    processor = _tiny_processor()
+    model = _tiny_model(processor)
+    apply_lora(model, r=4, alpha=8, dropout=0.0)
+    forget = _qas(["Ana", "Bo", "Cy", "Di"], ["Velmora", "Tarsk", "Oblin", "Quess"])
+    # retain answers share few characters with the forget answers, so descending on them (GradDiff, NPO, idk)
+    # does not raise the forget likelihood through shared tokens of a random model
+    retain = _qas(["Eve", "Fin", "Gus", "Hal"], ["4721", "0963", "1185", "2290"], template="{f}-{f}")
+    # idk trains towards answers drawn from REFUSALS: measure every refusal on every forget question
+    qs, targets = (forget, None) if method != "idk" else ([q for q in forget for _ in REFUSALS], list(REFUSALS) * 4)
+
+    def forget_nll():
+        with torch.no_grad():
+            return -answer_logprobs(model, encode_qas(processor, qs, targets), "mean").mean().item()
+
+    model.eval()
+    before = forget_nll()
+    cfg = BaselineConfig(method=method, lr=2e-2, epochs=1, batch_size=2, out="unused")
+    logs = train_baseline(model, processor, forget, retain, cfg, progress=lambda *_: None)
+    after = forget_nll()
+    assert len(logs) == 2 and all(math.isfinite(l["loss"]) for l in logs)
+    if method == "idk":
+        assert after < before - 0.05, (method, before, after)  # the refusal became more likely
+    else:
+        assert after > before + 0.05, (method, before, after)  # the forget answers became less likely
+    if method == "npo":  # the first step starts at theta = ref: log-ratio 0
+        assert abs(logs[0]["logratio"]) < 1e-4
+    if method == "klmin":
+        assert logs[0]["retain_kl"] < 1e-6 and logs[1]["retain_kl"] > 0
