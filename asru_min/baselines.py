@@ -44,7 +44,7 @@ METHODS = ("ga", "graddiff", "klmin", "npo", "idk")
 
 # Learning rates of the authors' release (LoRA r=16, batch 4, 4 epochs, on a multi-billion-parameter Qwen3-VL).
 PAPER_LR = {"ga": 2e-5, "graddiff": 2e-5, "klmin": 2e-5, "npo": 1e-5, "idk": 2e-5}
-# Why scale: (1) the default model is ~30x narrower than Qwen3-VL-2B (hidden 2048); with LoRA at fixed r the
+# Why scale: (1) the default model is ~11x narrower than Qwen3-VL-2B (hidden 192 vs 2048); with LoRA at fixed r the
 # update of a rank-r adapter per unit lr shrinks with width, and the usual width rule (lr ~ 1/width, muP-style)
 # gives a factor of the width ratio; (2) the synthetic world has ~10x fewer forget samples than MLLMU-Bench, so
 # 4 epochs are ~10x fewer optimizer steps. The paper's 2e-5 moves the tiny model by less than noise in that many
@@ -195,7 +195,9 @@ class BaselineConfig:
     retain_weight: float = 1.0  # w of GradDiff / KL-Min / NPO / idk (0 turns the retain term off)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    max_new_tokens: int = 32  # evaluation decoding length
+    max_new_tokens: int = 50  # evaluation: greedy, <= 50 new tokens (MLLMU-Bench protocol)
+    eval_limit: int = 0  # evaluation: at most N questions per split, kind and form (0 = all)
+    eval_batch_size: int = 32
     kinds: tuple = ("gen",)  # QA kinds trained on (the benchmark's generation QA pairs); empty = all
     evaluate: bool = True
 
@@ -354,7 +356,10 @@ def run_baseline(cfg: BaselineConfig, model=None, processor=None, splits=None, p
              f"lr {cfg.lr:g}, {cfg.epochs} epochs, batch {cfg.batch_size}")
     logs = train_baseline(model, processor, forget_qas, retain_qas, cfg, progress)
     train_s = time.time() - t0
-    metrics = evaluate_model(model, processor, splits, max_new_tokens=cfg.max_new_tokens) if cfg.evaluate else {}
+    metrics = {}
+    if cfg.evaluate:
+        metrics = evaluate_model(model, processor, splits, batch_size=cfg.eval_batch_size,
+                                 max_new_tokens=cfg.max_new_tokens, limit=cfg.eval_limit or None)
     record = {"method": cfg.method, "config": asdict(cfg), "metrics": metrics, "train_log": logs,
               "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1)}
     os.makedirs(cfg.out, exist_ok=True)
@@ -383,6 +388,8 @@ def parse_args(argv=None) -> BaselineConfig:
     p.add_argument("--beta", type=float, default=d.beta)
     p.add_argument("--retain-weight", type=float, default=d.retain_weight)
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--eval-limit", type=int, default=d.eval_limit, help="questions per split/kind/form (0 = all)")
+    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
     return BaselineConfig(**vars(p.parse_args(argv)))
 
