@@ -11,15 +11,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 import asru_min.evaluate
 from asru_min.data import QA
 from asru_min.hooks import read_layer_output
-from asru_min.model import Qwen3VL, Qwen3VLConfig
 from asru_min.processor import ImageProcessorConfig, Processor
 from asru_min.steer import (
     changed_tensors, forget_loss, forward_to_layer, frozen_activation, keep_refusals, knowledge_absence_direction,
     load_direction, optimize_steering, prompt_batch, qa_batch, retain_loss, save_direction,
 )
-from asru_min.text import TextConfig
-from asru_min.vision import VisionConfig
-from test_hooks import ToyLM  # a toy decoder with Qwen3VL's attribute paths
+from test_hooks import ToyLM, tiny_qwen3vl  # a toy decoder with Qwen3VL's attribute paths; the real tiny model
 
 
 # ---- a character-level processor for the toy decoder (same methods steer.py calls on the real one)
@@ -157,21 +154,9 @@ def _byte_processor():
 
 
 def _tiny_qwen(proc):
-    torch.manual_seed(0)
-    text = TextConfig(vocab_size=proc.tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=48,
-                      num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                      rope_theta=10000.0, mrope_section=[2, 1, 1], eos_token_id=proc.eos_token_ids[0])
-    vision = VisionConfig(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
-                          num_position_embeddings=16, deepstack_visual_indexes=[0, 1])
-    cfg = Qwen3VLConfig(text=text, vision=vision, image_token_id=proc.image_token_id,
+    return tiny_qwen3vl(vocab_size=proc.tokenizer.get_vocab_size(), image_token_id=proc.image_token_id,
                         video_token_id=proc.video_token_id, vision_start_token_id=proc.vision_start_token_id,
-                        vision_end_token_id=proc.vision_end_token_id)
-    model = Qwen3VL(cfg).eval()
-    with torch.no_grad():  # the default init is tiny; larger weights give activations that actually differ
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.normal_(0, 0.2)
-    return model
+                        vision_end_token_id=proc.vision_end_token_id, eos_token_id=proc.eos_token_ids[0])
 
 
 def _image(seed):
