@@ -184,7 +184,8 @@ class BaselineConfig:
     model: str = "weights"  # directory with config.json, model.safetensors and the tokenizer
     out: str = ""  # default: runs/baselines/{method}_f{forget}
     seed: int = 0
-    world_seed: int = 0  # the default world (data.World.generate(seed=0))
+    world_seed: int = 0  # the default world (data.World.generate(num_people=100, seed=0))
+    num_people: int = 100
     lr: float = 0.0  # 0 -> PAPER_LR[method] * LR_SCALE
     epochs: int = 4
     batch_size: int = 4
@@ -347,7 +348,7 @@ def run_baseline(cfg: BaselineConfig, model=None, processor=None, splits=None, p
         model = Qwen3VL.from_pretrained(cfg.model) if model is None else model
         processor = Processor.from_pretrained(cfg.model) if processor is None else processor
     if splits is None:
-        splits = World.generate(seed=cfg.world_seed).splits(forget=cfg.forget)
+        splits = World.generate(num_people=cfg.num_people, seed=cfg.world_seed).splits(forget=cfg.forget)
     torch.manual_seed(cfg.seed)
     apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
     forget_qas = training_qas(splits["forget"], cfg.kinds)
@@ -379,6 +380,7 @@ def parse_args(argv=None) -> BaselineConfig:
     p.add_argument("--model", default=d.model)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--world-seed", type=int, default=d.world_seed)
+    p.add_argument("--num-people", type=int, default=d.num_people)
     p.add_argument("--lr", type=float, default=0.0, help="default: the paper's lr x LR_SCALE")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
