@@ -80,8 +80,11 @@ class LoRALinear(nn.Linear):
                      dropout=dropout, device="meta", dtype=w.dtype)
         module.weight = w
         module.bias = linear.bias
-        module.lora_A.to_empty(device=w.device)
-        module.lora_B.to_empty(device=w.device)
+        # adapters of a bf16/fp16 model are kept in float32: an AdamW step (lr 1e-6 .. 1e-4) on A is far below
+        # bf16's resolution, so bf16 adapters would silently stop learning (PEFT does the same)
+        lora_dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
+        module.lora_A.to_empty(device=w.device).to(lora_dtype)
+        module.lora_B.to_empty(device=w.device).to(lora_dtype)
         module.reset_lora_parameters()
         module.train(linear.training)
         return module

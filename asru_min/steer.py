@@ -64,10 +64,11 @@ def qa_batch(processor, qas: list) -> dict:
 
 def _model_inputs(batch: dict, model: nn.Module) -> dict:
     p = next(model.parameters())
-    out = {"input_ids": batch["input_ids"].to(p.device), "attention_mask": batch["attention_mask"].to(p.device)}
+    device, dtype = getattr(model, "device", p.device), getattr(model, "dtype", p.dtype)
+    out = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
     if batch.get("pixel_values") is not None:
-        out["pixel_values"] = batch["pixel_values"].to(p.device, p.dtype)
-        out["image_grid_thw"] = batch["image_grid_thw"].to(p.device)
+        out["pixel_values"] = batch["pixel_values"].to(device, dtype)
+        out["image_grid_thw"] = batch["image_grid_thw"].to(device)
     return out
 
 
@@ -224,7 +225,8 @@ def optimize_steering(model: nn.Module, processor, forget_qas: list, retain_qas:
     and then, every iteration, one retain step
         W <- AdamW(grad L_retain),  L_retain = alpha * MSE(h, h_frozen)  over question+answer tokens.
     AdamW with a constant lr (the release steps its linear schedule once per epoch) and torch's default
-    weight_decay 0.01. h_frozen comes from `frozen_activation` (see the module docstring): no model copy.
+    weight_decay 0.01 (on a float32 master copy of W when the model is bf16/fp16). h_frozen comes from
+    `frozen_activation` (see the module docstring): no model copy.
 
     callback(step, record) is called after every optimizer step. Returns stats: forget_loss and retain_loss
     (one float per step of that kind), log (a record per step), steps, param_name and original
@@ -246,7 +248,10 @@ def optimize_steering(model: nn.Module, processor, forget_qas: list, retain_qas:
         p.requires_grad_(False)
     W.requires_grad_(True)
     model.eval()  # no dropout anywhere; activations must be deterministic functions of W
-    opt = torch.optim.AdamW([W], lr=lr, weight_decay=weight_decay)
+    # mixed precision: with a bf16/fp16 model the optimizer updates a float32 master copy of W and W gets its
+    # rounded value after every step (an lr 1e-4 update is below bf16's resolution of most entries of W)
+    master = W if W.dtype == torch.float32 else W.detach().float().clone().requires_grad_(True)
+    opt = torch.optim.AdamW([master], lr=lr, weight_decay=weight_decay)
     rng = random.Random(seed)
     stats = {"forget_loss": [], "retain_loss": [], "log": [], "param_name": name}
 
@@ -262,7 +267,12 @@ def optimize_steering(model: nn.Module, processor, forget_qas: list, retain_qas:
             loss = retain_loss(h, h_frozen, batch["attention_mask"], alpha)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if master is not W:
+            master.grad, W.grad = W.grad.float(), None
         opt.step()
+        if master is not W:
+            with torch.no_grad():
+                W.copy_(master)
         record = {"step": len(stats["log"]), "epoch": epoch, "kind": kind, "loss": loss.item(),
                   "delta_norm": float((W.detach().float() - W0.float()).norm())}
         stats[f"{kind}_loss"].append(record["loss"])

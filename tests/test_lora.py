@@ -226,3 +226,23 @@ def test_real_qwen3vl_identity_merge_and_peft_keys(tmp_path):
     save_lora(vis, str(tmp_path / "vis"))
     pattern = json.load(open(tmp_path / "vis" / "adapter_config.json"))["target_modules"]
     assert [n for n, _ in tiny_qwen3vl().named_modules() if re.fullmatch(pattern, n)] == paths
+
+
+def test_bf16_model_keeps_float32_adapters_that_learn():
+    model = _toy().to(torch.bfloat16)
+    ids = torch.randint(0, 32, (2, 6))
+    with torch.no_grad():
+        ref = model(ids)
+    apply_lora(model, r=4, alpha=4, dropout=0.0)
+    assert all(p.dtype == torch.float32 for p in lora_parameters(model))
+    assert model.model.language_model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), ref, rtol=0, atol=0)
+    A = lora_modules(model)["model.language_model.layers.0.self_attn.q_proj"].lora_A.weight
+    A0 = A.detach().clone()
+    opt = torch.optim.AdamW(lora_parameters(model), lr=1e-5)
+    for _ in range(2):  # step 1 moves B off zero, step 2 gives A a gradient
+        model(ids).float().pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    assert (A.detach() - A0).abs().max() > 1e-6  # a bf16 A (entries ~0.2, spacing ~1e-3) would not have moved

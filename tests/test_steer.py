@@ -224,3 +224,25 @@ def test_optimisation_changes_only_down_proj_and_forget_loss_falls_real_qwen3vl(
     assert fl[-1] < 0.2 * fl[0] and loss_now() < 0.2 * start
     out = changed_tensors(model, stats["original"])
     assert list(out) == [name] and torch.equal(out[name], model.state_dict()[name])
+
+
+def test_bf16_model_steers_like_float32_through_a_master_copy():
+    proc = ToyProcessor()
+    forget = [_toy_qa(f"forget {i}") for i in range(4)]
+    retain = [_toy_qa(f"retain {i}", "yes") for i in range(4)]
+    deltas = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        toy = ToyLM(vocab=64, d=16, f=24, n=2).eval()
+        torch.manual_seed(1)
+        v = torch.randn(16)
+        toy = toy.to(dtype)
+        W = toy.model.language_model.layers[1].mlp.down_proj.weight
+        W0 = W.detach().float().clone()
+        optimize_steering(toy, proc, forget, retain, v, layer=1, lr=1e-4, epochs=2, log_every=0)
+        assert W.dtype == dtype
+        deltas[dtype] = W.detach().float() - W0
+    cos = torch.nn.functional.cosine_similarity(deltas[torch.float32].flatten(), deltas[torch.bfloat16].flatten(),
+                                                dim=0)
+    ratio = deltas[torch.bfloat16].norm() / deltas[torch.float32].norm()
+    assert cos > 0.9 and 0.7 < ratio < 1.3
