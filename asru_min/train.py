@@ -1,0 +1,414 @@
+"""ASRU end to end:  python -m asru_min.train [--out runs/asru] [--model weights/] [--forget 10] ...
+
+    evaluate the vanilla model
+    stage 1  knowledge-absence direction v at layer L, then steering optimisation of layer L's down_proj
+    evaluate
+    stage 2  LoRA adapters + GRPO with the tiered ASRU reward on a boundary set of forget + retain QA
+    evaluate, print the before / after table
+
+Outputs in --out: config.json, state.json (what is done; the commit point of every stage), metrics_<stage>.json,
+direction.safetensors (+ .json), stage1.safetensors (the tensors stage 1 changed), steer_log.jsonl,
+grpo_log.jsonl, lora/ (PEFT-format adapter), ckpt/step_NNNNNN/ (GRPO checkpoints: adapter + optimiser),
+grpo_curves.png (reward and KL per step), table.txt, and with --save-merged, merged/ (adapters merged into the
+weights, a plain Qwen3-VL checkpoint + processor files).
+
+Resuming: run the same command again. Completed stages are loaded from --out instead of recomputed, and GRPO
+continues after its last checkpoint (every step's sampling seed depends only on --seed and the step, so the
+resumed run draws what the interrupted one would have). Every file is written to a temporary name and moved
+into place with os.replace, and state.json is updated last, so an interruption at any moment leaves either
+the old or the new state, never a half-written one. --restart discards a previous run in --out.
+
+Defaults are sized for the tiny default model on 2 CPU cores (whole run <= 10 minutes): eval limit 6
+questions per split / kind / form, steering on 160 retain QA for 2 epochs, boundary set 32 QA (16 forget +
+16 retain, gen + cloze), G = 4, 24 new tokens, 8 prompts per step, 2 epochs (8 GRPO steps).
+The paper's values are in the help of each flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .evaluate import evaluate_model, format_table
+from .grpo import GRPOConfig, build_boundary_set, make_optimizer, train_grpo
+
+STAGES = ("eval_vanilla", "stage1", "eval_stage1", "stage2", "eval_asru")
+
+
+@dataclass
+class TrainConfig:
+    # run
+    model: str = "weights/"
+    data: str | None = None  # MLLMU-Bench root; None = the synthetic world the default weights were trained on
+    forget: int = 10
+    num_people: int = 100  # synthetic world size and seed (must match the weights)
+    world_seed: int = 0
+    out: str = "runs/asru"
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    eval_limit: int = 6  # questions per split / kind / form in each evaluation (0 = all)
+    eval_batch_size: int = 32
+    eval_max_new_tokens: int = 50  # MLLMU-Bench protocol
+    save_merged: bool = False
+    # stage 1: direction
+    layer: int = 2  # decoder layer L (paper: 17 of 36 in Qwen3-VL, ~ the middle; here 2 of 4)
+    refusal_filter: bool = True  # keep only positive prompts the model answers with "not" / "no" / "sorry"
+    # stage 1: steering optimisation
+    forget_scale: float = 3.0  # c
+    alpha: float = 1.0  # retain weight
+    steer_lr: float = 1e-4
+    steer_batch_size: int = 2
+    steer_epochs: int = 2  # paper: 3
+    steer_retain_size: int = 160  # retain QA used for steering (0 = all)
+    # stage 2: data and LoRA
+    boundary_size: int = 32  # forget + retain QA (paper: 200 + 200)
+    boundary_kinds: str = "gen,cloze"
+    lora_r: int = 16
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0  # 0: the first inner step is exactly on-policy (ratio 1), dropout adds noise to it
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    # stage 2: GRPO
+    group_size: int = 4  # G (paper: 8)
+    temperature: float = 1.5
+    top_p: float = 0.95
+    max_new_tokens: int = 24  # paper: 2048
+    prompts_per_step: int = 8  # paper: 64
+    mini_batch_size: int = 0  # responses per optimiser step (0 = all of a rollout batch)
+    ppo_epochs: int = 1
+    grpo_epochs: int = 2  # paper: 6
+    clip_low: float = 0.2
+    clip_high: float = 0.3
+    kl_coef: float = 0.1
+    grpo_lr: float = 1e-4  # paper: 1e-6 with full fine-tuning; LoRA on the tiny model needs more
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ckpt_every: int = 1  # GRPO steps between checkpoints
+
+    def grpo(self) -> GRPOConfig:
+        return GRPOConfig(group_size=self.group_size, temperature=self.temperature, top_p=self.top_p,
+                          max_new_tokens=self.max_new_tokens, prompts_per_step=self.prompts_per_step,
+                          mini_batch_size=self.mini_batch_size, ppo_epochs=self.ppo_epochs, epochs=self.grpo_epochs,
+                          clip_low=self.clip_low, clip_high=self.clip_high, kl_coef=self.kl_coef, lr=self.grpo_lr,
+                          weight_decay=self.weight_decay, grad_clip=self.grad_clip, seed=self.seed)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# atomic files
+
+
+def write_atomic(path: str, write) -> None:
+    """write(tmp_path) then os.replace(tmp_path, path): readers see the old file or the new one, never half."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj) -> None:
+    def dump(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+
+    write_atomic(path, dump)
+
+
+def write_text(path: str, text: str) -> None:
+    def dump(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    write_atomic(path, dump)
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run
+
+
+class Run:
+    """The output folder of one run: paths, state.json, progress messages."""
+
+    def __init__(self, cfg: TrainConfig, restart: bool = False, hook=None):
+        self.cfg, self.dir, self.hook, self.t0 = cfg, cfg.out, hook, time.time()
+        if restart and os.path.isdir(self.dir):
+            shutil.rmtree(self.dir)
+        os.makedirs(self.dir, exist_ok=True)
+        saved = self.path("config.json")
+        if os.path.exists(saved) and read_json(saved) != dataclasses.asdict(cfg):
+            raise ValueError(f"{self.dir} holds a run with another configuration; use --restart or another --out")
+        write_json(saved, dataclasses.asdict(cfg))
+        self.state = read_json(self.path("state.json")) if os.path.exists(self.path("state.json")) else \
+            {"done": [], "grpo_step": -1, "grpo_ckpt": None}
+
+    def path(self, *parts) -> str:
+        return os.path.join(self.dir, *parts)
+
+    def done(self, stage: str) -> bool:
+        return stage in self.state["done"]
+
+    def commit(self, **changes) -> None:
+        self.state.update(changes)
+        write_json(self.path("state.json"), self.state)
+
+    def finish(self, stage: str) -> None:
+        self.commit(done=self.state["done"] + [stage])
+        self.log(f"{stage} done")
+        if self.hook:
+            self.hook(stage)
+
+    def log(self, msg: str) -> None:
+        print(f"[train {time.time() - self.t0:6.1f}s] {msg}", flush=True)
+
+
+def load_world(cfg: TrainConfig) -> dict:
+    from .data import World, load_mllmu_bench
+
+    if cfg.data:
+        return load_mllmu_bench(cfg.data, forget=cfg.forget)
+    return World.generate(num_people=cfg.num_people, seed=cfg.world_seed).splits(forget=cfg.forget)
+
+
+def evaluate_stage(run: Run, stage: str, model, processor, splits: dict) -> dict:
+    path = run.path(f"metrics_{stage.removeprefix('eval_')}.json")
+    if run.done(stage):
+        return read_json(path)
+    cfg = run.cfg
+    run.log(f"{stage}: evaluating (limit {cfg.eval_limit or 'all'} per split / kind / form)")
+    model.eval()
+    results = evaluate_model(model, processor, splits, batch_size=cfg.eval_batch_size,
+                             max_new_tokens=cfg.eval_max_new_tokens, limit=cfg.eval_limit or None, verbose=False)
+    write_json(path, results)
+    run.finish(stage)
+    return results
+
+
+def stage1(run: Run, model, processor, splits: dict) -> None:
+    """Knowledge-absence direction + steering optimisation; on resume, the saved changed tensors are loaded."""
+    from safetensors.torch import load_file, save_file
+
+    from .steer import changed_tensors, keep_refusals, knowledge_absence_direction, optimize_steering, save_direction
+
+    cfg = run.cfg
+    weights = run.path("stage1.safetensors")
+    if run.done("stage1"):
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, t in load_file(weights).items():
+                params[name].copy_(t.to(params[name].dtype))
+        run.log("stage1: loaded the steered weights from the previous run")
+        return
+    positives = splits.get("unknown", []) + splits.get("private", [])
+    if not positives:
+        raise ValueError("stage 1 needs unknown-person / private questions (splits 'unknown' and 'private')")
+    if cfg.refusal_filter:
+        kept = keep_refusals(model, processor, positives, batch_size=cfg.eval_batch_size)
+        run.log(f"stage1: {len(kept)}/{len(positives)} positive prompts answered with a refusal")
+        positives = kept or positives  # an untrained model refuses nothing; fall back to all
+    stats = {}
+    v = knowledge_absence_direction(model, processor, positives, splits["forget"], cfg.layer,
+                                    batch_size=cfg.eval_batch_size, stats=stats)
+    tmp = run.path(f"direction.tmp{os.getpid()}.safetensors")  # save_direction also writes the .json beside it
+    save_direction(tmp, v, {**stats, "model": cfg.model})
+    os.replace(os.path.splitext(tmp)[0] + ".json", run.path("direction.json"))
+    os.replace(tmp, run.path("direction.safetensors"))
+    run.log(f"stage1: direction at layer {cfg.layer}: |v| = {stats['norm']:.3f} "
+            f"({stats['n_positive']} positive, {stats['n_negative']} negative prompts)")
+
+    retain = list(splits["retain"])
+    if cfg.steer_retain_size and cfg.steer_retain_size < len(retain):
+        retain = random.Random(cfg.seed).sample(retain, cfg.steer_retain_size)
+    log_lines = []
+    result = optimize_steering(model, processor, splits["forget"], retain, v, cfg.layer, c=cfg.forget_scale,
+                               alpha=cfg.alpha, lr=cfg.steer_lr, batch_size=cfg.steer_batch_size,
+                               epochs=cfg.steer_epochs, seed=cfg.seed, log_every=100,
+                               callback=lambda step, record: log_lines.append(json.dumps(record)))
+    write_text(run.path("steer_log.jsonl"), "".join(line + "\n" for line in log_lines))
+    changed = changed_tensors(model, result["original"])
+    write_atomic(weights, lambda tmp: save_file(changed, tmp, metadata={"format": "pt"}))
+    run.log(f"stage1: {result['steps']} steering steps, changed {list(changed)}")
+    run.finish("stage1")
+
+
+def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
+    """LoRA + GRPO on the boundary set, checkpointed every cfg.ckpt_every steps; returns the GRPO log."""
+    from .lora import apply_lora, load_lora, save_lora
+
+    cfg, gcfg = run.cfg, run.cfg.grpo()
+    log_path = run.path("grpo_log.jsonl")
+    if run.done("stage2"):
+        load_lora(model, run.path("lora"))
+        run.log("stage2: loaded the LoRA adapter from the previous run")
+        with open(log_path) as f:
+            return [json.loads(line) for line in f]
+    apply_lora(model, targets=tuple(cfg.lora_targets.split(",")), r=cfg.lora_r, alpha=cfg.lora_alpha,
+               dropout=cfg.lora_dropout)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, gcfg)
+    start = 0
+    records = []
+    if run.state["grpo_ckpt"]:  # resume after the last checkpoint; drop log lines of steps after it
+        ckpt = run.path(run.state["grpo_ckpt"])
+        load_lora(model, ckpt)
+        optimizer.load_state_dict(torch.load(os.path.join(ckpt, "optimizer.pt")))
+        start = run.state["grpo_step"] + 1
+        with open(log_path) as f:
+            records = [r for r in map(json.loads, f) if r["step"] < start]
+        run.log(f"stage2: resuming GRPO at step {start} from {ckpt}")
+    write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
+
+    kinds = tuple(cfg.boundary_kinds.split(","))
+    samples = build_boundary_set(splits["forget"], splits["retain"], cfg.boundary_size, kinds, seed=cfg.seed)
+    steps_total = len(range(0, len(samples), cfg.prompts_per_step)) * cfg.grpo_epochs
+    run.log(f"stage2: LoRA r={cfg.lora_r} on {cfg.lora_targets}; GRPO over {len(samples)} boundary QA, "
+            f"G={cfg.group_size}, {steps_total} steps")
+
+    def checkpoint(step: int, record: dict, opt) -> None:
+        if (step + 1) % cfg.ckpt_every and step + 1 != steps_total:
+            return
+        name = os.path.join("ckpt", f"step_{step:06d}")
+        tmp = run.path(name + f".tmp{os.getpid()}")
+        save_lora(model, tmp, base_model_name_or_path=cfg.model)
+        torch.save(opt.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        os.replace(tmp, run.path(name))  # a fresh name: a directory rename is atomic
+        old = run.state["grpo_ckpt"]
+        run.commit(grpo_step=step, grpo_ckpt=name)
+        if old and old != name:
+            shutil.rmtree(run.path(old), ignore_errors=True)
+        if run.hook:
+            run.hook(f"grpo_step_{step}")
+
+    model.train()
+    records += train_grpo(model, processor, samples, gcfg, optimizer=optimizer, start_step=start, log_path=log_path,
+                          on_step=checkpoint, progress=run.log)
+    model.eval()
+    final = run.path("lora")
+    tmp = final + f".tmp{os.getpid()}"
+    save_lora(model, tmp, base_model_name_or_path=cfg.model)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    draw_curves(records, run.path("grpo_curves.png"))
+    run.finish("stage2")
+    return records
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the reward / KL figure (pillow only)
+
+
+def draw_curves(records: list[dict], path: str, width: int = 900, height: int = 360) -> None:
+    """Two panels: mean reward on forget and retain prompts per step; KL (mean k3) per step."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    kl_max = max([r["kl"] for r in records if r.get("kl") == r.get("kl")] + [1e-4])
+    panels = [("reward per step (mean over the prompts' samples)", 0.0, 1.0,
+               [("forget", "reward_forget_mean", (200, 40, 40)), ("retain", "reward_retain_mean", (40, 90, 200))]),
+              ("KL to reference (mean k3) per step", 0.0, kl_max, [("kl", "kl", (40, 150, 60))])]
+    pw = width // len(panels)
+    for i, (title, lo, hi, series) in enumerate(panels):
+        x0, y0, x1, y1 = i * pw + 60, 30, (i + 1) * pw - 20, height - 40  # plot area
+        d.rectangle([x0, y0, x1, y1], outline="black")
+        d.text((x0, 8), title, fill="black")
+        d.text((x0 - 55, y0), f"{hi:.3g}", fill="black")
+        d.text((x0 - 55, y1 - 10), f"{lo:.3g}", fill="black")
+        d.text((x0, y1 + 8), "step 0", fill="black")
+        d.text((x1 - 50, y1 + 8), f"step {max(len(records) - 1, 0)}", fill="black")
+        n = max(len(records) - 1, 1)
+        for j, (label, key, color) in enumerate(series):
+            pts = [(x0 + (x1 - x0) * k / n, y1 - (y1 - y0) * (r[key] - lo) / (hi - lo))
+                   for k, r in enumerate(records) if isinstance(r.get(key), (int, float)) and r[key] == r[key]]
+            if len(pts) > 1:
+                d.line(pts, fill=color, width=2)
+            for p in pts:
+                d.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=color)
+            d.text((x1 - 70, y0 + 5 + 14 * j), label, fill=color)
+    write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# entry point
+
+
+def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
+    """The whole pipeline; returns {"vanilla": metrics, "stage1": metrics, "asru": metrics, "grpo_log": [...]}.
+    hook(event) is called after every completed stage and every GRPO checkpoint (tests interrupt there)."""
+    from .model import Qwen3VL
+    from .processor import Processor
+
+    if not os.path.isdir(cfg.model):
+        raise FileNotFoundError(f"model folder {cfg.model!r} not found (train it with python -m asru_min.pretrain)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    r = Run(cfg, restart, hook)
+    r.log(f"output folder {cfg.out}; done before: {r.state['done'] or 'nothing'}")
+    model = Qwen3VL.from_pretrained(cfg.model, dtype=getattr(torch, cfg.dtype), device=cfg.device)
+    processor = Processor.from_pretrained(cfg.model)
+    model.eval()
+    splits = load_world(cfg)
+    r.log(f"model {cfg.model} ({model.num_parameters() / 1e6:.2f} M parameters); forget {cfg.forget} %: "
+          + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+
+    results = {"vanilla": evaluate_stage(r, "eval_vanilla", model, processor, splits)}
+    stage1(r, model, processor, splits)
+    results["stage1"] = evaluate_stage(r, "eval_stage1", model, processor, splits)
+    results["grpo_log"] = stage2(r, model, processor, splits)
+    results["asru"] = evaluate_stage(r, "eval_asru", model, processor, splits)
+
+    table = format_table({k: results[k] for k in ("vanilla", "stage1", "asru")})
+    write_text(r.path("table.txt"), table + "\n")
+    print(table, flush=True)
+    if cfg.save_merged:
+        from .lora import unload_lora
+
+        unload_lora(model, merge=True)  # plain nn.Linear layers holding W + (alpha / r) B A
+        tmp = r.path(f"merged.tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        shutil.rmtree(r.path("merged"), ignore_errors=True)
+        os.replace(tmp, r.path("merged"))
+        r.log(f"merged checkpoint written to {r.path('merged')}")
+    r.log(f"finished; outputs in {cfg.out}")
+    return results
+
+
+def parse_args(argv=None) -> tuple[TrainConfig, bool]:
+    """One flag per TrainConfig field (--steer-lr for steer_lr; booleans as --flag / --no-flag)."""
+    p = argparse.ArgumentParser(prog="python -m asru_min.train", description=__doc__.split("\n")[0])
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            kind = type(default) if default is not None else str
+            p.add_argument(flag, type=kind, default=default, help=f"default {default}")
+    p.add_argument("--restart", action="store_true", help="discard a previous run in --out")
+    args = vars(p.parse_args(argv))
+    restart = args.pop("restart")
+    return TrainConfig(**args), restart
+
+
+def main(argv=None) -> dict:
+    cfg, restart = parse_args(argv)
+    return run(cfg, restart=restart)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""python -m asru_min.train end to end on a tiny random checkpoint (mechanics: files, resume, merged weights).
+
+The tiny checkpoint is built in the test with pretrain.build (a 20-person world, hidden 48, 2 layers): untrained,
+so its answers are noise and these tests check the pipeline, not unlearning. The behaviour test on the real
+default weights (forget answers move toward refusal, retain accuracy kept) runs when weights/ holds them.
+"""
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from asru_min.train import TrainConfig, parse_args, run
+
+WEIGHTS = os.path.join(os.path.dirname(__file__), "..", "weights")
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    from asru_min.data import World
+    from asru_min.pretrain import PretrainConfig, build
+
+    cfg = PretrainConfig(num_people=20, vocab_size=400, hidden_size=48, intermediate_size=96, num_layers=2,
+                         num_heads=2, num_kv_heads=1, vision_hidden=32, vision_intermediate=64, vision_depth=2,
+                         vision_heads=2, deepstack="0", image_size=32)
+    model, processor = build(cfg, World.generate(20, 0))
+    path = tmp_path_factory.mktemp("tiny_ckpt")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+def tiny_config(model: str, out: str, **kw) -> TrainConfig:
+    """Every stage, as small as it gets: 2 GRPO steps of 2 prompts x G=2."""
+    base = dict(model=model, out=out, num_people=20, layer=1, eval_limit=1, eval_max_new_tokens=4,
+                refusal_filter=False, steer_retain_size=4, steer_epochs=1, boundary_size=4, group_size=2,
+                max_new_tokens=4, prompts_per_step=2, grpo_epochs=1, grpo_lr=1e-2, save_merged=True, seed=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def logits_of(model, processor, qa):
+    from asru_min.grpo import encode_prompts
+
+    batch = encode_prompts(processor, [qa])
+    with torch.no_grad():
+        return model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_ckpt, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("full"))
+    events = []
+    results = run(tiny_config(tiny_ckpt, out), hook=events.append)
+    return out, events, results
+
+
+def test_end_to_end_outputs(full_run, tiny_ckpt):
+    from asru_min.data import World
+    from asru_min.lora import load_lora
+    from asru_min.model import Qwen3VL
+    from asru_min.processor import Processor
+
+    out, events, results = full_run
+    assert events == ["eval_vanilla", "stage1", "eval_stage1", "grpo_step_0", "grpo_step_1", "stage2", "eval_asru"]
+    state = json.load(open(os.path.join(out, "state.json")))
+    assert state["done"] == ["eval_vanilla", "stage1", "eval_stage1", "stage2", "eval_asru"]
+    for stage in ("vanilla", "stage1", "asru"):
+        metrics = json.load(open(os.path.join(out, f"metrics_{stage}.json")))
+        assert set(metrics) >= {"forget", "retain", "test", "utility", "private"}
+        assert metrics == json.loads(json.dumps(results[stage]))
+    # stage 1 changed exactly layer 1's down_proj, and the direction has the hidden size
+    changed = load_file(os.path.join(out, "stage1.safetensors"))
+    assert list(changed) == ["model.language_model.layers.1.mlp.down_proj.weight"]
+    assert load_file(os.path.join(out, "direction.safetensors"))["direction"].shape == (48,)
+    steer = [json.loads(line) for line in open(os.path.join(out, "steer_log.jsonl"))]
+    assert {r["kind"] for r in steer} == {"forget", "retain"}
+    log = [json.loads(line) for line in open(os.path.join(out, "grpo_log.jsonl"))]
+    assert [r["step"] for r in log] == [0, 1]
+    for key in ("reward_forget_mean", "reward_retain_mean", "kl", "clip_frac", "response_len", "refusal_rate_forget"):
+        assert key in log[0]
+    assert Image.open(os.path.join(out, "grpo_curves.png")).size == (900, 360)
+    assert "forget" in open(os.path.join(out, "table.txt")).read()
+
+    # merged checkpoint == base + stage-1 tensors + LoRA adapter (rebuilt here from the saved pieces)
+    merged = Qwen3VL.from_pretrained(os.path.join(out, "merged"))
+    rebuilt = Qwen3VL.from_pretrained(tiny_ckpt)
+    params = dict(rebuilt.named_parameters())
+    with torch.no_grad():
+        for name, t in changed.items():
+            params[name].copy_(t)
+    load_lora(rebuilt, os.path.join(out, "lora"))
+    processor = Processor.from_pretrained(os.path.join(out, "merged"))
+    qa = World.generate(20, 0).splits(10)["forget"][0]
+    a, b = logits_of(merged, processor, qa), logits_of(rebuilt, processor, qa)
+    assert torch.allclose(a, b, atol=1e-4)
+    base = logits_of(Qwen3VL.from_pretrained(tiny_ckpt), processor, qa)
+    assert not torch.allclose(a, base, atol=1e-4)  # the run changed the model
+
+
+def test_interrupted_run_resumes_and_matches_uninterrupted(full_run, tiny_ckpt, tmp_path):
+    """Interrupt after stage 1, then after GRPO step 0; each rerun continues where the last stopped (nothing is
+    redone) and the end result equals the uninterrupted run's exactly."""
+    out_full = full_run[0]
+    out = str(tmp_path / "resumed")
+    cfg = tiny_config(tiny_ckpt, out)
+
+    def stop_at(event_name, seen):
+        def hook(event):
+            seen.append(event)
+            if event == event_name:
+                raise Interrupt(event)
+        return hook
+
+    first, second, third = [], [], []
+    with pytest.raises(Interrupt):
+        run(cfg, hook=stop_at("stage1", first))
+    with pytest.raises(Interrupt):
+        run(cfg, hook=stop_at("grpo_step_0", second))
+    run(cfg, hook=third.append)
+    assert first == ["eval_vanilla", "stage1"]
+    assert second == ["eval_stage1", "grpo_step_0"]
+    assert third == ["grpo_step_1", "stage2", "eval_asru"]
+    assert [json.loads(line)["step"] for line in open(os.path.join(out, "grpo_log.jsonl"))] == [0, 1]
+    assert os.listdir(os.path.join(out, "ckpt")) == ["step_000001"]  # older checkpoints removed
+    for name in ("stage1.safetensors", "lora/adapter_model.safetensors", "merged/model.safetensors"):
+        a, b = load_file(os.path.join(out, name)), load_file(os.path.join(out_full, name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    for stage in ("vanilla", "asru"):
+        a = json.load(open(os.path.join(out, f"metrics_{stage}.json")))
+        b = json.load(open(os.path.join(out_full, f"metrics_{stage}.json")))
+        assert a["forget"] == b["forget"] and a["retain"] == b["retain"]
+    # a finished run is not redone; another configuration in the same folder is refused
+    again = []
+    run(cfg, hook=again.append)
+    assert again == []
+    with pytest.raises(ValueError, match="another configuration"):
+        run(tiny_config(tiny_ckpt, out, kl_coef=0.5))
+
+
+def test_command_line_flags_map_to_config():
+    cfg, restart = parse_args(["--group-size", "8", "--clip-high", "0.28", "--no-refusal-filter", "--save-merged",
+                               "--lora-targets", "q_proj,v_proj", "--data", "/x", "--restart"])
+    assert (cfg.group_size, cfg.clip_high, cfg.refusal_filter, cfg.save_merged) == (8, 0.28, False, True)
+    assert cfg.lora_targets == "q_proj,v_proj" and cfg.data == "/x" and restart
+    defaults, restart = parse_args([])
+    assert defaults == TrainConfig() and not restart
+    with pytest.raises(FileNotFoundError):
+        run(TrainConfig(model="/nonexistent/weights"))
