@@ -115,7 +115,8 @@ def test_processor_matches_reference(dirname, case):
 @pytest.mark.parametrize("case", list(CHAT))
 def test_chat_template_string(case):
     c = CHAT[case]
-    got = processor("qwen3vl_tiny_a").apply_chat_template(c["messages"], add_generation_prompt=c["add_generation_prompt"])
+    proc = processor("qwen3vl_tiny_a")
+    got = proc.apply_chat_template(c["messages"], add_generation_prompt=c["add_generation_prompt"])
     assert got == c["text"]
 
 
@@ -289,3 +290,30 @@ def test_cached_decode_matches_uncached(ckpt, case):
     d_ref = (cached - t[p + "step_logits"]).abs().max().item()
     assert d_ours <= LOGIT_TOL, f"cached vs own uncached max |delta| {d_ours:.3g}"
     assert d_ref <= LOGIT_TOL, f"cached vs reference max |delta| {d_ref:.3g}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checkpoint I/O (the reference-side round trip, asru_min save -> transformers load, is run by make_reference.py
+# and recorded in manifest.json["save_pretrained_roundtrip"])
+
+
+@pytest.mark.parametrize("ckpt", CKPTS)
+def test_save_pretrained_round_trip(ckpt, tmp_path):
+    """save_pretrained writes exactly the tensors of the reference-written file (same keys, same values; a tied
+    model has no lm_head.weight), and the reloaded model reproduces the reference logits."""
+    from asru_min.model import Qwen3VL
+    m = model(ckpt)
+    m.save_pretrained(tmp_path)
+    ours = load_file(str(tmp_path / "model.safetensors"))
+    ref = load_file(str(FIX / f"qwen3vl_{ckpt}" / "model.safetensors"))
+    assert sorted(ours) == sorted(ref)
+    assert all(torch.equal(ours[k], ref[k]) for k in ref)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] == (ckpt == "tiny_a")
+    t = tensors(f"model_{ckpt}")
+    p = "two_images/"
+    am = t[p + "attention_mask"]
+    with torch.no_grad():
+        logits = Qwen3VL.from_pretrained(tmp_path).eval()(t[p + "input_ids"], am, **model_inputs(t, p))
+    diff = (logits.float()[am.bool()] - t[p + "logits"]).abs().max().item()
+    assert diff <= LOGIT_TOL, f"reloaded logits max |delta| {diff:.3g}"
