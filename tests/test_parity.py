@@ -136,6 +136,18 @@ def test_decode(case):
     assert proc.decode(c["input_ids"], skip_special_tokens=False) == c["decoded_with_special"]
 
 
+@pytest.mark.parametrize("ckpt", CKPTS)
+def test_special_token_ids(ckpt):
+    """Processor and model config agree with the ids the reference config was built with (manifest.json)."""
+    ids = json.loads((FIX / "manifest.json").read_text(encoding="utf-8"))["tokenizer"]["special_ids"]
+    proc = processor(f"qwen3vl_{ckpt}")
+    assert proc.pad_token_id == ids["<|endoftext|>"]
+    assert proc.eos_token_ids == [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    cfg = model(ckpt).config
+    assert (cfg.image_token_id, cfg.video_token_id) == (ids["<|image_pad|>"], ids["<|video_pad|>"])
+    assert (cfg.vision_start_token_id, cfg.vision_end_token_id) == (ids["<|vision_start|>"], ids["<|vision_end|>"])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # model: logits, positions, vision features
 
