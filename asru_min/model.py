@@ -314,7 +314,7 @@ class Qwen3VL(nn.Module):
             vis_idx = img_mask.nonzero(as_tuple=True)  # row-major, like masked_scatter
             emb = emb.index_put(vis_idx, embeds.to(emb.dtype))
             visual_pos_mask = img_mask
-        elif n_placeholders:
+        elif n_placeholders and past == 0:
             raise ValueError(f"input_ids contain {n_placeholders} image placeholder tokens but no images were given")
 
         # positions and attention mask
@@ -331,7 +331,10 @@ class Qwen3VL(nn.Module):
             cache.seen = cache.seen + real.long().sum(1)
         if cache is not None:
             cache.key_mask[:, past:past + L] = real
-            mask = attention_mask_4d(cache.key_mask, L, past)
+            if L == 1 and bool(cache.key_mask[:, :past + 1].all()):
+                mask = None  # one query, no pad keys: it sees every key
+            else:
+                mask = attention_mask_4d(cache.key_mask, L, past)
         elif bool(real.all()):
             mask = None  # plain causal
         else:
@@ -361,8 +364,11 @@ class Qwen3VL(nn.Module):
             drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
             sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
             logits = torch.full_like(logits, -math.inf).scatter(-1, order, sorted_logits)
-        probs = logits.softmax(-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        # inverse-CDF draw: the first token whose cumulative probability exceeds u ~ U(0, 1). One random
+        # number per row (torch.multinomial draws far more and is ~20x slower at these sizes on the CPU).
+        cdf = logits.softmax(-1).cumsum(-1)  # (B, V)
+        u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+        return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -399,7 +405,11 @@ class Qwen3VL(nn.Module):
             logits = logits.repeat_interleave(G, dim=0)  # (B*G, V)
         finished = torch.zeros(B * G, dtype=torch.bool, device=input_ids.device)
         ones = torch.ones(B * G, 1, dtype=torch.long, device=input_ids.device)
+        # never emit image/video placeholders: a response holding one could not be fed back through forward
+        # (its placeholder count would no longer match the images)
+        banned = [i for i in (self.config.image_token_id, self.config.video_token_id) if i < logits.shape[-1]]
         for t in range(max_new_tokens):
+            logits[:, banned] = -math.inf
             nxt = self.sample_next(logits, temperature, top_p, top_k, generator)
             nxt = torch.where(finished, 0, nxt)
             tokens[:, t] = nxt

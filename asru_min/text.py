@@ -49,9 +49,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        # F.rms_norm without a weight is exactly x / sqrt(mean(x^2) + eps), fused into one kernel
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -74,8 +73,11 @@ def mrope_cos_sin(pos: torch.Tensor, cfg: TextConfig, dtype: torch.dtype):
     computed in fp32 and cast to the activation dtype (as the reference does)."""
     d = cfg.head_dim
     inv = 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2, device=pos.device, dtype=torch.float32) / d)  # (d/2,)
-    axis = mrope_axis(d, cfg.mrope_section).to(pos.device)
-    p = pos.float().permute(1, 2, 0)[..., axis]  # (B, L, d/2): the chosen axis' position for each slot
+    p = pos.float().permute(1, 2, 0)  # (B, L, 3)
+    if pos.shape[2] > 1 or not torch.equal(pos[0], pos[1]) or not torch.equal(pos[0], pos[2]):
+        p = p[..., mrope_axis(d, cfg.mrope_section).to(pos.device)]  # (B, L, d/2): each slot's axis
+    else:
+        p = p[..., :1]  # decode step: T = H = W, plain 1-D RoPE (broadcast over the d/2 slots)
     phi = p * inv
     emb = torch.cat([phi, phi], dim=-1)[:, None]  # (B, 1, L, d)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -141,8 +143,10 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nkv, S, d), S = keys so far
         # GQA: query head i reads KV head floor(i/g), i.e. repeat_interleave of the KV heads (enable_gqa).
-        # mask (B, 1, L, S) bool = causal & real key; None = plain causal (no padding, no cache).
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+        # mask (B, 1, L, S) bool = causal & real key. None: plain causal for a full sequence, or (a single
+        # decode query with no pad among the keys) attend to every key.
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and L > 1,
+                                           enable_gqa=True)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, self.nq * self.d))
 
 

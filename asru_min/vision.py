@@ -168,15 +168,17 @@ class VisionModel(nn.Module):
             i0 = s.floor()
             return i0.long(), (i0.long() + 1).clamp(max=S - 1), s - i0
 
+        per_grid = {}  # (h, w) -> (h*w, Dv); a batch of same-sized images resamples the table once
         out = []
         for t, h, w in grid_thw.tolist():
-            r0, r1, dr = taps(h)
-            c0, c1, dc = taps(w)
-            dr, dc = dr[:, None, None], dc[None, :, None]  # broadcast over (h, w, Dv)
-            pe = ((1 - dr) * (1 - dc) * table[r0][:, c0] + (1 - dr) * dc * table[r0][:, c1]
-                  + dr * (1 - dc) * table[r1][:, c0] + dr * dc * table[r1][:, c1])  # (h, w, Dv)
-            pe = pe.reshape(h * w, -1)[block_order(h, w, m).to(dev)]  # (h*w, Dv) block order
-            out.append(pe.repeat(t, 1))  # (t*h*w, Dv)
+            if (h, w) not in per_grid:
+                r0, r1, dr = taps(h)
+                c0, c1, dc = taps(w)
+                dr, dc = dr[:, None, None], dc[None, :, None]  # broadcast over (h, w, Dv)
+                pe = ((1 - dr) * (1 - dc) * table[r0][:, c0] + (1 - dr) * dc * table[r0][:, c1]
+                      + dr * (1 - dc) * table[r1][:, c0] + dr * dc * table[r1][:, c1])  # (h, w, Dv)
+                per_grid[(h, w)] = pe.reshape(h * w, -1)[block_order(h, w, m).to(dev)]  # (h*w, Dv) block order
+            out.append(per_grid[(h, w)].repeat(t, 1))  # (t*h*w, Dv)
         return torch.cat(out)
 
     def rotary(self, grid_thw: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
