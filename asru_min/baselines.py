@@ -201,6 +201,7 @@ class BaselineConfig:
     eval_batch_size: int = 32
     kinds: tuple = ("gen",)  # QA kinds trained on (the benchmark's generation QA pairs); empty = all
     evaluate: bool = True
+    threads: int = 1  # torch CPU threads; a tiny model runs fastest on one (more threads fight over shared cores)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -342,6 +343,8 @@ def run_baseline(cfg: BaselineConfig, model=None, processor=None, splits=None, p
     from asru_min.processor import Processor
 
     t0 = time.time()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     if model is None or processor is None:
         if not os.path.isdir(cfg.model):
             raise FileNotFoundError(f"model directory {cfg.model!r} not found (run python -m asru_min.pretrain)")
@@ -393,6 +396,7 @@ def parse_args(argv=None) -> BaselineConfig:
     p.add_argument("--eval-limit", type=int, default=d.eval_limit, help="questions per split/kind/form (0 = all)")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0 = torch's default)")
     return BaselineConfig(**vars(p.parse_args(argv)))
 
 

@@ -218,7 +218,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="forget 10 %% only, 1 baseline epoch, fewer questions")
     p.add_argument("--eval-limit", type=int, default=None, help="questions per split/kind/form (default 6, quick 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (0 = torch default); the tiny model runs fastest on one")
     p.add_argument("--baseline-epochs", type=int, default=None, help="default 4 (quick 1)")
     p.add_argument("--train-set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a train.py TrainConfig field, e.g. --train-set layer=1 (repeatable)")
@@ -230,7 +231,8 @@ def train_config(args, forget: int, out: str):
     a shorter stage 1 and stage 2."""
     from asru_min.train import TrainConfig
 
-    cfg = TrainConfig(model=args.model, forget=forget, out=out, seed=args.seed, eval_limit=args.eval_limit)
+    cfg = TrainConfig(model=args.model, forget=forget, out=out, seed=args.seed, eval_limit=args.eval_limit,
+                      threads=args.threads)
     if args.quick:
         cfg = dataclasses.replace(cfg, steer_epochs=1, steer_retain_size=64, boundary_size=16, grpo_epochs=1)
     for item in args.train_set:
@@ -292,7 +294,8 @@ def main(argv=None) -> dict:
             if not os.path.exists(path):
                 progress(f"forget {f}%: baseline {NAMES[method]}")
                 cfg = BaselineConfig(method=method, forget=f, model=args.model, seed=args.seed, epochs=epochs,
-                                     eval_limit=args.eval_limit, out=os.path.join(runs_dir, f"{method}_f{f}"))
+                                     eval_limit=args.eval_limit, threads=args.threads,
+                                     out=os.path.join(runs_dir, f"{method}_f{f}"))
                 run_baseline(cfg, progress=progress)
                 os.replace(os.path.join(cfg.out, "metrics.json"), path)
             results[f][method] = json.load(open(path))["metrics"]
