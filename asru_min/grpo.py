@@ -310,14 +310,6 @@ def rollout(model, processor, samples: list, cfg: GRPOConfig, generator: torch.G
         eos_token_ids=processor.eos_token_ids,
     )  # (B*G, T) each
     gen_mask = gen_mask.bool()
-    # A sampled <|image_pad|> (or other vision token) cannot be re-read by a forward without an image to fill
-    # it, so a response is cut just before its first vision token (the decoded text never shows these tokens).
-    vision_ids = torch.tensor([model.config.image_token_id, model.config.video_token_id,
-                               model.config.vision_start_token_id, model.config.vision_end_token_id],
-                              device=tokens.device)
-    after_vision = torch.isin(tokens, vision_ids).long().cumsum(dim=1) > 0  # (B*G, T)
-    gen_mask = gen_mask & ~after_vision
-    tokens = tokens.masked_fill(after_vision, processor.pad_token_id)
     input_ids = torch.cat([prompt_ids.repeat_interleave(G, dim=0), tokens], dim=1)  # (B*G, P+T)
     attention_mask = torch.cat([prompt_mask.repeat_interleave(G, dim=0).bool(), gen_mask], dim=1).long()
     response_mask = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.bool).repeat_interleave(G, 0), gen_mask], 1)

@@ -144,7 +144,9 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, restart: bool = False, hook=None):
         self.cfg, self.dir, self.hook, self.t0 = cfg, cfg.out, hook, time.time()
-        if restart and os.path.isdir(self.dir):
+        if restart and os.path.isdir(self.dir) and os.listdir(self.dir):
+            if not os.path.exists(self.path("config.json")):  # never delete a folder that is not a run
+                raise ValueError(f"--restart: {self.dir} is not empty and holds no run (config.json); not deleting it")
             shutil.rmtree(self.dir)
         os.makedirs(self.dir, exist_ok=True)
         saved = self.path("config.json")

@@ -1,7 +1,6 @@
 import copy
 import math
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -192,10 +191,7 @@ def test_non_finite_loss_skips_the_step():
 
 class ToyGenLM(BagOfTokensLM):
     """BagOfTokensLM plus `generate` with the Qwen3VL.generate contract (prompt-major rows, mask up to and
-    including the EOS, pad 0 after it). Its vision token ids lie outside its vocabulary."""
-
-    config = SimpleNamespace(image_token_id=101, video_token_id=102, vision_start_token_id=103,
-                             vision_end_token_id=104)
+    including the EOS, pad 0 after it)."""
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, max_new_tokens=8, temperature=1.0, top_p=1.0,
