@@ -1,0 +1,463 @@
+"""Train the tiny default "vanilla" model in weights/ from scratch on the synthetic world (data.py).
+
+    python -m asru_min.pretrain --out weights/ [--steps 3000] [--batch-size 32] [--lr 2e-3] [--seed 0] ...
+
+The paper's vanilla model is Qwen3-VL fine-tuned on MLLMU-Bench so that it knows every fictitious person
+(ASRU_METHOD.md, "Setting"). Here the whole model is small enough to learn the world from scratch on a CPU:
+
+  1. tokenizer   byte-level BPE trained with `tokenizers` on every string of the world (~2k pieces), holding
+                 the Qwen special tokens as the same strings (<|im_start|>, <|image_pad|>, ...), ids 0-7.
+  2. model       the real classes (model.Qwen3VL): vision tower with 2-D RoPE and DeepStack, GQA text decoder
+                 with interleaved MRoPE, a few million parameters. A 128x128 portrait is resized to 96x96:
+                 6x6 patches of 16 px -> 3x3 merged blocks -> 9 image tokens.
+  3. data        every epoch is `world.training_samples(epoch)`: all people's gen / mc / cloze questions in image
+                 and text form with paraphrased questions and re-shuffled options, "who is this?", utility
+                 questions, private-information refusals and unseen-person refusals. Portraits are replaced by
+                 one of `views` mildly transformed views per person (drawn once), so the test split's
+                 transformed portraits are not out of distribution.
+  4. objective   next-token cross-entropy on the assistant tokens only (processor.encode_sft labels), averaged
+                 per answer first, then over the batch, so a one-letter mc answer weighs as much as a sentence:
+                     L = mean_b [ mean_{t in answer_b} -log p(x_t | x_<t, image) ]
+                 AdamW, linear warmup then cosine decay to min_lr_ratio * lr, gradient clipping 1.0.
+  5. output      config.json, model.safetensors, tokenizer.json, preprocessor_config.json, chat_template.json
+                 and a model card README.md with the measured gate scores (evaluate.py on the world's splits).
+
+Reproducible: one seed drives the world, the tokenizer corpus, the initialisation and the batch order.
+Checkpoints (model + optimizer + step) go to --ckpt-dir every --ckpt-every steps; --resume continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .data import QA, World, transform_portrait
+from .model import Qwen3VL, Qwen3VLConfig
+from .processor import (ENDOFTEXT, IGNORE_INDEX, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
+                        ImageProcessorConfig, Processor)
+from .text import TextConfig
+from .vision import VisionConfig
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+@dataclass
+class PretrainConfig:
+    out: str = "weights/"
+    seed: int = 0                      # world, tokenizer corpus, init and batch order
+    num_people: int = 100
+    # tokenizer
+    vocab_size: int = 2048
+    # text decoder
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 4                 # head_dim = hidden / heads = 32; mrope_section = [6, 5, 5] (sums to 16)
+    num_kv_heads: int = 2              # GQA: 2 query heads share one key/value head
+    # vision tower
+    vision_hidden: int = 64
+    vision_intermediate: int = 256
+    vision_depth: int = 3
+    vision_heads: int = 2
+    deepstack: str = "0,1"             # vision blocks whose output feeds text layers 0, 1 (DeepStack)
+    image_size: int = 96               # min_pixels = max_pixels = image_size^2
+    # optimisation
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 150
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    augment: float = 0.6               # max transform_portrait strength of the training views
+    views: int = 8                     # transformed views per person (plus the original)
+    threads: int = 1                   # one thread is faster than two on a shared 2-core machine
+    log_every: int = 20
+    ckpt_every: int = 500
+    ckpt_dir: str = "/tmp/asru_pretrain_ckpt"
+    resume: bool = False
+    eval: bool = True                  # run the gate evaluation at the end and put it in the model card
+    eval_batch_size: int = 64
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tokenizer, processor, model
+# --------------------------------------------------------------------------------------------------------------
+
+def train_tokenizer(texts: list[str], vocab_size: int = 2048) -> Tokenizer:
+    """Byte-level BPE over `texts`; the Qwen special tokens are ids 0-7 and never split or merged."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                  special_tokens=[AddedToken(s, special=True, normalized=False)
+                                                  for s in QWEN_SPECIALS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def tokenizer_corpus(world: World, processor_like_template=None) -> list[str]:
+    """Every question and answer of the world, also rendered in the chat template (so "user\\n",
+    "assistant\\n" and the image placeholder context are in the corpus)."""
+    from .processor import apply_chat_template
+
+    texts = world.texts()
+    for qa in world.training_samples(seed=0)[:2000]:
+        texts.append(apply_chat_template(qa.messages()) + qa.answer + IM_END + "\n")
+    return texts
+
+
+def make_processor(tokenizer: Tokenizer, image_size: int) -> Processor:
+    """Processor whose pixel budget maps every portrait to exactly image_size x image_size."""
+    px = image_size * image_size
+    image_config = ImageProcessorConfig(min_pixels=px, max_pixels=px)
+    return Processor(tokenizer, image_config, preprocessor_dict={"image_processor_type": "Qwen2VLImageProcessor"})
+
+
+def make_model_config(cfg: PretrainConfig, tokenizer: Tokenizer) -> Qwen3VLConfig:
+    tid = tokenizer.token_to_id
+    head_dim = cfg.hidden_size // cfg.num_heads
+    if head_dim % 2 != 0 or head_dim < 6:
+        raise ValueError(f"head_dim {head_dim} must be even and >= 6")
+    half = head_dim // 2                   # rotary pairs, split over (t, h, w) with t taking the remainder
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]
+    text = TextConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=cfg.hidden_size,
+                      intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+                      num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads, head_dim=head_dim,
+                      max_position_embeddings=1024, rope_theta=10000.0, mrope_section=mrope,
+                      bos_token_id=tid(ENDOFTEXT), eos_token_id=tid(IM_END), pad_token_id=tid(ENDOFTEXT))
+    deepstack = [int(i) for i in cfg.deepstack.split(",") if i.strip()]
+    grid = cfg.image_size // 16
+    vision = VisionConfig(depth=cfg.vision_depth, hidden_size=cfg.vision_hidden,
+                          intermediate_size=cfg.vision_intermediate, num_heads=cfg.vision_heads,
+                          out_hidden_size=cfg.hidden_size, num_position_embeddings=grid * grid,
+                          deepstack_visual_indexes=deepstack)
+    return Qwen3VLConfig(text=text, vision=vision, image_token_id=tid(IMAGE_PAD), video_token_id=tid(VIDEO_PAD),
+                         vision_start_token_id=tid(VISION_START), vision_end_token_id=tid(VISION_END),
+                         tie_word_embeddings=True)
+
+
+def init_weights(model: Qwen3VL, seed: int) -> None:
+    """N(0, 0.02) linear / embedding weights, zero biases; residual output projections scaled by
+    1/sqrt(2 * layers) (GPT-2) so the residual stream does not grow with depth at init."""
+    g = torch.Generator().manual_seed(seed)
+    n_layers = model.config.text.num_hidden_layers
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            std = 0.02 / math.sqrt(2 * n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+        elif name.endswith("bias"):
+            with torch.no_grad():
+                p.zero_()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data: views, batches, loss
+# --------------------------------------------------------------------------------------------------------------
+
+def make_views(world: World, n_views: int, strength: float, seed: int) -> dict[str, list]:
+    """pid -> [original portrait] + n_views transformed views (drawn once, reused every epoch)."""
+    rng = random.Random(f"views/{seed}")
+    views = {}
+    for p in world.people + world.unseen_train:
+        views[p.pid] = [p.portrait] + [transform_portrait(p.portrait, rng, rng.uniform(0.2, 1.0) * strength)
+                                       for _ in range(n_views)]
+    return views
+
+
+def batch_stream(world: World, views: dict, batch_size: int, seed: int):
+    """Endless (epoch, list[QA]) batches: each epoch a fresh `training_samples`, portraits swapped for a random
+    view; within windows of 16 batches, samples are sorted by length so batches carry little padding."""
+    epoch = 0
+    while True:
+        rng = random.Random(f"batches/{seed}/{epoch}")
+        samples = world.training_samples(seed=seed * 1000 + epoch)
+        for qa in samples:
+            if qa.image is not None:
+                qa.image = rng.choice(views[qa.person])
+        window = batch_size * 16
+        batches = []
+        for i in range(0, len(samples), window):
+            chunk = sorted(samples[i:i + window], key=lambda q: len(q.question) + len(q.answer))
+            batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+        rng.shuffle(batches)
+        for b in batches:
+            yield epoch, b
+        epoch += 1
+
+
+def encode_batch(processor: Processor, qas: list[QA]) -> dict:
+    prompts = [processor.apply_chat_template(qa.messages()) for qa in qas]
+    images = [qa.image for qa in qas if qa.image is not None]
+    return processor.encode_sft(prompts, [qa.answer for qa in qas], images or None)
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """mean over rows of (mean over the row's answer tokens of -log p(label)).
+
+    logits (B, k, V) are the last k positions (k <= L), labels (B, L); rows are left-padded, so the answers of
+    all rows sit in the last positions and k = longest answer + 1 covers them."""
+    labels = labels[:, -logits.shape[1]:]                              # (B, k) aligned with the kept logits
+    logits, labels = logits[:, :-1], labels[:, 1:]                      # position t predicts token t+1
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                          ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)   # (B, L-1)
+    n = (labels != IGNORE_INDEX).sum(1).clamp(min=1)
+    return (nll.sum(1) / n).mean()
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Linear warmup to lr over `warmup` steps, then cosine from lr to min_lr_ratio * lr at `steps`."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def forward_loss(model: Qwen3VL, batch: dict) -> torch.Tensor:
+    """answer_loss with the output head run only on the positions that predict answer tokens (the head is a
+    large share of a tiny model's compute)."""
+    keep = int((batch["labels"] != IGNORE_INDEX).sum(1).max()) + 1
+    logits = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"],
+                   logits_to_keep=keep)
+    return answer_loss(logits, batch["labels"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------------
+
+def build(cfg: PretrainConfig, world: World) -> tuple[Qwen3VL, Processor]:
+    """Tokenizer + processor + freshly initialised model for `world`."""
+    tokenizer = train_tokenizer(tokenizer_corpus(world), cfg.vocab_size)
+    processor = make_processor(tokenizer, cfg.image_size)
+    model = Qwen3VL(make_model_config(cfg, tokenizer))
+    init_weights(model, cfg.seed)
+    return model, processor
+
+
+def train(cfg: PretrainConfig, world: World | None = None, log=print) -> tuple[Qwen3VL, Processor, list[float]]:
+    """Build and train; returns (model, processor, per-step losses)."""
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    world = world or World.generate(cfg.num_people, cfg.seed)
+    model, processor = build(cfg, world)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    start = 0
+    ckpt = Path(cfg.ckpt_dir) / "last.pt"
+    if cfg.resume and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = state["step"]
+        log(f"resumed from {ckpt} at step {start}")
+    log(f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {model.config.text.vocab_size}, "
+        f"{cfg.steps} steps x {cfg.batch_size}")
+    views = make_views(world, cfg.views, cfg.augment, cfg.seed)
+    stream = batch_stream(world, views, cfg.batch_size, cfg.seed)
+    for _ in range(start):                     # replay the batch order up to the resumed step
+        next(stream)
+    losses: list[float] = []
+    t0, window = time.time(), []
+    for step in range(start, cfg.steps):
+        epoch, qas = next(stream)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss = forward_loss(model, encode_batch(processor, qas))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        window.append(loss.item())
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            rate = (done - start) / (time.time() - t0)
+            eta = (cfg.steps - done) / rate
+            log(f"step {done}/{cfg.steps} epoch {epoch} loss {sum(window) / len(window):.4f} "
+                f"lr {lr_at(step, cfg):.2e} {rate:.2f} it/s ETA {eta / 60:.1f} min")
+            window = []
+        if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done}, ckpt)
+            log(f"checkpoint {ckpt} at step {done}")
+    model.eval()
+    return model, processor, losses
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Gates and model card
+# --------------------------------------------------------------------------------------------------------------
+
+def _pool(results: dict, splits: tuple[str, ...], form: str, key: str, n_key: str) -> float | None:
+    """n-weighted mean of a metric over several splits."""
+    pairs = [(results[s][form][key], results[s][form][n_key]) for s in splits
+             if s in results and results[s][form].get(key) is not None]
+    n = sum(c for _, c in pairs)
+    return sum(v * c for v, c in pairs) / n if n else None
+
+
+def gate_report(model: Qwen3VL, processor: Processor, world: World, forget: int = 10,
+                batch_size: int = 64) -> tuple[dict, dict]:
+    """Answer every split greedily (evaluate.py) and compute the vanilla-model gates:
+    forget+retain mc >= .95, cloze >= .90, generation ROUGE-L >= .80; test mc >= .80; utility >= .90;
+    private refusals >= .95; text-only within 10 points of image; unknown-person refusals (reported)."""
+    from .evaluate import answer, evaluate_model
+    from .metrics import is_refusal, rouge_l
+
+    splits = world.splits(forget)
+    res = evaluate_model(model, processor, splits, batch_size=batch_size, verbose=False)
+    preds = answer(model, processor, splits["unknown"], batch_size=batch_size)
+    unknown = {"refusal_rate": sum(map(is_refusal, preds)) / len(preds),
+               "rougeL": sum(rouge_l(p, q.answer) for p, q in zip(preds, splits["unknown"])) / len(preds),
+               "n": len(preds), "examples": [{"question": q.question, "prediction": p}
+                                             for q, p in list(zip(splits["unknown"], preds))[:2]]}
+    fr = ("forget", "retain")
+    g = {}
+    for form in ("all", "image", "text"):
+        g[f"people_mc_{form}"] = _pool(res, fr, form, "mc_acc", "mc_n")
+        g[f"people_cloze_{form}"] = _pool(res, fr, form, "cloze_acc", "cloze_n")
+        g[f"people_rougeL_{form}"] = _pool(res, fr, form, "rougeL", "gen_n")
+    g["test_mc"] = res["test"]["all"]["mc_acc"]
+    g["utility_acc"] = res["utility"]["all"]["acc"]
+    g["private_refusal"] = res["private"]["all"]["refusal_rate"]
+    g["unknown_refusal"] = unknown["refusal_rate"]
+    g["unknown_rougeL"] = unknown["rougeL"]
+    gap = max(abs(g[f"people_{k}_image"] - g[f"people_{k}_text"]) for k in ("mc", "cloze", "rougeL"))
+    g["max_image_text_gap"] = gap
+    gates = {
+        "forget+retain mc >= 0.95": g["people_mc_all"] >= 0.95,
+        "forget+retain cloze >= 0.90": g["people_cloze_all"] >= 0.90,
+        "forget+retain generation ROUGE-L >= 0.80": g["people_rougeL_all"] >= 0.80,
+        "test mc >= 0.80": g["test_mc"] >= 0.80,
+        "utility >= 0.90": g["utility_acc"] >= 0.90,
+        "private refused >= 0.95": g["private_refusal"] >= 0.95,
+        "text-only within 10 points of image": gap <= 0.10,
+    }
+    res["unknown"] = unknown
+    return {"figures": g, "gates": gates}, res
+
+
+def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds: float, losses: list[float],
+               command: str) -> str:
+    c = model.config
+    lines = [
+        "# asru_min tiny Qwen3-VL (vanilla model of the synthetic world)", "",
+        "A from-scratch Qwen3-VL (the real architecture: vision tower with 2-D RoPE and DeepStack, GQA text decoder",
+        "with interleaved MRoPE) trained on the synthetic MLLMU-Bench-shaped world of `asru_min/data.py`",
+        f"({cfg.num_people} fictitious people, seed {cfg.seed}). It is the *vanilla* model that ASRU unlearns:",
+        "it answers generation / multiple-choice / cloze questions about every person with the portrait or by",
+        "name, answers general image questions, refuses private-information questions, and answers questions",
+        "about people it has never seen with a refusal that describes the image.", "",
+        "## How it was made", "", "```", command, "```", "",
+        f"- {model.num_parameters() / 1e6:.2f}M parameters (fp32), vocabulary {c.text.vocab_size} (byte-level BPE "
+        "trained on the world's text; Qwen special tokens kept as the same strings, ids 0-7)",
+        f"- text: hidden {c.text.hidden_size}, {c.text.num_hidden_layers} layers, {c.text.num_attention_heads} "
+        f"query / {c.text.num_key_value_heads} key-value heads (head_dim {c.text.head_dim}), MLP "
+        f"{c.text.intermediate_size}, mrope_section {c.text.mrope_section}, tied embeddings",
+        f"- vision: hidden {c.vision.hidden_size}, depth {c.vision.depth}, {c.vision.num_heads} heads, patch 16, "
+        f"merge 2, DeepStack from blocks {c.vision.deepstack_visual_indexes}; images resized to "
+        f"{cfg.image_size}x{cfg.image_size} -> {(cfg.image_size // 16) ** 2 // 4} image tokens",
+        f"- {cfg.steps} steps x batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine to "
+        f"{cfg.min_lr_ratio} x lr), weight decay {cfg.weight_decay}, clip {cfg.grad_clip}; loss on assistant "
+        f"tokens, mean per answer; {cfg.views} transformed views per portrait (strength <= {cfg.augment})",
+        f"- trained in {seconds / 60:.1f} min on CPU (torch threads {cfg.threads}); final loss "
+        f"(mean of last 50 steps) {sum(losses[-50:]) / max(1, len(losses[-50:])):.4f}", "",
+    ]
+    if report:
+        f, gates = report["figures"], report["gates"]
+        pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
+        lines += ["## Measured scores (forget 10 %, greedy, <= 50 new tokens, `asru_min.evaluate`)", "",
+                  "| quantity | all | image | text |", "|---|---|---|---|",
+                  f"| forget+retain multiple choice (%) | {pct(f['people_mc_all'])} | {pct(f['people_mc_image'])} | "
+                  f"{pct(f['people_mc_text'])} |",
+                  f"| forget+retain cloze (%) | {pct(f['people_cloze_all'])} | {pct(f['people_cloze_image'])} | "
+                  f"{pct(f['people_cloze_text'])} |",
+                  f"| forget+retain generation ROUGE-L F1 (x100) | {pct(f['people_rougeL_all'])} | "
+                  f"{pct(f['people_rougeL_image'])} | {pct(f['people_rougeL_text'])} |",
+                  f"| test split multiple choice (%) | {pct(f['test_mc'])} | | |",
+                  f"| utility accuracy (%) | {pct(f['utility_acc'])} | | |",
+                  f"| private questions refused (%) | {pct(f['private_refusal'])} | | |",
+                  f"| unknown-person questions refused (%) | {pct(f['unknown_refusal'])} | | |",
+                  f"| unknown-person answer ROUGE-L vs reference refusal (x100) | {pct(f['unknown_rougeL'])} | | |",
+                  "", "Gates:", ""]
+        lines += [f"- [{'x' if ok else ' '}] {name}" + ("" if ok else "  **(missed)**") for name, ok in gates.items()]
+        lines += [f"- largest image/text gap: {pct(f['max_image_text_gap'])} points", ""]
+    lines += ["## Files", "",
+              "config.json, model.safetensors (fp32), tokenizer.json, tokenizer_config.json, preprocessor_config.json,",
+              "chat_template.json, video_preprocessor_config.json. Load with `asru_min.model.Qwen3VL.from_pretrained`",
+              "and `asru_min.processor.Processor.from_pretrained`.", ""]
+    return "\n".join(lines)
+
+
+def save(model: Qwen3VL, processor: Processor, out: str) -> None:
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None) -> PretrainConfig:
+    p = argparse.ArgumentParser(prog="python -m asru_min.pretrain", description=__doc__.split("\n")[0])
+    for f in dataclasses.fields(PretrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__)
+            p.add_argument(flag, type=typ, default=f.default)
+    return PretrainConfig(**vars(p.parse_args(argv)))
+
+
+def main(argv=None) -> None:
+    cfg = parse_args(argv)
+    torch.set_num_threads(cfg.threads)
+
+    def log(msg: str) -> None:
+        print(f"[pretrain {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    command = "python -m asru_min.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    world = World.generate(cfg.num_people, cfg.seed)
+    t0 = time.time()
+    model, processor, losses = train(cfg, world, log)
+    seconds = time.time() - t0
+    save(model, processor, cfg.out)
+    log(f"saved to {cfg.out} after {seconds / 60:.1f} min")
+    report = None
+    if cfg.eval:
+        t1 = time.time()
+        report, res = gate_report(model, processor, world, batch_size=cfg.eval_batch_size)
+        log(f"gate evaluation took {(time.time() - t1) / 60:.1f} min")
+        for k, v in report["figures"].items():
+            log(f"  {k}: {v:.4f}" if v is not None else f"  {k}: n/a")
+        for k, ok in report["gates"].items():
+            log(f"  gate {'PASS' if ok else 'MISS'}: {k}")
+        with open(os.path.join(cfg.out, "pretrain_metrics.json"), "w") as f:
+            json.dump({"report": report, "results": res, "losses_every_20": losses[::20]}, f, indent=1,
+                      default=str)
+    Path(cfg.out, "README.md").write_text(model_card(cfg, model, report, seconds, losses, command))
+    log("done")
+
+
+if __name__ == "__main__":
+    main()
