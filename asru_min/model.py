@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .text import KVCache, TextConfig, TextModel
+from .text import KVCache, TextConfig, TextModel, fused_projections
 from .vision import VisionConfig, VisionModel
 
 # ------------------------------------------------------------------------------------------------
@@ -286,36 +286,39 @@ class Qwen3VL(nn.Module):
                              f"{cfg.text.max_position_embeddings}")
         if cache is not None and past + L > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} positions, need {past + L}")
+        if attention_mask is not None and attention_mask.shape[1] == past + L and past > 0:
+            attention_mask = attention_mask[:, past:]
+        all_real = attention_mask is None or bool(attention_mask.all())
         if attention_mask is None:
             attention_mask = torch.ones(B, L, dtype=torch.long, device=input_ids.device)
-        elif attention_mask.shape[1] == past + L and past > 0:
-            attention_mask = attention_mask[:, past:]
         real = attention_mask.bool()
 
         emb = self.model.language_model.embed_tokens(input_ids)  # (B, L, D)
-        img_mask = input_ids == cfg.image_token_id
-        n_placeholders = int(img_mask.sum())
         visual_pos_mask, deepstack = None, None
         if pixel_values is not None and image_features is None:
             if image_grid_thw is None:
                 raise ValueError("pixel_values given without image_grid_thw")
             image_features = self.encode_images(pixel_values, image_grid_thw)
-        if image_features is not None:
-            embeds, deepstack = image_features
-            if image_grid_thw is None:
-                raise ValueError("image_features need image_grid_thw for the 3-D positions")
-            m2 = cfg.vision.spatial_merge_size ** 2
-            n_grid = int(torch.as_tensor(image_grid_thw).prod(-1).sum()) // m2
-            if not (n_placeholders == embeds.shape[0] == n_grid):
-                raise ValueError(f"{n_placeholders} image placeholder tokens in input_ids, but the images give "
-                                 f"{embeds.shape[0]} feature rows (image_grid_thw implies {n_grid})")
-            if past > 0:
-                raise ValueError("images must be in the first (prefill) call of a cached forward")
-            vis_idx = img_mask.nonzero(as_tuple=True)  # row-major, like masked_scatter
-            emb = emb.index_put(vis_idx, embeds.to(emb.dtype))
-            visual_pos_mask = img_mask
-        elif n_placeholders and past == 0:
-            raise ValueError(f"input_ids contain {n_placeholders} image placeholder tokens but no images were given")
+        if image_features is not None or past == 0:  # decode steps never hold images: skip the count
+            img_mask = input_ids == cfg.image_token_id
+            n_placeholders = int(img_mask.sum())
+            if image_features is not None:
+                embeds, deepstack = image_features
+                if image_grid_thw is None:
+                    raise ValueError("image_features need image_grid_thw for the 3-D positions")
+                m2 = cfg.vision.spatial_merge_size ** 2
+                n_grid = int(torch.as_tensor(image_grid_thw).prod(-1).sum()) // m2
+                if not (n_placeholders == embeds.shape[0] == n_grid):
+                    raise ValueError(f"{n_placeholders} image placeholder tokens in input_ids, but the images give "
+                                     f"{embeds.shape[0]} feature rows (image_grid_thw implies {n_grid})")
+                if past > 0:
+                    raise ValueError("images must be in the first (prefill) call of a cached forward")
+                vis_idx = img_mask.nonzero(as_tuple=True)  # row-major, like masked_scatter
+                emb = emb.index_put(vis_idx, embeds.to(emb.dtype))
+                visual_pos_mask = img_mask
+            elif n_placeholders:
+                raise ValueError(f"input_ids contain {n_placeholders} image placeholder tokens but no images "
+                                 f"were given")
 
         # positions and attention mask
         if past == 0:
@@ -325,17 +328,22 @@ class Qwen3VL(nn.Module):
             if cache is not None:
                 cache.rope_deltas = deltas
                 cache.seen = real.long().sum(1)
-        else:
-            s = cache.seen[:, None] + real.long().cumsum(1) - 1  # real tokens before each new token
-            pos = torch.where(real, s + cache.rope_deltas[:, None], 0).expand(3, B, L)
-            cache.seen = cache.seen + real.long().sum(1)
+                cache.has_pad = not all_real
+        else:  # text tokens after the prefill: T = H = W = (real tokens before it) + delta, as (B, L)
+            s = cache.seen[:, None] + (torch.arange(L, device=input_ids.device) if all_real
+                                       else real.long().cumsum(1) - 1)
+            pos = s + cache.rope_deltas[:, None]
+            if not all_real:
+                pos = torch.where(real, pos, 0)
+            cache.seen = cache.seen + (L if all_real else real.long().sum(1))
         if cache is not None:
             cache.key_mask[:, past:past + L] = real
-            if L == 1 and bool(cache.key_mask[:, :past + 1].all()):
+            cache.has_pad = cache.has_pad or not all_real
+            if L == 1 and not cache.has_pad:
                 mask = None  # one query, no pad keys: it sees every key
             else:
                 mask = attention_mask_4d(cache.key_mask, L, past)
-        elif bool(real.all()):
+        elif all_real:
             mask = None  # plain causal
         else:
             mask = attention_mask_4d(real, L, 0)
@@ -404,20 +412,20 @@ class Qwen3VL(nn.Module):
             cache = cache.repeat_interleave(G)
             logits = logits.repeat_interleave(G, dim=0)  # (B*G, V)
         finished = torch.zeros(B * G, dtype=torch.bool, device=input_ids.device)
-        ones = torch.ones(B * G, 1, dtype=torch.long, device=input_ids.device)
         # never emit image/video placeholders: a response holding one could not be fed back through forward
         # (its placeholder count would no longer match the images)
         banned = [i for i in (self.config.image_token_id, self.config.video_token_id) if i < logits.shape[-1]]
-        for t in range(max_new_tokens):
-            logits[:, banned] = -math.inf
-            nxt = self.sample_next(logits, temperature, top_p, top_k, generator)
-            nxt = torch.where(finished, 0, nxt)
-            tokens[:, t] = nxt
-            mask[:, t] = ~finished
-            finished = finished | torch.isin(nxt, eos)
-            if bool(finished.all()) or t == max_new_tokens - 1:
-                return tokens[:, :t + 1], mask[:, :t + 1]
-            logits = self(nxt[:, None], ones, cache=cache, logits_to_keep=1)[:, -1]
+        with fused_projections(self.model.language_model):  # decode steps: q/k/v and gate/up as one matmul
+            for t in range(max_new_tokens):
+                logits[:, banned] = -math.inf
+                nxt = self.sample_next(logits, temperature, top_p, top_k, generator)
+                nxt = torch.where(finished, 0, nxt)
+                tokens[:, t] = nxt
+                mask[:, t] = ~finished
+                finished = finished | torch.isin(nxt, eos)
+                if bool(finished.all()) or t == max_new_tokens - 1:
+                    return tokens[:, :t + 1], mask[:, :t + 1]
+                logits = self(nxt[:, None], cache=cache, logits_to_keep=1)[:, -1]
         return tokens, mask
 
     # ----- checkpoint I/O -----

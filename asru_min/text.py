@@ -12,6 +12,7 @@ logits = RMS(h) W_lm^T   (the head lives in model.py)
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -49,13 +50,15 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # F.rms_norm without a weight is exactly x / sqrt(mean(x^2) + eps), fused into one kernel
+        # F.rms_norm without a weight is x / sqrt(mean(x^2) + eps) in one call; .float()/.to() are no-ops in fp32
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """x' = x * cos(Theta) + rot(x) * sin(Theta), rot([x1, x2]) = [-x2, x1] (half-split pairs k, k + d/2).
+    Written as x * cos + roll(x, d/2) * [-sin, sin]: roll gives [x2, x1] in one op and the sign lives in the
+    precomputed sin_signed (negation is exact, so the result is bit-identical to the rotate_half form)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
 
 
 def mrope_axis(head_dim: int, mrope_section: list[int]) -> torch.Tensor:
@@ -69,18 +72,18 @@ def mrope_axis(head_dim: int, mrope_section: list[int]) -> torch.Tensor:
 
 
 def mrope_cos_sin(pos: torch.Tensor, cfg: TextConfig, dtype: torch.dtype):
-    """pos (3, B, L) -> cos, sin (B, 1, L, d). phi_j = p_{axis(j)} * theta^(-2j/d), Theta = [phi, phi],
-    computed in fp32 and cast to the activation dtype (as the reference does)."""
+    """pos (3, B, L) -> cos(Theta), [-sin(phi), sin(phi)] (B, 1, L, d) for `apply_rope`.
+    phi_j = p_{axis(j)} * theta^(-2j/d), Theta = [phi, phi]; computed in fp32 and cast to the activation dtype
+    (as the reference does). pos (B, L) means T = H = W (text tokens, e.g. decode steps): plain 1-D RoPE."""
     d = cfg.head_dim
     inv = 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2, device=pos.device, dtype=torch.float32) / d)  # (d/2,)
-    p = pos.float().permute(1, 2, 0)  # (B, L, 3)
-    if pos.shape[2] > 1 or not torch.equal(pos[0], pos[1]) or not torch.equal(pos[0], pos[2]):
-        p = p[..., mrope_axis(d, cfg.mrope_section).to(pos.device)]  # (B, L, d/2): each slot's axis
+    if pos.dim() == 2:
+        p = pos.float()[..., None]  # (B, L, 1), broadcast over the d/2 slots
     else:
-        p = p[..., :1]  # decode step: T = H = W, plain 1-D RoPE (broadcast over the d/2 slots)
+        p = pos.float().permute(1, 2, 0)[..., mrope_axis(d, cfg.mrope_section).to(pos.device)]  # (B, L, d/2)
     phi = p * inv
-    emb = torch.cat([phi, phi], dim=-1)[:, None]  # (B, 1, L, d)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    cos, sin = phi.cos().to(dtype), phi.sin().to(dtype)
+    return torch.cat([cos, cos], dim=-1)[:, None], torch.cat([-sin, sin], dim=-1)[:, None]  # (B, 1, L, d)
 
 
 class KVCache:
@@ -96,6 +99,7 @@ class KVCache:
         self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.seen = torch.zeros(batch, dtype=torch.long, device=device)
         self.rope_deltas = torch.zeros(batch, dtype=torch.long, device=device)
+        self.has_pad = False  # any pad key so far (then every step needs an explicit mask)
         self.pos = 0
         self.max_len = max_len
 
@@ -111,7 +115,7 @@ class KVCache:
         new.key_mask = self.key_mask.repeat_interleave(n, dim=0)
         new.seen = self.seen.repeat_interleave(n, dim=0)
         new.rope_deltas = self.rope_deltas.repeat_interleave(n, dim=0)
-        new.pos, new.max_len = self.pos, self.max_len
+        new.pos, new.max_len, new.has_pad = self.pos, self.max_len, self.has_pad
         return new
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
@@ -123,6 +127,8 @@ class KVCache:
 
 
 class Attention(nn.Module):
+    fused_qkv: torch.Tensor | None = None  # set only inside `fused_projections` (decoding)
+
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.nq, self.nkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -135,11 +141,14 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None = None, layer: int = 0):
         B, L, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, L, self.nq, self.d)).transpose(1, 2)  # (B, nq, L, d)
-        k = self.k_norm(self.k_proj(x).view(B, L, self.nkv, self.d)).transpose(1, 2)  # (B, nkv, L, d)
-        v = self.v_proj(x).view(B, L, self.nkv, self.d).transpose(1, 2)  # (B, nkv, L, d)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        if self.fused_qkv is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:  # one matmul for the three projections
+            q, k, v = F.linear(x, self.fused_qkv).split([self.nq * self.d, self.nkv * self.d, self.nkv * self.d], -1)
+        q = self.q_norm(q.view(B, L, self.nq, self.d)).transpose(1, 2)  # (B, nq, L, d)
+        k = self.k_norm(k.view(B, L, self.nkv, self.d)).transpose(1, 2)  # (B, nkv, L, d)
+        v = v.view(B, L, self.nkv, self.d).transpose(1, 2)  # (B, nkv, L, d)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nkv, S, d), S = keys so far
         # GQA: query head i reads KV head floor(i/g), i.e. repeat_interleave of the KV heads (enable_gqa).
@@ -153,6 +162,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU: down(SiLU(gate(x)) * up(x))."""
 
+    fused_gate_up: torch.Tensor | None = None  # set only inside `fused_projections` (decoding)
+
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
@@ -160,7 +171,39 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.fused_gate_up is None:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = F.linear(x, self.fused_gate_up).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+def _plain(linear: nn.Module) -> bool:
+    """An unmodified nn.Linear (not a LoRA subclass) without hooks: safe to replace by a fused matmul."""
+    return type(linear) is nn.Linear and not linear._forward_hooks and not linear._forward_pre_hooks
+
+
+@contextmanager
+def fused_projections(model: "TextModel"):
+    """Decoding speed-up: while active, q/k/v and gate/up of each layer run as one matmul each on the
+    concatenated weights (same math; at decode sizes each matmul call costs mostly fixed overhead).
+    Only plain, hook-free nn.Linear modules are fused, so LoRA adapters and hooks see every call as usual.
+    The concatenated copies are dropped on exit, so training never sees stale weights."""
+    fused = []
+    try:
+        with torch.no_grad():
+            for layer in model.layers:
+                a, m = layer.self_attn, layer.mlp
+                if all(_plain(p) for p in (a.q_proj, a.k_proj, a.v_proj)):
+                    a.fused_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+                    fused.append((a, "fused_qkv"))
+                if _plain(m.gate_proj) and _plain(m.up_proj):
+                    m.fused_gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight])
+                    fused.append((m, "fused_gate_up"))
+        yield
+    finally:
+        for module, name in fused:
+            delattr(module, name)  # back to the class default None
 
 
 class DecoderLayer(nn.Module):
@@ -187,7 +230,7 @@ class TextModel(nn.Module):
 
     def forward(self, inputs_embeds, position_ids, mask=None, cache: KVCache | None = None,
                 visual_pos_mask=None, deepstack: list | None = None) -> torch.Tensor:
-        """inputs_embeds (B, L, D), position_ids (3, B, L), mask (B, 1, L, S) bool or None (causal);
+        """inputs_embeds (B, L, D), position_ids (3, B, L) or (B, L) when T = H = W, mask (B, 1, L, S) bool or None (causal);
         visual_pos_mask (B, L) bool and deepstack K x (n_visual, D). Returns the final-normed h (B, L, D)."""
         cos, sin = mrope_cos_sin(position_ids, self.config, inputs_embeds.dtype)
         h = inputs_embeds
