@@ -358,25 +358,29 @@ class Qwen3VL(nn.Module):
     @staticmethod
     def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """logits (B, V) -> next ids (B,). temperature 0: argmax. Otherwise softmax(logits / T) restricted to the
-        top_k largest (if top_k > 0) and to the smallest set whose probability reaches top_p."""
+        """logits (B, V) -> next ids (B,). temperature 0: argmax. Otherwise sample from softmax(logits / T)
+        restricted to the top_k most likely tokens (if top_k > 0), renormalised, then to the smallest set of
+        most likely tokens whose probability reaches top_p (nucleus)."""
         if temperature <= 0:
             return logits.argmax(-1)
         logits = logits.float() / temperature
+        if top_k <= 0 and top_p >= 1.0:
+            return Qwen3VL._inverse_cdf(logits.softmax(-1), generator)
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V), most likely first
         if top_k > 0:
-            kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, -math.inf)
+            sorted_logits[:, top_k:] = -math.inf
+        p = sorted_logits.softmax(-1)
         if top_p < 1.0:
-            sorted_logits, order = logits.sort(dim=-1, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
-            sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
-            logits = torch.full_like(logits, -math.inf).scatter(-1, order, sorted_logits)
-        # inverse-CDF draw: the first token whose cumulative probability exceeds u ~ U(0, 1). One random
-        # number per row (torch.multinomial draws far more and is ~20x slower at these sizes on the CPU).
-        cdf = logits.softmax(-1).cumsum(-1)  # (B, V)
-        u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
-        return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+            p = p.masked_fill(p.cumsum(-1) - p >= top_p, 0.0)  # mass before this token already reaches top_p
+        return order.gather(-1, Qwen3VL._inverse_cdf(p, generator)[:, None]).squeeze(-1)
+
+    @staticmethod
+    def _inverse_cdf(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """One draw per row from (unnormalised) probabilities p (B, V): the first index whose cumulative mass
+        exceeds u ~ U(0, total). One random number per row (torch.multinomial is ~20x slower at these sizes)."""
+        cdf = p.cumsum(-1)
+        u = torch.rand(p.shape[0], 1, generator=generator, device=p.device) * cdf[:, -1:]
+        return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=p.shape[-1] - 1)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

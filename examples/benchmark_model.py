@@ -82,7 +82,7 @@ def main():
     ids1, mask1, pix1, grid1 = ids[-1:], mask[-1:], pix[-36:], grid[-1:]
     fns = {
         "fwd": torch.no_grad()(lambda: model(ids, mask, pix, grid)),
-        "gen": lambda: model.generate(ids1, mask1, pix1, grid1, max_new_tokens=64, temperature=1.0, num_samples=8,
+        "gen": lambda: model.generate(ids1, mask1, pix1, grid1, max_new_tokens=64, temperature=1.5, top_p=0.95, num_samples=8,
                                       generator=torch.Generator().manual_seed(0), eos_token_ids=[]),
     }
     try:
@@ -105,7 +105,7 @@ def main():
         fns["ref_fwd"] = torch.no_grad()(lambda: ref(**ref_kw))
         fns["ref_gen"] = lambda: ref.generate(
             input_ids=ids1, attention_mask=mask1, pixel_values=pix1, image_grid_thw=grid1, mm_token_type_ids=mm[-1:],
-            do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=8, max_new_tokens=64,
+            do_sample=True, temperature=1.5, top_p=0.95, top_k=0, num_return_sequences=8, max_new_tokens=64,
             min_new_tokens=64, eos_token_id=None, pad_token_id=0)
     t = best_times(fns, args.repeats)
     print("                                         CPU time   (wall)")
