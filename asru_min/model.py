@@ -169,6 +169,9 @@ def attention_mask_4d(real_keys: torch.Tensor, q_len: int, past: int) -> torch.T
     return (causal & real_keys[:, None, None, :S]) | (kj == qi)
 
 
+META_INIT_PARAMS = 50_000_000  # from_pretrained builds models above this size on the meta device
+
+
 def checkpoint_shapes(cfg: Qwen3VLConfig) -> dict[str, tuple]:
     """Every tensor of a checkpoint and its shape (spec §8); equals the module paths of `Qwen3VL`."""
     v, t = cfg.vision, cfg.text
@@ -490,7 +493,7 @@ class Qwen3VL(nn.Module):
         expected = checkpoint_shapes(config)
         # A large model is built on the meta device (no random init, no memory) and the loaded tensors are
         # assigned in place; a small one is simply built on the CPU (the meta path has a one-off import cost).
-        if sum(math.prod(s) for s in expected.values()) > 50_000_000:
+        if sum(math.prod(s) for s in expected.values()) > META_INIT_PARAMS:
             with torch.device("meta"):
                 model = cls(config)
         else:
