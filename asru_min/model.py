@@ -129,7 +129,6 @@ def rope_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_
         raise ValueError(f"found {n_runs} runs of image placeholder tokens but {n_grids} image grids")
 
     text_before = is_text.long().cumsum(1) - is_text.long()  # exclusive count of real text tokens
-    pos = torch.zeros(3, B, L, dtype=torch.long, device=dev)
     base = text_before
     if n_runs:
         grid = image_grid_thw.to(dev).long()
