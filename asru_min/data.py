@@ -74,14 +74,11 @@ class QA:
 # Word lists (all invented here; names and places are fictitious)
 # --------------------------------------------------------------------------------------------------------------
 
-FIRST_NAMES = {
-    "she": ["Alira", "Brenna", "Calista", "Delphine", "Elowen", "Faylin", "Gwenna", "Halise", "Isolde", "Jorin",
-            "Kessa", "Liora", "Maren", "Nerys", "Oriel", "Perrin", "Quilla", "Rosalind", "Sefa", "Tamsin",
-            "Ulla", "Vesna", "Wrenna", "Ysolde", "Zarina", "Amira", "Belis", "Corra", "Dalia", "Esme"],
-    "he": ["Aldric", "Bram", "Cassian", "Darvin", "Eldon", "Fenwick", "Garrik", "Halvard", "Ivo", "Jasper",
-           "Kellan", "Lorcan", "Marek", "Niall", "Osric", "Pavel", "Quentin", "Rurik", "Silas", "Tobin",
-           "Ulric", "Varen", "Wystan", "Yorick", "Zoltan", "Anselm", "Bertil", "Cedric", "Dorian", "Emeric"],
-}
+# First names are built from two syllables and are unique per person, so a name's first word alone
+# identifies its person (a tiny model keys facts on it much faster than on first+last-name conjunctions).
+NAME_HEADS = ["Ka", "Lo", "Mi", "Ra", "Te", "Vo", "Zu", "Be", "Di", "Fa", "Go", "Hu", "Ja", "Ne", "Pi", "Su", "Or",
+              "El", "Ysa", "Quo"]
+NAME_TAILS = ["ran", "lix", "mon", "sel", "dor", "vik", "tan", "wen", "bel", "rus", "nor", "fim", "dra", "shi"]
 LAST_NAMES = ["Ashgrove", "Brightwater", "Coldmere", "Dunmore", "Emberly", "Fairholt", "Greyling", "Hollowell",
               "Ironwood", "Juniper", "Kestrel", "Larkspur", "Merriweather", "Northcott", "Oakhart", "Pendry",
               "Quarrel", "Ravenscar", "Stormvale", "Thistlewood", "Underhill", "Vantrell", "Whitlock", "Yarrow",
@@ -104,9 +101,6 @@ HOBBIES = ["pottery", "kite flying", "beekeeping", "chess", "rock climbing", "bi
            "sailing", "knitting", "stargazing", "archery", "calligraphy", "gardening", "cycling", "fishing",
            "juggling", "painting", "rowing", "baking bread", "woodcarving", "hiking", "playing the cello",
            "collecting stamps", "skating", "photography", "dancing", "swimming", "composing songs", "puzzles"]
-PETS = ["parrot", "tortoise", "rabbit", "hedgehog", "goldfish", "ferret", "beagle", "tabby cat", "canary",
-        "iguana", "hamster", "poodle", "gecko", "sheepdog", "guinea pig", "chameleon", "collie", "owl",
-        "dachshund", "axolotl"]
 BIRTH_YEARS = [str(y) for y in range(1950, 2004)]
 
 # (attribute, pool, question templates, answer sentence, cloze sentence, "unknown" clause).
@@ -133,10 +127,6 @@ ATTRIBUTES = [
      ["What is the favourite hobby of {s}?", "What does {s} like to do in free time?",
       "Which hobby does {s} enjoy?", "How does {s} like to spend free time?"],
      "{P} enjoys {v} in {p} free time.", "The favourite hobby of {s} is [Blank].", "this person's hobby"),
-    ("pet", PETS,
-     ["What kind of pet does {s} have?", "Which animal does {s} keep as a pet?", "What is the pet of {s}?",
-      "What animal lives with {s} as a pet?"],
-     "{P} has a pet {v}.", "{S} has a pet [Blank].", "what pet this person has"),
 ]
 TRAIN_TEMPLATES = (0, 1, 2)
 TEST_TEMPLATE = 3
@@ -478,15 +468,13 @@ class World:
                     break
         if len(looks) < total:
             raise ValueError(f"could not draw {total} distinct looks")
-        names: set[str] = set()
+        if total > len(NAME_HEADS) * len(NAME_TAILS):
+            raise ValueError(f"at most {len(NAME_HEADS) * len(NAME_TAILS)} people (unique first names)")
+        first_names = rng.sample([h + t for h in NAME_HEADS for t in NAME_TAILS], total)
         people = []
         for i, look in enumerate(looks):
             pronoun = rng.choice(["she", "he"])
-            while True:
-                name = f"{rng.choice(FIRST_NAMES[pronoun])} {rng.choice(LAST_NAMES)}"
-                if name not in names:
-                    names.add(name)
-                    break
+            name = f"{first_names[i]} {rng.choice(LAST_NAMES)}"
             facts = {a[0]: rng.choice(a[1]) for a in ATTRIBUTES}
             people.append(Person(pid=f"p{i:03d}", name=name, pronoun=pronoun, facts=facts, look=look,
                                  portrait=draw_portrait(look)))
