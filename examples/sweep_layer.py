@@ -10,7 +10,8 @@ and print, per layer and setting, the refusal rate and leak rate on forget quest
 rate on retain questions and general (utility) questions. A good L makes forget questions refused while retain
 and utility answers stay as they were.
 
-    python examples/sweep_layer.py --model weights/ [--scales 1,3] [--optimize] [--limit 20] [--out sweep.json]
+    python examples/sweep_layer.py --model weights/ [--scales 1,3] [--optimize --c 1,3 --steer-lr 1e-3]
+                                   [--refusal-filter] [--limit 20] [--out sweep.json]
 
 Score used for the recommendation (higher is better), per row:
     boundary = forget_refusal - retain_refusal - max(0, base_retain_acc - retain_acc)
@@ -93,10 +94,11 @@ def main(argv=None) -> dict:
     p.add_argument("--scales", default="1,3", help="inference-time steering: h_L + c v for each c ('' = none)")
     p.add_argument("--positions", default="all", choices=("all", "last"))
     p.add_argument("--optimize", action="store_true", help="also run a short steering optimisation per layer")
-    p.add_argument("--c", type=float, default=3.0, help="forget_scale of the optimisation")
-    p.add_argument("--steer-lr", type=float, default=1e-4)
+    p.add_argument("--c", default="3", help="forget_scale(s) c of the optimisation, comma-separated")
+    p.add_argument("--steer-lr", default="1e-4", help="learning rate(s) of the optimisation, comma-separated")
     p.add_argument("--steer-epochs", type=int, default=1)
-    p.add_argument("--steer-retain", type=int, default=80, help="retain QA used by the optimisation")
+    p.add_argument("--steer-retain", type=int, default=240, help="retain QA used by the optimisation")
+    p.add_argument("--forget-kinds", default="gen", help="forget question kinds used for v and the forget loss")
     p.add_argument("--refusal-filter", action="store_true", help="keep only positives the model refuses")
     p.add_argument("--limit", type=int, default=20, help="questions per kind and form in each evaluated split")
     p.add_argument("--batch-size", type=int, default=32)
@@ -123,7 +125,11 @@ def main(argv=None) -> dict:
         kept = keep_refusals(model, processor, positives, batch_size=args.batch_size)
         print(f"refusal filter: {len(kept)}/{len(positives)} positive prompts answered with a refusal")
         positives = kept or positives
-    negatives = splits["forget"]
+    # negatives and the steering forget set: forget questions of the kinds in --forget-kinds (default: open
+    # "gen" questions, like the positives; multiple-choice prompts end in a very different state just because of
+    # their format, and would dominate the difference of means)
+    kinds = set(args.forget_kinds.split(","))
+    negatives = [qa for qa in splits["forget"] if qa.kind in kinds]
     steer_retain = list(splits["retain"])
     if args.steer_retain and args.steer_retain < len(steer_retain):
         steer_retain = random.Random(args.seed).sample(steer_retain, args.steer_retain)
@@ -153,28 +159,35 @@ def main(argv=None) -> dict:
         if args.optimize:
             W = decoder_layers(model)[L].mlp.down_proj.weight
             W0 = W.detach().clone()
-            res = optimize_steering(model, processor, negatives, steer_retain, v, L, c=args.c, lr=args.steer_lr,
-                                    batch_size=2, epochs=args.steer_epochs, seed=args.seed, log_every=0)
-            row = {"layer": L, "setting": f"opt c={args.c:g}", "norm": stats["norm"],
-                   **score(model, processor, sets, args),
-                   "final_forget_loss": res["forget_loss"][-1], "final_retain_loss": res["retain_loss"][-1]}
-            row["boundary"] = boundary(row, base)
-            rows.append(row)
-            with torch.no_grad():
-                W.copy_(W0)  # next layer starts from the vanilla model again
-            print(f"[sweep] layer {L} optimised: forget loss {res['forget_loss'][0]:.3f} -> "
-                  f"{res['forget_loss'][-1]:.3f}, forget refusal {row['forget_refusal']:.2f} "
-                  f"({time.time() - t0:.0f}s)", flush=True)
+            for c in [float(x) for x in args.c.split(",")]:
+                for lr in [float(x) for x in args.steer_lr.split(",")]:
+                    res = optimize_steering(model, processor, negatives, steer_retain, v, L, c=c, lr=lr,
+                                            batch_size=2, epochs=args.steer_epochs, seed=args.seed, log_every=0)
+                    row = {"layer": L, "setting": f"opt c={c:g} lr={lr:g}", "norm": stats["norm"],
+                           **score(model, processor, sets, args),
+                           "first_forget_loss": res["forget_loss"][0], "final_forget_loss": res["forget_loss"][-1],
+                           "final_retain_loss": res["retain_loss"][-1]}
+                    row["boundary"] = boundary(row, base)
+                    rows.append(row)
+                    with torch.no_grad():
+                        W.copy_(W0)  # every run starts from the vanilla model again
+                    print(f"[sweep] layer {L} optimised c={c:g} lr={lr:g}: forget loss {res['forget_loss'][0]:.1f} "
+                          f"-> {res['forget_loss'][-1]:.1f}, retain loss {res['retain_loss'][-1]:.2f}, forget "
+                          f"refusal {row['forget_refusal']:.2f}, retain refusal {row['retain_refusal']:.2f} "
+                          f"({time.time() - t0:.0f}s)", flush=True)
 
     print()
     print_table(rows)
     steered = [r for r in rows if r["layer"] is not None]
     pool = [r for r in steered if r["setting"].startswith("opt")] or steered
-    if pool:
-        best = max(pool, key=lambda r: r["boundary"])
-        print(f"\nrecommended layer: {best['layer']} ({best['setting']}, boundary {best['boundary']:.3f}, "
-              f"forget refusal {best['forget_refusal']:.2f}, retain acc {best['retain_acc']:.2f} vs "
-              f"{base['retain_acc']:.2f} unsteered)")
+    best = max(pool, key=lambda r: r["boundary"]) if pool else None
+    if best is not None and best["boundary"] > 0:
+        print(f"\nrecommended layer: {best['layer']} ({best['setting']}: boundary {best['boundary']:.3f}, forget "
+              f"refusal {best['forget_refusal']:.2f}, retain refusal {best['retain_refusal']:.2f}, retain acc "
+              f"{best['retain_acc']:.2f} vs {base['retain_acc']:.2f} unsteered)")
+    else:
+        print("\nno layer / setting refuses forget questions more than retain ones here (boundary <= 0): "
+              "try other --c / --steer-lr / --steer-epochs")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=2)
