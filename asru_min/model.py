@@ -384,7 +384,6 @@ class Qwen3VL(nn.Module):
         u = torch.rand(p.shape[0], 1, generator=generator, device=p.device) * cdf[:, -1:]
         return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=p.shape[-1] - 1)
 
-    @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
                  max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
@@ -394,7 +393,18 @@ class Qwen3VL(nn.Module):
 
         Each prompt is prefilled once (vision runs once), then the KV cache is copied G ways: row b*G + g is
         sample g of prompt b. mask is True on generated tokens up to and including each row's EOS; later
-        tokens are 0. Decoding stops early once every row has finished."""
+        tokens are 0. Decoding stops early once every row has finished. `image_features` (from
+        `encode_images`) may replace pixel_values."""
+        # inference_mode (no autograd bookkeeping at all) makes the many tiny decode ops noticeably cheaper;
+        # the results are cloned outside it so callers get ordinary tensors they can feed to a training forward
+        with torch.inference_mode():
+            tokens, mask = self._generate(input_ids, attention_mask, pixel_values, image_grid_thw, max_new_tokens,
+                                          temperature, top_p, top_k, num_samples, generator, eos_token_ids,
+                                          image_features)
+        return tokens.clone(), mask.clone()
+
+    def _generate(self, input_ids, attention_mask, pixel_values, image_grid_thw, max_new_tokens, temperature,
+                  top_p, top_k, num_samples, generator, eos_token_ids, image_features):
         B, L = input_ids.shape
         if L > self.config.text.max_position_embeddings:
             raise ValueError(f"prompt length {L} exceeds max_position_embeddings "
