@@ -241,21 +241,22 @@ def forward_loss(model: Qwen3VL, batch: dict) -> torch.Tensor:
 # Training
 # --------------------------------------------------------------------------------------------------------------
 
-def build(cfg: PretrainConfig, world: World) -> tuple[Qwen3VL, Processor]:
-    """Tokenizer + processor + freshly initialised model for `world`."""
-    tokenizer = train_tokenizer(tokenizer_corpus(world), cfg.vocab_size)
+def build(cfg: PretrainConfig, world: World, tokenizer: Tokenizer | None = None) -> tuple[Qwen3VL, Processor]:
+    """Tokenizer (trained on `world` unless given) + processor + freshly initialised model."""
+    tokenizer = tokenizer or train_tokenizer(tokenizer_corpus(world), cfg.vocab_size)
     processor = make_processor(tokenizer, cfg.image_size)
     model = Qwen3VL(make_model_config(cfg, tokenizer))
     init_weights(model, cfg.seed)
     return model, processor
 
 
-def train(cfg: PretrainConfig, world: World | None = None, log=print) -> tuple[Qwen3VL, Processor, list[float]]:
+def train(cfg: PretrainConfig, world: World | None = None, log=print,
+          tokenizer: Tokenizer | None = None) -> tuple[Qwen3VL, Processor, list[float]]:
     """Build and train; returns (model, processor, per-step losses)."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     world = world or World.generate(cfg.num_people, cfg.seed)
-    model, processor = build(cfg, world)
+    model, processor = build(cfg, world, tokenizer)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]

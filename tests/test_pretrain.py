@@ -71,23 +71,27 @@ def test_answer_loss_is_a_per_answer_mean():
     assert answer_loss(logits[:, -4:], labels).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_few_steps_lower_the_loss_reproducibly(world):
+@pytest.fixture(scope="module")
+def trained(world, tokenizer):
     cfg = tiny_config(steps=16)
-    model, processor, losses = train(cfg, world, log=lambda m: None)
+    return cfg, train(cfg, world, log=lambda m: None, tokenizer=tokenizer)
+
+
+def test_few_steps_lower_the_loss_reproducibly(world, tokenizer, trained):
+    cfg, (model, processor, losses) = trained
     assert len(losses) == cfg.steps and all(math.isfinite(x) for x in losses)
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert first > math.log(1024) * 0.8                                       # starts near uniform
     assert last < first - 1.0, (first, last)
     # same seed, same run: the warmup steps do not depend on the total, so a 3-step run repeats the start
-    _, _, again = train(tiny_config(steps=3), world, log=lambda m: None)
+    _, _, again = train(tiny_config(steps=3), world, log=lambda m: None, tokenizer=tokenizer)
     assert again == losses[:3]
-    _, _, other = train(tiny_config(steps=3, seed=1), world, log=lambda m: None)
-    assert other != losses[:3]
+    _, _, other = train(tiny_config(steps=2, seed=1), world, log=lambda m: None, tokenizer=tokenizer)
+    assert other != losses[:2]
 
 
-def test_checkpoint_round_trip(world, tmp_path):
-    cfg = tiny_config(steps=1)
-    model, processor, _ = train(cfg, world, log=lambda m: None)
+def test_checkpoint_round_trip(world, trained, tmp_path):
+    cfg, (model, processor, _) = trained
     save(model, processor, tmp_path)
     for f in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
               "chat_template.json"):
