@@ -154,3 +154,19 @@ def test_command_line_flags_map_to_config():
     assert defaults == TrainConfig() and not restart
     with pytest.raises(FileNotFoundError):
         run(TrainConfig(model="/nonexistent/weights"))
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(WEIGHTS, "model.safetensors")),
+                    reason="default weights/ not trained yet (python -m asru_min.pretrain)")
+def test_default_weights_forget_moves_to_refusal_retain_kept(tmp_path):
+    """A short ASRU run on the real default model: forget answers become refusals, retain answers keep their
+    accuracy (ROUGE-L of generation answers and cloze accuracy within 10 points of the vanilla model)."""
+    cfg = TrainConfig(model=WEIGHTS, out=str(tmp_path / "asru"), eval_limit=10, steer_retain_size=120,
+                      steer_epochs=1, boundary_size=16, prompts_per_step=8, group_size=4, grpo_epochs=1,
+                      max_new_tokens=24)
+    results = run(cfg)
+    before, after = results["vanilla"], results["asru"]
+    assert after["forget"]["all"]["refusal_rate"] >= before["forget"]["all"]["refusal_rate"] + 0.3
+    assert after["forget"]["all"]["leak_rate"] <= before["forget"]["all"]["leak_rate"]
+    for key in ("rougeL", "cloze_acc"):
+        assert after["retain"]["all"][key] >= before["retain"]["all"][key] - 0.10, key
