@@ -20,17 +20,13 @@ up to and including the EOS (the EOS is a real token the policy chose, so it is 
 from __future__ import annotations
 
 import json
-import math
-import os
 import random
 import time
 import warnings
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
