@@ -64,6 +64,7 @@ class TrainConfig:
     # stage 1: direction
     layer: int = 2  # decoder layer L (paper: 17 of 36 in Qwen3-VL, ~ the middle; here 2 of 4)
     refusal_filter: bool = True  # keep only positive prompts the model answers with "not" / "no" / "sorry"
+    steer_kinds: str = "gen"  # forget QA kinds for v's negatives and the forget loss (mc prompts dominated v)
     # stage 1: steering optimisation
     forget_scale: float = 3.0  # c
     alpha: float = 1.0  # retain weight
@@ -221,7 +222,10 @@ def stage1(run: Run, model, processor, splits: dict) -> None:
         run.log(f"stage1: {len(kept)}/{len(positives)} positive prompts answered with a refusal")
         positives = kept or positives  # an untrained model refuses nothing; fall back to all
     stats = {}
-    v = knowledge_absence_direction(model, processor, positives, splits["forget"], cfg.layer,
+    forget = [qa for qa in splits["forget"] if qa.kind in cfg.steer_kinds.split(",")]
+    if not forget:
+        raise ValueError(f"no forget QA of kinds {cfg.steer_kinds!r} for stage 1")
+    v = knowledge_absence_direction(model, processor, positives, forget, cfg.layer,
                                     batch_size=cfg.eval_batch_size, stats=stats)
     tmp = run.path(f"direction.tmp{os.getpid()}.safetensors")  # save_direction also writes the .json beside it
     save_direction(tmp, v, {**stats, "model": cfg.model})
@@ -234,7 +238,7 @@ def stage1(run: Run, model, processor, splits: dict) -> None:
     if cfg.steer_retain_size and cfg.steer_retain_size < len(retain):
         retain = random.Random(cfg.seed).sample(retain, cfg.steer_retain_size)
     log_lines = []
-    result = optimize_steering(model, processor, splits["forget"], retain, v, cfg.layer, c=cfg.forget_scale,
+    result = optimize_steering(model, processor, forget, retain, v, cfg.layer, c=cfg.forget_scale,
                                alpha=cfg.alpha, lr=cfg.steer_lr, batch_size=cfg.steer_batch_size,
                                epochs=cfg.steer_epochs, seed=cfg.seed, log_every=100,
                                callback=lambda step, record: log_lines.append(json.dumps(record)))
