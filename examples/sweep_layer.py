@@ -36,7 +36,9 @@ from asru_min.hooks import add_direction, decoder_layers  # noqa: E402
 from asru_min.metrics import contains_truth, is_refusal, leaks  # noqa: E402
 from asru_min.model import Qwen3VL  # noqa: E402
 from asru_min.processor import Processor  # noqa: E402
-from asru_min.steer import keep_refusals, knowledge_absence_direction, optimize_steering  # noqa: E402
+from asru_min.steer import (  # noqa: E402
+    forward_to_layer, keep_refusals, knowledge_absence_direction, optimize_steering, prompt_batch,
+)
 
 
 def _mean(xs):
@@ -64,6 +66,25 @@ def score(model, processor, sets: dict, args) -> dict:
     }
 
 
+@torch.no_grad()
+def last_token_activations(model, processor, qas: list, layer: int, batch_size: int) -> torch.Tensor:
+    """(N, D) float64: layer `layer`'s output at the last prompt token of every question."""
+    rows = [forward_to_layer(model, prompt_batch(processor, qas[s : s + batch_size]), layer)[0][:, -1]
+            for s in range(0, len(qas), batch_size)]
+    return torch.cat(rows).double().cpu()
+
+
+def separability(forget_acts: torch.Tensor, retain_acts: torch.Tensor) -> float:
+    """Held-out accuracy of the difference-of-means classifier forget vs retain (fit on even rows, tested on
+    odd rows; 0.5 = chance): can anything at this layer tell forget prompts from retain prompts? A steering
+    update of one layer can only be selective where this is high."""
+    fit_f, fit_r, test_f, test_r = forget_acts[::2], retain_acts[::2], forget_acts[1::2], retain_acts[1::2]
+    w = fit_f.mean(0) - fit_r.mean(0)
+    threshold = 0.5 * (fit_f.mean(0) + fit_r.mean(0)) @ w
+    correct = int((test_f @ w > threshold).sum()) + int((test_r @ w <= threshold).sum())
+    return correct / (len(test_f) + len(test_r))
+
+
 def boundary(row: dict, base: dict) -> float:
     return (row["forget_refusal"] - row["retain_refusal"] - max(0.0, base["retain_acc"] - row["retain_acc"])
             - max(0.0, base["utility_acc"] - row["utility_acc"]))
@@ -73,13 +94,15 @@ COLUMNS = ("forget_refusal", "forget_leak", "retain_acc", "retain_refusal", "uti
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'layer':>5} {'setting':<16} {'|v|':>7} " + " ".join(f"{c:>15}" for c in COLUMNS) + f" {'boundary':>9}"
+    head = (f"{'layer':>5} {'setting':<20} {'|v|':>7} {'sep':>5} " + " ".join(f"{c:>15}" for c in COLUMNS)
+            + f" {'boundary':>9}")
     print(head)
     print("-" * len(head))
     for row in rows:
         layer = "-" if row["layer"] is None else str(row["layer"])
         norm = "" if row.get("norm") is None else f"{row['norm']:.2f}"
-        print(f"{layer:>5} {row['setting']:<16} {norm:>7} " + " ".join(f"{row[c]:>15.3f}" for c in COLUMNS)
+        sep = "" if row.get("separability") is None else f"{row['separability']:.2f}"
+        print(f"{layer:>5} {row['setting']:<20} {norm:>7} {sep:>5} " + " ".join(f"{row[c]:>15.3f}" for c in COLUMNS)
               + f" {row['boundary']:>9.3f}")
 
 
@@ -133,6 +156,7 @@ def main(argv=None) -> dict:
     steer_retain = list(splits["retain"])
     if args.steer_retain and args.steer_retain < len(steer_retain):
         steer_retain = random.Random(args.seed).sample(steer_retain, args.steer_retain)
+    retain_probe = [qa for qa in splits["retain"] if qa.kind in kinds][: len(negatives)]
     n_layers = len(decoder_layers(model))
     layers = list(range(n_layers)) if args.layers == "all" else [int(x) for x in args.layers.split(",")]
     scales = [float(x) for x in args.scales.split(",") if x.strip()]
@@ -148,6 +172,11 @@ def main(argv=None) -> dict:
         stats = {}
         v = knowledge_absence_direction(model, processor, positives, negatives, L, batch_size=args.batch_size,
                                         stats=stats)
+        sep = separability(last_token_activations(model, processor, negatives, L, args.batch_size),
+                           last_token_activations(model, processor, retain_probe, L, args.batch_size))
+        print(f"[sweep] layer {L}: |v| {stats['norm']:.2f}, forget/retain separability {sep:.2f}", flush=True)
+        rows.append({"layer": L, "setting": "direction only", "norm": stats["norm"], "separability": sep,
+                     **{k: float("nan") for k in COLUMNS}, "boundary": float("nan")})
         for c in scales:
             with add_direction(model, L, v.float(), c, positions=args.positions):
                 row = {"layer": L, "setting": f"add {c:g}v", "norm": stats["norm"],
@@ -178,7 +207,7 @@ def main(argv=None) -> dict:
 
     print()
     print_table(rows)
-    steered = [r for r in rows if r["layer"] is not None]
+    steered = [r for r in rows if r["layer"] is not None and r["setting"] != "direction only"]
     pool = [r for r in steered if r["setting"].startswith("opt")] or steered
     best = max(pool, key=lambda r: r["boundary"]) if pool else None
     if best is not None and best["boundary"] > 0:
