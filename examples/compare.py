@@ -30,8 +30,9 @@ Definitions (all on the "all" form = image + text questions; every metric in [0,
 The paper reports +24.6 % unlearning effectiveness and 5.8x generation quality on average over its baselines
 (its judge and metric mix differ; see docs/ASRU_METHOD.md).
 
-Budget: the full run (3 forget levels x 7 runs) is sized for <= 60 min on 2 CPU cores with the tiny default
-model; --quick runs forget 10 % only, with fewer epochs and questions (a few minutes).
+Budget: the full run (3 forget levels x (train.py + 5 baselines)) takes about 15-20 min on 2 free CPU cores with
+the tiny default model (train.py ~2 min per level, a baseline ~30 s), well inside 60 min even on shared cores;
+--quick runs forget 10 % only with 20 evaluation questions per split / kind / form (a few minutes).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from asru_min.baselines import METHODS, BaselineConfig, run_baseline  # noqa: E402
+from asru_min.baselines import LR_SCALE, METHODS, PAPER_LR, BaselineConfig, run_baseline  # noqa: E402
 
 NAMES = {"vanilla": "Vanilla", "ga": "GA", "graddiff": "GradDiff", "klmin": "KL-Min", "npo": "NPO",
          "idk": "Refusal SFT", "stage1": "ASRU stage 1", "asru": "ASRU"}
@@ -215,26 +216,27 @@ def parse_args(argv=None):
     p.add_argument("--forget", default=None, help="comma list of forget percentages (default 5,10,15; quick: 10)")
     p.add_argument("--methods", default=",".join(METHODS), help="baselines to run")
     p.add_argument("--no-asru", dest="asru", action="store_false", help="skip train.py (vanilla/stage 1/ASRU)")
-    p.add_argument("--quick", action="store_true", help="forget 10 %% only, 1 baseline epoch, fewer questions")
-    p.add_argument("--eval-limit", type=int, default=None, help="questions per split/kind/form (default 6, quick 2)")
+    p.add_argument("--quick", action="store_true", help="forget 10 %% only and fewer evaluation questions")
+    p.add_argument("--eval-limit", type=int, default=None,
+                   help="questions per split/kind/form, 0 = all (default: train.py's, quick 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (0 = torch default); the tiny model runs fastest on one")
-    p.add_argument("--baseline-epochs", type=int, default=None, help="default 4 (quick 1)")
+    p.add_argument("--baseline-epochs", type=int, default=4, help="the release's 4")
+    p.add_argument("--lr-scale", type=float, default=LR_SCALE,
+                   help=f"baseline lr = the paper's lr x this (default baselines.LR_SCALE = {LR_SCALE:g})")
     p.add_argument("--train-set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a train.py TrainConfig field, e.g. --train-set layer=1 (repeatable)")
     return p.parse_args(argv)
 
 
 def train_config(args, forget: int, out: str):
-    """train.py's config for one forget level: its defaults, the shared evaluation settings, and (quick)
-    a shorter stage 1 and stage 2."""
+    """train.py's config for one forget level: its defaults plus the shared evaluation settings and any
+    --train-set overrides."""
     from asru_min.train import TrainConfig
 
     cfg = TrainConfig(model=args.model, forget=forget, out=out, seed=args.seed, eval_limit=args.eval_limit,
                       threads=args.threads)
-    if args.quick:
-        cfg = dataclasses.replace(cfg, steer_epochs=1, steer_retain_size=64, boundary_size=16, grpo_epochs=1)
     for item in args.train_set:
         name, _, value = item.partition("=")
         if name not in {f.name for f in dataclasses.fields(cfg)}:
@@ -249,8 +251,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = args.out or ("results/quick" if args.quick else "results")
     levels = [int(x) for x in (args.forget or ("10" if args.quick else "5,10,15")).split(",")]
-    args.eval_limit = args.eval_limit if args.eval_limit is not None else (2 if args.quick else 6)
-    epochs = args.baseline_epochs or (1 if args.quick else 4)
+    if args.eval_limit is None:
+        from asru_min.train import TrainConfig
+
+        args.eval_limit = 20 if args.quick else TrainConfig().eval_limit
+    epochs = args.baseline_epochs
     methods = tuple(m for m in args.methods.split(",") if m)
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -269,8 +274,12 @@ def main(argv=None) -> dict:
         print(f"[compare {time.time() - t_start:7.1f}s] {msg}", flush=True)
 
     results: dict = {}  # forget -> method -> evaluate_model metrics
+    from asru_min.train import load_world
+
     for f in levels:
         results[f] = {}
+        tcfg = train_config(args, f, os.path.join(runs_dir, f"asru_f{f}"))
+        splits = load_world(tcfg)  # the baselines see exactly train.py's splits and evaluation questions
         if args.asru:
             path = os.path.join(runs_dir, f"asru_f{f}.json")
             if os.path.exists(path):
@@ -280,7 +289,7 @@ def main(argv=None) -> dict:
 
                 progress(f"forget {f}%: train.py (vanilla -> stage 1 -> ASRU)")
                 t0 = time.time()
-                r = train_run(train_config(args, f, os.path.join(runs_dir, f"asru_f{f}")))
+                r = train_run(tcfg)
                 record = {"vanilla": r["vanilla"], "stage1": r["stage1"], "asru": r["asru"],
                           "seconds": round(time.time() - t0, 1)}
                 with open(path, "w") as fh:
@@ -294,9 +303,11 @@ def main(argv=None) -> dict:
             if not os.path.exists(path):
                 progress(f"forget {f}%: baseline {NAMES[method]}")
                 cfg = BaselineConfig(method=method, forget=f, model=args.model, seed=args.seed, epochs=epochs,
+                                     lr=PAPER_LR[method] * args.lr_scale,
                                      eval_limit=args.eval_limit, threads=args.threads,
+                                     num_people=tcfg.num_people, world_seed=tcfg.world_seed,
                                      out=os.path.join(runs_dir, f"{method}_f{f}"))
-                run_baseline(cfg, progress=progress)
+                run_baseline(cfg, splits=splits, progress=progress)
                 os.replace(os.path.join(cfg.out, "metrics.json"), path)
             results[f][method] = json.load(open(path))["metrics"]
             done += 1
@@ -316,7 +327,8 @@ def write_report(results: dict, out: str, methods: tuple, args, seconds: float) 
     heads = headlines(summary, methods)
     lines = ["# ASRU vs. unlearning baselines on the default world", "",
              f"Model `{args.model}`, evaluation limit {args.eval_limit} questions per split / kind / form, greedy, "
-             f"<= 50 new tokens; seed {args.seed}; {'quick run' if args.quick else 'full run'}; "
+             f"<= 50 new tokens; seed {args.seed}; baseline lr = paper lr x {args.lr_scale:g}; "
+             f"{'quick run' if args.quick else 'full run'}; "
              f"total {seconds / 60:.1f} min. All numbers in %. Produced by `python examples/compare.py"
              f"{' --quick' if args.quick else ''}`.", "",
              "## Headline ratios", ""]
