@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -158,22 +159,24 @@ def draw_chart(summary: dict, path: str, width: int = 1100, height: int = 440) -
     x0, y0, x1, y1 = 60, 40, width // 2 - 30, height - 60
     d.rectangle([x0, y0, x1, y1], outline="black")
     d.text((x0, 12), "forget leak rate (x) vs model utility U (y); top-left is best", fill="black")
-    for t in range(0, 101, 25):
-        xt = x0 + (x1 - x0) * t / 100
-        yt = y1 - (y1 - y0) * t / 100
+    levels = sorted(summary)
+    leaks = [r["forget_leak"] for f in levels for r in summary[f].values() if r["forget_leak"] is not None]
+    x_max = min(1.0, math.ceil((max(leaks, default=0.0) + 0.02) * 4) / 4)  # x axis to the next 25 % above the data
+    for i in range(5):
+        tx, ty = x_max * i / 4, i / 4
+        xt, yt = x0 + (x1 - x0) * i / 4, y1 - (y1 - y0) * ty
         d.line([xt, y1, xt, y1 + 4], fill="black")
-        d.text((xt - 8, y1 + 6), f"{t}", fill="black")
+        d.text((xt - 8, y1 + 6), f"{100 * tx:.3g}", fill="black")
         d.line([x0 - 4, yt, x0, yt], fill="black")
-        d.text((x0 - 28, yt - 6), f"{t}", fill="black")
+        d.text((x0 - 28, yt - 6), f"{100 * ty:.0f}", fill="black")
     d.text(((x0 + x1) // 2 - 60, y1 + 22), "forget leak rate (%)", fill="black")
     d.text((5, y0 - 18), "U (%)", fill="black")
-    levels = sorted(summary)
     for method in ORDER:
         for f in levels:
             r = summary[f].get(method)
             if not r or r["forget_leak"] is None or r["U"] is None:
                 continue
-            px, py = x0 + (x1 - x0) * r["forget_leak"], y1 - (y1 - y0) * r["U"]
+            px, py = x0 + (x1 - x0) * r["forget_leak"] / x_max, y1 - (y1 - y0) * r["U"]
             d.ellipse([px - 5, py - 5, px + 5, py + 5], fill=COLORS[method], outline="black")
             d.text((px + 6, py - 6), f"{f}", fill=COLORS[method])
     shown = [m for m in ORDER if any(m in summary[f] for f in levels)]
