@@ -34,10 +34,16 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .data import World
+from .evaluate import evaluate_model, format_table
+from .lora import apply_lora, lora_enabled, lora_parameters, save_lora
+from .model import Qwen3VL
+from .processor import Processor
 
 IGNORE_INDEX = -100
 METHODS = ("ga", "graddiff", "klmin", "npo", "idk")
@@ -236,8 +242,6 @@ def refusal_answers(n: int, rng: random.Random) -> list[str]:
 
 def compute_loss(model, processor, forget_qas, retain_qas, cfg: BaselineConfig, rng: random.Random) -> tuple[torch.Tensor, dict]:
     """The loss of `cfg.method` on one forget batch and one retain batch; returns (loss, logged floats)."""
-    from asru_min.lora import lora_enabled
-
     method, w = cfg.method, cfg.retain_weight
     use_retain = method != "ga" and w != 0
     retain = encode_qas(processor, retain_qas) if use_retain else None
@@ -290,8 +294,6 @@ def train_baseline(model, processor, forget_qas, retain_qas, cfg: BaselineConfig
 
     Schedule (open-unlearning's forget-anchored loader): each epoch walks the forget set in shuffled batches of
     `batch_size`; every forget batch is paired with the next `batch_size` samples of a shuffled, cycled retain set."""
-    from asru_min.lora import lora_parameters
-
     if not forget_qas:
         raise ValueError("empty forget set")
     if cfg.method != "ga" and cfg.retain_weight != 0 and not retain_qas:
@@ -345,12 +347,6 @@ def run_baseline(cfg: BaselineConfig, model=None, processor=None, splits=None, p
 
     `model`, `processor` and `splits` are loaded from `cfg.model` and the default world when not given; a given
     model is modified in place (LoRA added and trained)."""
-    from asru_min.data import World
-    from asru_min.evaluate import evaluate_model
-    from asru_min.lora import apply_lora, save_lora
-    from asru_min.model import Qwen3VL
-    from asru_min.processor import Processor
-
     t0 = time.time()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -362,6 +358,7 @@ def run_baseline(cfg: BaselineConfig, model=None, processor=None, splits=None, p
     if splits is None:
         splits = World.generate(num_people=cfg.num_people, seed=cfg.world_seed).splits(forget=cfg.forget)
     torch.manual_seed(cfg.seed)
+    # the decoder's seven linear maps (lora.TEXT_TARGETS), as ASRU's stage 2 (train.py --lora-targets)
     apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
     forget_qas = training_qas(splits["forget"], cfg.kinds)
     retain_qas = training_qas(splits["retain"], cfg.kinds)
@@ -413,8 +410,6 @@ def main(argv=None):
     cfg = parse_args(argv)
     record = run_baseline(cfg)
     if record["metrics"]:
-        from asru_min.evaluate import format_table
-
         print(format_table({cfg.method: record["metrics"]}))
 
 
