@@ -198,3 +198,41 @@ def test_two_steps_move_forget_likelihood(method, one_thread):
         assert abs(logs[0]["logratio"]) < 1e-4
     if method == "klmin":
         assert logs[0]["retain_kl"] < 1e-6 and logs[1]["retain_kl"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The headline ratios of examples/compare.py on hand-made evaluation results
+
+
+def _compare_module():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "compare.py")
+    spec = importlib.util.spec_from_file_location("compare_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _metrics(forget_value, gq, retain_value=0.8, util=0.9):
+    people = {"mc_acc": forget_value, "cloze_acc": forget_value, "leak_rate": forget_value, "rougeL": forget_value}
+    return {"forget": {"all": {**people, "quality": gq, "refusal_rate": 0.0}}, "test": {"all": dict(people)},
+            "retain": {"all": {"mc_acc": retain_value, "cloze_acc": retain_value, "rougeL": retain_value}},
+            "utility": {"all": {"acc": util}}}
+
+
+def test_compare_headline_ratios_by_hand():
+    c = _compare_module()
+    vanilla = _metrics(0.8, 0.2)
+    # K(vanilla) = 0.8; K = 0.4 -> UE = 0.5; K = 0.6 -> UE = 0.25; ASRU K = 0.2 -> UE = 0.75
+    assert math.isclose(c.unlearning_effectiveness(_metrics(0.4, 0.3), vanilla), 0.5)
+    assert math.isclose(c.model_utility(_metrics(0.4, 0.3, retain_value=0.6, util=1.0)), (0.6 * 3 + 1.0) / 4)
+    summary = {10: {"vanilla": c.row("vanilla", vanilla, vanilla), "ga": c.row("ga", _metrics(0.4, 0.3), vanilla),
+                    "npo": c.row("npo", _metrics(0.6, 0.1), vanilla),
+                    "asru": c.row("asru", _metrics(0.2, 0.8), vanilla)}}
+    h = c.headlines(summary, ("ga", "npo"))
+    assert math.isclose(h["UE_baselines_mean"], 0.375) and math.isclose(h["UE_asru"], 0.75)
+    assert math.isclose(h["UE_gain_relative"], (0.75 - 0.375) / 0.375)  # +100 %
+    assert math.isclose(h["UE_gain_points"], 37.5)
+    assert math.isclose(h["GQ_ratio"], 0.8 / 0.2)  # mean baseline GQ = (0.3 + 0.1) / 2
