@@ -82,6 +82,9 @@ class PretrainConfig:
     warmup: int = 150
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    image_repeat: int = 1              # copies per epoch of every image question (more vision practice)
+    mc_repeat: int = 1                 # copies per epoch of every multiple-choice question
+    init_from: str = ""                # start from a saved checkpoint folder (fresh optimizer) instead of scratch
     augment: float = 0.6               # max transform_portrait strength of the training views
     views: int = 8                     # transformed views per person (plus the original)
     threads: int = 1                   # one thread is faster than two on a shared 2-core machine
@@ -180,13 +183,20 @@ def make_views(world: World, n_views: int, strength: float, seed: int) -> dict[s
     return views
 
 
-def batch_stream(world: World, views: dict, batch_size: int, seed: int):
-    """Endless (epoch, list[QA]) batches: each epoch a fresh `training_samples`, portraits swapped for a random
-    view; within windows of 16 batches, samples are sorted by length so batches carry little padding."""
+def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_repeat: int = 1,
+                 mc_repeat: int = 1):
+    """Endless (epoch, list[QA]) batches: each epoch a fresh `training_samples` (image questions repeated
+    image_repeat times, mc questions mc_repeat times), portraits swapped for a random view; within windows of
+    16 batches, samples are sorted by length so batches carry little padding."""
     epoch = 0
     while True:
         rng = random.Random(f"batches/{seed}/{epoch}")
-        samples = world.training_samples(seed=seed * 1000 + epoch)
+        samples = []
+        for qa in world.training_samples(seed=seed * 1000 + epoch):
+            n = (image_repeat if qa.image is not None else 1) * (mc_repeat if qa.kind == "mc" else 1)
+            samples += [qa] + [dataclasses.replace(qa) for _ in range(n - 1)]
+        if image_repeat > 1 or mc_repeat > 1:               # spread the copies over the epoch
+            rng.shuffle(samples)
         for qa in samples:
             if qa.image is not None:
                 qa.image = rng.choice(views[qa.person])
@@ -256,7 +266,11 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     world = world or World.generate(cfg.num_people, cfg.seed)
-    model, processor = build(cfg, world, tokenizer)
+    if cfg.init_from:                          # a further stage on top of a saved model (its own tokenizer)
+        model, processor = Qwen3VL.from_pretrained(cfg.init_from), Processor.from_pretrained(cfg.init_from)
+        log(f"initialised from {cfg.init_from}")
+    else:
+        model, processor = build(cfg, world, tokenizer)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -273,7 +287,7 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
     log(f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {model.config.text.vocab_size}, "
         f"{cfg.steps} steps x {cfg.batch_size}")
     views = make_views(world, cfg.views, cfg.augment, cfg.seed)
-    stream = batch_stream(world, views, cfg.batch_size, cfg.seed)
+    stream = batch_stream(world, views, cfg.batch_size, cfg.seed, cfg.image_repeat, cfg.mc_repeat)
     for _ in range(start):                     # replay the batch order up to the resumed step
         next(stream)
     losses: list[float] = []

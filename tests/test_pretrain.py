@@ -111,3 +111,23 @@ def test_checkpoint_round_trip(world, trained, tmp_path):
         b = loaded(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
     assert torch.equal(a, b)
     assert forward_loss(loaded, batch).item() == pytest.approx(forward_loss(model, batch).item(), rel=1e-6)
+
+
+def test_batch_stream_repeats_image_and_mc_questions(world):
+    from asru_min.pretrain import batch_stream, make_views
+    views = make_views(world, 0, 0.0, 0)
+    epoch_size = len(world.training_samples(0))
+    plain = batch_stream(world, views, 50, 0)
+    first = [qa for _ in range((epoch_size + 49) // 50) for qa in next(plain)[1]]
+    assert len(first) == epoch_size
+    boosted = batch_stream(world, views, 50, 0, image_repeat=2, mc_repeat=3)
+    n_img = sum(q.image is not None for q in first)
+    n_mc_text = sum(q.kind == "mc" and q.image is None for q in first)
+    n_mc_img = sum(q.kind == "mc" and q.image is not None for q in first)
+    expected = epoch_size + n_img + 2 * n_mc_text + (2 * 3 - 2) * n_mc_img
+    seen = 0
+    while seen < expected:
+        epoch, batch = next(boosted)
+        assert epoch == 0
+        seen += len(batch)
+    assert seen == expected
