@@ -53,17 +53,17 @@ PAPER_LR = {"ga": 2e-5, "graddiff": 2e-5, "klmin": 2e-5, "npo": 1e-5, "idk": 2e-
 # Why scale: (1) the default model is 16x narrower than Qwen3-VL-2B (hidden 128 vs 2048), and with Adam the
 # usable lr of hidden-layer weights grows roughly as 1/width (the muP rule of thumb); (2) the synthetic world
 # has far fewer forget samples than MLLMU-Bench, so 4 epochs are only ~30-180 optimizer steps.
-# Measured on a 1.8M-parameter default-size checkpoint from an earlier pretraining run (not the final weights/;
-# forget 10 %, 4 epochs, batch 4; token-mean NLL of
-# 60 forget / 60 retain generation answers, vanilla 0.44 / 0.43):
-#     scale   GA            GradDiff      KL-Min        NPO           idk (refusal NLL 6.3 ->)
-#       5     0.44 / 0.43   0.44 / 0.43   -             0.44 / 0.43   -
-#      10     0.46 / 0.43   0.45 / 0.43   -             0.45 / 0.43   -
-#      25     5.1  / 4.8    0.65 / 0.45   1.84 / 1.38   0.48 / 0.43   1.5 (retain 0.83)
-#      50     57   / 57     2.0  / 1.3    2.6  / 2.0    3.9  / 3.8    1.8 (retain 0.74)
-# i.e. at the paper's lr (scale 1) nothing moves; at 25 GradDiff, KL-Min and idk act clearly, NPO slightly, and
-# GA, whose loss is unbounded, collapses (its well-known failure); every method sits near a sharp edge. One factor for all methods keeps the paper's ratios (NPO at half the GA
-# rate); the forget and retain people share question templates here, so forgetting spreads to retain answers.
+# Measured on a 1.8M-parameter default-size checkpoint (pretrain.py, 4500 steps; forget 10 %, 4 epochs, batch 4;
+# token-mean NLL of 60 forget / 60 retain generation answers after training, vanilla 0.08 / 0.08; idk: NLL of a
+# refusal on forget questions, vanilla 7.5):
+#     scale   GA            GradDiff      KL-Min        NPO           idk
+#      10     0.15 / 0.09   0.10 / 0.08   0.14 / 0.09   0.09 / 0.08   3.4
+#      25     1.70 / 1.33   0.27 / 0.10   0.51 / 0.25   0.15 / 0.09   1.6
+#      50     22.7 / 22.7   1.01 / 0.38   1.78 / 0.77   0.58 / 0.41   1.8
+# i.e. at the paper's lr (scale 1) nothing moves; at 25 every method acts (NPO least), GradDiff most selectively,
+# and GA, whose loss is unbounded, is one doubling away from collapse (its well-known failure). One factor for
+# all methods keeps the paper's ratios (NPO at half the GA rate); the forget and retain people share question
+# templates here, so forgetting spreads to retain answers.
 LR_SCALE = 25.0
 
 # Refusal answers for the "idk" baseline (refusal SFT). Phrased so `metrics.is_refusal` recognises them.
