@@ -68,7 +68,8 @@ class TrainConfig:
     # stage 1: steering optimisation
     forget_scale: float = 3.0  # c
     alpha: float = 1.0  # retain weight
-    steer_lr: float = 3e-3  # paper: 1e-4 (hidden 4096); on the tiny model 1e-4 leaves the forget loss unchanged
+    steer_lr: float = 3e-4  # paper: 1e-4; on the tiny model 3e-4 refuses most forget questions while 1e-3 and
+    # above also make most retain questions refused (measured on the default weights, layer 2, c = 3)
     steer_batch_size: int = 2
     steer_epochs: int = 3
     steer_retain_size: int = 720  # retain QA used for steering (0 = all 3240)
@@ -91,7 +92,8 @@ class TrainConfig:
     clip_low: float = 0.2
     clip_high: float = 0.3
     kl_coef: float = 0.1
-    grpo_lr: float = 2e-3  # paper: 1e-6 with full fine-tuning; LoRA on the tiny model (24 steps) needs more
+    grpo_lr: float = 2e-3  # paper: 1e-6 with full fine-tuning; LoRA on the tiny model (24 steps) needs more:
+    # 2e-3 brings retain refusals down from 44 % to 24 % after stage 1; 5e-3 forgets more but keeps less
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ckpt_every: int = 1  # GRPO steps between checkpoints
