@@ -32,7 +32,8 @@ The paper reports +24.6 % unlearning effectiveness and 5.8x generation quality o
 
 Budget: the full run (3 forget levels x (train.py + 5 baselines)) takes about 15-20 min on 2 free CPU cores with
 the tiny default model (train.py ~2 min per level, a baseline ~30 s), well inside 60 min even on shared cores;
---quick runs forget 10 % only with 20 evaluation questions per split / kind / form (a few minutes).
+--quick runs forget 10 % only with 20 evaluation questions per split / kind / form (5 min measured on a
+default-size checkpoint, one torch thread, shared cores).
 """
 
 from __future__ import annotations
