@@ -217,6 +217,12 @@ def main(argv=None) -> dict:
     else:
         print("\nno layer / setting refuses forget questions more than retain ones here (boundary <= 0): "
               "try other --c / --steer-lr / --steer-epochs")
+    if pool:
+        gap = max(pool, key=lambda r: (r["forget_refusal"] - r["retain_refusal"], r["utility_acc"]))
+        print(f"largest forget - retain refusal gap: layer {gap['layer']} ({gap['setting']}): "
+              f"{gap['forget_refusal']:.2f} - {gap['retain_refusal']:.2f} = "
+              f"{gap['forget_refusal'] - gap['retain_refusal']:+.2f}, utility acc {gap['utility_acc']:.2f} vs "
+              f"{base['utility_acc']:.2f} unsteered")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=2)
