@@ -134,7 +134,9 @@ def knowledge_absence_direction(model: nn.Module, processor, positive_qas: list,
     """v = mean_{x in positive} h_L(x)[last] - mean_{x in negative} h_L(x)[last]   (float64, shape (D,)).
 
     positive_qas: unknown-person and private-information questions (data splits `unknown` + `private`),
-    optionally filtered with `keep_refusals`; negative_qas: forget-set questions. `negative_model` reads the
+    optionally filtered with `keep_refusals`; negative_qas: forget-set questions of the same open-question form
+    (kind "gen", as the release's forget QA pairs): multiple-choice prompts end in a very different state
+    because of their format alone and then dominate the difference of means. `negative_model` reads the
     negatives (the paper: base model for the positives, vanilla model for the negatives); default `model`.
     If `stats` is a dict it receives layer, counts and norms (for `save_direction`)."""
     mu_pos, n_pos = mean_last_token_activation(model, processor, positive_qas, layer, batch_size)
