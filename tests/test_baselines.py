@@ -108,40 +108,9 @@ def test_idk_loss_is_refusal_nll_plus_retain():
 # ---------------------------------------------------------------------------------------------------------------
 # Two optimizer steps of every baseline on a tiny random Qwen3-VL move the likelihoods the intended way.
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-            "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
-
-
-def _tiny_processor():
-    """Byte-level tokenizer (one token per byte) with the Qwen special tokens; images resized to 32x32."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    from asru_min.processor import ImageProcessorConfig, Processor
-
-    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIALS)
-    return Processor(tok, ImageProcessorConfig(min_pixels=32 * 32, max_pixels=32 * 32))
-
-
-def _tiny_model(processor):
-    from asru_min.model import Qwen3VL, Qwen3VLConfig
-    from asru_min.text import TextConfig
-    from asru_min.vision import VisionConfig
-
-    tid = processor.tokenizer.token_to_id
-    cfg = Qwen3VLConfig(
-        text=TextConfig(vocab_size=processor.tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=64,
-                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                        max_position_embeddings=1024, mrope_section=[4, 2, 2], eos_token_id=tid("<|im_end|>")),
-        vision=VisionConfig(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
-                            num_position_embeddings=16, deepstack_visual_indexes=[0]),
-        image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
-        vision_start_token_id=tid("<|vision_start|>"), vision_end_token_id=tid("<|vision_end|>"))
-    torch.manual_seed(0)
-    return Qwen3VL(cfg)
+# the byte-level tiny processor and the tiny random Qwen3-VL shared with the evaluate tests
+from test_evaluate import tiny_model as _tiny_model  # noqa: E402
+from test_evaluate import tiny_processor as _tiny_processor  # noqa: E402
 
 
 def _qas(names, facts, template="{n} lives in {f}."):
