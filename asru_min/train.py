@@ -348,7 +348,7 @@ def draw_curves(records: list[dict], path: str, width: int = 900, height: int = 
                 d.line(pts, fill=color, width=2)
             for p in pts:
                 d.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=color)
-            d.text((x1 - 70, y0 + 5 + 14 * j), label, fill=color)
+            d.text((x1 - 60 * (len(series) - j), 8), label, fill=color)  # legend above the plot
     write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
