@@ -126,12 +126,6 @@ def _qas(names, facts, template="{n} lives in {f}."):
     return out
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("method", ["ga", "graddiff", "klmin", "npo", "idk"])

@@ -42,13 +42,6 @@ def redraw(model: Qwen3VL, seed: int = 0) -> Qwen3VL:
     return model.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny matrices: one thread avoids thread start/spin overhead that dominates on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -42,13 +42,6 @@ IMAGE_CASES = [(k, c) for k, c in MODEL_CASES if MODEL_META[k][c]["images"]]
 GEN_CASES = [(k, c) for k in CKPTS for c in GEN_META[k]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and avoids oversubscribing a shared CPU (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _ids(cases):

@@ -1,0 +1,12 @@
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Every test model is tiny: one torch thread avoids the thread start/spin overhead that dominates such
+    small matrices (2 threads ran 10-20x slower on the shared 2-core machines)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
