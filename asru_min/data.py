@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 IMAGE_SIZE = 128
 FORGET_PERCENTS = (5, 10, 15)
-KINDS = ("gen", "mc", "cloze", "utility", "private", "unknown")
+KINDS = ("gen", "mc", "cloze", "utility", "private", "unknown", "describe", "match")
 SPLITS = ("forget", "retain", "test", "utility", "private", "unknown")
 MC_SUFFIX = "Just give ONE letter representing the answer directly."
 CLOZE_PREFIX = "Fill in the [Blank]:"
@@ -431,6 +431,33 @@ def unknown_qa(person: Person, attr_index: int, form: str, template: int = 0) ->
               form=form, visible=visible)
 
 
+def describe_qa(person: Person, image: Image.Image | None = None) -> QA:
+    """'Describe this image' (training only): one answer that names every large visible feature, the dense
+    vision signal behind utility questions and the image-describing refusals."""
+    return QA(question="Describe the person in this image.", answer=f"The image shows {person.visible}.",
+              image=image or person.portrait, kind="describe", person=person.pid, ground_truth="",
+              form="image", visible=person.visible)
+
+
+def match_qa(person: Person, attr_index: int, rng: random.Random) -> QA:
+    """'Which option is X?' (training only): the in-context half of a multiple-choice question. The answer
+    is the letter in front of the option that equals the value named in the question, so the model practises
+    finding an option and reading its letter without having to recall a fact first."""
+    attr, pool = ATTRIBUTES[attr_index][:2]
+    value = person.facts[attr]
+    options = [value] + rng.sample([v for v in pool if v != value], 3)
+    rng.shuffle(options)
+    listed = "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
+    return QA(question=f"Which option is {value}?\n{listed}\n{MC_SUFFIX}", answer="ABCD"[options.index(value)],
+              image=None, kind="match", person=person.pid, ground_truth=value, form="text", options=options)
+
+
+def stranger(rng: random.Random, index: int) -> Person:
+    """A nameless random-look person for vision practice (utility and describe questions only)."""
+    look = _draw_look(rng)
+    return Person(pid=f"stranger{index}", name="", pronoun="they", facts={}, look=look, portrait=draw_portrait(look))
+
+
 def name_qa(person: Person, image: Image.Image | None = None) -> QA:
     """'Who is this?' (training only): ties the portrait to the name, so image and text questions share facts."""
     return QA(question="What is the name of the person in this image?", answer=f"This is {person.name}.",
@@ -527,16 +554,22 @@ class World:
             out["unknown"].append(unknown_qa(p, rng.randrange(len(ATTRIBUTES)), "text"))
         return out
 
-    def training_samples(self, seed: int = 0, augment: float = 0.0) -> list[QA]:
+    def training_samples(self, seed: int = 0, augment: float = 0.0, strangers: int = 0,
+                         matching: bool = False) -> list[QA]:
         """One epoch of everything the vanilla model should learn, shuffled.
 
         Per known person: every fact x (gen, mc, cloze) x (image, text) with a random training paraphrase and a
-        fresh option order, plus "who is this?". Plus image-only utility questions (3 per person), one private
-        refusal per person and unknown-person refusals, all on known people and on `unseen_train`, a pool
-        disjoint from everything the splits use. augment in [0, 1]: each image gets transform_portrait with a
-        strength drawn from [0, augment] (0 = original portraits)."""
+        fresh option order, plus "who is this?". Plus, on known people and on `unseen_train` (a pool disjoint
+        from everything the splits use): every image-only utility question, "describe this image", one private
+        refusal, and (unseen_train only) unknown-person refusals. Plus `strangers` nameless people with fresh
+        random looks (new every epoch), each with one utility question and a description, so the vision tower
+        learns colours and shapes rather than memorising portraits. With `matching`, one match_qa per fact
+        (the option-reading half of multiple choice). augment in [0, 1]: each image gets
+        transform_portrait with a strength drawn from [0, augment] (0 = original portraits)."""
         if not 0.0 <= augment <= 1.0:
             raise ValueError(f"augment must be in [0, 1], got {augment}")
+        if strangers < 0:
+            raise ValueError(f"strangers must be >= 0, got {strangers}")
         rng = random.Random(f"{self.seed}/train/{seed}")
 
         def view(p: Person) -> Image.Image:
@@ -549,9 +582,12 @@ class World:
                     for form in ("image", "text"):
                         img = view(p) if form == "image" else None
                         out.append(fact_qa(p, a, kind, form, rng.choice(TRAIN_TEMPLATES), rng, img))
+                if matching:
+                    out.append(match_qa(p, a, rng))
             out.append(name_qa(p, view(p)))
         for p in self.people + self.unseen_train:
-            out += [utility_qa(p, w, view(p)) for w in rng.sample(UTILITY, 3)]
+            out += [utility_qa(p, w, view(p)) for w in UTILITY]
+            out.append(describe_qa(p, view(p)))
             qa = private_qa(p, rng.choice(["image", "text"]), rng)
             if qa.image is not None:
                 qa.image = view(p)
@@ -562,12 +598,15 @@ class World:
                 qa.image = view(p)
                 out.append(qa)
             out.append(unknown_qa(p, rng.randrange(len(ATTRIBUTES)), "text", rng.choice(TRAIN_TEMPLATES)))
+        for i in range(strangers):
+            p = stranger(rng, i)
+            out += [utility_qa(p, rng.choice(UTILITY), view(p)), describe_qa(p, view(p))]
         rng.shuffle(out)
         return out
 
     def texts(self) -> list[str]:
         """Every question and answer string of the world (tokenizer training corpus)."""
-        qas = self.training_samples(seed=0)
+        qas = self.training_samples(seed=0, matching=True)
         for split in self.splits(15).values():
             qas += split
         return [t for qa in qas for t in (qa.question, qa.answer)]

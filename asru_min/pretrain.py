@@ -84,6 +84,8 @@ class PretrainConfig:
     grad_clip: float = 1.0
     image_repeat: int = 1              # copies per epoch of every image question (more vision practice)
     mc_repeat: int = 1                 # copies per epoch of every multiple-choice question
+    strangers: int = 0                 # nameless random-look people per epoch (utility + describe practice)
+    matching: bool = False             # add "which option is X?" questions (the option-reading half of mc)
     init_from: str = ""                # start from a saved checkpoint folder (fresh optimizer) instead of scratch
     augment: float = 0.6               # max transform_portrait strength of the training views
     views: int = 8                     # transformed views per person (plus the original)
@@ -184,7 +186,7 @@ def make_views(world: World, n_views: int, strength: float, seed: int) -> dict[s
 
 
 def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_repeat: int = 1,
-                 mc_repeat: int = 1):
+                 mc_repeat: int = 1, strangers: int = 0, matching: bool = False):
     """Endless (epoch, list[QA]) batches: each epoch a fresh `training_samples` (image questions repeated
     image_repeat times, mc questions mc_repeat times), portraits swapped for a random view; within windows of
     16 batches, samples are sorted by length so batches carry little padding."""
@@ -192,13 +194,13 @@ def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_re
     while True:
         rng = random.Random(f"batches/{seed}/{epoch}")
         samples = []
-        for qa in world.training_samples(seed=seed * 1000 + epoch):
+        for qa in world.training_samples(seed=seed * 1000 + epoch, strangers=strangers, matching=matching):
             n = (image_repeat if qa.image is not None else 1) * (mc_repeat if qa.kind == "mc" else 1)
             samples += [qa] + [dataclasses.replace(qa) for _ in range(n - 1)]
         if image_repeat > 1 or mc_repeat > 1:               # spread the copies over the epoch
             rng.shuffle(samples)
         for qa in samples:
-            if qa.image is not None:
+            if qa.image is not None and qa.person in views:   # strangers keep their one fresh portrait
                 qa.image = rng.choice(views[qa.person])
         window = batch_size * 16
         batches = []
@@ -217,8 +219,8 @@ def encode_batch(processor: Processor, qas: list[QA]) -> dict:
     return processor.encode_sft(prompts, [qa.answer for qa in qas], images or None)
 
 
-def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """mean over rows of (mean over the row's answer tokens of -log p(label)).
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor, per_row: bool = False) -> torch.Tensor:
+    """mean over rows of (mean over the row's answer tokens of -log p(label)); `per_row` keeps the (B,) vector.
 
     logits (B, k, V) are the last k positions (k <= L), labels (B, L); rows are left-padded, so the answers of
     all rows sit in the last positions and k = longest answer + 1 covers them."""
@@ -227,7 +229,8 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                           ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)   # (B, L-1)
     n = (labels != IGNORE_INDEX).sum(1).clamp(min=1)
-    return (nll.sum(1) / n).mean()
+    rows = nll.sum(1) / n
+    return rows if per_row else rows.mean()
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -238,13 +241,13 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def forward_loss(model: Qwen3VL, batch: dict) -> torch.Tensor:
+def forward_loss(model: Qwen3VL, batch: dict, per_row: bool = False) -> torch.Tensor:
     """answer_loss with the output head run only on the positions that predict answer tokens (the head is a
     large share of a tiny model's compute)."""
     keep = int((batch["labels"] != IGNORE_INDEX).sum(1).max()) + 1
     logits = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"],
                    logits_to_keep=keep)
-    return answer_loss(logits, batch["labels"])
+    return answer_loss(logits, batch["labels"], per_row)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -287,16 +290,19 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
     log(f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {model.config.text.vocab_size}, "
         f"{cfg.steps} steps x {cfg.batch_size}")
     views = make_views(world, cfg.views, cfg.augment, cfg.seed)
-    stream = batch_stream(world, views, cfg.batch_size, cfg.seed, cfg.image_repeat, cfg.mc_repeat)
+    stream = batch_stream(world, views, cfg.batch_size, cfg.seed, cfg.image_repeat, cfg.mc_repeat,
+                          cfg.strangers, cfg.matching)
     for _ in range(start):                     # replay the batch order up to the resumed step
         next(stream)
     losses: list[float] = []
-    t0, window = time.time(), []
+    t0, window, mc_window = time.time(), [], []
     for step in range(start, cfg.steps):
         epoch, qas = next(stream)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss = forward_loss(model, encode_batch(processor, qas))
+        rows = forward_loss(model, encode_batch(processor, qas), per_row=True)
+        loss = rows.mean()
+        mc_window += [r for r, qa in zip(rows.tolist(), qas) if qa.kind == "mc"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -307,9 +313,11 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
         if done % cfg.log_every == 0 or done == cfg.steps:
             rate = (done - start) / (time.time() - t0)
             eta = (cfg.steps - done) / rate
-            log(f"step {done}/{cfg.steps} epoch {epoch} loss {sum(window) / len(window):.4f} "
+            # mc: mean loss of the mc answers (letter + <|im_end|>); guessing the letter gives ln(4) / 2 = 0.69
+            mc = f" mc {sum(mc_window) / len(mc_window):.3f}" if mc_window else ""
+            log(f"step {done}/{cfg.steps} epoch {epoch} loss {sum(window) / len(window):.4f}{mc} "
                 f"lr {lr_at(step, cfg):.2e} {rate:.2f} it/s ETA {eta / 60:.1f} min")
-            window = []
+            window, mc_window = [], []
         if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done}, ckpt)

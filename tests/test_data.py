@@ -60,9 +60,42 @@ def test_splits_disjoint_complete_and_nested(world):
     train = world.training_samples(0)
     seen = {q.person for q in train}
     assert seen == ids | unseen_train
-    assert {q.kind for q in train} == {"gen", "mc", "cloze", "utility", "private", "unknown"}
+    assert {q.kind for q in train} == {"gen", "mc", "cloze", "utility", "private", "unknown", "describe"}
     facts = {(q.person, q.ground_truth, q.kind, q.form) for q in train if q.kind in ("gen", "mc", "cloze")}
     assert all((q.person, q.ground_truth, q.kind, q.form) in facts for q in s["retain"])
+
+
+def test_strangers_are_fresh_nameless_vision_practice(world):
+    base = world.training_samples(0)
+    more = world.training_samples(0, strangers=5)
+    extra = [q for q in more if q.person.startswith("stranger")]
+    assert len(more) == len(base) + 10 and len(extra) == 10
+    assert {q.kind for q in extra} == {"utility", "describe"}       # never a name, a fact or a refusal
+    assert all(q.image is not None for q in extra)
+    assert all(q.visible in q.answer for q in extra if q.kind == "describe")
+    # a new epoch draws new looks; the same epoch seed the same ones
+    again = [q for q in world.training_samples(0, strangers=5) if q.person.startswith("stranger")]
+    later = [q for q in world.training_samples(1, strangers=5) if q.person.startswith("stranger")]
+    assert _signature(again) == _signature(extra) and _signature(later) != _signature(extra)
+    # describing a known person names every large feature of the look
+    d = next(q for q in base if q.kind == "describe" and q.person == world.people[0].pid)
+    look = world.people[0].look
+    assert look["hair_colour"] in d.answer and look["shirt"] in d.answer and look["background"] in d.answer
+    with pytest.raises(ValueError):
+        world.training_samples(0, strangers=-1)
+
+
+def test_matching_questions_point_at_the_named_option(world):
+    base = world.training_samples(0)
+    more = world.training_samples(0, matching=True)
+    match = [q for q in more if q.kind == "match"]
+    assert not any(q.kind == "match" for q in base)
+    assert len(match) == len(world.people) * len(ATTRIBUTES)
+    for q in match:
+        assert q.ground_truth in q.question.splitlines()[0] and q.image is None
+        assert q.options["ABCD".index(q.answer)] == q.ground_truth and len(set(q.options)) == 4
+        assert f"{q.answer}. {q.ground_truth}" in q.question
+    assert len({q.answer for q in match}) == 4
 
 
 def test_portraits_distinct_and_drawn_from_the_look(world):
