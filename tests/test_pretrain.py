@@ -27,7 +27,7 @@ def tiny_config(**kw) -> PretrainConfig:
     base = dict(num_people=20, vocab_size=1024, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                 num_kv_heads=1, vision_hidden=16, vision_intermediate=32, vision_depth=2, vision_heads=1,
                 deepstack="0", image_size=64, steps=24, batch_size=8, lr=1e-2, warmup=4, views=1, threads=1,
-                log_every=1000, ckpt_every=0, eval=False)
+                log_every=1000, ckpt_every=0, eval=False, strangers=8)
     base.update(kw)
     return PretrainConfig(**base)
 
