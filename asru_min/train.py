@@ -72,8 +72,8 @@ class TrainConfig:
     # stage 1: steering optimisation
     forget_scale: float = 3.0  # c
     alpha: float = 1.0  # retain weight
-    steer_lr: float = 3e-4  # paper: 1e-4; on the tiny model 3e-4 refuses most forget questions while 1e-3 and
-    # above also make most retain questions refused (measured on the default weights, layer 2, c = 3)
+    steer_lr: float = 1e-3  # paper: 1e-4. On the default weights (layer 2, c = 3) stage 1 is not selective:
+    # 3e-4 refuses 5 % of forget questions, 6e-4 45 %, 1e-3 87 % (and 73 % of retain ones), 2e-3 everything
     steer_batch_size: int = 2
     steer_epochs: int = 3
     steer_retain_size: int = 720  # retain QA used for steering (0 = all 3240)
@@ -92,7 +92,7 @@ class TrainConfig:
     prompts_per_step: int = 8  # paper: 64
     mini_batch_size: int = 0  # responses per optimiser step (0 = all of a rollout batch)
     ppo_epochs: int = 1
-    grpo_epochs: int = 3  # paper: 6
+    grpo_epochs: int = 6  # paper: 6
     clip_low: float = 0.2
     clip_high: float = 0.3
     kl_coef: float = 0.1
