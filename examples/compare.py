@@ -6,7 +6,8 @@ Per forget level it runs
     asru_min.train.run      -> vanilla (no unlearning), stage 1 alone (steering), full ASRU (stage 1 + GRPO)
     asru_min.baselines      -> GA, GradDiff, KL-Min, NPO, refusal SFT (idk), each from the vanilla weights
 and evaluates all of them with the same evaluate_model settings (greedy, <= 50 new tokens, the same
-`--eval-limit` questions per split / kind / form). Runs are resumable: a run whose JSON exists is not redone.
+`--eval-limit` questions per split / kind / form). Runs are resumable: a run whose JSON exists is not redone
+when it was made from the same model file (SHA-256) with the same configuration; otherwise it is run again.
 
 Writes, under --out:
     runs/<method>_f<k>.json   metrics (evaluate_model output) + timing of every run; runs/asru_f<k>/ is train.py's folder
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -278,6 +280,17 @@ def main(argv=None) -> dict:
         print(f"[compare {time.time() - t_start:7.1f}s] {msg}", flush=True)
 
     results: dict = {}  # forget -> method -> evaluate_model metrics
+    model_sha = file_sha256(os.path.join(args.model, "model.safetensors"))
+
+    def reusable(path: str, config: dict) -> bool:
+        """A saved run counts only if it came from the same weights and the same configuration."""
+        if not os.path.exists(path):
+            return False
+        record = json.load(open(path))
+        ok = record.get("model_sha256") == model_sha and record.get("config") == config
+        if not ok:
+            progress(f"{os.path.basename(path)}: made from other weights or settings; running it again")
+        return ok
     from asru_min.train import load_world
 
     for f in levels:
@@ -286,7 +299,8 @@ def main(argv=None) -> dict:
         splits = load_world(tcfg)  # the baselines see exactly train.py's splits and evaluation questions
         if args.asru:
             path = os.path.join(runs_dir, f"asru_f{f}.json")
-            if os.path.exists(path):
+            tconfig = json.loads(json.dumps(dataclasses.asdict(tcfg)))
+            if reusable(path, tconfig):
                 record = json.load(open(path))
             else:
                 from asru_min.train import run as train_run
@@ -295,7 +309,7 @@ def main(argv=None) -> dict:
                 t0 = time.time()
                 r = train_run(tcfg)
                 record = {"vanilla": r["vanilla"], "stage1": r["stage1"], "asru": r["asru"],
-                          "seconds": round(time.time() - t0, 1)}
+                          "seconds": round(time.time() - t0, 1), "config": tconfig, "model_sha256": model_sha}
                 with open(path, "w") as fh:
                     json.dump(record, fh, indent=1)
             for k in ("vanilla", "stage1", "asru"):
@@ -304,21 +318,33 @@ def main(argv=None) -> dict:
             progress(f"forget {f}%: ASRU done ({done}/{total} runs)")
         for method in methods:
             path = os.path.join(runs_dir, f"{method}_f{f}.json")
-            if not os.path.exists(path):
+            cfg = BaselineConfig(method=method, forget=f, model=args.model, seed=args.seed, epochs=epochs,
+                                 lr=PAPER_LR[method] * args.lr_scale,
+                                 eval_limit=args.eval_limit, threads=args.threads,
+                                 num_people=tcfg.num_people, world_seed=tcfg.world_seed,
+                                 out=os.path.join(runs_dir, f"{method}_f{f}"))
+            bconfig = json.loads(json.dumps(dataclasses.asdict(cfg)))
+            if not reusable(path, bconfig):
                 progress(f"forget {f}%: baseline {NAMES[method]}")
-                cfg = BaselineConfig(method=method, forget=f, model=args.model, seed=args.seed, epochs=epochs,
-                                     lr=PAPER_LR[method] * args.lr_scale,
-                                     eval_limit=args.eval_limit, threads=args.threads,
-                                     num_people=tcfg.num_people, world_seed=tcfg.world_seed,
-                                     out=os.path.join(runs_dir, f"{method}_f{f}"))
                 run_baseline(cfg, splits=splits, progress=progress)
-                os.replace(os.path.join(cfg.out, "metrics.json"), path)
+                record = json.load(open(os.path.join(cfg.out, "metrics.json")))
+                record.update(config=bconfig, model_sha256=model_sha)
+                with open(path, "w") as fh:
+                    json.dump(record, fh, indent=1)
             results[f][method] = json.load(open(path))["metrics"]
             done += 1
             elapsed = time.time() - t_start
             progress(f"forget {f}%: {NAMES[method]} done ({done}/{total} runs, ~{elapsed / done * (total - done):.0f}s left)")
 
     return write_report(results, out, methods, args, time.time() - t_start)
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_report(results: dict, out: str, methods: tuple, args, seconds: float) -> dict:
