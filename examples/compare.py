@@ -283,12 +283,8 @@ def main(argv=None) -> dict:
     model_sha = file_sha256(os.path.join(args.model, "model.safetensors"))
 
     def reusable(path: str, config: dict) -> bool:
-        """A saved run counts only if it came from the same weights and the same configuration."""
-        if not os.path.exists(path):
-            return False
-        record = json.load(open(path))
-        ok = record.get("model_sha256") == model_sha and record.get("config") == config
-        if not ok:
+        ok = saved_run_matches(path, config, model_sha)
+        if os.path.exists(path) and not ok:
             progress(f"{os.path.basename(path)}: made from other weights or settings; running it again")
         return ok
     from asru_min.train import load_world
@@ -337,6 +333,15 @@ def main(argv=None) -> dict:
             progress(f"forget {f}%: {NAMES[method]} done ({done}/{total} runs, ~{elapsed / done * (total - done):.0f}s left)")
 
     return write_report(results, out, methods, args, time.time() - t_start)
+
+
+def saved_run_matches(path: str, config: dict, model_sha: str) -> bool:
+    """A saved run's JSON counts only if it came from the same weights and the same configuration."""
+    if not os.path.exists(path):
+        return False
+    with open(path) as fh:
+        record = json.load(fh)
+    return record.get("model_sha256") == model_sha and record.get("config") == config
 
 
 def file_sha256(path: str) -> str:

@@ -1,6 +1,7 @@
 """Baseline losses on hand-made tensors, and (with a tiny random model) that each baseline moves the forget
 likelihood in the intended direction."""
 
+import json
 import math
 
 import pytest
@@ -199,3 +200,20 @@ def test_compare_headline_ratios_by_hand():
     assert math.isclose(h["UE_gain_relative"], (0.75 - 0.375) / 0.375)  # +100 %
     assert math.isclose(h["UE_gain_points"], 37.5)
     assert math.isclose(h["GQ_ratio"], 0.8 / 0.2)  # mean baseline GQ = (0.3 + 0.1) / 2
+
+
+def test_compare_reuses_a_saved_run_only_for_the_same_weights_and_settings(tmp_path):
+    compare = _compare_module()
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights one")
+    sha = compare.file_sha256(str(weights))
+    path = tmp_path / "ga_f5.json"
+    config = {"method": "ga", "lr": 5e-4, "kinds": ["gen"]}
+    assert not compare.saved_run_matches(str(path), config, sha)            # nothing saved yet
+    path.write_text(json.dumps({"metrics": {}, "config": config, "model_sha256": sha}))
+    assert compare.saved_run_matches(str(path), config, sha)
+    assert not compare.saved_run_matches(str(path), {**config, "lr": 1e-3}, sha)   # other settings
+    weights.write_bytes(b"weights two")                                        # retrained weights
+    assert not compare.saved_run_matches(str(path), config, compare.file_sha256(str(weights)))
+    path.write_text(json.dumps({"metrics": {}}))                               # a record from before hashing
+    assert not compare.saved_run_matches(str(path), config, sha)
