@@ -368,11 +368,15 @@ def fact_qa(person: Person, attr_index: int, kind: str, form: str, template: int
         return QA(question=question, answer=_fill(answer_t, person, form, value), **common)
     if kind == "cloze":
         return QA(question=f"{CLOZE_PREFIX} {_fill(cloze_t, person, form)} {CLOZE_SUFFIX}", answer=value, **common)
+    options, letter, listed = _options(value, pool, rng)
+    return QA(question=f"{question}\n{listed}\n{MC_SUFFIX}", answer=letter, options=options, **common)
+
+
+def _options(value: str, pool: list[str], rng: random.Random) -> tuple[list[str], str, str]:
+    """`value` and three other values of `pool` in random order -> (options, correct letter, "A. ...\nB. ...")."""
     options = [value] + rng.sample([v for v in pool if v != value], 3)
     rng.shuffle(options)
-    letter = "ABCD"[options.index(value)]
-    listed = "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
-    return QA(question=f"{question}\n{listed}\n{MC_SUFFIX}", answer=letter, options=options, **common)
+    return options, "ABCD"[options.index(value)], "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
 
 
 UTILITY = ["hair", "background", "shirt", "glasses", "hat", "pattern"]
@@ -445,11 +449,9 @@ def match_qa(person: Person, attr_index: int, rng: random.Random) -> QA:
     finding an option and reading its letter without having to recall a fact first."""
     attr, pool = ATTRIBUTES[attr_index][:2]
     value = person.facts[attr]
-    options = [value] + rng.sample([v for v in pool if v != value], 3)
-    rng.shuffle(options)
-    listed = "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
-    return QA(question=f"Which option is {value}?\n{listed}\n{MC_SUFFIX}", answer="ABCD"[options.index(value)],
-              image=None, kind="match", person=person.pid, ground_truth=value, form="text", options=options)
+    options, letter, listed = _options(value, pool, rng)
+    return QA(question=f"Which option is {value}?\n{listed}\n{MC_SUFFIX}", answer=letter, image=None, kind="match",
+              person=person.pid, ground_truth=value, form="text", options=options)
 
 
 def stranger(rng: random.Random, index: int) -> Person:
