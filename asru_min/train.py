@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -161,8 +162,13 @@ class Run:
         if os.path.exists(saved) and read_json(saved) != dataclasses.asdict(cfg):
             raise ValueError(f"{self.dir} holds a run with another configuration; use --restart or another --out")
         write_json(saved, dataclasses.asdict(cfg))
+        sha = weights_sha256(cfg.model)
         self.state = read_json(self.path("state.json")) if os.path.exists(self.path("state.json")) else \
-            {"done": [], "grpo_step": -1, "grpo_ckpt": None}
+            {"done": [], "grpo_step": -1, "grpo_ckpt": None, "weights_sha256": sha}
+        if self.state.get("weights_sha256") != sha:  # same flags, retrained weights: nothing saved is valid
+            raise ValueError(f"{self.dir} holds a run made from other weights than {cfg.model}; use --restart "
+                             "or another --out")
+        self.commit()
 
     def path(self, *parts) -> str:
         return os.path.join(self.dir, *parts)
@@ -182,6 +188,17 @@ class Run:
 
     def log(self, msg: str) -> None:
         print(f"[train {time.time() - self.t0:6.1f}s] {msg}", flush=True)
+
+
+def weights_sha256(folder: str) -> str:
+    """SHA-256 over the folder's *.safetensors files (sorted by name): which weights a run was made from."""
+    h = hashlib.sha256()
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
+        h.update(name.encode())
+        with open(os.path.join(folder, name), "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def load_world(cfg: TrainConfig) -> dict:

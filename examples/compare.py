@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -53,6 +52,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from asru_min.baselines import LR_SCALE, METHODS, PAPER_LR, BaselineConfig, run_baseline  # noqa: E402
+from asru_min.train import weights_sha256  # noqa: E402
 
 NAMES = {"vanilla": "Vanilla", "ga": "GA", "graddiff": "GradDiff", "klmin": "KL-Min", "npo": "NPO",
          "idk": "Refusal SFT", "stage1": "ASRU stage 1", "asru": "ASRU"}
@@ -280,7 +280,7 @@ def main(argv=None) -> dict:
         print(f"[compare {time.time() - t_start:7.1f}s] {msg}", flush=True)
 
     results: dict = {}  # forget -> method -> evaluate_model metrics
-    model_sha = file_sha256(os.path.join(args.model, "model.safetensors"))
+    model_sha = weights_sha256(args.model)
 
     def reusable(path: str, config: dict) -> bool:
         ok = saved_run_matches(path, config, model_sha)
@@ -303,7 +303,8 @@ def main(argv=None) -> dict:
 
                 progress(f"forget {f}%: train.py (vanilla -> stage 1 -> ASRU)")
                 t0 = time.time()
-                r = train_run(tcfg)
+                # a stale record means stale train.py folder too; without a record, train.py resumes its folder
+                r = train_run(tcfg, restart=os.path.exists(path))
                 record = {"vanilla": r["vanilla"], "stage1": r["stage1"], "asru": r["asru"],
                           "seconds": round(time.time() - t0, 1), "config": tconfig, "model_sha256": model_sha}
                 with open(path, "w") as fh:
@@ -342,14 +343,6 @@ def saved_run_matches(path: str, config: dict, model_sha: str) -> bool:
     with open(path) as fh:
         record = json.load(fh)
     return record.get("model_sha256") == model_sha and record.get("config") == config
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_report(results: dict, out: str, methods: tuple, args, seconds: float) -> dict:

@@ -206,7 +206,7 @@ def test_compare_reuses_a_saved_run_only_for_the_same_weights_and_settings(tmp_p
     compare = _compare_module()
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"weights one")
-    sha = compare.file_sha256(str(weights))
+    sha = compare.weights_sha256(str(tmp_path))
     path = tmp_path / "ga_f5.json"
     config = {"method": "ga", "lr": 5e-4, "kinds": ["gen"]}
     assert not compare.saved_run_matches(str(path), config, sha)            # nothing saved yet
@@ -214,6 +214,6 @@ def test_compare_reuses_a_saved_run_only_for_the_same_weights_and_settings(tmp_p
     assert compare.saved_run_matches(str(path), config, sha)
     assert not compare.saved_run_matches(str(path), {**config, "lr": 1e-3}, sha)   # other settings
     weights.write_bytes(b"weights two")                                        # retrained weights
-    assert not compare.saved_run_matches(str(path), config, compare.file_sha256(str(weights)))
+    assert not compare.saved_run_matches(str(path), config, compare.weights_sha256(str(tmp_path)))
     path.write_text(json.dumps({"metrics": {}}))                               # a record from before hashing
     assert not compare.saved_run_matches(str(path), config, sha)

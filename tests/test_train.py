@@ -7,13 +7,14 @@ default weights (forget answers move toward refusal, retain accuracy kept) runs 
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from asru_min.train import TrainConfig, parse_args, run
+from asru_min.train import Run, TrainConfig, parse_args, run
 
 WEIGHTS = os.path.join(os.path.dirname(__file__), "..", "weights")
 
@@ -143,6 +144,22 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(full_run, tiny_ckpt, 
     assert again == []
     with pytest.raises(ValueError, match="another configuration"):
         run(tiny_config(tiny_ckpt, out, kl_coef=0.5))
+
+
+def test_a_run_from_other_weights_is_refused_not_resumed(tiny_ckpt, tmp_path):
+    """Same flags, retrained weights: the saved stages belong to the old weights, so the run stops with a clear
+    error instead of loading them; --restart starts over."""
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_ckpt, weights)
+    out = str(tmp_path / "run")
+    Run(tiny_config(str(weights), out))                         # a run folder made from these weights
+    Run(tiny_config(str(weights), out))                         # same weights: resumable
+    data = bytearray((weights / "model.safetensors").read_bytes())
+    data[-1] ^= 1                                               # "retrained": one bit of one weight differs
+    (weights / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="other weights"):
+        Run(tiny_config(str(weights), out))
+    assert Run(tiny_config(str(weights), out), restart=True).state["done"] == []
 
 
 def test_command_line_flags_map_to_config():
