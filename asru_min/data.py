@@ -26,7 +26,7 @@ import io
 import json
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
@@ -377,6 +377,19 @@ def _options(value: str, pool: list[str], rng: random.Random) -> tuple[list[str]
     options = [value] + rng.sample([v for v in pool if v != value], 3)
     rng.shuffle(options)
     return options, "ABCD"[options.index(value)], "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
+
+
+def reorder_options(qa: QA, rng: random.Random) -> QA:
+    """A copy of a multiple-choice (or match) question with its four options in a fresh random order: the
+    question text, the options and the answer letter change together; the stem and the correct value do not."""
+    if len(qa.options) != 4 or not qa.question.count("\nA. "):
+        raise ValueError(f"not a four-option question: {qa.question[:60]!r}")
+    stem = qa.question[:qa.question.index("\nA. ")]
+    options = list(qa.options)
+    rng.shuffle(options)
+    listed = "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
+    return replace(qa, question=f"{stem}\n{listed}\n{MC_SUFFIX}",
+                               answer="ABCD"[options.index(qa.ground_truth)], options=options)
 
 
 UTILITY = ["hair", "background", "shirt", "glasses", "hat", "pattern"]

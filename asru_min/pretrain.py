@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .data import QA, World, transform_portrait
+from .data import QA, World, reorder_options, transform_portrait
 from .model import Qwen3VL, Qwen3VLConfig
 from .processor import (ENDOFTEXT, IGNORE_INDEX, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
                         ImageProcessorConfig, Processor)
@@ -85,6 +85,7 @@ class PretrainConfig:
     grad_clip: float = 1.0
     image_repeat: int = 1              # copies per epoch of every image question (more vision practice)
     mc_repeat: int = 1                 # copies per epoch of every multiple-choice question
+    mc_reorder: bool = False           # each mc copy gets its own option order (else copies share one order)
     strangers: int = 0                 # nameless random-look people per epoch (utility + describe practice)
     matching: bool = False             # add "which option is X?" questions (the option-reading half of mc)
     init_from: str = ""                # start from a saved checkpoint folder (fresh optimizer) instead of scratch
@@ -187,17 +188,21 @@ def make_views(world: World, n_views: int, strength: float, seed: int) -> dict[s
 
 
 def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_repeat: int = 1,
-                 mc_repeat: int = 1, strangers: int = 0, matching: bool = False):
+                 mc_repeat: int = 1, strangers: int = 0, matching: bool = False, mc_reorder: bool = False):
     """Endless (epoch, list[QA]) batches: each epoch a fresh `training_samples` (image questions repeated
     image_repeat times, mc questions mc_repeat times), portraits swapped for a random view; within windows of
-    16 batches, samples are sorted by length so batches carry little padding."""
+    16 batches, samples are sorted by length so batches carry little padding. With `mc_reorder` every copy of
+    an mc question lists its options in its own order; without it the copies share one order, and a model can
+    then lower the mc loss by remembering "this question -> B" for the rest of the epoch instead of reading
+    the options."""
     epoch = 0
     while True:
         rng = random.Random(f"batches/{seed}/{epoch}")
         samples = []
         for qa in world.training_samples(seed=seed * 1000 + epoch, strangers=strangers, matching=matching):
             n = (image_repeat if qa.image is not None else 1) * (mc_repeat if qa.kind == "mc" else 1)
-            samples += [qa] + [dataclasses.replace(qa) for _ in range(n - 1)]
+            reorder = mc_reorder and qa.kind == "mc"
+            samples += [qa] + [reorder_options(qa, rng) if reorder else dataclasses.replace(qa) for _ in range(n - 1)]
         if image_repeat > 1 or mc_repeat > 1:               # spread the copies over the epoch
             rng.shuffle(samples)
         for qa in samples:
@@ -292,7 +297,7 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
         f"{cfg.steps} steps x {cfg.batch_size}")
     views = make_views(world, cfg.views, cfg.augment, cfg.seed)
     stream = batch_stream(world, views, cfg.batch_size, cfg.seed, cfg.image_repeat, cfg.mc_repeat,
-                          cfg.strangers, cfg.matching)
+                          cfg.strangers, cfg.matching, cfg.mc_reorder)
     for _ in range(start):                     # replay the batch order up to the resumed step
         next(stream)
     losses: list[float] = []
@@ -404,7 +409,8 @@ def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds
         f"- {cfg.steps} steps x batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine to "
         f"{cfg.min_lr_ratio} x lr), weight decay {cfg.weight_decay}, clip {cfg.grad_clip}; loss on assistant "
         f"tokens, mean per answer; {cfg.views} transformed views per portrait (strength <= {cfg.augment})",
-        f"- data per epoch: every fact question in gen / mc / cloze x image / text form (mc x{cfg.mc_repeat}, image "
+        f"- data per epoch: every fact question in gen / mc / cloze x image / text form (mc x{cfg.mc_repeat}"
+        f"{', each copy in its own option order' if cfg.mc_reorder else ''}, image "
         f"questions x{cfg.image_repeat}), 'who is this?', all utility questions and 'describe this image', private "
         f"and unknown-person refusals, {cfg.strangers} random-look strangers (utility + describe), option-matching "
         f"practice {'on' if cfg.matching else 'off'}",

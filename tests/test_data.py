@@ -225,3 +225,19 @@ def test_mllmu_reader_on_a_fake_folder(tmp_path):
         load_mllmu_bench(tmp_path, forget=5)                 # forget_5/ is missing
     with pytest.raises(FileNotFoundError):
         load_mllmu_bench(tmp_path / "nowhere")
+
+
+def test_reorder_options_keeps_stem_truth_and_letter_consistent(world):
+    import random
+    from asru_min.data import reorder_options
+    qa = next(q for q in world.training_samples(0) if q.kind == "mc")
+    rng = random.Random(0)
+    copies = [reorder_options(qa, rng) for _ in range(20)]
+    assert len({c.answer for c in copies}) > 1                       # the letter moves with the order
+    for c in copies:
+        assert c.question.split("\nA. ")[0] == qa.question.split("\nA. ")[0]
+        assert sorted(c.options) == sorted(qa.options) and c.ground_truth == qa.ground_truth
+        assert c.options["ABCD".index(c.answer)] == qa.ground_truth
+        assert f"\n{c.answer}. {qa.ground_truth}\n" in c.question
+    with pytest.raises(ValueError, match="four-option"):
+        reorder_options(next(q for q in world.training_samples(0) if q.kind == "cloze"), rng)

@@ -131,3 +131,27 @@ def test_batch_stream_repeats_image_and_mc_questions(world):
         assert epoch == 0
         seen += len(batch)
     assert seen == expected
+
+
+def test_mc_reorder_gives_each_copy_its_own_option_order(world):
+    from collections import defaultdict
+    from asru_min.pretrain import batch_stream, make_views
+    views = make_views(world, 0, 0.0, 0)
+    epoch_size = len(world.training_samples(0))
+
+    def orders(reorder: bool) -> dict:
+        stream = batch_stream(world, views, 50, 0, mc_repeat=4, mc_reorder=reorder)
+        by_question = defaultdict(list)          # (person, stem) -> option orders of its copies
+        for _ in range(epoch_size // 50):
+            for qa in next(stream)[1]:
+                if qa.kind == "mc":
+                    by_question[(qa.person, qa.form, qa.question.split("\nA. ")[0])].append(tuple(qa.options))
+        return by_question
+
+    shared, fresh = orders(False), orders(True)
+    assert all(len(set(o)) == 1 for o in shared.values())           # copies repeat one order ...
+    assert sum(len(set(o)) > 1 for o in fresh.values()) > 0.8 * len(fresh)   # ... or draw their own
+    stream = batch_stream(world, views, 50, 0, mc_repeat=4, mc_reorder=True)
+    for qa in (q for _ in range(20) for q in next(stream)[1] if q.kind == "mc"):
+        letter_line = next(l for l in qa.question.split("\n") if l.startswith(qa.answer + ". "))
+        assert letter_line == f"{qa.answer}. {qa.ground_truth}"    # the answer letter still names the truth
