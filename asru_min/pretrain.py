@@ -86,6 +86,7 @@ class PretrainConfig:
     image_repeat: int = 1              # copies per epoch of every image question (more vision practice)
     mc_repeat: int = 1                 # copies per epoch of every multiple-choice question
     mc_reorder: bool = False           # each mc copy gets its own option order (else copies share one order)
+    match_repeat: int = 1              # copies per epoch of every option-matching question (with --matching)
     strangers: int = 0                 # nameless random-look people per epoch (utility + describe practice)
     matching: bool = False             # add "which option is X?" questions (the option-reading half of mc)
     init_from: str = ""                # start from a saved checkpoint folder (fresh optimizer) instead of scratch
@@ -188,10 +189,12 @@ def make_views(world: World, n_views: int, strength: float, seed: int) -> dict[s
 
 
 def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_repeat: int = 1,
-                 mc_repeat: int = 1, strangers: int = 0, matching: bool = False, mc_reorder: bool = False):
+                 mc_repeat: int = 1, strangers: int = 0, matching: bool = False, mc_reorder: bool = False,
+                 match_repeat: int = 1):
     """Endless (epoch, list[QA]) batches: each epoch a fresh `training_samples` (image questions repeated
     image_repeat times, mc questions mc_repeat times), portraits swapped for a random view; within windows of
-    16 batches, samples are sorted by length so batches carry little padding. With `mc_reorder` every copy of
+    16 batches, samples are sorted by length so batches carry little padding. Option-matching questions come
+    match_repeat times, each copy in its own option order. With `mc_reorder` every copy of
     an mc question lists its options in its own order; without it the copies share one order, and a model can
     then lower the mc loss by remembering "this question -> B" for the rest of the epoch instead of reading
     the options."""
@@ -200,10 +203,11 @@ def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_re
         rng = random.Random(f"batches/{seed}/{epoch}")
         samples = []
         for qa in world.training_samples(seed=seed * 1000 + epoch, strangers=strangers, matching=matching):
-            n = (image_repeat if qa.image is not None else 1) * (mc_repeat if qa.kind == "mc" else 1)
-            reorder = mc_reorder and qa.kind == "mc"
+            n = ((image_repeat if qa.image is not None else 1) * (mc_repeat if qa.kind == "mc" else 1)
+                 * (match_repeat if qa.kind == "match" else 1))
+            reorder = (mc_reorder and qa.kind == "mc") or qa.kind == "match"
             samples += [qa] + [reorder_options(qa, rng) if reorder else dataclasses.replace(qa) for _ in range(n - 1)]
-        if image_repeat > 1 or mc_repeat > 1:               # spread the copies over the epoch
+        if image_repeat > 1 or mc_repeat > 1 or (matching and match_repeat > 1):   # spread the copies out
             rng.shuffle(samples)
         for qa in samples:
             if qa.image is not None and qa.person in views:   # strangers keep their one fresh portrait
@@ -297,11 +301,11 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
         f"{cfg.steps} steps x {cfg.batch_size}")
     views = make_views(world, cfg.views, cfg.augment, cfg.seed)
     stream = batch_stream(world, views, cfg.batch_size, cfg.seed, cfg.image_repeat, cfg.mc_repeat,
-                          cfg.strangers, cfg.matching, cfg.mc_reorder)
+                          cfg.strangers, cfg.matching, cfg.mc_reorder, cfg.match_repeat)
     for _ in range(start):                     # replay the batch order up to the resumed step
         next(stream)
     losses: list[float] = []
-    t0, window, mc_window = time.time(), [], []
+    t0, window, mc_window, match_window = time.time(), [], [], []
     for step in range(start, cfg.steps):
         epoch, qas = next(stream)
         for group in opt.param_groups:
@@ -309,6 +313,7 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
         rows = forward_loss(model, encode_batch(processor, qas), per_row=True)
         loss = rows.mean()
         mc_window += [r for r, qa in zip(rows.tolist(), qas) if qa.kind == "mc"]
+        match_window += [r for r, qa in zip(rows.tolist(), qas) if qa.kind == "match"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -321,9 +326,10 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
             eta = (cfg.steps - done) / rate
             # mc: mean loss of the mc answers (letter + <|im_end|>); guessing the letter gives ln(4) / 2 = 0.69
             mc = f" mc {sum(mc_window) / len(mc_window):.3f}" if mc_window else ""
+            mc += f" match {sum(match_window) / len(match_window):.3f}" if match_window else ""
             log(f"step {done}/{cfg.steps} epoch {epoch} loss {sum(window) / len(window):.4f}{mc} "
                 f"lr {lr_at(step, cfg):.2e} {rate:.2f} it/s ETA {eta / 60:.1f} min")
-            window, mc_window = [], []
+            window, mc_window, match_window = [], [], []
         if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done}, ckpt)
@@ -413,7 +419,7 @@ def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds
         f"{', each copy in its own option order' if cfg.mc_reorder else ''}, image "
         f"questions x{cfg.image_repeat}), 'who is this?', all utility questions and 'describe this image', private "
         f"and unknown-person refusals, {cfg.strangers} random-look strangers (utility + describe), option-matching "
-        f"practice {'on' if cfg.matching else 'off'}",
+        f"practice {f'x{cfg.match_repeat}' if cfg.matching else 'off'}",
         f"- trained in {seconds / 60:.1f} min on CPU (torch threads {cfg.threads}); final loss "
         f"(mean of last 50 steps) {sum(losses[-50:]) / max(1, len(losses[-50:])):.4f}", "",
     ]

@@ -155,3 +155,20 @@ def test_mc_reorder_gives_each_copy_its_own_option_order(world):
     for qa in (q for _ in range(20) for q in next(stream)[1] if q.kind == "mc"):
         letter_line = next(l for l in qa.question.split("\n") if l.startswith(qa.answer + ". "))
         assert letter_line == f"{qa.answer}. {qa.ground_truth}"    # the answer letter still names the truth
+
+
+def test_match_repeat_copies_matching_questions_in_fresh_orders(world):
+    from asru_min.pretrain import batch_stream, make_views
+    views = make_views(world, 0, 0.0, 0)
+    base = world.training_samples(0, matching=True)
+    n_match = sum(q.kind == "match" for q in base)
+    stream = batch_stream(world, views, 50, 0, matching=True, match_repeat=3)
+    epoch_samples = []
+    while len(epoch_samples) < len(base) + 2 * n_match:
+        epoch, batch = next(stream)
+        assert epoch == 0
+        epoch_samples += batch
+    matches = [q for q in epoch_samples if q.kind == "match"]
+    assert len(epoch_samples) == len(base) + 2 * n_match and len(matches) == 3 * n_match
+    assert len({(q.question, q.answer) for q in matches}) > 2 * n_match       # copies differ in option order
+    assert all(q.options["ABCD".index(q.answer)] == q.ground_truth for q in matches)
