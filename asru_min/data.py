@@ -105,28 +105,33 @@ BIRTH_YEARS = [str(y) for y in range(1950, 2004)]
 
 # (attribute, pool, question templates, answer sentence, cloze sentence, "unknown" clause).
 # Question templates 0-2 are used for training and the forget/retain sets (template 0); template 3 is held out
-# as the paraphrase of the test split. {s}: subject, {S}: capitalised subject, {P}: pronoun, {v}: the fact.
+# as the paraphrase of the test split. {s}: subject, {S}: capitalised subject, {N}: the person's name, {p}:
+# possessive pronoun, {v}: the fact. Generation answers open with the name ("Nedra Quarrel works at ...",
+# also for image questions), so the model must know whose face it sees at the last prompt token, where the
+# answer's first word is chosen: that is where ASRU reads and steers activations. With a pronoun opening
+# ("She works at ...") a tiny model defers the identity to later tokens and the forget/retain difference
+# at the last prompt token is weak (stage 1 then steers both alike).
 ATTRIBUTES = [
     ("birthplace", TOWNS,
      ["Where was {s} born?", "What is the birthplace of {s}?", "In which town was {s} born?",
       "Which town does {s} originally come from?"],
-     "{P} was born in {v}.", "{S} was born in the town of [Blank].", "where this person was born"),
+     "{N} was born in {v}.", "{S} was born in the town of [Blank].", "where this person was born"),
     ("birth_year", BIRTH_YEARS,
      ["In which year was {s} born?", "What is the birth year of {s}?", "When was {s} born?",
       "What year did {s} come into the world?"],
-     "{P} was born in {v}.", "{S} was born in the year [Blank].", "when this person was born"),
+     "{N} was born in {v}.", "{S} was born in the year [Blank].", "when this person was born"),
     ("occupation", OCCUPATIONS,
      ["What is the occupation of {s}?", "What does {s} do for a living?", "What job does {s} have?",
       "How does {s} earn a living?"],
-     "{P} works as {a} {v}.", "The occupation of {s} is [Blank].", "this person's occupation"),
+     "{N} works as {a} {v}.", "The occupation of {s} is [Blank].", "this person's occupation"),
     ("employer", EMPLOYERS,
      ["Where does {s} work?", "Which organisation employs {s}?", "What is the employer of {s}?",
       "For which organisation does {s} work?"],
-     "{P} works at {v}.", "{S} works at [Blank].", "where this person works"),
+     "{N} works at {v}.", "{S} works at [Blank].", "where this person works"),
     ("hobby", HOBBIES,
      ["What is the favourite hobby of {s}?", "What does {s} like to do in free time?",
       "Which hobby does {s} enjoy?", "How does {s} like to spend free time?"],
-     "{P} enjoys {v} in {p} free time.", "The favourite hobby of {s} is [Blank].", "this person's hobby"),
+     "{N} enjoys {v} in {p} free time.", "The favourite hobby of {s} is [Blank].", "this person's hobby"),
 ]
 TRAIN_TEMPLATES = (0, 1, 2)
 TEST_TEMPLATE = 3
@@ -349,7 +354,7 @@ def _subject(person: Person, form: str) -> str:
 
 def _fill(template: str, person: Person, form: str, value: str = "") -> str:
     s = _subject(person, form)
-    return template.format(s=s, S=s[0].upper() + s[1:], P=person.pronoun.capitalize(),
+    return template.format(s=s, S=s[0].upper() + s[1:], N=person.name,
                            p="her" if person.pronoun == "she" else "his", v=value, a=_article(value or "x"))
 
 

@@ -28,6 +28,8 @@ from typing import Callable
 
 import torch
 
+from .metrics import is_refusal, leaks
+
 
 @dataclass
 class GRPOConfig:
@@ -216,11 +218,24 @@ def optimizer_step(loss: torch.Tensor, params: list, optimizer: torch.optim.Opti
 # the boundary set and its prompts
 
 
-def build_boundary_set(forget_qas: list, retain_qas: list, size: int, kinds=("gen",), seed: int = 0) -> list:
+def wrong_side(response: str, truth: str, forget: bool) -> bool:
+    """Is an answer on the wrong side of the refusal boundary? forget: it is not a refusal, or it states the
+    truth; retain: it does not state the truth (a refusal or a wrong answer)."""
+    if forget:
+        return leaks(response, truth) or not is_refusal(response)
+    return not leaks(response, truth)
+
+
+def build_boundary_set(forget_qas: list, retain_qas: list, size: int, kinds=("gen",), seed: int = 0,
+                       near=None) -> list:
     """The stage-2 training set: `size` samples, half forget QA and half retain QA, each a (qa, forget) pair.
 
     Only free-form kinds are used by default: the reward compares the response with the ground truth text,
     which a multiple-choice letter never contains. The release draws 200 random samples of each side.
+    `near(qas, forget) -> list[bool]`, when given, marks samples on the wrong side of the refusal boundary (a
+    forget question the current model still answers, a retain question it gets wrong). It judges a random pool of
+    4x the samples each side needs; the side takes the marked ones first, then the others, in random order. How
+    the release picks "near the boundary" samples is not published; this is this project's reading of it.
     """
     rng = random.Random(seed)
     forget = [qa for qa in forget_qas if qa.kind in kinds]
@@ -229,7 +244,18 @@ def build_boundary_set(forget_qas: list, retain_qas: list, size: int, kinds=("ge
         raise ValueError(f"boundary set needs forget and retain QA of kinds {kinds}: got {len(forget)}, {len(retain)}")
     n_forget = min(size // 2, len(forget))
     n_retain = min(size - n_forget, len(retain))
-    samples = [(qa, True) for qa in rng.sample(forget, n_forget)] + [(qa, False) for qa in rng.sample(retain, n_retain)]
+
+    def pick(qas: list, n: int, is_forget: bool) -> list:
+        order = rng.sample(qas, len(qas))
+        if near is not None:
+            pool, rest = order[:4 * n], order[4 * n:]
+            flags = near(pool, is_forget)
+            if len(flags) != len(pool):
+                raise ValueError(f"near() returned {len(flags)} flags for {len(pool)} questions")
+            order = [qa for qa, f in zip(pool, flags) if f] + [qa for qa, f in zip(pool, flags) if not f] + rest
+        return [(qa, is_forget) for qa in order[:n]]
+
+    samples = pick(forget, n_forget, True) + pick(retain, n_retain, False)
     rng.shuffle(samples)
     return samples
 
@@ -358,7 +384,6 @@ def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, param
     reference: a context-manager factory under which `model` is the reference policy; default: LoRA adapters off.
     Returns the step's log record.
     """
-    from .metrics import is_refusal
     from .reward import asru_reward
 
     reward_fn = reward_fn or asru_reward

@@ -458,3 +458,51 @@ def test_one_grpo_step_on_real_model_raises_rewarded_token(tiny):
     assert after > before * 1.3, (before, after)  # seeds 0-7 of this set-up give x1.6 to x2.1
     with lora_enabled(model, False):  # adapters off is still the base model
         assert first_token_probs()[target].item() == pytest.approx(before, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- boundary set
+
+def _qa(kind: str, truth: str, person: str):
+    from asru_min.data import QA
+    return QA(question=f"q about {person} {truth}", answer=truth, kind=kind, person=person, ground_truth=truth)
+
+
+def test_wrong_side_hand_made():
+    from asru_min.grpo import wrong_side
+    assert wrong_side("Kalo Vester was born in Velmora.", "Velmora", forget=True)          # answers: wrong side
+    assert wrong_side("I'm not sure, maybe Velmora.", "Velmora", forget=True)             # refuses but leaks
+    assert not wrong_side("Sorry, I don't know who this is.", "Velmora", forget=True)
+    assert wrong_side("Sorry, I don't know who this is.", "Velmora", forget=False)        # retain refused
+    assert wrong_side("Kalo Vester was born in Ashford.", "Velmora", forget=False)        # retain wrong
+    assert not wrong_side("Kalo Vester was born in Velmora.", "Velmora", forget=False)
+
+
+def test_boundary_set_halves_kinds_and_near_first():
+    from asru_min.grpo import build_boundary_set
+    forget = [_qa(k, f"f{i}", f"p{i % 5}") for i in range(40) for k in ("gen", "mc")]
+    retain = [_qa(k, f"r{i}", f"p{5 + i % 20}") for i in range(200) for k in ("gen", "cloze")]
+    plain = build_boundary_set(forget, retain, 20, kinds=("gen", "cloze"), seed=1)
+    assert sum(f for _, f in plain) == 10 and len(plain) == 20
+    assert all(qa.kind in ("gen", "cloze") for qa, _ in plain)
+    assert plain == build_boundary_set(forget, retain, 20, kinds=("gen", "cloze"), seed=1)    # seeded
+
+    judged, pools = [], {}
+
+    def near(qas, is_forget):                # "wrong side": truths ending in 7, on either side
+        judged.append((len(qas), is_forget))
+        pools[is_forget] = list(qas)
+        return [qa.ground_truth.endswith("7") for qa in qas]
+
+    chosen = build_boundary_set(forget, retain, 20, kinds=("gen", "cloze"), seed=1, near=near)
+    assert judged == [(40, True), (40, False)]                         # a pool of 4 x 10 per side
+    f_chosen = [qa for qa, f in chosen if f]
+    r_chosen = [qa for qa, f in chosen if not f]
+    assert len(f_chosen) == len(r_chosen) == 10
+    # every forget truth ending in 7 (f7, f17, f27, f37: 4 of the 40 gen) was in the pool and is taken
+    assert {qa.ground_truth for qa in f_chosen} >= {"f7", "f17", "f27", "f37"}
+    for side, chosen_side in ((True, f_chosen), (False, r_chosen)):   # marked ones first, then pool order
+        marked = [qa for qa in pools[side] if qa.ground_truth.endswith("7")]
+        expected = (marked + [qa for qa in pools[side] if qa not in marked])[:10]
+        assert {id(qa) for qa in chosen_side} == {id(qa) for qa in expected}
+    with pytest.raises(ValueError, match="flags"):
+        build_boundary_set(forget, retain, 20, kinds=("gen",), near=lambda qas, f: [True])
