@@ -393,8 +393,8 @@ def reorder_options(qa: QA, rng: random.Random) -> QA:
     options = list(qa.options)
     rng.shuffle(options)
     listed = "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
-    return replace(qa, question=f"{stem}\n{listed}\n{MC_SUFFIX}",
-                               answer="ABCD"[options.index(qa.ground_truth)], options=options)
+    return replace(qa, question=f"{stem}\n{listed}\n{MC_SUFFIX}", answer="ABCD"[options.index(qa.ground_truth)],
+                   options=options)
 
 
 UTILITY = ["hair", "background", "shirt", "glasses", "hat", "pattern"]

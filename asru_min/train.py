@@ -84,8 +84,8 @@ class TrainConfig:
     # no GRPO prompt and kept the retain refusals stage 1 causes (35 % after stage 2 on a stage-5 checkpoint)
     boundary_kinds: str = "gen,cloze"
     boundary_select: str = "random"  # the release's random draw; "near": forget QA the stage-1 model still
-    # answers and retain QA it gets wrong first (greedy answers of a random pool 4x the size). On the default
-    # weights "near" repaired retain answers but left more forget leaks (15 % vs 3 %), so it is not the default
+    # answers and retain QA it gets wrong first (greedy answers of a random pool 4x the size). "near" repaired
+    # more retain answers but left more forget leaks (15-17 % vs 3 %, README), so it is not the default
     lora_r: int = 16
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0  # 0: the first inner step is exactly on-policy (ratio 1), dropout adds noise to it
