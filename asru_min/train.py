@@ -74,7 +74,7 @@ class TrainConfig:
     # stage 1: steering optimisation
     forget_scale: float = 3.0  # c
     alpha: float = 1.0  # retain weight
-    steer_lr: float = 1e-3  # paper: 1e-4. On the default weights (layer 2, c = 3) stage 1 is only weakly
+    steer_lr: float = 1e-3  # paper: 1e-4. On the stage-6 default weights (layer 2, c = 3) stage 1 is weakly
     # selective: 6e-4 refuses 41 % of forget and 18 % of retain questions, 1e-3 81 % and 47 %; GRPO separates them
     steer_batch_size: int = 2
     steer_epochs: int = 3
