@@ -108,6 +108,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     ckpt_every: int = 1  # GRPO steps between checkpoints
 
+    def __post_init__(self):
+        if self.boundary_select not in ("near", "random"):
+            raise ValueError(f"boundary_select must be 'near' or 'random', got {self.boundary_select!r}")
+
     def grpo(self) -> GRPOConfig:
         return GRPOConfig(group_size=self.group_size, temperature=self.temperature, top_p=self.top_p,
                           max_new_tokens=self.max_new_tokens, prompts_per_step=self.prompts_per_step,
@@ -279,7 +283,7 @@ def stage1(run: Run, model, processor, splits: dict) -> None:
 
 def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
     """LoRA + GRPO on the boundary set, checkpointed every cfg.ckpt_every steps; returns the GRPO log."""
-    from .lora import apply_lora, load_lora, save_lora
+    from .lora import apply_lora, load_lora, lora_enabled, save_lora
 
     cfg, gcfg = run.cfg, run.cfg.grpo()
     log_path = run.path("grpo_log.jsonl")
@@ -305,12 +309,12 @@ def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
     write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
 
     kinds = tuple(cfg.boundary_kinds.split(","))
-    if cfg.boundary_select not in ("near", "random"):
-        raise ValueError(f"boundary_select must be 'near' or 'random', got {cfg.boundary_select!r}")
     near = None
     if cfg.boundary_select == "near":
         def near(qas: list, forget: bool) -> list[bool]:
-            answers = answer(model, processor, qas, batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens)
+            with lora_enabled(model, False):  # judged by the stage-1 model, also when resuming with trained adapters
+                answers = answer(model, processor, qas, batch_size=cfg.eval_batch_size,
+                                 max_new_tokens=cfg.max_new_tokens)
             flags = [wrong_side(a, qa.ground_truth, forget) for a, qa in zip(answers, qas)]
             run.log(f"stage2: {sum(flags)}/{len(qas)} {'forget' if forget else 'retain'} candidates on the wrong "
                     f"side of the boundary")

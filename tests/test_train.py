@@ -146,6 +146,28 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(full_run, tiny_ckpt, 
         run(tiny_config(tiny_ckpt, out, kl_coef=0.5))
 
 
+def test_near_boundary_selection_resumes_to_the_same_run(tiny_ckpt, tmp_path):
+    """--boundary-select near judges candidates with the stage-1 model (adapters off), so a run resumed after a
+    GRPO step (adapters already trained) draws the same boundary set and ends with the same adapter."""
+    whole = str(tmp_path / "whole")
+    run(tiny_config(tiny_ckpt, whole, boundary_select="near"))
+    out = str(tmp_path / "resumed")
+    cfg = tiny_config(tiny_ckpt, out, boundary_select="near")
+
+    def hook(event):
+        if event == "grpo_step_0":
+            raise Interrupt(event)
+
+    with pytest.raises(Interrupt):
+        run(cfg, hook=hook)
+    run(cfg)
+    a = load_file(os.path.join(out, "lora/adapter_model.safetensors"))
+    b = load_file(os.path.join(whole, "lora/adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="boundary_select"):
+        run(tiny_config(tiny_ckpt, str(tmp_path / "bad"), boundary_select="closest"))
+
+
 def test_a_run_from_other_weights_is_refused_not_resumed(tiny_ckpt, tmp_path):
     """Same flags, retrained weights: the saved stages belong to the old weights, so the run stops with a clear
     error instead of loading them; --restart starts over."""
