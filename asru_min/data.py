@@ -377,11 +377,16 @@ def fact_qa(person: Person, attr_index: int, kind: str, form: str, template: int
     return QA(question=f"{question}\n{listed}\n{MC_SUFFIX}", answer=letter, options=options, **common)
 
 
+def _listed(options: list[str]) -> str:
+    """The option block of a multiple-choice question: "A. x\nB. y\nC. z\nD. w"."""
+    return "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
+
+
 def _options(value: str, pool: list[str], rng: random.Random) -> tuple[list[str], str, str]:
     """`value` and three other values of `pool` in random order -> (options, correct letter, "A. ...\nB. ...")."""
     options = [value] + rng.sample([v for v in pool if v != value], 3)
     rng.shuffle(options)
-    return options, "ABCD"[options.index(value)], "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
+    return options, "ABCD"[options.index(value)], _listed(options)
 
 
 def reorder_options(qa: QA, rng: random.Random) -> QA:
@@ -392,9 +397,8 @@ def reorder_options(qa: QA, rng: random.Random) -> QA:
     stem = qa.question[:qa.question.index("\nA. ")]
     options = list(qa.options)
     rng.shuffle(options)
-    listed = "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
-    return replace(qa, question=f"{stem}\n{listed}\n{MC_SUFFIX}", answer="ABCD"[options.index(qa.ground_truth)],
-                   options=options)
+    return replace(qa, question=f"{stem}\n{_listed(options)}\n{MC_SUFFIX}",
+                   answer="ABCD"[options.index(qa.ground_truth)], options=options)
 
 
 UTILITY = ["hair", "background", "shirt", "glasses", "hat", "pattern"]
@@ -702,8 +706,8 @@ def _records_to_qas(records: list[dict]) -> list[QA]:
                         opts = _as_dict(q["Options"])
                         options = [str(opts[l]) for l in "ABCD"]
                         letter = str(q["Correct_Answer"]).strip()[:1].upper()
-                        listed = "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
-                        out.append(QA(question=f"{q['Question']}\n{listed}\n{MC_SUFFIX}", answer=letter, image=img,
+                        out.append(QA(question=f"{q['Question']}\n{_listed(options)}\n{MC_SUFFIX}", answer=letter,
+                                      image=img,
                                       kind="mc", person=pid, ground_truth=options["ABCD".index(letter)],
                                       form=form, options=options))
                     else:
