@@ -227,8 +227,9 @@ def wrong_side(response: str, truth: str, forget: bool) -> bool:
 
 
 def build_boundary_set(forget_qas: list, retain_qas: list, size: int, kinds=("gen",), seed: int = 0,
-                       near=None) -> list:
-    """The stage-2 training set: `size` samples, half forget QA and half retain QA, each a (qa, forget) pair.
+                       near=None, forget_share: float = 0.5) -> list:
+    """The stage-2 training set: `size` samples, a `forget_share` of them forget QA (release: one half) and the
+    rest retain QA, each a (qa, forget) pair.
 
     Only free-form kinds are used by default: the reward compares the response with the ground truth text,
     which a multiple-choice letter never contains. The release draws 200 random samples of each side.
@@ -242,7 +243,9 @@ def build_boundary_set(forget_qas: list, retain_qas: list, size: int, kinds=("ge
     retain = [qa for qa in retain_qas if qa.kind in kinds]
     if not forget or not retain:
         raise ValueError(f"boundary set needs forget and retain QA of kinds {kinds}: got {len(forget)}, {len(retain)}")
-    n_forget = min(size // 2, len(forget))
+    if not 0.0 < forget_share < 1.0:
+        raise ValueError(f"forget_share must be in (0, 1), got {forget_share}")
+    n_forget = min(round(size * forget_share), len(forget))
     n_retain = min(size - n_forget, len(retain))
 
     def pick(qas: list, n: int, is_forget: bool) -> list:
@@ -436,9 +439,9 @@ def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, param
         losses.append(loss.item())
     model.train(was_training)
 
-    def mean_std(values):
+    def mean_std(values):  # None when a step drew no prompt of that side (JSON has no NaN)
         t = torch.tensor(values, dtype=torch.float32)
-        return (t.mean().item(), t.std(unbiased=False).item()) if len(values) else (float("nan"), float("nan"))
+        return (t.mean().item(), t.std(unbiased=False).item()) if len(values) else (None, None)
 
     forget_r = [r for r, f in zip(ro["rewards"].tolist(), ro["forget"]) if f]
     retain_r = [r for r, f in zip(ro["rewards"].tolist(), ro["forget"]) if not f]
@@ -486,10 +489,11 @@ def train_grpo(model, processor, samples: list, cfg: GRPOConfig, optimizer=None,
         if log_path:
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+        r = {k: "-" if v is None else f"{v:.2f}" for k, v in record.items() if k.startswith(("reward_", "refusal_"))}
         progress(
-            f"grpo step {step + 1}/{len(schedule)}  reward forget {record['reward_forget_mean']:.2f} "
-            f"retain {record['reward_retain_mean']:.2f}  kl {record['kl']:.4f}  clip {record['clip_frac']:.2f}  "
-            f"refusal f/r {record['refusal_rate_forget']:.2f}/{record['refusal_rate_retain']:.2f}  "
+            f"grpo step {step + 1}/{len(schedule)}  reward forget {r['reward_forget_mean']} "
+            f"retain {r['reward_retain_mean']}  kl {record['kl']:.4f}  clip {record['clip_frac']:.2f}  "
+            f"refusal f/r {r['refusal_rate_forget']}/{r['refusal_rate_retain']}  "
             f"len {record['response_len']:.1f}  {record['seconds']:.1f}s"
         )
         if on_step:

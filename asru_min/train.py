@@ -82,6 +82,7 @@ class TrainConfig:
     # stage 2: data and LoRA
     boundary_size: int = 256  # forget + retain QA, half each (paper: 200 + 200); with 64, most retain people had
     # no GRPO prompt and kept the retain refusals stage 1 causes (35 % after stage 2 on a stage-5 checkpoint)
+    boundary_forget_share: float = 0.5  # forget share of the boundary set (paper: 200 + 200 = 0.5)
     boundary_kinds: str = "gen,cloze"
     boundary_select: str = "random"  # the release's random draw; "near": forget QA the stage-1 model still
     # answers and retain QA it gets wrong first (greedy answers of a random pool 4x the size). "near" repaired
@@ -320,7 +321,7 @@ def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
                     f"side of the boundary")
             return flags
     samples = build_boundary_set(splits["forget"], splits["retain"], cfg.boundary_size, kinds, seed=cfg.seed,
-                                 near=near)
+                                 near=near, forget_share=cfg.boundary_forget_share)
     steps_total = len(range(0, len(samples), cfg.prompts_per_step)) * cfg.grpo_epochs
     run.log(f"stage2: LoRA r={cfg.lora_r} on {cfg.lora_targets}; GRPO over {len(samples)} boundary QA, "
             f"G={cfg.group_size}, {steps_total} steps")

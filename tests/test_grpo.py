@@ -1,5 +1,7 @@
+import contextlib
 import copy
 import math
+import json
 import warnings
 
 import pytest
@@ -506,3 +508,33 @@ def test_boundary_set_halves_kinds_and_near_first():
         assert {id(qa) for qa in chosen_side} == {id(qa) for qa in expected}
     with pytest.raises(ValueError, match="flags"):
         build_boundary_set(forget, retain, 20, kinds=("gen",), near=lambda qas, f: [True])
+
+
+def test_boundary_set_forget_share():
+    from asru_min.grpo import build_boundary_set
+    forget = [_qa("gen", f"f{i}", f"p{i % 5}") for i in range(40)]
+    retain = [_qa("gen", f"r{i}", f"p{5 + i % 20}") for i in range(200)]
+    quarter = build_boundary_set(forget, retain, 40, seed=1, forget_share=0.25)
+    assert sum(f for _, f in quarter) == 10 and len(quarter) == 40
+    few = build_boundary_set(forget[:3], retain, 40, seed=1, forget_share=0.5)   # capped by what exists
+    assert sum(f for _, f in few) == 3 and len(few) == 40                         # retain fills the rest
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="forget_share"):
+            build_boundary_set(forget, retain, 40, forget_share=bad)
+
+
+def test_step_without_forget_prompts_logs_strict_json(tmp_path):
+    from asru_min.grpo import GRPOConfig, train_grpo
+
+    def strict(token):
+        raise ValueError(f"non-JSON constant {token} in the log")
+
+    lines, log = [], tmp_path / "grpo.jsonl"
+    cfg = GRPOConfig(group_size=4, max_new_tokens=3, prompts_per_step=1, epochs=1, seed=0)
+    train_grpo(ToyGenLM(), ToyProcessor(), [(ToyQA("ggh", "y"), False)], cfg, log_path=str(log),
+               reward_fn=lambda response, truth, forget: float(len(response) % 2), progress=lines.append,
+               reference=contextlib.nullcontext)
+    record = json.loads(log.read_text(), parse_constant=strict)    # NaN / Infinity would raise here
+    assert record["reward_forget_mean"] is None and record["refusal_rate_forget"] is None
+    assert record["reward_retain_mean"] is not None
+    assert "reward forget - " in lines[0] and "refusal f/r -/" in lines[0]
