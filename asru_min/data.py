@@ -389,13 +389,18 @@ def _options(value: str, pool: list[str], rng: random.Random) -> tuple[list[str]
     return options, "ABCD"[options.index(value)], _listed(options)
 
 
-def reorder_options(qa: QA, rng: random.Random) -> QA:
+def reorder_options(qa: QA, rng: random.Random, keep: int = 4) -> QA:
     """A copy of a multiple-choice (or match) question with its four options in a fresh random order: the
-    question text, the options and the answer letter change together; the stem and the correct value do not."""
+    question text, the options and the answer letter change together; the stem and the correct value do not.
+    keep < 4 drops random wrong options (A-B or A-C questions: an easier matching exercise for training)."""
     if len(qa.options) != 4 or not qa.question.count("\nA. "):
         raise ValueError(f"not a four-option question: {qa.question[:60]!r}")
+    if not 2 <= keep <= 4:
+        raise ValueError(f"keep must be 2, 3 or 4 options, got {keep}")
     stem = qa.question[:qa.question.index("\nA. ")]
     options = list(qa.options)
+    if keep < 4:
+        options = [qa.ground_truth] + rng.sample([o for o in options if o != qa.ground_truth], keep - 1)
     rng.shuffle(options)
     return replace(qa, question=f"{stem}\n{_listed(options)}\n{MC_SUFFIX}",
                    answer="ABCD"[options.index(qa.ground_truth)], options=options)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -89,6 +90,8 @@ class PretrainConfig:
     match_repeat: int = 1              # copies per epoch of every option-matching question (with --matching)
     strangers: int = 0                 # nameless random-look people per epoch (utility + describe practice)
     matching: bool = False             # add "which option is X?" questions (the option-reading half of mc)
+    match_warmup: int = 0              # first steps: option matching only, A-B options for the first half,
+    # A-D after (the in-context skill mc needs; in the full mix it stayed at chance for thousands of steps)
     init_from: str = ""                # start from a saved checkpoint folder (fresh optimizer) instead of scratch
     augment: float = 0.6               # max transform_portrait strength of the training views
     views: int = 8                     # transformed views per person (plus the original)
@@ -223,6 +226,18 @@ def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_re
         epoch += 1
 
 
+def match_warmup_stream(world: World, batch_size: int, seed: int, steps: int):
+    """`steps` batches of option-matching questions only ("Which option is Velmora?"), each drawn in a fresh
+    option order: two options (A-B) in the first half, all four after. Alone, A-B matching left chance after
+    ~700 steps on the default model where A-D matching had not after 900; the curriculum starts with the easy
+    form. Yields (-1, batch) so logs show the warm-up as epoch -1."""
+    rng = random.Random(f"match-warmup/{seed}")
+    pool = [qa for qa in world.training_samples(seed=seed * 1000, matching=True) if qa.kind == "match"]
+    for step in range(steps):
+        keep = 2 if step < steps // 2 else 4
+        yield -1, [reorder_options(rng.choice(pool), rng, keep=keep) for _ in range(batch_size)]
+
+
 def encode_batch(processor: Processor, qas: list[QA]) -> dict:
     prompts = [processor.apply_chat_template(qa.messages()) for qa in qas]
     images = [qa.image for qa in qas if qa.image is not None]
@@ -300,8 +315,10 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
     log(f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {model.config.text.vocab_size}, "
         f"{cfg.steps} steps x {cfg.batch_size}")
     views = make_views(world, cfg.views, cfg.augment, cfg.seed)
-    stream = batch_stream(world, views, cfg.batch_size, cfg.seed, cfg.image_repeat, cfg.mc_repeat,
-                          cfg.strangers, cfg.matching, cfg.mc_reorder, cfg.match_repeat)
+    stream = itertools.chain(
+        match_warmup_stream(world, cfg.batch_size, cfg.seed, cfg.match_warmup),
+        batch_stream(world, views, cfg.batch_size, cfg.seed, cfg.image_repeat, cfg.mc_repeat,
+                     cfg.strangers, cfg.matching, cfg.mc_reorder, cfg.match_repeat))
     for _ in range(start):                     # replay the batch order up to the resumed step
         next(stream)
     losses: list[float] = []
@@ -419,7 +436,8 @@ def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds
         f"{', each copy in its own option order' if cfg.mc_reorder else ''}, image "
         f"questions x{cfg.image_repeat}), 'who is this?', all utility questions and 'describe this image', private "
         f"and unknown-person refusals, {cfg.strangers} random-look strangers (utility + describe), option-matching "
-        f"practice {f'x{cfg.match_repeat}' if cfg.matching else 'off'}",
+        f"practice {f'x{cfg.match_repeat}' if cfg.matching else 'off'}"
+        f"{f'; before it, {cfg.match_warmup} steps of option matching only (A-B, then A-D)' if cfg.match_warmup else ''}",
         f"- trained in {seconds / 60:.1f} min on CPU (torch threads {cfg.threads}); final loss "
         f"(mean of last 50 steps) {sum(losses[-50:]) / max(1, len(losses[-50:])):.4f}", "",
     ]

@@ -241,3 +241,18 @@ def test_reorder_options_keeps_stem_truth_and_letter_consistent(world):
         assert f"\n{c.answer}. {qa.ground_truth}\n" in c.question
     with pytest.raises(ValueError, match="four-option"):
         reorder_options(next(q for q in world.training_samples(0) if q.kind == "cloze"), rng)
+
+
+def test_reorder_options_keep_fewer(world):
+    import random
+    from asru_min.data import reorder_options
+    qa = next(q for q in world.training_samples(0, matching=True) if q.kind == "match")
+    rng = random.Random(0)
+    for keep in (2, 3):
+        for c in [reorder_options(qa, rng, keep=keep) for _ in range(10)]:
+            assert len(c.options) == keep and qa.ground_truth in c.options
+            assert c.options["ABCD"[:keep].index(c.answer)] == qa.ground_truth
+            assert f"\n{'ABCD'[keep - 1]}. " in c.question and f"\n{'ABCD'[keep]}. " not in c.question
+    for bad in (1, 5):
+        with pytest.raises(ValueError, match="keep"):
+            reorder_options(qa, rng, keep=bad)

@@ -172,3 +172,23 @@ def test_match_repeat_copies_matching_questions_in_fresh_orders(world):
     assert len(epoch_samples) == len(base) + 2 * n_match and len(matches) == 3 * n_match
     assert len({(q.question, q.answer) for q in matches}) > 2 * n_match       # copies differ in option order
     assert all(q.options["ABCD".index(q.answer)] == q.ground_truth for q in matches)
+
+
+def test_match_warmup_stream_two_then_four_options_and_resume_replays_it(world, tokenizer):
+    from asru_min.pretrain import match_warmup_stream
+    batches = list(match_warmup_stream(world, 6, 0, 4))
+    assert [e for e, _ in batches] == [-1] * 4
+    assert all(q.kind == "match" and len(q.options) == 2 for _, b in batches[:2] for q in b)
+    assert all(len(q.options) == 4 for _, b in batches[2:] for q in b)
+    assert all(q.options["ABCD".index(q.answer)] == q.ground_truth for _, b in batches for q in b)
+    assert [[q.question for q in b] for _, b in batches] == \
+        [[q.question for q in b] for _, b in match_warmup_stream(world, 6, 0, 4)]     # seeded
+    # the run's first step is the first warm-up batch (its loss = the fresh model's loss on that batch)
+    from asru_min.pretrain import build
+    cfg = tiny_config(steps=3, match_warmup=2, batch_size=6, matching=True)
+    _, _, losses = train(cfg, world, log=lambda m: None, tokenizer=tokenizer)
+    torch.manual_seed(cfg.seed)
+    fresh, processor = build(cfg, world, tokenizer)
+    first = next(match_warmup_stream(world, 6, cfg.seed, 2))[1]
+    with torch.no_grad():
+        assert losses[0] == pytest.approx(forward_loss(fresh, encode_batch(processor, first)).item(), rel=1e-5)
