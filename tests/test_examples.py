@@ -1,0 +1,48 @@
+"""examples/summarize_runs.py on a hand-made run folder."""
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+
+import pytest
+
+from asru_min.train import TrainConfig
+
+
+def _module():
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "summarize_runs.py")
+    spec = importlib.util.spec_from_file_location("summarize_runs_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _metrics(refusal, leak, retain_rouge, retain_refusal, util):
+    side = {"refusal_rate": refusal, "leak_rate": leak, "quality": 0.5}
+    return {"forget": {"all": side, "image": dict(side, leak_rate=0.0), "text": dict(side, leak_rate=2 * leak)},
+            "test": {"all": {"leak_rate": 0.1}},
+            "retain": {"all": {"mc_acc": 0.9, "cloze_acc": 1.0, "rougeL": retain_rouge, "refusal_rate": retain_refusal}},
+            "utility": {"all": {"acc": util}}}
+
+
+def test_summarize_runs_by_hand(tmp_path, capsys):
+    s = _module()
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = dataclasses.asdict(TrainConfig(out=str(run), grpo_epochs=4, threads=2))
+    (run / "config.json").write_text(json.dumps(cfg))
+    for stage, m in (("vanilla", _metrics(0.0, 1.0, 1.0, 0.0, 1.0)), ("stage1", _metrics(0.8, 0.2, 0.5, 0.5, 1.0)),
+                     ("asru", _metrics(0.9, 0.05, 0.8, 0.2, 0.9))):
+        (run / f"metrics_{stage}.json").write_text(json.dumps(m))
+    [row] = s.main([str(run), "--json", str(tmp_path / "rows.json")])
+    assert row["changed"] == {"grpo_epochs": 4}                     # out and threads are not method settings
+    assert row["forget_leak_text"] == 0.1 and row["forget_refusal_stage1"] == 0.8
+    # U = mean(retain mc, cloze, ROUGE-L, utility): asru (0.9 + 1 + 0.8 + 0.9) / 4 vs vanilla (0.9 + 1 + 1 + 1) / 4
+    assert math.isclose(row["u_of_vanilla"], 3.6 / 3.9) and math.isclose(row["retain_rougeL_of_vanilla"], 0.8)
+    assert json.loads((tmp_path / "rows.json").read_text()) == [row]
+    assert "--grpo-epochs 4" in capsys.readouterr().out
+    (run / "metrics_asru.json").unlink()
+    with pytest.raises(FileNotFoundError, match="finished train.py run"):
+        s.main([str(run)])
