@@ -147,6 +147,20 @@ def headlines(summary: dict, baselines: tuple) -> dict:
     return out
 
 
+def tradeoff(summary: dict, keep: float = 0.95) -> dict:
+    """Per forget level, the issue's trade-off test: among the methods whose U stays >= `keep` x U(vanilla),
+    the one with the lowest forget leak; and the method with the highest GQ (vanilla excluded from both)."""
+    out = {}
+    for f, rows in summary.items():
+        u0 = rows.get("vanilla", {}).get("U")
+        kept = [(r["forget_leak"], m) for m, r in rows.items() if m != "vanilla" and u0 and r["U"] is not None
+                and r["forget_leak"] is not None and r["U"] >= keep * u0]
+        gq = [(r["gq"], m) for m, r in rows.items() if m != "vanilla" and r["gq"] is not None]
+        out[f] = {"lowest_leak_kept": min(kept)[1] if kept else None, "highest_gq": max(gq)[1] if gq else None,
+                  "kept": sorted((m for _, m in kept), key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The chart (pillow only)
 
@@ -289,6 +303,7 @@ def main(argv=None) -> dict:
         return ok
     from asru_min.train import load_world
 
+    run_seconds = []  # each run's own time, also for runs reused from an earlier invocation
     for f in levels:
         results[f] = {}
         tcfg = train_config(args, f, os.path.join(runs_dir, f"asru_f{f}"))
@@ -311,6 +326,7 @@ def main(argv=None) -> dict:
                     json.dump(record, fh, indent=1)
             for k in ("vanilla", "stage1", "asru"):
                 results[f][k] = record[k]
+            run_seconds.append(record.get("seconds", 0.0))
             done += 1
             progress(f"forget {f}%: ASRU done ({done}/{total} runs)")
         for method in methods:
@@ -328,24 +344,29 @@ def main(argv=None) -> dict:
                 record.update(config=bconfig, model_sha256=model_sha)
                 with open(path, "w") as fh:
                     json.dump(record, fh, indent=1)
-            results[f][method] = json.load(open(path))["metrics"]
+            saved = json.load(open(path))
+            results[f][method] = saved["metrics"]
+            run_seconds.append(saved.get("seconds", 0.0))
             done += 1
             elapsed = time.time() - t_start
             progress(f"forget {f}%: {NAMES[method]} done ({done}/{total} runs, ~{elapsed / done * (total - done):.0f}s left)")
 
-    return write_report(results, out, methods, args, time.time() - t_start)
+    return write_report(results, out, methods, args, time.time() - t_start, sum(run_seconds))
 
 
 def saved_run_matches(path: str, config: dict, model_sha: str) -> bool:
-    """A saved run's JSON counts only if it came from the same weights and the same configuration."""
+    """A saved run's JSON counts only if it came from the same weights and the same configuration; where its
+    folder was (`out`) does not matter, so a results folder can be moved and still be reused."""
     if not os.path.exists(path):
         return False
     with open(path) as fh:
         record = json.load(fh)
-    return record.get("model_sha256") == model_sha and record.get("config") == config
+    where = lambda c: {k: v for k, v in c.items() if k != "out"} if isinstance(c, dict) else c  # noqa: E731
+    return record.get("model_sha256") == model_sha and where(record.get("config")) == where(config)
 
 
-def write_report(results: dict, out: str, methods: tuple, args, seconds: float) -> dict:
+def write_report(results: dict, out: str, methods: tuple, args, seconds: float,
+                 run_seconds: float | None = None) -> dict:
     summary = {}
     for f, by_method in results.items():
         vanilla = by_method.get("vanilla")
@@ -357,8 +378,10 @@ def write_report(results: dict, out: str, methods: tuple, args, seconds: float) 
              f"Model `{args.model}`, evaluation limit {args.eval_limit} questions per split / kind / form, greedy, "
              f"<= 50 new tokens; seed {args.seed}; baseline lr = paper lr x {args.lr_scale:g}; "
              f"{'quick run' if args.quick else 'full run'}; "
-             f"total {seconds / 60:.1f} min. All numbers in %. Produced by `python examples/compare.py"
-             f"{' --quick' if args.quick else ''}`.", "",
+             f"runs {(seconds if run_seconds is None else run_seconds) / 60:.1f} min in all (this invocation "
+             f"{seconds / 60:.1f} min; runs saved by an earlier one are reused). All numbers in %. Produced by `python examples/compare.py"
+             f"{' --quick' if args.quick else ''}{''.join(f' --train-set {t}' for t in args.train_set)}"
+             f"{'' if args.out is None else f' --out {args.out}'}`.", "",
              "## Headline ratios", ""]
     if heads["UE_gain_relative"] is not None:
         lines.append(f"- **Unlearning-effectiveness gain of ASRU over the average baseline: "
@@ -383,6 +406,17 @@ def write_report(results: dict, out: str, methods: tuple, args, seconds: float) 
               f"baselines ({', '.join(NAMES[m] for m in methods)}); each averaged over the forget levels run.",
               "", "Caveat: a method that breaks the model (gibberish answers) scores a high UE; read UE together "
               "with U and GQ.", "", "![chart](chart.png)", ""]
+    trade = tradeoff(summary)
+    lines += ["## Trade-off per forget level", "",
+              "Lowest forget leak among the methods whose U stays >= 95 % of vanilla's, and the highest GQ:", "",
+              "| forget | methods keeping U >= 95 % | lowest leak among them | highest GQ |", "|---|---|---|---|"]
+    for f in sorted(trade):
+        t, rows = trade[f], summary[f]
+        low, top = t["lowest_leak_kept"], t["highest_gq"]
+        low_s = f"{NAMES[low]} ({_fmt(rows[low]['forget_leak'])})" if low else "-"
+        top_s = f"{NAMES[top]} ({_fmt(rows[top]['gq'])})" if top else "-"
+        lines.append(f"| {f} % | {', '.join(NAMES[m] for m in t['kept']) or 'none'} | {low_s} | {top_s} |")
+    lines.append("")
     for f in sorted(summary):
         lines += [f"## Forget {f} %", "", markdown_table(summary[f]), ""]
     lines += ["## Example answers to the same forget questions", ""]
@@ -403,7 +437,8 @@ def write_report(results: dict, out: str, methods: tuple, args, seconds: float) 
         fh.write("\n".join(lines) + "\n")
     with open(os.path.join(out, "summary.json"), "w") as fh:
         json.dump({"levels": {str(f): s for f, s in summary.items()}, "headlines": heads,
-                   "seconds": round(seconds, 1)}, fh, indent=1)
+                   "tradeoff": {str(f): t for f, t in trade.items()}, "train_set": args.train_set,
+                   "seconds": round(seconds, 1), "run_seconds": round(run_seconds or 0.0, 1)}, fh, indent=1)
     draw_chart(summary, os.path.join(out, "chart.png"))
     print("\n".join(lines[:12]), flush=True)
     return {"summary": summary, "headlines": heads}

@@ -213,7 +213,21 @@ def test_compare_reuses_a_saved_run_only_for_the_same_weights_and_settings(tmp_p
     path.write_text(json.dumps({"metrics": {}, "config": config, "model_sha256": sha}))
     assert compare.saved_run_matches(str(path), config, sha)
     assert not compare.saved_run_matches(str(path), {**config, "lr": 1e-3}, sha)   # other settings
+    assert compare.saved_run_matches(str(path), {**config, "out": "moved/ga_f5"}, sha)  # folder moved: reused
     weights.write_bytes(b"weights two")                                        # retrained weights
     assert not compare.saved_run_matches(str(path), config, compare.weights_sha256(str(tmp_path)))
     path.write_text(json.dumps({"metrics": {}}))                               # a record from before hashing
     assert not compare.saved_run_matches(str(path), config, sha)
+
+
+def test_compare_tradeoff_by_hand():
+    c = _compare_module()
+    rows = {"vanilla": {"U": 1.0, "forget_leak": 1.0, "gq": 0.2},
+            "ga": {"U": 0.5, "forget_leak": 0.0, "gq": 0.6},        # lowest leak, but U broken: not kept
+            "idk": {"U": 0.96, "forget_leak": 0.7, "gq": 0.3},
+            "asru": {"U": 0.95, "forget_leak": 0.1, "gq": 0.5},     # exactly 95 % of vanilla: kept
+            "npo": {"U": 0.99, "forget_leak": None, "gq": None}}    # missing figures are skipped
+    t = c.tradeoff({10: rows})[10]
+    assert t == {"lowest_leak_kept": "asru", "highest_gq": "ga", "kept": ["idk", "asru"]}     # table order
+    assert c.tradeoff({5: dict(rows, asru=dict(rows["asru"], U=0.94))})[5]["lowest_leak_kept"] == "idk"
+    assert c.tradeoff({5: {"ga": rows["ga"]}})[5]["lowest_leak_kept"] is None    # no vanilla row: nothing kept
