@@ -80,10 +80,13 @@ class TrainConfig:
     steer_epochs: int = 3
     steer_retain_size: int = 720  # retain QA used for steering (0 = all 3240)
     # stage 2: data and LoRA
-    boundary_size: int = 256  # forget + retain QA, half each (paper: 200 + 200); with 64, most retain people had
-    # no GRPO prompt and kept the retain refusals stage 1 causes (35 % after stage 2 on a stage-5 checkpoint)
-    boundary_forget_share: float = 0.5  # forget share of the boundary set (paper: 200 + 200 = 0.5)
-    boundary_kinds: str = "gen,cloze"
+    boundary_size: int = 384  # forget + retain QA (paper: 200 + 200); with 64, most retain people had no GRPO
+    # prompt and kept the retain refusals stage 1 causes (35 % after stage 2 on a stage-5 checkpoint)
+    boundary_forget_share: float = 1 / 3  # paper: one half. The ten forget people are covered many times over,
+    # the ninety retain people once or twice, and repairing retain answers must generalise from few prompts: with
+    # 128 forget + 256 retain generation QA, retain ROUGE-L 95.9 (half and half: 91.8); README, stage-2 frontier
+    boundary_kinds: str = "gen"  # gen only: the kind the leak and ROUGE-L targets read (the previous default,
+    # gen + cloze in 256 QA half and half: forget leak 5 %, retain ROUGE-L 77.8)
     boundary_select: str = "random"  # the release's random draw; "near": forget QA the stage-1 model still
     # answers and retain QA it gets wrong first (greedy answers of a random pool 4x the size). "near" repaired
     # more retain answers but left more forget leaks (15-17 % vs 3 %, README), so it is not the default
@@ -99,7 +102,7 @@ class TrainConfig:
     prompts_per_step: int = 8  # paper: 64
     mini_batch_size: int = 0  # responses per optimiser step (0 = all of a rollout batch)
     ppo_epochs: int = 1
-    grpo_epochs: int = 3  # paper: 6 (over 400 samples); 3 x 256 / 8 = 96 steps keeps the default run ~5 min
+    grpo_epochs: int = 3  # paper: 6 (over 400 samples); 3 x 384 / 8 = 144 steps keeps the default run ~6 min
     clip_low: float = 0.2
     clip_high: float = 0.3
     kl_coef: float = 0.1
