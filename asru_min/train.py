@@ -20,13 +20,9 @@ the old or the new state, never a half-written one. --restart discards a previou
 
 Defaults are sized for the tiny default model on 2 CPU cores (one torch thread; whole run <= 10 minutes):
 evaluation of 60 questions per split / kind / form (all of forget and test), steering for 3 epochs over 720
-retain QA, boundary set 64 QA (32 forget + 32 retain, gen + cloze), G = 8, 32 new tokens, 8 prompts per step,
-6 epochs (48 GRPO steps). The paper's values are given next to each field of TrainConfig.
-Measured: the default run takes 2 min 52 s (159 s CPU) on the shared 2-core development machine. On the
-default weights (forget 10 %) it moves forget generation answers from 0 % to 87 % (stage 1) and 91 % (ASRU)
-refusals, the leak rate from 99 % to 14 % and 9 %, and generation quality from 0.25 to 0.83 and 0.85; but it
-refuses retain questions too (73 % after stage 1, 79 % after ASRU; retain ROUGE-L 99 -> 26), while utility
-stays (85 -> 87 %). README.md, "Results", has the table.
+retain QA, a boundary set of 384 generation QA (128 forget + 256 retain), G = 8, 32 new tokens, 8 prompts per
+step, 3 epochs (144 GRPO steps). The paper's values are given next to each field of TrainConfig; README.md,
+"Results", has the measured run and the stage-2 settings we compared.
 """
 
 from __future__ import annotations
