@@ -85,7 +85,7 @@ class TrainConfig:
     # gen + cloze in 256 QA half and half: forget leak 5 %, retain ROUGE-L 77.8)
     boundary_select: str = "random"  # the release's random draw; "near": forget QA the stage-1 model still
     # answers and retain QA it gets wrong first (greedy answers of a random pool 4x the size). "near" repaired
-    # more retain answers but left more forget leaks (15-17 % vs 3 %, README), so it is not the default
+    # more retain answers but left more forget leaks (15-17 % on earlier checkpoints, README), so it is not the default
     lora_r: int = 16
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0  # 0: the first inner step is exactly on-policy (ratio 1), dropout adds noise to it
