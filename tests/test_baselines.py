@@ -169,14 +169,8 @@ def test_two_steps_move_forget_likelihood(method, one_thread):
 
 
 def _compare_module():
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(__file__), "..", "examples", "compare.py")
-    spec = importlib.util.spec_from_file_location("compare_example", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from conftest import load_example
+    return load_example("compare")
 
 
 def _metrics(forget_value, gq, retain_value=0.8, util=0.9):

@@ -1,10 +1,8 @@
 """examples/summarize_runs.py on a hand-made run folder."""
 
 import dataclasses
-import importlib.util
 import json
 import math
-import os
 
 import pytest
 
@@ -12,11 +10,8 @@ from asru_min.train import TrainConfig
 
 
 def _module():
-    path = os.path.join(os.path.dirname(__file__), "..", "examples", "summarize_runs.py")
-    spec = importlib.util.spec_from_file_location("summarize_runs_example", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from conftest import load_example
+    return load_example("summarize_runs")
 
 
 def _metrics(refusal, leak, retain_rouge, retain_refusal, util):
