@@ -437,7 +437,8 @@ def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds
         f"questions x{cfg.image_repeat}), 'who is this?', all utility questions and 'describe this image', private "
         f"and unknown-person refusals, {cfg.strangers} random-look strangers (utility + describe), option-matching "
         f"practice {f'x{cfg.match_repeat}' if cfg.matching else 'off'}"
-        f"{f'; before it, {cfg.match_warmup} steps of option matching only (A-B, then A-D)' if cfg.match_warmup else ''}",
+        + (f"; before it, {cfg.match_warmup} steps of option matching only (A-B, then A-D)"
+           if cfg.match_warmup else ""),
         f"- trained in {seconds / 60:.1f} min on CPU (torch threads {cfg.threads}); final loss "
         f"(mean of last 50 steps) {sum(losses[-50:]) / max(1, len(losses[-50:])):.4f}", "",
     ]

@@ -365,8 +365,7 @@ def saved_run_matches(path: str, config: dict, model_sha: str) -> bool:
     return record.get("model_sha256") == model_sha and where(record.get("config")) == where(config)
 
 
-def write_report(results: dict, out: str, methods: tuple, args, seconds: float,
-                 run_seconds: float | None = None) -> dict:
+def write_report(results: dict, out: str, methods: tuple, args, seconds: float, run_seconds: float) -> dict:
     summary = {}
     for f, by_method in results.items():
         vanilla = by_method.get("vanilla")
@@ -378,8 +377,8 @@ def write_report(results: dict, out: str, methods: tuple, args, seconds: float,
              f"Model `{args.model}`, evaluation limit {args.eval_limit} questions per split / kind / form, greedy, "
              f"<= 50 new tokens; seed {args.seed}; baseline lr = paper lr x {args.lr_scale:g}; "
              f"{'quick run' if args.quick else 'full run'}; "
-             f"runs {(seconds if run_seconds is None else run_seconds) / 60:.1f} min in all (this invocation "
-             f"{seconds / 60:.1f} min; runs saved by an earlier one are reused). All numbers in %. Produced by `python examples/compare.py"
+             f"runs {run_seconds / 60:.1f} min in all (this invocation {seconds / 60:.1f} min; runs saved by an "
+             f"earlier one are reused). All numbers in %. Produced by `python examples/compare.py"
              f"{' --quick' if args.quick else ''}{''.join(f' --train-set {t}' for t in args.train_set)}"
              f"{'' if args.out is None else f' --out {args.out}'}`.", "",
              "## Headline ratios", ""]
@@ -438,7 +437,7 @@ def write_report(results: dict, out: str, methods: tuple, args, seconds: float,
     with open(os.path.join(out, "summary.json"), "w") as fh:
         json.dump({"levels": {str(f): s for f, s in summary.items()}, "headlines": heads,
                    "tradeoff": {str(f): t for f, t in trade.items()}, "train_set": args.train_set,
-                   "seconds": round(seconds, 1), "run_seconds": round(run_seconds or 0.0, 1)}, fh, indent=1)
+                   "seconds": round(seconds, 1), "run_seconds": round(run_seconds, 1)}, fh, indent=1)
     draw_chart(summary, os.path.join(out, "chart.png"))
     print("\n".join(lines[:12]), flush=True)
     return {"summary": summary, "headlines": heads}

@@ -1,4 +1,4 @@
-"""One line per finished `python -m asru_min.train` run: the figures the ASRU targets are stated in.
+"""A short block per finished `python -m asru_min.train` run: the figures the ASRU targets are stated in.
 
     python examples/summarize_runs.py runs/asru_default runs/share25 ...   [--json out.json]
 
@@ -53,7 +53,7 @@ def summary(run: str) -> dict:
         "retain_refusal": r["refusal_rate"], "retain_refusal_stage1": st1["retain"]["all"]["refusal_rate"],
         "utility": asru["utility"]["all"]["acc"],
         "u_of_vanilla": model_utility(asru) / u0 if u0 else None,
-        "retain_rougeL_of_vanilla": r["rougeL"] / van["retain"]["all"]["rougeL"] if van["retain"]["all"]["rougeL"] else None,
+        "retain_rougeL_of_vanilla": r["rougeL"] / r0 if (r0 := van["retain"]["all"]["rougeL"]) else None,
     }
 
 
