@@ -192,3 +192,30 @@ def test_match_warmup_stream_two_then_four_options_and_resume_replays_it(world, 
     first = next(match_warmup_stream(world, 6, cfg.seed, 2))[1]
     with torch.no_grad():
         assert losses[0] == pytest.approx(forward_loss(fresh, encode_batch(processor, first)).item(), rel=1e-5)
+
+
+def test_default_recipe_script_runs_valid_pretrain_commands():
+    """examples/pretrain_default.sh: every `python -m asru_min.pretrain` line parses (no misspelt flag), the
+    first trains from scratch at a high lr without option matching, the second continues from the first's output
+    at a lower lr with matching on."""
+    import os
+    import re
+    import shlex
+
+    from asru_min.pretrain import parse_args
+
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "pretrain_default.sh")
+    text = open(path).read().replace("\\\n", " ")
+    env = dict(re.findall(r'^(\w+)="?(.*?)"?$', text, re.M))       # MIX="..." and the like
+    env.update(OUT="/tmp/out", FACTS="/tmp/facts")
+    lines = [line for line in text.splitlines() if line.startswith("python -m asru_min.pretrain")]
+    assert len(lines) == 2
+    runs = []
+    for line in lines:
+        expanded = re.sub(r'\$\{?(\w+)\}?', lambda m: env[m.group(1)], line).replace('"', "")
+        runs.append(parse_args(shlex.split(expanded)[3:]))
+    facts, options = runs
+    assert not facts.init_from and not facts.matching and facts.out == "/tmp/facts"
+    assert options.init_from == "/tmp/facts" and options.matching and options.mc_reorder and options.out == "/tmp/out"
+    assert options.lr < facts.lr
+    assert facts.threads == options.threads == 2
