@@ -9,7 +9,7 @@
 #            own option order) and "which option is X?" x3. Reading options is an in-context skill this 4-layer
 #            model learns only at a low learning rate and once the facts are known (weights/README.md).
 # Both on two torch threads: run it on an otherwise idle 2-core machine. The world, tokenizer, initialisation
-# and batch order are functions of --seed 0. Each run writes a model card; the second evaluates the gates.
+# and batch order are functions of --seed 0. Each run evaluates the gates and writes a model card into its folder.
 set -euo pipefail
 OUT=${1:-weights/}
 FACTS=${2:-/tmp/asru_facts}
