@@ -198,14 +198,13 @@ def test_default_recipe_script_runs_valid_pretrain_commands():
     """examples/pretrain_default.sh: every `python -m asru_min.pretrain` line parses (no misspelt flag), the
     first trains from scratch at a high lr without option matching, the second continues from the first's output
     at a lower lr with matching on."""
-    import os
     import re
     import shlex
+    from pathlib import Path
 
     from asru_min.pretrain import parse_args
 
-    path = os.path.join(os.path.dirname(__file__), "..", "examples", "pretrain_default.sh")
-    text = open(path).read().replace("\\\n", " ")
+    text = (Path(__file__).parent.parent / "examples" / "pretrain_default.sh").read_text().replace("\\\n", " ")
     env = dict(re.findall(r'^(\w+)="?(.*?)"?$', text, re.M))       # MIX="..." and the like
     env.update(OUT="/tmp/out", FACTS="/tmp/facts")
     lines = [line for line in text.splitlines() if line.startswith("python -m asru_min.pretrain")]
