@@ -197,7 +197,7 @@ def test_match_warmup_stream_two_then_four_options_and_resume_replays_it(world, 
 def test_default_recipe_script_runs_valid_pretrain_commands():
     """examples/pretrain_default.sh: every `python -m asru_min.pretrain` line parses (no misspelt flag), the
     first trains from scratch at a high lr without option matching, the second continues from the first's output
-    at a lower lr with matching on."""
+    at a lower lr with matching on, after a matching-only warm-up."""
     import re
     import shlex
     from pathlib import Path
@@ -217,4 +217,5 @@ def test_default_recipe_script_runs_valid_pretrain_commands():
     assert not facts.init_from and not facts.matching and facts.out == "/tmp/facts"
     assert options.init_from == "/tmp/facts" and options.matching and options.mc_reorder and options.out == "/tmp/out"
     assert options.lr < facts.lr
+    assert options.match_warmup > 0 and facts.match_warmup == 0
     assert facts.threads == options.threads == 2
