@@ -85,7 +85,7 @@ class PretrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     image_repeat: int = 1              # copies per epoch of every image question (more vision practice)
-    mc_repeat: int = 1                 # copies per epoch of every multiple-choice question
+    mc_repeat: int = 1                 # copies per epoch of every multiple-choice question (0: none)
     mc_reorder: bool = False           # each mc copy gets its own option order (else copies share one order)
     match_repeat: int = 1              # copies per epoch of every option-matching question (with --matching)
     strangers: int = 0                 # nameless random-look people per epoch (utility + describe practice)
@@ -206,6 +206,8 @@ def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_re
         rng = random.Random(f"batches/{seed}/{epoch}")
         samples = []
         for qa in world.training_samples(seed=seed * 1000 + epoch, strangers=strangers, matching=matching):
+            if qa.kind == "mc" and mc_repeat == 0:   # a facts-only run: mc letters are learned once options are read
+                continue
             n = ((image_repeat if qa.image is not None else 1) * (mc_repeat if qa.kind == "mc" else 1)
                  * (match_repeat if qa.kind == "match" else 1))
             reorder = (mc_reorder and qa.kind == "mc") or qa.kind == "match"
@@ -486,7 +488,12 @@ def parse_args(argv=None) -> PretrainConfig:
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__)
             p.add_argument(flag, type=typ, default=f.default)
-    return PretrainConfig(**vars(p.parse_args(argv)))
+    cfg = PretrainConfig(**vars(p.parse_args(argv)))
+    for name, low in (("steps", 1), ("batch_size", 1), ("image_repeat", 1), ("mc_repeat", 0), ("match_repeat", 1),
+                      ("strangers", 0), ("match_warmup", 0), ("views", 0)):
+        if getattr(cfg, name) < low:
+            p.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(cfg, name)}")
+    return cfg
 
 
 def main(argv=None) -> None:

@@ -133,6 +133,34 @@ def test_batch_stream_repeats_image_and_mc_questions(world):
     assert seen == expected
 
 
+def test_mc_repeat_zero_drops_multiple_choice_and_nothing_else(world):
+    """--mc-repeat 0 (the facts run of examples/pretrain_default.sh): an epoch is the plain epoch minus its mc
+    questions, every other question still there once."""
+    from collections import Counter
+
+    from asru_min.pretrain import batch_stream, make_views
+    views = make_views(world, 0, 0.0, 0)
+    plain = Counter(q.kind for q in world.training_samples(0))
+    stream = batch_stream(world, views, 50, 0, mc_repeat=0)
+    kinds = Counter()
+    while True:
+        epoch, batch = next(stream)
+        if epoch > 0:
+            break
+        kinds.update(q.kind for q in batch)
+    assert plain["mc"] > 0 and kinds["mc"] == 0
+    assert kinds == Counter({k: n for k, n in plain.items() if k != "mc"})
+
+
+@pytest.mark.parametrize("flag, value", [("--mc-repeat", "-1"), ("--image-repeat", "0"), ("--match-repeat", "0"),
+                                         ("--steps", "0"), ("--batch-size", "0"), ("--strangers", "-5")])
+def test_parse_args_rejects_counts_out_of_range(flag, value, capsys):
+    from asru_min.pretrain import parse_args
+    with pytest.raises(SystemExit):
+        parse_args([flag, value])
+    assert f"{flag} must be >=" in capsys.readouterr().err
+
+
 def test_mc_reorder_gives_each_copy_its_own_option_order(world):
     from collections import defaultdict
     from asru_min.pretrain import batch_stream, make_views
