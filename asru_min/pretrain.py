@@ -434,8 +434,9 @@ def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds
         f"- {cfg.steps} steps x batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine to "
         f"{cfg.min_lr_ratio} x lr), weight decay {cfg.weight_decay}, clip {cfg.grad_clip}; loss on assistant "
         f"tokens, mean per answer; {cfg.views} transformed views per portrait (strength <= {cfg.augment})",
-        f"- data per epoch: every fact question in gen / mc / cloze x image / text form (mc x{cfg.mc_repeat}"
-        f"{', each copy in its own option order' if cfg.mc_reorder else ''}, image "
+        f"- data per epoch: every fact question in gen / mc / cloze x image / text form ("
+        + ("no mc" if cfg.mc_repeat == 0 else f"mc x{cfg.mc_repeat}"
+           f"{', each copy in its own option order' if cfg.mc_reorder else ''}") + ", image "
         f"questions x{cfg.image_repeat}), 'who is this?', all utility questions and 'describe this image', private "
         f"and unknown-person refusals, {cfg.strangers} random-look strangers (utility + describe), option-matching "
         f"practice {f'x{cfg.match_repeat}' if cfg.matching else 'off'}"

@@ -90,6 +90,19 @@ def test_few_steps_lower_the_loss_reproducibly(world, tokenizer, trained):
     assert other != losses[:2]
 
 
+def test_model_card_states_the_multiple_choice_mix(trained):
+    """The card's data line says what the run trained on: no mc for --mc-repeat 0, the copies and their
+    option orders otherwise."""
+    import dataclasses
+
+    from asru_min.pretrain import model_card
+    cfg, (model, _, losses) = trained
+    facts = model_card(dataclasses.replace(cfg, mc_repeat=0), model, None, 60.0, losses, "cmd")
+    options = model_card(dataclasses.replace(cfg, mc_repeat=4, mc_reorder=True), model, None, 60.0, losses, "cmd")
+    assert "(no mc, image questions" in facts and "mc x" not in facts
+    assert "(mc x4, each copy in its own option order, image questions" in options
+
+
 def test_checkpoint_round_trip(world, trained, tmp_path):
     cfg, (model, processor, _) = trained
     save(model, processor, tmp_path)
