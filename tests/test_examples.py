@@ -41,3 +41,30 @@ def test_summarize_runs_by_hand(tmp_path, capsys):
     (run / "metrics_asru.json").unlink()
     with pytest.raises(FileNotFoundError, match="finished train.py run"):
         s.main([str(run)])
+
+
+def test_pretrain_gates_on_the_shipped_weights_and_a_bad_folder(tmp_path, capsys):
+    """examples/pretrain_gates.py: the shipped weights pass all seven gates (the model card's claim), one JSON
+    line per folder; a folder without config.json is an argparse error, before any model is loaded."""
+    import json
+    import runpy
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    script = str(Path(__file__).parent.parent / "examples" / "pretrain_gates.py")
+    argv = sys.argv
+    try:
+        sys.argv = [script, str(tmp_path)]
+        with pytest.raises(SystemExit):
+            runpy.run_path(script, run_name="__main__")
+        assert "no config.json" in capsys.readouterr().err
+        sys.argv = [script, str(Path(__file__).parent.parent / "weights"), "--threads", "1"]
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        sys.argv = argv
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(line)
+    assert len(report["gates"]) == 7 and all(report["gates"].values()), report["gates"]
+    assert report["figures"]["people_mc_all"] >= 0.95 and report["figures"]["test_mc"] >= 0.80
