@@ -48,22 +48,20 @@ def test_pretrain_gates_on_the_shipped_weights_and_a_bad_folder(tmp_path, capsys
     line per folder; a folder without config.json is an argparse error, before any model is loaded."""
     import json
     import runpy
-    import sys
     from pathlib import Path
 
     import pytest
+    import torch
 
-    script = str(Path(__file__).parent.parent / "examples" / "pretrain_gates.py")
-    argv = sys.argv
+    main = runpy.run_path(str(Path(__file__).parent.parent / "examples" / "pretrain_gates.py"))["main"]
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])
+    assert "no config.json" in capsys.readouterr().err
+    threads = torch.get_num_threads()
     try:
-        sys.argv = [script, str(tmp_path)]
-        with pytest.raises(SystemExit):
-            runpy.run_path(script, run_name="__main__")
-        assert "no config.json" in capsys.readouterr().err
-        sys.argv = [script, str(Path(__file__).parent.parent / "weights"), "--threads", "1"]
-        runpy.run_path(script, run_name="__main__")
+        main([str(Path(__file__).parent.parent / "weights"), "--threads", str(threads)])
     finally:
-        sys.argv = argv
+        torch.set_num_threads(threads)                 # the script sets it process-wide
     (line,) = capsys.readouterr().out.strip().splitlines()
     report = json.loads(line)
     assert len(report["gates"]) == 7 and all(report["gates"].values()), report["gates"]
