@@ -206,10 +206,10 @@ def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_re
         rng = random.Random(f"batches/{seed}/{epoch}")
         samples = []
         for qa in world.training_samples(seed=seed * 1000 + epoch, strangers=strangers, matching=matching):
-            if qa.kind == "mc" and mc_repeat == 0:   # --mc-repeat 0: a run without multiple choice
-                continue
             n = ((image_repeat if qa.image is not None else 1) * (mc_repeat if qa.kind == "mc" else 1)
                  * (match_repeat if qa.kind == "match" else 1))
+            if n == 0:                                         # --mc-repeat 0: a run without multiple choice
+                continue
             reorder = (mc_reorder and qa.kind == "mc") or qa.kind == "match"
             samples += [qa] + [reorder_options(qa, rng) if reorder else dataclasses.replace(qa) for _ in range(n - 1)]
         if image_repeat > 1 or mc_repeat > 1 or (matching and match_repeat > 1):   # spread the copies out

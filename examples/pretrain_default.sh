@@ -9,7 +9,7 @@
 #            only (A-B options, then A-D: --match-warmup), then the facts mix plus mc x4 (each copy in its own
 #            option order) and "which option is X?" x3. Reading options is an in-context skill this 4-layer model
 #            learns late in the full mix (~1500 steps at chance); on the facts model, matching-only batches
-#            teach it in ~150 steps (A-B) + ~200 steps (A-D), so multiple choice starts improving ~1000 steps
+#            teach it in ~150 steps (A-B) + ~200 steps (A-D), so multiple choice starts improving ~800 steps
 #            earlier (results/pretrain_60min/README.md).
 # Both on two torch threads: run it on an otherwise idle 2-core machine. The world, tokenizer, initialisation
 # and batch order are functions of --seed 0. The second run evaluates the gates and writes them into the model
