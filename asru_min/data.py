@@ -406,6 +406,21 @@ def reorder_options(qa: QA, rng: random.Random, keep: int = 4) -> QA:
                    answer="ABCD"[options.index(qa.ground_truth)], options=options)
 
 
+# The stem of a "neutral" multiple-choice copy (training only, pretrain --mc-neutral): the question leaves the
+# attribute unsaid and the options name it, so the model learns to answer from the options and the person rather
+# than from the wording of the question. Not the test split's held-out paraphrase (template 3).
+NEUTRAL_MC_STEM = "Which of these options fits {s}?"
+
+
+def neutral_mc(qa: QA, subject: str) -> QA:
+    """A copy of a multiple-choice question whose stem names no attribute ("Which of these options fits
+    Nedra Quarrel?"); options, answer and image are kept. `subject` is the name or "the person in this image"."""
+    if qa.kind != "mc" or not qa.question.count("\nA. "):
+        raise ValueError(f"not a multiple-choice question: {qa.question[:60]!r}")
+    rest = qa.question[qa.question.index("\nA. "):]
+    return replace(qa, question=NEUTRAL_MC_STEM.format(s=subject) + rest)
+
+
 UTILITY = ["hair", "background", "shirt", "glasses", "hat", "pattern"]
 
 

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .data import QA, World, reorder_options, transform_portrait
+from .data import IMAGE_SUBJECT, QA, World, neutral_mc, reorder_options, transform_portrait
 from .model import Qwen3VL, Qwen3VLConfig
 from .processor import (ENDOFTEXT, IGNORE_INDEX, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
                         ImageProcessorConfig, Processor)
@@ -87,6 +87,7 @@ class PretrainConfig:
     image_repeat: int = 1              # copies per epoch of every image question (more vision practice)
     mc_repeat: int = 1                 # copies per epoch of every multiple-choice question (0: none)
     mc_reorder: bool = False           # each mc copy gets its own option order (else copies share one order)
+    mc_neutral: int = 0                # of the mc copies, this many ask "Which of these options fits X?" instead
     match_repeat: int = 1              # copies per epoch of every option-matching question (with --matching)
     strangers: int = 0                 # nameless random-look people per epoch (utility + describe practice)
     matching: bool = False             # add "which option is X?" questions (the option-reading half of mc)
@@ -193,14 +194,16 @@ def make_views(world: World, n_views: int, strength: float, seed: int) -> dict[s
 
 def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_repeat: int = 1,
                  mc_repeat: int = 1, strangers: int = 0, matching: bool = False, mc_reorder: bool = False,
-                 match_repeat: int = 1):
+                 match_repeat: int = 1, mc_neutral: int = 0):
     """Endless (epoch, list[QA]) batches: each epoch a fresh `training_samples` (image questions repeated
     image_repeat times, mc questions mc_repeat times), portraits swapped for a random view; within windows of
     16 batches, samples are sorted by length so batches carry little padding. Option-matching questions come
     match_repeat times, each copy in its own option order. With `mc_reorder` every copy of
     an mc question lists its options in its own order; without it the copies share one order, and a model can
     then lower the mc loss by remembering "this question -> B" for the rest of the epoch instead of reading
-    the options."""
+    the options. The last `mc_neutral` copies of each mc question name no attribute in their stem ("Which of
+    these options fits X?", data.neutral_mc): answering them needs the options and the person, not the wording."""
+    names = {p.pid: p.name for p in world.people}
     epoch = 0
     while True:
         rng = random.Random(f"batches/{seed}/{epoch}")
@@ -211,7 +214,12 @@ def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_re
             if n == 0:                                         # --mc-repeat 0: a run without multiple choice
                 continue
             reorder = (mc_reorder and qa.kind == "mc") or qa.kind == "match"
-            samples += [qa] + [reorder_options(qa, rng) if reorder else dataclasses.replace(qa) for _ in range(n - 1)]
+            copies = [qa] + [reorder_options(qa, rng) if reorder else dataclasses.replace(qa) for _ in range(n - 1)]
+            if qa.kind == "mc" and mc_neutral:
+                subject = IMAGE_SUBJECT if qa.image is not None else names[qa.person]
+                k = min(mc_neutral * (image_repeat if qa.image is not None else 1), n)
+                copies[n - k:] = [neutral_mc(c, subject) for c in copies[n - k:]]
+            samples += copies
         if image_repeat > 1 or mc_repeat > 1 or (matching and match_repeat > 1):   # spread the copies out
             rng.shuffle(samples)
         for qa in samples:
@@ -320,7 +328,7 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
     stream = itertools.chain(
         match_warmup_stream(world, cfg.batch_size, cfg.seed, cfg.match_warmup),
         batch_stream(world, views, cfg.batch_size, cfg.seed, cfg.image_repeat, cfg.mc_repeat,
-                     cfg.strangers, cfg.matching, cfg.mc_reorder, cfg.match_repeat))
+                     cfg.strangers, cfg.matching, cfg.mc_reorder, cfg.match_repeat, cfg.mc_neutral))
     for _ in range(start):                     # replay the batch order up to the resumed step
         next(stream)
     losses: list[float] = []
@@ -436,7 +444,8 @@ def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds
         f"tokens, mean per answer; {cfg.views} transformed views per portrait (strength <= {cfg.augment})",
         f"- data per epoch: every fact question in gen / mc / cloze x image / text form ("
         + ("no mc" if cfg.mc_repeat == 0 else f"mc x{cfg.mc_repeat}"
-           f"{', each copy in its own option order' if cfg.mc_reorder else ''}") + ", image "
+           f"{', each copy in its own option order' if cfg.mc_reorder else ''}"
+           f"{f', {cfg.mc_neutral} of them with the neutral stem' if cfg.mc_neutral else ''}") + ", image "
         f"questions x{cfg.image_repeat}), 'who is this?', all utility questions and 'describe this image', private "
         f"and unknown-person refusals, {cfg.strangers} random-look strangers (utility + describe), option-matching "
         f"practice {f'x{cfg.match_repeat}' if cfg.matching else 'off'}"
@@ -494,6 +503,8 @@ def parse_args(argv=None) -> PretrainConfig:
                       ("strangers", 0), ("match_warmup", 0), ("views", 0)):
         if getattr(cfg, name) < low:
             p.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(cfg, name)}")
+    if not 0 <= cfg.mc_neutral <= cfg.mc_repeat:
+        p.error(f"--mc-neutral must be in [0, --mc-repeat = {cfg.mc_repeat}], got {cfg.mc_neutral}")
     return cfg
 
 

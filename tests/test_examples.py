@@ -66,3 +66,38 @@ def test_pretrain_gates_on_the_shipped_weights_and_a_bad_folder(tmp_path, capsys
     report = json.loads(line)
     assert len(report["gates"]) == 7 and all(report["gates"].values()), report["gates"]
     assert report["figures"]["people_mc_all"] >= 0.95 and report["figures"]["test_mc"] >= 0.80
+
+
+def test_mc_errors_on_the_shipped_weights_agrees_with_the_gates(tmp_path, capsys):
+    """examples/mc_errors.py: every mc question of forget / retain / test counted once under its attribute and
+    form; the error counts give the accuracies the gates measure on the shipped weights (MC >= 95 %, test >= 80 %,
+    model card: 95.9 and 82.0); a bad folder is an argparse error."""
+    import json
+    import runpy
+    from pathlib import Path
+
+    import pytest
+    import torch
+
+    main = runpy.run_path(str(Path(__file__).parent.parent / "examples" / "mc_errors.py"))["main"]
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])
+    assert "no config.json" in capsys.readouterr().err
+    threads = torch.get_num_threads()
+    try:
+        main([str(Path(__file__).parent.parent / "weights"), "--threads", str(threads)])
+    finally:
+        torch.set_num_threads(threads)
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(line)
+    sizes = {"forget": 10 * 5 * 2, "retain": 90 * 5 * 2, "test": 10 * 5}       # people x attributes x forms
+    for split, n in sizes.items():
+        errors = report[split]["errors"]
+        assert sum(asked for _, asked in errors.values()) == n
+        wrong = sum(w for w, _ in errors.values())
+        assert wrong == sum(report[split]["errors_per_person"])
+        assert report[split]["accuracy"] == pytest.approx(1 - wrong / n, abs=1e-3)
+    assert set(report["test"]["errors"]) == {f"{a}/image" for a in
+                                            ("birthplace", "birth_year", "occupation", "employer", "hobby")}
+    people = sum(w for w, _ in report["forget"]["errors"].values()) + sum(w for w, _ in report["retain"]["errors"].values())
+    assert 1 - people / 1000 >= 0.95 and report["test"]["accuracy"] >= 0.80

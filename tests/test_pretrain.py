@@ -101,6 +101,9 @@ def test_model_card_states_the_multiple_choice_mix(trained):
     options = model_card(dataclasses.replace(cfg, mc_repeat=4, mc_reorder=True), model, None, 60.0, losses, "cmd")
     assert "(no mc, image questions" in facts and "mc x" not in facts
     assert "(mc x4, each copy in its own option order, image questions" in options
+    neutral = model_card(dataclasses.replace(cfg, mc_repeat=4, mc_reorder=True, mc_neutral=1), model, None, 60.0,
+                         losses, "cmd")
+    assert "(mc x4, each copy in its own option order, 1 of them with the neutral stem, image questions" in neutral
 
 
 def test_checkpoint_round_trip(world, trained, tmp_path):
@@ -260,3 +263,45 @@ def test_default_recipe_script_runs_valid_pretrain_commands():
     assert options.lr < facts.lr
     assert options.match_warmup > 0 and facts.match_warmup == 0
     assert facts.threads == options.threads == 2
+
+
+def test_mc_neutral_rewrites_that_many_copies_of_each_question_and_keeps_the_answer(world):
+    """--mc-neutral 1 with --mc-repeat 4: a quarter of every mc question's copies (image: 2 of 8 with
+    --image-repeat 2; text: 1 of 4) ask "Which of these options fits X?"; options, letter and truth survive."""
+    from collections import Counter
+
+    from asru_min.data import IMAGE_SUBJECT, NEUTRAL_MC_STEM
+    from asru_min.pretrain import batch_stream, make_views
+    views = make_views(world, 0, 0.0, 0)
+    names = {p.pid: p.name for p in world.people}
+    stream = batch_stream(world, views, 50, 0, image_repeat=2, mc_repeat=4, mc_reorder=True, mc_neutral=1)
+    counts = Counter()
+    while True:
+        epoch, batch = next(stream)
+        if epoch > 0:
+            break
+        for qa in (q for q in batch if q.kind == "mc"):
+            neutral = qa.question.startswith("Which of these options fits")
+            counts[(qa.form, neutral)] += 1
+            if neutral:
+                subject = IMAGE_SUBJECT if qa.form == "image" else names[qa.person]
+                assert qa.question.split("\n")[0] == NEUTRAL_MC_STEM.format(s=subject)
+            letter_line = next(l for l in qa.question.split("\n") if l.startswith(qa.answer + ". "))
+            assert letter_line == f"{qa.answer}. {qa.ground_truth}"
+    assert counts[("image", True)] > 0 and counts[("text", True)] > 0
+    assert counts[("image", False)] == 3 * counts[("image", True)]
+    assert counts[("text", False)] == 3 * counts[("text", True)]
+
+
+def test_neutral_mc_rejects_a_question_without_options(world):
+    from asru_min.data import neutral_mc
+    with pytest.raises(ValueError, match="not a multiple-choice question"):
+        neutral_mc(next(q for q in world.training_samples(0) if q.kind == "cloze"), "Ann")
+
+
+@pytest.mark.parametrize("argv", [["--mc-repeat", "2", "--mc-neutral", "3"], ["--mc-neutral", "-1"]])
+def test_parse_args_rejects_mc_neutral_out_of_range(argv, capsys):
+    from asru_min.pretrain import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert "--mc-neutral must be in" in capsys.readouterr().err

@@ -1,0 +1,75 @@
+"""Where a vanilla model's multiple-choice answers go wrong: errors per attribute x form on the forget, retain and
+test splits (forget 10 %, greedy, the world of seed 0), and how they spread over people. One JSON line per model.
+
+    python examples/mc_errors.py weights/ [MORE_MODELS ...] [--threads 2]
+
+Used in results/pretrain_60min/ to tell a recognition gap (a few people's transformed portraits: all their
+questions wrong) from a question-reading gap (errors spread over people, on the attributes whose held-out
+paraphrase shares no keyword with the training questions).
+"""
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from asru_min.data import ATTRIBUTES, World  # noqa: E402
+from asru_min.evaluate import answer, correct_letter, mc_letter  # noqa: E402
+from asru_min.model import Qwen3VL  # noqa: E402
+from asru_min.processor import Processor  # noqa: E402
+
+
+def attribute_of(qa) -> str:
+    """The attribute a multiple-choice question asks about: the one whose value pool holds all its options."""
+    for name, pool, *_ in ATTRIBUTES:
+        if all(o in pool for o in qa.options):
+            return name
+    raise ValueError(f"options {qa.options} belong to no attribute pool")
+
+
+def mc_errors(model, processor, world: World, forget: int = 10) -> dict:
+    """{split: {"errors": {"attribute/form": [wrong, asked]}, "accuracy", "people_with_errors",
+    "errors_per_person"}} for the mc questions of the forget, retain and test splits."""
+    splits = world.splits(forget)
+    out = {}
+    for name in ("forget", "retain", "test"):
+        qas = [q for q in splits[name] if q.kind == "mc"]
+        preds = answer(model, processor, qas, batch_size=64, max_new_tokens=3)
+        asked, wrong, per_person = Counter(), Counter(), Counter()
+        for qa, pred in zip(qas, preds):
+            key = f"{attribute_of(qa)}/{qa.form}"
+            asked[key] += 1
+            if mc_letter(pred) != correct_letter(qa):
+                wrong[key] += 1
+                per_person[qa.person] += 1
+        out[name] = {"errors": {k: [wrong[k], asked[k]] for k in sorted(asked)},
+                     "accuracy": round(1 - sum(wrong.values()) / len(qas), 3),
+                     "people_with_errors": len(per_person),
+                     "errors_per_person": sorted(per_person.values(), reverse=True)}
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("models", nargs="+", help="saved model folders (config.json, model.safetensors, ...)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    for d in args.models:
+        if not (Path(d) / "config.json").is_file():
+            ap.error(f"{d}: no config.json (not a saved model folder)")
+    torch.set_num_threads(args.threads)
+    world = World.generate(100, args.seed)
+    for d in args.models:
+        model, processor = Qwen3VL.from_pretrained(d), Processor.from_pretrained(d)
+        model.eval()
+        print(json.dumps({"model": d, **mc_errors(model, processor, world)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
