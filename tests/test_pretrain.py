@@ -241,7 +241,7 @@ def test_match_warmup_stream_two_then_four_options_and_resume_replays_it(world, 
 def test_default_recipe_script_runs_valid_pretrain_commands():
     """examples/pretrain_default.sh: every `python -m asru_min.pretrain` line parses (no misspelt flag), the
     first trains from scratch at a high lr without option matching, the second continues from the first's output
-    at a lower lr with matching on, after a matching-only warm-up."""
+    at a lower lr with matching on, after a matching-only warm-up, and some mc copies with the neutral stem."""
     import re
     import shlex
     from pathlib import Path
@@ -262,6 +262,7 @@ def test_default_recipe_script_runs_valid_pretrain_commands():
     assert options.init_from == "/tmp/facts" and options.matching and options.mc_reorder and options.out == "/tmp/out"
     assert options.lr < facts.lr
     assert options.match_warmup > 0 and facts.match_warmup == 0
+    assert 0 < options.mc_neutral < options.mc_repeat and facts.mc_neutral == 0
     assert facts.threads == options.threads == 2
 
 
