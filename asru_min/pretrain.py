@@ -201,7 +201,8 @@ def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_re
     match_repeat times, each copy in its own option order. With `mc_reorder` every copy of
     an mc question lists its options in its own order; without it the copies share one order, and a model can
     then lower the mc loss by remembering "this question -> B" for the rest of the epoch instead of reading
-    the options. The last `mc_neutral` copies of each mc question name no attribute in their stem ("Which of
+    the options. The last mc_neutral / mc_repeat of each mc question's copies name no attribute in their stem
+    ("Which of
     these options fits X?", data.neutral_mc): answering them needs the options and the person, not the wording."""
     names = {p.pid: p.name for p in world.people}
     epoch = 0
@@ -215,9 +216,9 @@ def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_re
                 continue
             reorder = (mc_reorder and qa.kind == "mc") or qa.kind == "match"
             copies = [qa] + [reorder_options(qa, rng) if reorder else dataclasses.replace(qa) for _ in range(n - 1)]
-            if qa.kind == "mc" and mc_neutral:
-                subject = IMAGE_SUBJECT if qa.image is not None else names[qa.person]
-                k = min(mc_neutral * (image_repeat if qa.image is not None else 1), n)
+            if qa.kind == "mc" and mc_neutral:                  # the same share of image and text copies
+                subject = IMAGE_SUBJECT if qa.form == "image" else names[qa.person]
+                k = n * mc_neutral // mc_repeat
                 copies[n - k:] = [neutral_mc(c, subject) for c in copies[n - k:]]
             samples += copies
         if image_repeat > 1 or mc_repeat > 1 or (matching and match_repeat > 1):   # spread the copies out

@@ -3,9 +3,8 @@ test splits (forget 10 %, greedy, the world of seed 0), and how they spread over
 
     python examples/mc_errors.py weights/ [MORE_MODELS ...] [--threads 2]
 
-Used in results/pretrain_60min/ to tell a recognition gap (a few people's transformed portraits: all their
-questions wrong) from a question-reading gap (errors spread over people, on the attributes whose held-out
-paraphrase shares no keyword with the training questions).
+Used in results/pretrain_60min/ to tell a recognition gap (a few people, e.g. a transformed portrait, with all
+their questions wrong) from an answering gap (errors spread thinly over many people and attributes).
 """
 
 import argparse
