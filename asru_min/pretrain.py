@@ -202,8 +202,8 @@ def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_re
     an mc question lists its options in its own order; without it the copies share one order, and a model can
     then lower the mc loss by remembering "this question -> B" for the rest of the epoch instead of reading
     the options. The last mc_neutral / mc_repeat of each mc question's copies name no attribute in their stem
-    ("Which of
-    these options fits X?", data.neutral_mc): answering them needs the options and the person, not the wording."""
+    ("Which of these options fits X?", data.neutral_mc): answering them needs the options and the person, not
+    the wording."""
     names = {p.pid: p.name for p in world.people}
     epoch = 0
     while True:
