@@ -7,20 +7,17 @@ Used in results/pretrain_60min/ to tell a recognition gap (a few people, e.g. a 
 their questions wrong) from an answering gap (errors spread thinly over many people and attributes).
 """
 
-import argparse
 import json
 import sys
 from collections import Counter
 from pathlib import Path
 
-import torch
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))          # pretrain_gates: the shared command line
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asru_min.data import ATTRIBUTES, World  # noqa: E402
 from asru_min.evaluate import answer, correct_letter, mc_letter  # noqa: E402
-from asru_min.model import Qwen3VL  # noqa: E402
-from asru_min.processor import Processor  # noqa: E402
+from pretrain_gates import saved_models  # noqa: E402
 
 
 def attribute_of(qa) -> str:
@@ -54,21 +51,8 @@ def mc_errors(model, processor, world: World, forget: int = 10) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("models", nargs="+", help="saved model folders (config.json, model.safetensors, ...)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args(argv)
-    for d in args.models:
-        if not (Path(d) / "config.json").is_file():
-            ap.error(f"{d}: no config.json (not a saved model folder)")
-    torch.set_num_threads(args.threads)
-    world = World.generate(100, args.seed)
-    for d in args.models:
-        model, processor = Qwen3VL.from_pretrained(d), Processor.from_pretrained(d)
-        model.eval()
+    for d, model, processor, world in saved_models(__doc__.split("\n")[0], argv):
         print(json.dumps({"model": d, **mc_errors(model, processor, world)}), flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -21,8 +21,11 @@ from asru_min.pretrain import gate_report  # noqa: E402
 from asru_min.processor import Processor  # noqa: E402
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def saved_models(description: str, argv=None):
+    """The command line both model-folder scripts share: MODEL [MODEL ...] [--seed] [--threads]. Checks every folder
+    before loading any (argparse error otherwise), sets torch's thread count, and yields (folder, model in eval
+    mode, processor, world of --seed) one folder at a time."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("models", nargs="+", help="folders with config.json, model.safetensors, tokenizer.json, ...")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -34,11 +37,14 @@ def main(argv=None) -> None:
     world = World.generate(100, args.seed)
     for d in args.models:
         model, processor = Qwen3VL.from_pretrained(d), Processor.from_pretrained(d)
-        model.eval()
+        yield d, model.eval(), processor, world
+
+
+def main(argv=None) -> None:
+    for d, model, processor, world in saved_models(__doc__.split("\n")[0], argv):
         report, _ = gate_report(model, processor, world)
         figures = {k: round(v, 3) for k, v in report["figures"].items() if v is not None}
         print(json.dumps({"model": d, "figures": figures, "gates": report["gates"]}), flush=True)
-
 
 if __name__ == "__main__":
     main()
