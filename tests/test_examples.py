@@ -43,9 +43,9 @@ def test_summarize_runs_by_hand(tmp_path, capsys):
         s.main([str(run)])
 
 
-def test_pretrain_gates_on_the_shipped_weights_and_a_bad_folder(tmp_path, capsys):
-    """examples/pretrain_gates.py: the shipped weights pass all seven gates (the model card's claim), one JSON
-    line per folder; a folder without config.json is an argparse error, before any model is loaded."""
+def _model_folder_script(script: str, tmp_path, capsys) -> dict:
+    """Run examples/<script> (a pretrain_gates.saved_models command line): a folder without config.json must be an
+    argparse error before any model loads; then its JSON line for the shipped weights."""
     import json
     import runpy
     from pathlib import Path
@@ -53,7 +53,7 @@ def test_pretrain_gates_on_the_shipped_weights_and_a_bad_folder(tmp_path, capsys
     import pytest
     import torch
 
-    main = runpy.run_path(str(Path(__file__).parent.parent / "examples" / "pretrain_gates.py"))["main"]
+    main = runpy.run_path(str(Path(__file__).parent.parent / "examples" / script))["main"]
     with pytest.raises(SystemExit):
         main([str(tmp_path)])
     assert "no config.json" in capsys.readouterr().err
@@ -63,7 +63,13 @@ def test_pretrain_gates_on_the_shipped_weights_and_a_bad_folder(tmp_path, capsys
     finally:
         torch.set_num_threads(threads)                 # the script sets it process-wide
     (line,) = capsys.readouterr().out.strip().splitlines()
-    report = json.loads(line)
+    return json.loads(line)
+
+
+def test_pretrain_gates_on_the_shipped_weights_and_a_bad_folder(tmp_path, capsys):
+    """examples/pretrain_gates.py: the shipped weights pass all seven gates (the model card's claim), one JSON
+    line per folder; a folder without config.json is an argparse error, before any model is loaded."""
+    report = _model_folder_script("pretrain_gates.py", tmp_path, capsys)
     assert len(report["gates"]) == 7 and all(report["gates"].values()), report["gates"]
     assert report["figures"]["people_mc_all"] >= 0.95 and report["figures"]["test_mc"] >= 0.80
 
@@ -72,24 +78,9 @@ def test_mc_errors_on_the_shipped_weights_agrees_with_the_gates(tmp_path, capsys
     """examples/mc_errors.py: every mc question of forget / retain / test counted once under its attribute and
     form; the error counts give the accuracies the gates measure on the shipped weights (MC >= 95 %, test >= 80 %,
     model card: 95.9 and 82.0); a bad folder is an argparse error."""
-    import json
-    import runpy
-    from pathlib import Path
-
     import pytest
-    import torch
 
-    main = runpy.run_path(str(Path(__file__).parent.parent / "examples" / "mc_errors.py"))["main"]
-    with pytest.raises(SystemExit):
-        main([str(tmp_path)])
-    assert "no config.json" in capsys.readouterr().err
-    threads = torch.get_num_threads()
-    try:
-        main([str(Path(__file__).parent.parent / "weights"), "--threads", str(threads)])
-    finally:
-        torch.set_num_threads(threads)
-    (line,) = capsys.readouterr().out.strip().splitlines()
-    report = json.loads(line)
+    report = _model_folder_script("mc_errors.py", tmp_path, capsys)
     sizes = {"forget": 10 * 5 * 2, "retain": 90 * 5 * 2, "test": 10 * 5}       # people x attributes x forms
     for split, n in sizes.items():
         errors = report[split]["errors"]
