@@ -54,5 +54,6 @@ def main(argv=None) -> None:
     for d, model, processor, world in saved_models(__doc__.split("\n")[0], argv):
         print(json.dumps({"model": d, **mc_errors(model, processor, world)}), flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -46,5 +46,6 @@ def main(argv=None) -> None:
         figures = {k: round(v, 3) for k, v in report["figures"].items() if v is not None}
         print(json.dumps({"model": d, "figures": figures, "gates": report["gates"]}), flush=True)
 
+
 if __name__ == "__main__":
     main()
