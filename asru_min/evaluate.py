@@ -308,12 +308,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from .data import World, load_mllmu_bench
+    from .world import load_splits
     from .model import Qwen3VL
     from .processor import Processor
 
     if not os.path.isdir(args.model):
-        raise FileNotFoundError(f"model directory {args.model!r} not found (run python -m asru_min.pretrain)")
+        raise FileNotFoundError(f"model directory {args.model!r} not found (run python -m asru_min.world.pretrain)")
     model = Qwen3VL.from_pretrained(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     processor = Processor.from_pretrained(args.model)
     if args.adapter:
@@ -322,10 +322,7 @@ def main(argv=None) -> dict:
         from .lora import load_lora  # imported lazily: only needed with --adapter
 
         load_lora(model, args.adapter)
-    if args.data:
-        splits = load_mllmu_bench(args.data, forget=args.forget)
-    else:
-        splits = World.generate(num_people=args.num_people, seed=args.seed).splits(forget=args.forget)
+    splits = load_splits(args.data, args.forget, args.num_people, args.seed)
 
     results = evaluate_model(model, processor, splits, batch_size=args.batch_size,
                              max_new_tokens=args.max_new_tokens, limit=args.limit,

@@ -210,11 +210,9 @@ def weights_sha256(folder: str) -> str:
 
 
 def load_world(cfg: TrainConfig) -> dict:
-    from .data import World, load_mllmu_bench
+    from .world import load_splits
 
-    if cfg.data:
-        return load_mllmu_bench(cfg.data, forget=cfg.forget)
-    return World.generate(num_people=cfg.num_people, seed=cfg.world_seed).splits(forget=cfg.forget)
+    return load_splits(cfg.data, cfg.forget, cfg.num_people, cfg.world_seed)
 
 
 def evaluate_stage(run: Run, stage: str, model, processor, splits: dict) -> dict:
@@ -400,7 +398,7 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     from .processor import Processor
 
     if not os.path.isdir(cfg.model):
-        raise FileNotFoundError(f"model folder {cfg.model!r} not found (train it with python -m asru_min.pretrain)")
+        raise FileNotFoundError(f"model folder {cfg.model!r} not found (train it with python -m asru_min.world.pretrain)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -26,7 +26,7 @@ IMG, VS, VE = 2040, 2038, 2039
 
 
 def small_config() -> Qwen3VLConfig:
-    """The shape of the project's default model (asru_min/pretrain.py): text 128 hidden, 4 layers, 4/2 heads,
+    """The shape of the project's default model (asru_min/world/pretrain.py): text 128 hidden, 4 layers, 4/2 heads,
     vocab 2048; vision 64 hidden, depth 3, 2 heads; 96x96 images = 6x6 patches = 9 LLM tokens."""
     return Qwen3VLConfig(
         text=TextConfig(vocab_size=2048, hidden_size=128, intermediate_size=512, num_hidden_layers=4,

@@ -51,7 +51,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from asru_min.baselines import LR_SCALE, METHODS, PAPER_LR, BaselineConfig, run_baseline  # noqa: E402
+from asru_min.baselines.methods import LR_SCALE, METHODS, PAPER_LR, BaselineConfig, run_baseline  # noqa: E402
 from asru_min.train import weights_sha256  # noqa: E402
 
 NAMES = {"vanilla": "Vanilla", "ga": "GA", "graddiff": "GradDiff", "klmin": "KL-Min", "npo": "NPO",
@@ -281,7 +281,7 @@ def main(argv=None) -> dict:
     if bad:
         raise ValueError(f"unknown baselines {bad}; known: {METHODS}")
     if not os.path.isdir(args.model):
-        raise FileNotFoundError(f"model folder {args.model!r} not found (python -m asru_min.pretrain)")
+        raise FileNotFoundError(f"model folder {args.model!r} not found (python -m asru_min.world.pretrain)")
     if args.threads:
         torch.set_num_threads(args.threads)
     runs_dir = os.path.join(out, "runs")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the default model of weights/ from scratch in two `python -m asru_min.pretrain` runs, and time them.
+# Rebuild the default model of weights/ from scratch in two `python -m asru_min.world.pretrain` runs, and time them.
 #
 #     bash examples/pretrain_default.sh [OUT_DIR] [FACTS_DIR]       # defaults: weights/ and /tmp/asru_facts
 #
@@ -23,7 +23,7 @@ OUT=${1:-weights/}
 FACTS=${2:-/tmp/asru_facts}
 MIX="--image-repeat 2 --strangers 300 --mc-reorder --augment 0.8 --views 12 --threads 2"
 start=$(date +%s)
-python -m asru_min.pretrain --out "$FACTS" --steps 4500 --lr 3e-3 $MIX --no-eval --ckpt-dir "$FACTS/ckpt"
-python -m asru_min.pretrain --init-from "$FACTS" --out "$OUT" --steps 8000 --lr 2e-3 --warmup 100 \
+python -m asru_min.world.pretrain --out "$FACTS" --steps 4500 --lr 3e-3 $MIX --no-eval --ckpt-dir "$FACTS/ckpt"
+python -m asru_min.world.pretrain --init-from "$FACTS" --out "$OUT" --steps 8000 --lr 2e-3 --warmup 100 \
     --match-warmup 400 --mc-repeat 4 --mc-neutral 1 --matching --match-repeat 3 $MIX --ckpt-dir "$FACTS/ckpt_options"
 echo "pretrain_default: both runs took $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"

@@ -15,14 +15,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asru_min.data import World  # noqa: E402
+from asru_min.world.people import World  # noqa: E402
 from asru_min.model import Qwen3VL  # noqa: E402
-from asru_min.pretrain import gate_report  # noqa: E402
+from asru_min.world.pretrain import gate_report  # noqa: E402
 from asru_min.processor import Processor  # noqa: E402
 
 
 def saved_models(description: str, argv=None):
-    """The command line both model-folder scripts share: MODEL [MODEL ...] [--seed] [--threads]. Checks every folder
+    """The command line: MODEL [MODEL ...] [--seed] [--threads]. Checks every folder
     before loading any (argparse error otherwise), sets torch's thread count, and yields (folder, model in eval
     mode, processor, world of --seed) one folder at a time."""
     ap = argparse.ArgumentParser(description=description)

@@ -30,12 +30,12 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from asru_min.data import World, load_mllmu_bench  # noqa: E402
 from asru_min.evaluate import answer, limit_split  # noqa: E402
 from asru_min.hooks import add_direction, decoder_layers  # noqa: E402
 from asru_min.metrics import contains_truth, is_refusal, leaks  # noqa: E402
 from asru_min.model import Qwen3VL  # noqa: E402
 from asru_min.processor import Processor  # noqa: E402
+from asru_min.world import load_splits  # noqa: E402
 from asru_min.steer import (  # noqa: E402
     forward_to_layer, keep_refusals, knowledge_absence_direction, optimize_steering, prompt_batch,
 )
@@ -131,13 +131,10 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     if not os.path.isdir(args.model):
-        raise FileNotFoundError(f"model directory {args.model!r} not found (run python -m asru_min.pretrain)")
+        raise FileNotFoundError(f"model directory {args.model!r} not found (run python -m asru_min.world.pretrain)")
     model = Qwen3VL.from_pretrained(args.model, dtype=torch.float32, device=args.device).eval()
     processor = Processor.from_pretrained(args.model)
-    if args.data:
-        splits = load_mllmu_bench(args.data, forget=args.forget)
-    else:
-        splits = World.generate(num_people=args.num_people, seed=args.seed).splits(forget=args.forget)
+    splits = load_splits(args.data, args.forget, args.num_people, args.seed)
 
     # evaluation sets: generation questions (where refusing is a visible behaviour) + general questions
     sets = {"forget": [qa for qa in limit_split(splits["forget"], args.limit) if qa.kind == "gen"],

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from asru_min.baselines import (
+from asru_min.baselines.methods import (
     IGNORE_INDEX,
     ga_loss,
     graddiff_loss,
@@ -131,7 +131,7 @@ def _qas(names, facts, template="{n} lives in {f}."):
 
 @pytest.mark.parametrize("method", ["ga", "graddiff", "klmin", "npo", "idk"])
 def test_two_steps_move_forget_likelihood(method, one_thread):
-    from asru_min.baselines import BaselineConfig, REFUSALS, answer_logprobs, encode_qas, train_baseline
+    from asru_min.baselines.methods import BaselineConfig, REFUSALS, answer_logprobs, encode_qas, train_baseline
     from asru_min.lora import apply_lora
 
     processor = _tiny_processor()

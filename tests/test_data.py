@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asru_min.data import (ATTRIBUTES, BACKGROUNDS, LOOK_FEATURES, MC_SUFFIX, MIN_LOOK_DISTANCE, QA, World,
-                           load_mllmu_bench, transform_portrait, utility_qa)
+from asru_min.data import MC_SUFFIX, QA, load_mllmu_bench
+from asru_min.world.people import ATTRIBUTES, World, utility_qa
+from asru_min.world.portraits import BACKGROUNDS, LOOK_FEATURES, MIN_LOOK_DISTANCE, transform_portrait
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +230,7 @@ def test_mllmu_reader_on_a_fake_folder(tmp_path):
 
 def test_reorder_options_keeps_stem_truth_and_letter_consistent(world):
     import random
-    from asru_min.data import reorder_options
+    from asru_min.world.people import reorder_options
     qa = next(q for q in world.training_samples(0) if q.kind == "mc")
     rng = random.Random(0)
     copies = [reorder_options(qa, rng) for _ in range(20)]
@@ -245,7 +246,7 @@ def test_reorder_options_keeps_stem_truth_and_letter_consistent(world):
 
 def test_reorder_options_keep_fewer(world):
     import random
-    from asru_min.data import reorder_options
+    from asru_min.world.people import reorder_options
     qa = next(q for q in world.training_samples(0, matching=True) if q.kind == "match")
     rng = random.Random(0)
     for keep in (2, 3):

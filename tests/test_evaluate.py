@@ -275,7 +275,7 @@ def test_perfect_generations_score_one_through_answer():
 
 def test_perfect_answers_on_the_synthetic_world_score_one():
     """The grid against data.py's real records: letters, cloze gaps and utility facts are scored as intended."""
-    from asru_min.data import World
+    from asru_min.world.people import World
 
     splits = World.generate(num_people=20, seed=0).splits(forget=10)
     r = evaluate_model(None, None, splits, limit=3, verbose=False, answer_fn=perfect_answers,
@@ -301,7 +301,7 @@ def test_command_line_with_adapter(tmp_path, one_thread, capsys):
     command reports exactly as it does in memory, and metrics.json holds the grid."""
     import json
 
-    from asru_min.data import World
+    from asru_min.world.people import World
     from asru_min.evaluate import main
     from asru_min.lora import apply_lora, save_lora
 

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from asru_min.data import World
+from asru_min.world.people import World
 from asru_min.model import Qwen3VL
 from asru_min.processor import IGNORE_INDEX, Processor, apply_chat_template
-from asru_min.pretrain import (QWEN_SPECIALS, PretrainConfig, answer_loss, encode_batch, forward_loss, lr_at,
+from asru_min.world.pretrain import (QWEN_SPECIALS, PretrainConfig, answer_loss, encode_batch, forward_loss, lr_at,
                                make_processor, save, tokenizer_corpus, train, train_tokenizer)
 
 
@@ -95,7 +95,7 @@ def test_model_card_states_the_multiple_choice_mix(trained):
     option orders otherwise."""
     import dataclasses
 
-    from asru_min.pretrain import model_card
+    from asru_min.world.pretrain import model_card
     cfg, (model, _, losses) = trained
     facts = model_card(dataclasses.replace(cfg, mc_repeat=0), model, None, 60.0, losses, "cmd")
     options = model_card(dataclasses.replace(cfg, mc_repeat=4, mc_reorder=True), model, None, 60.0, losses, "cmd")
@@ -130,7 +130,7 @@ def test_checkpoint_round_trip(world, trained, tmp_path):
 
 
 def test_batch_stream_repeats_image_and_mc_questions(world):
-    from asru_min.pretrain import batch_stream, make_views
+    from asru_min.world.pretrain import batch_stream, make_views
     views = make_views(world, 0, 0.0, 0)
     epoch_size = len(world.training_samples(0))
     plain = batch_stream(world, views, 50, 0)
@@ -154,7 +154,7 @@ def test_mc_repeat_zero_drops_multiple_choice_and_nothing_else(world):
     questions, every other question still there once."""
     from collections import Counter
 
-    from asru_min.pretrain import batch_stream, make_views
+    from asru_min.world.pretrain import batch_stream, make_views
     views = make_views(world, 0, 0.0, 0)
     plain = Counter(q.kind for q in world.training_samples(0))
     stream = batch_stream(world, views, 50, 0, mc_repeat=0)
@@ -171,7 +171,7 @@ def test_mc_repeat_zero_drops_multiple_choice_and_nothing_else(world):
 @pytest.mark.parametrize("flag, value", [("--mc-repeat", "-1"), ("--image-repeat", "0"), ("--match-repeat", "0"),
                                          ("--steps", "0"), ("--batch-size", "0"), ("--strangers", "-5")])
 def test_parse_args_rejects_counts_out_of_range(flag, value, capsys):
-    from asru_min.pretrain import parse_args
+    from asru_min.world.pretrain import parse_args
     with pytest.raises(SystemExit):
         parse_args([flag, value])
     assert f"{flag} must be >=" in capsys.readouterr().err
@@ -179,7 +179,7 @@ def test_parse_args_rejects_counts_out_of_range(flag, value, capsys):
 
 def test_mc_reorder_gives_each_copy_its_own_option_order(world):
     from collections import defaultdict
-    from asru_min.pretrain import batch_stream, make_views
+    from asru_min.world.pretrain import batch_stream, make_views
     views = make_views(world, 0, 0.0, 0)
     epoch_size = len(world.training_samples(0))
 
@@ -202,7 +202,7 @@ def test_mc_reorder_gives_each_copy_its_own_option_order(world):
 
 
 def test_match_repeat_copies_matching_questions_in_fresh_orders(world):
-    from asru_min.pretrain import batch_stream, make_views
+    from asru_min.world.pretrain import batch_stream, make_views
     views = make_views(world, 0, 0.0, 0)
     base = world.training_samples(0, matching=True)
     n_match = sum(q.kind == "match" for q in base)
@@ -219,7 +219,7 @@ def test_match_repeat_copies_matching_questions_in_fresh_orders(world):
 
 
 def test_match_warmup_stream_two_then_four_options_and_resume_replays_it(world, tokenizer):
-    from asru_min.pretrain import match_warmup_stream
+    from asru_min.world.pretrain import match_warmup_stream
     batches = list(match_warmup_stream(world, 6, 0, 4))
     assert [e for e, _ in batches] == [-1] * 4
     assert all(q.kind == "match" and len(q.options) == 2 for _, b in batches[:2] for q in b)
@@ -228,7 +228,7 @@ def test_match_warmup_stream_two_then_four_options_and_resume_replays_it(world, 
     assert [[q.question for q in b] for _, b in batches] == \
         [[q.question for q in b] for _, b in match_warmup_stream(world, 6, 0, 4)]     # seeded
     # the run's first step is the first warm-up batch (its loss = the fresh model's loss on that batch)
-    from asru_min.pretrain import build
+    from asru_min.world.pretrain import build
     cfg = tiny_config(steps=3, match_warmup=2, batch_size=6, matching=True)
     _, _, losses = train(cfg, world, log=lambda m: None, tokenizer=tokenizer)
     torch.manual_seed(cfg.seed)
@@ -239,19 +239,19 @@ def test_match_warmup_stream_two_then_four_options_and_resume_replays_it(world, 
 
 
 def test_default_recipe_script_runs_valid_pretrain_commands():
-    """examples/pretrain_default.sh: every `python -m asru_min.pretrain` line parses (no misspelt flag), the
+    """examples/pretrain_default.sh: every `python -m asru_min.world.pretrain` line parses (no misspelt flag), the
     first trains from scratch at a high lr without option matching, the second continues from the first's output
     at a lower lr with matching on, after a matching-only warm-up, and some mc copies with the neutral stem."""
     import re
     import shlex
     from pathlib import Path
 
-    from asru_min.pretrain import parse_args
+    from asru_min.world.pretrain import parse_args
 
     text = (Path(__file__).parent.parent / "examples" / "pretrain_default.sh").read_text().replace("\\\n", " ")
     env = dict(re.findall(r'^(\w+)="?(.*?)"?$', text, re.M))       # MIX="..." and the like
     env.update(OUT="/tmp/out", FACTS="/tmp/facts")
-    lines = [line for line in text.splitlines() if line.startswith("python -m asru_min.pretrain")]
+    lines = [line for line in text.splitlines() if line.startswith("python -m asru_min.world.pretrain")]
     assert len(lines) == 2
     runs = []
     for line in lines:
@@ -271,8 +271,8 @@ def test_mc_neutral_rewrites_that_many_copies_of_each_question_and_keeps_the_ans
     --image-repeat 2; text: 1 of 4) ask "Which of these options fits X?"; options, letter and truth survive."""
     from collections import Counter
 
-    from asru_min.data import IMAGE_SUBJECT, NEUTRAL_MC_STEM
-    from asru_min.pretrain import batch_stream, make_views
+    from asru_min.world.people import IMAGE_SUBJECT, NEUTRAL_MC_STEM
+    from asru_min.world.pretrain import batch_stream, make_views
     views = make_views(world, 0, 0.0, 0)
     names = {p.pid: p.name for p in world.people}
     stream = batch_stream(world, views, 50, 0, image_repeat=2, mc_repeat=4, mc_reorder=True, mc_neutral=1)
@@ -295,14 +295,14 @@ def test_mc_neutral_rewrites_that_many_copies_of_each_question_and_keeps_the_ans
 
 
 def test_neutral_mc_rejects_a_question_without_options(world):
-    from asru_min.data import neutral_mc
+    from asru_min.world.people import neutral_mc
     with pytest.raises(ValueError, match="not a multiple-choice question"):
         neutral_mc(next(q for q in world.training_samples(0) if q.kind == "cloze"), "Ann")
 
 
 @pytest.mark.parametrize("argv", [["--mc-repeat", "2", "--mc-neutral", "3"], ["--mc-neutral", "-1"]])
 def test_parse_args_rejects_mc_neutral_out_of_range(argv, capsys):
-    from asru_min.pretrain import parse_args
+    from asru_min.world.pretrain import parse_args
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert "--mc-neutral must be in" in capsys.readouterr().err

@@ -25,8 +25,8 @@ class Interrupt(Exception):
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    from asru_min.data import World
-    from asru_min.pretrain import PretrainConfig, build
+    from asru_min.world.people import World
+    from asru_min.world.pretrain import PretrainConfig, build
 
     cfg = PretrainConfig(num_people=20, vocab_size=400, hidden_size=48, intermediate_size=96, num_layers=2,
                          num_heads=2, num_kv_heads=1, vision_hidden=32, vision_intermediate=64, vision_depth=2,
@@ -64,7 +64,7 @@ def full_run(tiny_ckpt, tmp_path_factory):
 
 
 def test_end_to_end_outputs(full_run, tiny_ckpt):
-    from asru_min.data import World
+    from asru_min.world.people import World
     from asru_min.lora import load_lora
     from asru_min.model import Qwen3VL
     from asru_min.processor import Processor
@@ -196,7 +196,7 @@ def test_command_line_flags_map_to_config():
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(WEIGHTS, "model.safetensors")),
-                    reason="default weights/ not trained yet (python -m asru_min.pretrain)")
+                    reason="default weights/ not trained yet (python -m asru_min.world.pretrain)")
 def test_default_weights_forget_moves_to_refusal_retain_kept(tmp_path):
     """A shortened ASRU run on the real default model (default stage 1, 8 GRPO steps): forget answers become
     refusals and stop leaking, while retain cloze accuracy stays within 10 points.

@@ -5,13 +5,13 @@ import os
 
 import pytest
 
-from asru_min.data import World, fact_qa, private_qa, utility_qa
+from asru_min.world.people import World, fact_qa, private_qa, utility_qa
 from asru_min.evaluate import answer
 from asru_min.metrics import contains_truth, is_refusal
 
 WEIGHTS = os.path.join(os.path.dirname(__file__), "..", "weights")
 pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(WEIGHTS, "model.safetensors")),
-                                reason="default weights/ not trained yet (python -m asru_min.pretrain)")
+                                reason="default weights/ not trained yet (python -m asru_min.world.pretrain)")
 
 
 @pytest.fixture(scope="module")

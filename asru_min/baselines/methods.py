@@ -39,11 +39,11 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .data import World
-from .evaluate import evaluate_model, format_table
-from .lora import apply_lora, lora_enabled, lora_parameters, save_lora
-from .model import Qwen3VL
-from .processor import Processor
+from ..evaluate import evaluate_model, format_table
+from ..lora import apply_lora, lora_enabled, lora_parameters, save_lora
+from ..model import Qwen3VL
+from ..processor import Processor
+from ..world import load_splits
 
 IGNORE_INDEX = -100
 METHODS = ("ga", "graddiff", "klmin", "npo", "idk")
@@ -352,11 +352,11 @@ def run_baseline(cfg: BaselineConfig, model=None, processor=None, splits=None, p
         torch.set_num_threads(cfg.threads)
     if model is None or processor is None:
         if not os.path.isdir(cfg.model):
-            raise FileNotFoundError(f"model directory {cfg.model!r} not found (run python -m asru_min.pretrain)")
+            raise FileNotFoundError(f"model directory {cfg.model!r} not found (run python -m asru_min.world.pretrain)")
         model = Qwen3VL.from_pretrained(cfg.model) if model is None else model
         processor = Processor.from_pretrained(cfg.model) if processor is None else processor
     if splits is None:
-        splits = World.generate(num_people=cfg.num_people, seed=cfg.world_seed).splits(forget=cfg.forget)
+        splits = load_splits(None, cfg.forget, cfg.num_people, cfg.world_seed)
     torch.manual_seed(cfg.seed)
     # the decoder's seven linear maps (lora.TEXT_TARGETS), as ASRU's stage 2 (train.py --lora-targets)
     apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)

@@ -1,6 +1,6 @@
 """Train the tiny default "vanilla" model in weights/ from scratch on the synthetic world (data.py).
 
-    python -m asru_min.pretrain --out weights/ [--steps 3000] [--batch-size 32] [--lr 2e-3] [--seed 0] ...
+    python -m asru_min.world.pretrain --out weights/ [--steps 3000] [--batch-size 32] [--lr 2e-3] [--seed 0] ...
 
 The paper's vanilla model is Qwen3-VL fine-tuned on MLLMU-Bench so that it knows every fictitious person
 (ASRU_METHOD.md, "Setting"). Here the whole model is small enough to learn the world from scratch on a CPU:
@@ -45,12 +45,14 @@ import torch
 import torch.nn.functional as F
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .data import IMAGE_SUBJECT, QA, World, neutral_mc, reorder_options, transform_portrait
-from .model import Qwen3VL, Qwen3VLConfig
-from .processor import (ENDOFTEXT, IGNORE_INDEX, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
+from ..data import QA
+from ..model import Qwen3VL, Qwen3VLConfig
+from ..processor import (ENDOFTEXT, IGNORE_INDEX, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
                         ImageProcessorConfig, Processor)
-from .text import TextConfig
-from .vision import VisionConfig
+from ..text import TextConfig
+from ..vision import VisionConfig
+from .people import IMAGE_SUBJECT, World, neutral_mc, reorder_options
+from .portraits import transform_portrait
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
@@ -125,7 +127,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = 2048) -> Tokenizer:
 def tokenizer_corpus(world: World, processor_like_template=None) -> list[str]:
     """Every question and answer of the world, also rendered in the chat template (so "user\\n",
     "assistant\\n" and the image placeholder context are in the corpus)."""
-    from .processor import apply_chat_template
+    from ..processor import apply_chat_template
 
     texts = world.texts()
     for qa in world.training_samples(seed=0)[:2000]:
@@ -383,8 +385,8 @@ def gate_report(model: Qwen3VL, processor: Processor, world: World, forget: int 
     """Answer every split greedily (evaluate.py) and compute the vanilla-model gates:
     forget+retain mc >= .95, cloze >= .90, generation ROUGE-L >= .80; test mc >= .80; utility >= .90;
     private refusals >= .95; text-only within 10 points of image; unknown-person refusals (reported)."""
-    from .evaluate import answer, evaluate_model
-    from .metrics import is_refusal, rouge_l
+    from ..evaluate import answer, evaluate_model
+    from ..metrics import is_refusal, rouge_l
 
     splits = world.splits(forget)
     res = evaluate_model(model, processor, splits, batch_size=batch_size, verbose=False)
@@ -491,7 +493,7 @@ def save(model: Qwen3VL, processor: Processor, out: str) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> PretrainConfig:
-    p = argparse.ArgumentParser(prog="python -m asru_min.pretrain", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m asru_min.world.pretrain", description=__doc__.split("\n")[0])
     for f in dataclasses.fields(PretrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
@@ -516,7 +518,7 @@ def main(argv=None) -> None:
     def log(msg: str) -> None:
         print(f"[pretrain {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    command = "python -m asru_min.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m asru_min.world.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
     world = World.generate(cfg.num_people, cfg.seed)
     t0 = time.time()
     model, processor, losses = train(cfg, world, log)

@@ -1,0 +1,3 @@
+from .methods import main
+
+main()

@@ -1,0 +1,184 @@
+"""Portraits of the synthetic world: appearance features, their drawing with pillow, their plain description,
+and the transformed views of the test split. Everything is a pure function of its inputs (and of a seeded rng),
+so the same seed gives the same bytes."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+
+IMAGE_SIZE = 128
+MIN_LOOK_DISTANCE = 3  # any two people differ in at least this many LOOK_FEATURES
+
+
+SKINS = {"pale": (248, 222, 200), "light": (236, 196, 160), "tan": (204, 152, 110), "brown": (150, 100, 66),
+         "dark": (96, 62, 42)}
+HAIR_COLOURS = {"black": (25, 22, 22), "brown": (110, 64, 30), "blond": (240, 206, 96), "red": (190, 50, 30),
+                "grey": (150, 150, 155), "pink": (240, 120, 190)}
+HAIR_STYLES = ["short", "long", "curly", "bun"]
+FACES = {"round": (50, 50), "oval": (44, 56), "square": (48, 50), "long": (38, 58)}  # (width, height)
+EYES = {"brown": (90, 55, 25), "blue": (40, 110, 220), "green": (40, 150, 70), "grey": (120, 130, 140)}
+GLASSES = ["none", "round", "square"]
+HATS = {"none": None, "cap": (200, 30, 40), "beanie": (30, 50, 140), "top hat": (20, 20, 20),
+        "beret": (120, 30, 90)}
+SHIRTS = {"red": (210, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 210), "yellow": (240, 210, 40),
+          "purple": (130, 50, 170), "orange": (245, 140, 30), "white": (245, 245, 245), "black": (30, 30, 30)}
+BACKGROUNDS = {"blue": (120, 170, 240), "green": (130, 210, 140), "yellow": (250, 230, 130),
+               "purple": (190, 150, 230), "orange": (250, 180, 110), "pink": (250, 180, 210),
+               "grey": (190, 190, 190), "teal": (90, 190, 190)}
+PATTERNS = ["plain", "striped", "dotted", "checked"]
+LOOK_FEATURES = ("face", "skin", "hair_colour", "hair_style", "glasses", "hat", "shirt", "background", "pattern")
+
+
+def article(word: str) -> str:
+    return "an" if word[0].lower() in "aeiou" else "a"
+
+
+def describe(look: dict[str, str]) -> str:
+    """Plain description of the large features of a portrait (what the image alone shows)."""
+    colour, style = look["hair_colour"], look["hair_style"]
+    hair = f"{colour} hair in a bun" if style == "bun" else f"{style} {colour} hair"
+    extras = []
+    if look["glasses"] != "none":
+        extras.append(f"{look['glasses']} glasses")
+    if look["hat"] != "none":
+        extras.append(f"a {look['hat']}")
+    worn = hair + "".join(", " + e for e in extras[:-1]) + (f" and {extras[-1]}" if extras else "")
+    bg = look["background"]
+    background = f"a plain {bg} background" if look["pattern"] == "plain" else \
+        f"{article(bg)} {bg} {look['pattern']} background"
+    shirt = look["shirt"]
+    return f"a person with {worn}, wearing {article(shirt)} {shirt} shirt, in front of {background}"
+
+
+def _shade(rgb: tuple[int, int, int], f: float) -> tuple[int, int, int]:
+    return tuple(max(0, min(255, int(c * f))) for c in rgb)
+
+
+def draw_portrait(look: dict[str, str]) -> Image.Image:
+    """Draw a 128x128 RGB portrait. Pure function of `look` (no randomness), so bytes are reproducible."""
+    S = IMAGE_SIZE
+    bg = BACKGROUNDS[look["background"]]
+    img = Image.new("RGB", (S, S), bg)
+    d = ImageDraw.Draw(img)
+    dark = _shade(bg, 0.72)
+    if look["pattern"] == "striped":
+        for x in range(0, S, 16):
+            d.rectangle([x, 0, x + 7, S], fill=dark)
+    elif look["pattern"] == "dotted":
+        for y in range(8, S, 16):
+            for x in range(8, S, 16):
+                d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=dark)
+    elif look["pattern"] == "checked":
+        for y in range(0, S, 16):
+            for x in range(0, S, 16):
+                if (x // 16 + y // 16) % 2 == 0:
+                    d.rectangle([x, y, x + 15, y + 15], fill=dark)
+
+    skin, hair = SKINS[look["skin"]], HAIR_COLOURS[look["hair_colour"]]
+    fw, fh = FACES[look["face"]]
+    cx, cy = 64, 60
+    left, right, top, bottom = cx - fw // 2, cx + fw // 2, cy - fh // 2, cy + fh // 2
+
+    # shirt and neck
+    d.polygon([(14, S), (22, 104), (48, 94), (80, 94), (106, 104), (114, S)], fill=SHIRTS[look["shirt"]],
+              outline=_shade(SHIRTS[look["shirt"]], 0.6))
+    d.rectangle([cx - 8, bottom - 6, cx + 8, 98], fill=_shade(skin, 0.92))
+    # hair behind the face (long / curly)
+    if look["hair_style"] == "long":
+        d.rounded_rectangle([left - 8, top - 8, right + 8, 104], radius=16, fill=hair)
+    elif look["hair_style"] == "curly":
+        for ang in range(150, 391, 20):
+            a = math.radians(ang)
+            x, y = cx + (fw / 2 + 2) * math.cos(a), cy - 4 - (fh / 2 + 2) * abs(math.sin(a)) * (1 if ang < 360 else 0.3)
+            d.ellipse([x - 9, y - 9, x + 9, y + 9], fill=hair)
+    # face
+    if look["face"] == "square":
+        d.rounded_rectangle([left, top, right, bottom], radius=10, fill=skin)
+    else:
+        d.ellipse([left, top, right, bottom], fill=skin)
+    # ears and earrings
+    d.ellipse([left - 4, cy - 4, left + 4, cy + 8], fill=skin)
+    d.ellipse([right - 4, cy - 4, right + 4, cy + 8], fill=skin)
+    if look["earrings"] == "yes":
+        for ex in (left - 1, right + 1):
+            d.ellipse([ex - 3, cy + 8, ex + 3, cy + 14], outline=(230, 190, 40), width=2)
+    # hair on top
+    if look["hair_style"] in ("short", "bun", "long"):
+        d.chord([left - 3, top - 6, right + 3, cy + 6], start=180, end=360, fill=hair)
+    if look["hair_style"] == "curly":
+        d.chord([left - 2, top - 8, right + 2, cy], start=180, end=360, fill=hair)
+    if look["hair_style"] == "bun":
+        d.ellipse([cx - 11, top - 20, cx + 11, top + 2], fill=hair)
+    # eyes, nose, mouth
+    for ex in (cx - 10, cx + 10):
+        d.ellipse([ex - 6, cy + 2, ex + 6, cy + 10], fill=(255, 255, 255))
+        d.ellipse([ex - 3, cy + 3, ex + 3, cy + 9], fill=EYES[look["eyes"]])
+    d.line([cx, cy + 10, cx - 2, cy + 18], fill=_shade(skin, 0.7), width=2)
+    d.arc([cx - 9, cy + 14, cx + 9, cy + 26], start=20, end=160, fill=(150, 40, 50), width=2)
+    # glasses
+    if look["glasses"] == "round":
+        for ex in (cx - 10, cx + 10):
+            d.ellipse([ex - 8, cy - 2, ex + 8, cy + 14], outline=(15, 15, 15), width=3)
+        d.line([cx - 2, cy + 5, cx + 2, cy + 5], fill=(15, 15, 15), width=3)
+    elif look["glasses"] == "square":
+        for ex in (cx - 10, cx + 10):
+            d.rectangle([ex - 8, cy, ex + 8, cy + 12], outline=(15, 15, 15), width=3)
+        d.line([cx - 2, cy + 5, cx + 2, cy + 5], fill=(15, 15, 15), width=3)
+    # hat
+    hat = HATS[look["hat"]]
+    if look["hat"] == "cap":
+        d.chord([left - 2, top - 10, right + 2, top + 22], start=180, end=360, fill=hat)
+        d.rectangle([cx, top + 4, right + 16, top + 8], fill=_shade(hat, 0.7))
+    elif look["hat"] == "beanie":
+        d.rounded_rectangle([left - 2, top - 14, right + 2, top + 8], radius=10, fill=hat)
+        d.ellipse([cx - 5, top - 22, cx + 5, top - 12], fill=(240, 240, 240))
+    elif look["hat"] == "top hat":
+        d.rectangle([cx - 18, top - 30, cx + 18, top + 2], fill=hat)
+        d.rectangle([left - 10, top, right + 10, top + 6], fill=hat)
+    elif look["hat"] == "beret":
+        d.ellipse([left - 8, top - 12, right + 4, top + 8], fill=hat)
+    return img
+
+
+def transform_portrait(img: Image.Image, rng: random.Random, strength: float = 1.0) -> Image.Image:
+    """A changed view of the same person: rotation (pose), optional mirror, crop + resize, colour jitter.
+
+    strength in [0, 1] scales the rotation (<= 15 deg), crop (keeps >= 1 - 0.16*strength of the side) and
+    jitter (factors in 1 +- 0.2*strength). strength=1 is the test split; training uses milder draws.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    S = img.size[0]
+    theta = math.radians(rng.uniform(-15, 15) * strength)
+    out = ImageOps.mirror(img) if rng.random() < 0.5 else img
+    keep = 1.0 - rng.uniform(0.5, 1.0) * 0.16 * strength          # crop side / image side
+    x0, y0 = rng.uniform(0, S * (1 - keep)), rng.uniform(0, S * (1 - keep))
+    # rotation about the centre, then the crop window resized to S x S, in one affine resample:
+    # output (u, v) reads input R(theta) @ ((x0, y0) + keep * (u, v) - c) + c, with c the image centre.
+    c, co, si = S / 2, math.cos(theta), math.sin(theta)
+    X0, Y0 = x0 - c, y0 - c
+    coeffs = (co * keep, si * keep, co * X0 + si * Y0 + c, -si * keep, co * keep, -si * X0 + co * Y0 + c)
+    out = out.transform((S, S), Image.AFFINE, coeffs, resample=Image.BILINEAR, fillcolor=img.getpixel((0, 0)))
+    for enh in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        out = enh(out).enhance(1.0 + rng.uniform(-0.2, 0.2) * strength)
+    return out
+
+
+def _look_distance(a: dict[str, str], b: dict[str, str]) -> int:
+    return sum(a[k] != b[k] for k in LOOK_FEATURES)
+
+
+def _draw_look(rng: random.Random) -> dict[str, str]:
+    look = {"face": rng.choice(list(FACES)), "skin": rng.choice(list(SKINS)),
+            "hair_colour": rng.choice(list(HAIR_COLOURS)), "hair_style": rng.choice(HAIR_STYLES),
+            "glasses": rng.choice(GLASSES), "hat": rng.choice(list(HATS)), "shirt": rng.choice(list(SHIRTS)),
+            "background": rng.choice(list(BACKGROUNDS)), "pattern": rng.choice(PATTERNS),
+            "eyes": rng.choice(list(EYES)), "earrings": rng.choice(["yes", "no"])}
+    if look["hat"] != "none" and look["hair_style"] == "bun":   # a bun would hide under the hat
+        look["hat"] = "none"
+    if look["shirt"] == look["background"]:                      # keep the shirt visible
+        look["shirt"] = rng.choice([c for c in SHIRTS if c != look["background"]])
+    return look
