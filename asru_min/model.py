@@ -251,24 +251,6 @@ class Qwen3VL(nn.Module):
         """-> (image_embeds (N/4, D), DeepStack features: list of K x (N/4, D)); rows in image order."""
         return self.model.visual(pixel_values.to(self.dtype), image_grid_thw)
 
-    def repeat_image_features(self, image_features, image_grid_thw: torch.Tensor, n: int,
-                              images_per_prompt: int = 1):
-        """For a batch whose prompts are each repeated n times (row b*n + g, e.g. a GRPO group): repeat each
-        prompt's image feature rows n times. Returns (image_features, image_grid_thw) for that batch."""
-        embeds, deepstack = image_features
-        grid = torch.as_tensor(image_grid_thw)
-        m2 = self.config.vision.spatial_merge_size ** 2
-        counts = (grid.prod(-1) // m2).tolist()  # feature rows per image
-        starts = [sum(counts[:i]) for i in range(len(counts))]
-        rows, grid_rows = [], []
-        for p in range(0, len(counts), images_per_prompt):  # one prompt's images, repeated n times
-            imgs = range(p, p + images_per_prompt)
-            prompt_rows = torch.cat([torch.arange(starts[i], starts[i] + counts[i]) for i in imgs])
-            rows.append(prompt_rows.repeat(n))
-            grid_rows.append(torch.tensor(list(imgs)).repeat(n))
-        rows = torch.cat(rows).to(embeds.device)
-        return (embeds[rows], [f[rows] for f in deepstack]), grid[torch.cat(grid_rows).to(grid.device)]
-
     # ----- forward -----
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
