@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 FORGET_PERCENTS = (5, 10, 15)
@@ -62,17 +63,22 @@ def listed(options: list[str]) -> str:
     return "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
 
 
-def qa_batch(processor, qas: list, answers: list[str] | None = None, with_answers: bool = True) -> dict:
+def qa_batch(processor, qas: list, answers: list[str] | None = None, with_answers: bool = True,
+             device=None) -> dict:
     """The one way a list of QA becomes a model batch: the chat prompt (image item first, then the question,
     generation prompt), left-padded. with_answers: + the answer (qa.answer, or answers[i]) + <|im_end|>, with
     `labels` -100 outside the answer (processor.encode_sft); else prompt only, so index -1 of every row is the
-    last prompt token (where stage 1 reads and steers)."""
+    last prompt token (where stage 1 reads and steers). Tensors are moved to `device` when given."""
     prompts = [processor.apply_chat_template(qa.messages(), add_generation_prompt=True) for qa in qas]
     images = [qa.image for qa in qas if qa.image is not None] or None
-    if not with_answers:
-        return processor(text=prompts, images=images)
-    answers = [qa.answer for qa in qas] if answers is None else list(answers)
-    return processor.encode_sft(prompts, answers, images=images)
+    if with_answers:
+        answers = [qa.answer for qa in qas] if answers is None else list(answers)
+        batch = processor.encode_sft(prompts, answers, images=images)
+    else:
+        batch = processor(text=prompts, images=images)
+    if device is not None:
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return batch
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The MLLMU-Bench evaluation grid (ASRU_METHOD.md, "Evaluation").
+"""The MLLMU-Bench evaluation grid (docs/METHOD.md, "Evaluation").
 
     python -m asru_min.evaluate --model weights/ [--adapter DIR] [--forget 10] [--data MLLMU_ROOT]
                                 [--limit N] [--out metrics.json] [--device cpu] [--dtype float32] [--batch-size 32]
@@ -34,6 +34,7 @@ import time
 
 import torch
 
+from .data import qa_batch
 from .metrics import bleu, contains_truth, generation_quality, is_refusal, leaks, rouge_l, rouge_n
 
 QA_SPLITS = ("forget", "test", "retain")  # splits with mc / cloze / gen questions about people
@@ -63,7 +64,6 @@ def answer(model, processor, qas: list, batch_size: int = 32, max_new_tokens: in
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     eos = set(int(t) for t in processor.eos_token_ids)
     texts, finished = [""] * len(qas), [False] * len(qas)
     with_image = [i for i, qa in enumerate(qas) if qa.image is not None]
@@ -78,16 +78,12 @@ def answer(model, processor, qas: list, batch_size: int = 32, max_new_tokens: in
     try:
         done, t0 = 0, time.time()
         for idx in batches:
-            prompts = [processor.apply_chat_template(qas[i].messages(), add_generation_prompt=True) for i in idx]
-            images = [qas[i].image for i in idx] if qas[idx[0]].image is not None else None
-            enc = processor(text=prompts, images=images)
-            pixel_values = enc.get("pixel_values")
-            grid = enc.get("image_grid_thw")
+            enc = qa_batch(processor, [qas[i] for i in idx], with_answers=False, device=device)
             tokens, mask = model.generate(
-                enc["input_ids"].to(device),
-                attention_mask=enc["attention_mask"].to(device),
-                pixel_values=None if pixel_values is None else pixel_values.to(device, dtype),
-                image_grid_thw=None if grid is None else grid.to(device),
+                enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                pixel_values=enc.get("pixel_values"),
+                image_grid_thw=enc.get("image_grid_thw"),
                 max_new_tokens=max_new_tokens,
                 temperature=0.0,
                 eos_token_ids=sorted(eos),

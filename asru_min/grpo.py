@@ -4,9 +4,9 @@ One GRPO step, read top to bottom:
 
 1. rollouts   - for each prompt of the boundary set (forget + retain QA), G sampled responses
                 (temperature 1.5, top_p 0.95), one prefill per prompt (`model.generate(num_samples=G)`);
-2. rewards    - `asru_reward(response, ground_truth, forget)`, one scalar per response;
+2. rewards    - `asru_reward(response, ground_truth, forget)` (below), one scalar per response;
 3. advantages - `group_advantages`: A_i = (r_i - mean_group) / (std_group + eps), shared by all tokens of i;
-4. log-probs  - `sequence_logprobs` under the current policy (old, no grad) and the reference policy
+4. log-probs  - `optim.token_logprobs` under the current policy (old, no grad) and the reference policy
                 (LoRA adapters switched off, no grad);
 5. update     - `policy_loss`: clipped ratio surrogate with clip range [1 - 0.2, 1 + 0.3] plus k3 KL to the
                 reference (coefficient 0.1), token mean; AdamW, gradient clip 1.0, a non-finite loss skips
@@ -22,39 +22,82 @@ from __future__ import annotations
 import json
 import random
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .metrics import is_refusal, leaks
+from .data import qa_batch
+from .metrics import is_refusal, leaks, rouge_l
+from .optim import optimizer_step, token_logprobs
 
 
 @dataclass
 class GRPOConfig:
-    """Every hyper-parameter of stage 2 (defaults: the release's values where they fit a CPU run).
+    """Every hyper-parameter of stage 2. No defaults here: `train.TrainConfig.grpo()` builds it from the run's
+    config, the one place the defaults (and the release's values beside them) are written."""
 
-    The release trains all weights with lr 1e-6; with LoRA adapters on a tiny model the same lr moves nothing
-    in a few steps, so the default here is 5e-5 (use 1e-6 for full fine-tuning of a real model).
+    group_size: int  # G samples per prompt
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    prompts_per_step: int  # prompts per rollout batch
+    mini_batch_size: int  # responses per optimiser step; 0 = the whole rollout batch (prompts_per_step * G)
+    ppo_epochs: int  # inner passes over one rollout batch
+    epochs: int  # passes over the boundary set
+    clip_low: float
+    clip_high: float
+    kl_coef: float
+    lr: float
+    weight_decay: float
+    grad_clip: float
+    seed: int
+    adv_eps: float = 1e-6  # the advantage's epsilon (not a flag)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the tiered ASRU reward (docs/METHOD.md, "Reward")
+#
+# A rule-based scalar per response, no judge model. The cases are checked in this order; the first that
+# applies gives the reward:
+#
+#     | case                                     | forget sample | retain sample |
+#     |------------------------------------------|---------------|---------------|
+#     | norm(ground truth) in norm(response)     | 0.0           | 1.0           |
+#     | refusal(response)                        | 1.0           | 0.0           |
+#     | ROUGE-L band                             | 0 < R < 0.4   | R > 0.6       |
+#     |                                          |   -> 0.5      |   -> 0.5      |
+#     | anything else                            | 0.1           | 0.1           |
+#
+# R = ROUGE-L F1 of the response against the ground truth. The order matters: a refusal that also states the
+# fact is a leak (forget 0.0, retain 1.0). On the forget side the band pays a little for answers that are wrong
+# but on topic (they sit near the boundary); on the retain side it pays for answers close to the truth.
+
+# The rewards of the table, by name.
+FORGET_LEAK, FORGET_REFUSAL, FORGET_BAND = 0.0, 1.0, 0.5
+RETAIN_LEAK, RETAIN_REFUSAL, RETAIN_BAND = 1.0, 0.0, 0.5
+OTHERWISE = 0.1
+FORGET_BAND_HIGH = 0.4  # forget band: 0 < R < 0.4 (both ends open)
+RETAIN_BAND_LOW = 0.6  # retain band: R > 0.6 (open)
+
+
+def asru_reward(response: str, truth: str, forget: bool) -> float:
+    """Tiered ASRU reward r(response; truth, forget) of the module table, cases checked in order:
+
+    forget:  leak -> 0.0;  refusal -> 1.0;  0 < ROUGE-L < 0.4 -> 0.5;  else 0.1
+    retain:  leak -> 1.0;  refusal -> 0.0;  ROUGE-L > 0.6     -> 0.5;  else 0.1
+    where leak = norm(truth) is a (whole-word) substring of norm(response) and refusal = REFUSAL_PATTERN matches.
     """
-
-    group_size: int = 8  # G samples per prompt
-    temperature: float = 1.5
-    top_p: float = 0.95
-    max_new_tokens: int = 32
-    prompts_per_step: int = 4  # prompts per rollout batch (release: 64)
-    mini_batch_size: int = 0  # responses per optimiser step; 0 = the whole rollout batch (prompts_per_step * G)
-    ppo_epochs: int = 1  # inner passes over one rollout batch
-    epochs: int = 1  # passes over the boundary set (release: 6)
-    clip_low: float = 0.2
-    clip_high: float = 0.3
-    kl_coef: float = 0.1
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    adv_eps: float = 1e-6
-    seed: int = 0
+    if leaks(response, truth):
+        return FORGET_LEAK if forget else RETAIN_LEAK
+    if is_refusal(response):
+        return FORGET_REFUSAL if forget else RETAIN_REFUSAL
+    r = rouge_l(response, truth)
+    if forget and 0.0 < r < FORGET_BAND_HIGH:
+        return FORGET_BAND
+    if not forget and r > RETAIN_BAND_LOW:
+        return RETAIN_BAND
+    return OTHERWISE
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -140,103 +183,16 @@ def policy_loss(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# log-probabilities of responses
-
-
-def sequence_logprobs(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_mask: torch.Tensor,
-    pixel_values: torch.Tensor | None = None,
-    image_grid_thw: torch.Tensor | None = None,
-    image_features=None,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """log pi(token_t | tokens_<t) for every response token, one forward over prompt + response.
-
-        log pi(y_t) = log_softmax(logits_{t-1} / temperature)[y_t]
-
-    input_ids, attention_mask, response_mask: (N, L). Returns (N, L) float32, 0 where response_mask is False.
-    The token at position t is predicted by the logits at t - 1; only the last k + 1 positions' logits are
-    computed (k = width of the response region), which keeps the (N, k, V) logits small.
-    GRPO passes the rollout temperature, as the release does (verl divides the logits by it), so the ratio and
-    the KL compare the distributions the responses were actually sampled from (top_p truncation aside).
-    """
-    if not (input_ids.shape == attention_mask.shape == response_mask.shape):
-        raise ValueError("input_ids, attention_mask and response_mask must have the same (N, L) shape")
-    response_mask = response_mask.bool()
-    columns = response_mask.any(dim=0).nonzero()
-    N, L = input_ids.shape
-    out = torch.zeros(N, L, dtype=torch.float32, device=input_ids.device)
-    if columns.numel() == 0:
-        return out
-    first = int(columns[0])
-    if first == 0:
-        raise ValueError("a response token at position 0 has no context to be predicted from")
-    k = L - first  # response region width
-    logits = model(
-        input_ids,
-        attention_mask=attention_mask,
-        pixel_values=pixel_values,
-        image_grid_thw=image_grid_thw,
-        image_features=image_features,
-        logits_to_keep=k + 1,
-    )  # (N, k + 1, V)
-    logits = logits[:, :-1].float() / temperature  # (N, k, V): positions first-1 .. L-2 predict first .. L-1
-    targets = input_ids[:, first:]  # (N, k)
-    token_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    out[:, first:] = token_logp * response_mask[:, first:]
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# one optimiser step that refuses non-finite losses
-
-
-def optimizer_step(loss: torch.Tensor, params: list, optimizer: torch.optim.Optimizer, grad_clip: float) -> bool:
-    """backward + clip + step; returns False (and changes nothing) if the loss or the gradient is not finite.
-
-    A NaN/inf from one bad batch would otherwise poison every weight through AdamW's moment estimates.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
-        warnings.warn(f"non-finite GRPO loss ({loss.item()}): optimiser step skipped")
-        return False
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    if not torch.isfinite(grad_norm):
-        warnings.warn(f"non-finite gradient norm ({grad_norm.item()}): optimiser step skipped")
-        optimizer.zero_grad(set_to_none=True)
-        return False
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return True
-
-
-# ----------------------------------------------------------------------------------------------------------
 # the boundary set and its prompts
 
 
-def wrong_side(response: str, truth: str, forget: bool) -> bool:
-    """Is an answer on the wrong side of the refusal boundary? forget: it is not a refusal, or it states the
-    truth; retain: it does not state the truth (a refusal or a wrong answer)."""
-    if forget:
-        return leaks(response, truth) or not is_refusal(response)
-    return not leaks(response, truth)
+def build_boundary_set(forget_qas: list, retain_qas: list, size: int, kinds: tuple, seed: int,
+                       forget_share: float) -> list:
+    """The stage-2 training set: `size` samples drawn at random, a `forget_share` of them forget QA (release: one
+    half) and the rest retain QA, each a (qa, forget) pair, in random order.
 
-
-def build_boundary_set(forget_qas: list, retain_qas: list, size: int, kinds=("gen",), seed: int = 0,
-                       near=None, forget_share: float = 0.5) -> list:
-    """The stage-2 training set: `size` samples, a `forget_share` of them forget QA (release: one half) and the
-    rest retain QA, each a (qa, forget) pair.
-
-    Only free-form kinds are used by default: the reward compares the response with the ground truth text,
-    which a multiple-choice letter never contains. The release draws 200 random samples of each side.
-    `near(qas, forget) -> list[bool]`, when given, marks samples on the wrong side of the refusal boundary (a
-    forget question the current model still answers, a retain question it gets wrong). It judges a random pool of
-    4x the samples each side needs; the side takes the marked ones first, then the others, in random order. How
-    the release picks "near the boundary" samples is not published; this is this project's reading of it.
+    Only free-form kinds belong here (the run's default: generation): the reward compares the response with the
+    ground truth text, which a multiple-choice letter never contains. The release draws 200 of each side.
     """
     rng = random.Random(seed)
     forget = [qa for qa in forget_qas if qa.kind in kinds]
@@ -247,27 +203,10 @@ def build_boundary_set(forget_qas: list, retain_qas: list, size: int, kinds=("ge
         raise ValueError(f"forget_share must be in (0, 1), got {forget_share}")
     n_forget = min(round(size * forget_share), len(forget))
     n_retain = min(size - n_forget, len(retain))
-
-    def pick(qas: list, n: int, is_forget: bool) -> list:
-        order = rng.sample(qas, len(qas))
-        if near is not None:
-            pool, rest = order[:4 * n], order[4 * n:]
-            flags = near(pool, is_forget)
-            if len(flags) != len(pool):
-                raise ValueError(f"near() returned {len(flags)} flags for {len(pool)} questions")
-            order = [qa for qa, f in zip(pool, flags) if f] + [qa for qa, f in zip(pool, flags) if not f] + rest
-        return [(qa, is_forget) for qa in order[:n]]
-
-    samples = pick(forget, n_forget, True) + pick(retain, n_retain, False)
+    samples = [(qa, True) for qa in rng.sample(forget, len(forget))[:n_forget]]
+    samples += [(qa, False) for qa in rng.sample(retain, len(retain))[:n_retain]]
     rng.shuffle(samples)
     return samples
-
-
-def encode_prompts(processor, qas: list) -> dict:
-    """Chat-template prompts (image first, then the question, no system prompt), left-padded."""
-    texts = [processor.apply_chat_template(qa.messages(), add_generation_prompt=True) for qa in qas]
-    images = [qa.image for qa in qas if qa.image is not None]
-    return processor(text=texts, images=images or None)
 
 
 def split_image_features(image_features, image_grid_thw: torch.Tensor, prompt_ids: torch.Tensor, config) -> list:
@@ -316,7 +255,7 @@ def rollout(model, processor, samples: list, cfg: GRPOConfig, generator: torch.G
     G = cfg.group_size
     device = next(model.parameters()).device
     qas = [qa for qa, _ in samples]
-    batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in encode_prompts(processor, qas).items()}
+    batch = qa_batch(processor, qas, with_answers=False, device=device)
     prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]  # (B, P)
     features, chunks = None, None
     if batch.get("pixel_values") is not None:  # vision runs once per rollout batch, shared by all G samples
@@ -349,15 +288,15 @@ def rollout(model, processor, samples: list, cfg: GRPOConfig, generator: torch.G
 
 
 def rows_logprobs(model, ro: dict, rows: list[int], cfg: GRPOConfig, image_chunks=None) -> tuple:
-    """sequence_logprobs for a subset of rollout rows, with all-pad columns trimmed.
+    """token_logprobs of the response tokens of a subset of rollout rows, with all-pad columns trimmed.
 
     Returns (logp (n, L'), response_mask (n, L')) with L' the trimmed width."""
     idx = torch.tensor(rows, device=ro["input_ids"].device)
     ids, resp, att = trim_padding(ro["input_ids"][idx], ro["response_mask"][idx], attention_mask=ro["attention_mask"][idx])
     chunks = image_chunks if image_chunks is not None else ro["chunks"]
     feats, grid = join_image_features([chunks[r // cfg.group_size] for r in rows]) if chunks else (None, None)
-    logp = sequence_logprobs(model, ids, att, resp, image_grid_thw=grid, image_features=feats,
-                             temperature=cfg.temperature)
+    logp = token_logprobs(model, {"input_ids": ids, "attention_mask": att, "image_grid_thw": grid}, resp,
+                          temperature=cfg.temperature, image_features=feats)
     return logp, resp
 
 
@@ -387,8 +326,6 @@ def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, param
     reference: a context-manager factory under which `model` is the reference policy; default: LoRA adapters off.
     Returns the step's log record.
     """
-    from .reward import asru_reward
-
     reward_fn = reward_fn or asru_reward
     if reference is None:
         from .lora import lora_enabled

@@ -1,48 +1,26 @@
-"""Forward hooks on the residual stream: read, add, or ablate a direction at a decoder layer.
+"""Forward hooks on the residual stream: read, add or ablate a direction at a text-decoder layer, and run the
+model only up to a layer.
 
-Every hook here lives inside a context manager that removes its handle in a `finally` block, so a hook can
-never outlive the `with` statement, even when the body raises (a stray hook silently corrupts every later
-forward pass, which is the classic bug of hook-based steering code).
+`hook(module, fn)` is the one place that registers a hook, and it removes the handle in a `finally` block: a hook
+can never outlive its `with` statement, even when the body raises (a stray hook silently corrupts every later
+forward pass, the classic bug of hook-based steering code). Everything else here is built on it, and stage 1
+(steer.py) uses nothing else.
 
-Two layers of API:
-- generic, for any module (`get_module(model, "model.language_model.layers.3.mlp")`): `forward_hook`,
-  `forward_pre_hook`, `read_output`, `read_input`, `add_to_output`, `ablate_from_output`;
-- decoder-layer shortcuts used by ASRU stage 1 (`steer.py`): `read_layer_output`, `add_direction`,
-  `ablate_direction`, which address text-decoder layer `L` at `model.model.language_model.layers[L]`.
-
-A decoder layer returns the hidden-state tensor (B, L, D) (see docs/ARCHITECTURE.md), so a hook that returns
-a tensor replaces the residual stream after that layer. Tuple outputs (e.g. other codebases' layers return
-`(hidden, ...)`) are handled too: the first element is treated as the hidden state.
-
-Positions. Prompts are left-padded, so the last prompt token is index -1 of every row. `positions="last"`
-selects `h[:, -1]` (B, D); `positions="all"` keeps (B, L, D). During cached generation each decode step is a
-forward with L = 1, so "last" then also touches every generated token.
+A decoder layer (text.DecoderLayer) returns the residual stream h (B, L, D) as a plain tensor, so a forward hook
+that returns a tensor replaces h after that layer. Prompts are left-padded, so index -1 of every row is its last
+prompt token: positions="last" selects h[:, -1] (B, D), "all" keeps (B, L, D). During cached generation every
+decode step is a forward with L = 1, so "last" then touches every generated token too.
 """
 
-from contextlib import contextmanager
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 POSITIONS = ("last", "all")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# module lookup
-
-
-def get_module(model: nn.Module, path: str) -> nn.Module:
-    """The submodule at a dotted path, e.g. "model.language_model.layers.3.mlp.down_proj" (list indices as
-    plain components, exactly as in `named_modules()` and checkpoint keys)."""
-    module = model
-    for name in path.split(".") if path else []:
-        if not hasattr(module, name):
-            raise ValueError(f"{type(module).__name__} has no submodule {name!r} (path {path!r})")
-        module = getattr(module, name)
-    if not isinstance(module, nn.Module):
-        raise ValueError(f"{path!r} is a {type(module).__name__}, not an nn.Module")
-    return module
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -61,50 +39,20 @@ def decoder_layer(model: nn.Module, layer: int) -> nn.Module:
     return layers[layer]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# hook registration: the only two places that call register_*; both remove the handle in `finally`
-
-
 @contextmanager
-def forward_hook(module: nn.Module, fn: Callable) -> Iterator[None]:
-    """Register `fn(module, inputs, output) -> new_output | None` for the duration of the block."""
-    handle = module.register_forward_hook(fn)
+def hook(module: nn.Module, fn: Callable, pre: bool = False) -> Iterator[None]:
+    """Register fn for the duration of the block: a forward hook `fn(module, inputs, output) -> new output | None`,
+    or with pre=True a forward pre-hook `fn(module, inputs) -> new inputs | None`."""
+    handle = module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn)
     try:
         yield
     finally:
         handle.remove()
 
 
-@contextmanager
-def forward_pre_hook(module: nn.Module, fn: Callable) -> Iterator[None]:
-    """Register `fn(module, inputs) -> new_inputs | None` for the duration of the block."""
-    handle = module.register_forward_pre_hook(fn)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# helpers on hidden states
-
-
-def _hidden(output):
-    """The hidden-state tensor of a module output (a tensor, or the first element of a tuple)."""
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _replace_hidden(output, h: torch.Tensor):
-    return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
-
-
-def _select(h: torch.Tensor, positions: str) -> torch.Tensor:
-    """(B, L, D) -> (B, D) for "last" (left padding puts every row's last real token at -1), or unchanged."""
-    if positions == "last":
-        return h[:, -1]
-    if positions == "all":
-        return h
-    raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+def _check_positions(positions: str) -> None:
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
 
 
 def _check_direction(v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -113,105 +61,90 @@ def _check_direction(v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return v.to(device=h.device, dtype=h.dtype)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# generic read / add / ablate on any module
-
-
-@contextmanager
-def read_output(module: nn.Module, positions: str = "last", detach: bool = True) -> Iterator[list]:
-    """Collect the module's output on every forward inside the block.
-
-    Yields a list that gets one tensor per forward call: (B, D) for positions="last", (B, L, D) for "all".
-    `detach=False` keeps the autograd graph (used by the steering optimisation)."""
-    _select(torch.zeros(1, 1, 1), positions)  # validate `positions` before any forward runs
-    outputs: list[torch.Tensor] = []
-
-    def hook(mod, inputs, output):
-        h = _select(_hidden(output), positions)
-        outputs.append(h.detach() if detach else h)
-
-    with forward_hook(module, hook):
-        yield outputs
-
-
-@contextmanager
-def read_input(module: nn.Module, detach: bool = True) -> Iterator[list]:
-    """Collect the first positional input of the module on every forward inside the block (e.g. the input
-    `a` of `mlp.down_proj`, shape (B, L, intermediate))."""
-    inputs_seen: list[torch.Tensor] = []
-
-    def hook(mod, inputs):
-        x = inputs[0]
-        inputs_seen.append(x.detach() if detach else x)
-
-    with forward_pre_hook(module, hook):
-        yield inputs_seen
-
-
-@contextmanager
-def add_to_output(module: nn.Module, v: torch.Tensor, scale: float = 1.0, positions: str = "all") -> Iterator[None]:
-    """Activation addition: output h -> h + scale * v (at every position, or only at the last one)."""
-    _select(torch.zeros(1, 1, 1), positions)
-
-    def hook(mod, inputs, output):
-        h = _hidden(output)
-        delta = scale * _check_direction(v, h)  # (D,)
-        if positions == "all":
-            h = h + delta
-        else:
-            h = h.clone()
-            h[:, -1] = h[:, -1] + delta
-        return _replace_hidden(output, h)
-
-    with forward_hook(module, hook):
-        yield
-
-
-@contextmanager
-def ablate_from_output(module: nn.Module, v: torch.Tensor) -> Iterator[None]:
-    """Directional ablation: h -> h - (h . u) u with u = v / |v|, at every position, so the output has no
-    component along v. The projection is computed in float32 for bf16/fp16 models."""
-    if v.ndim != 1 or float(v.norm()) == 0.0:
-        raise ValueError("ablation needs a non-zero 1-D direction")
-
-    def hook(mod, inputs, output):
-        h = _hidden(output)
-        u = _check_direction(v, h).float()
-        u = u / u.norm()
-        hf = h.float()
-        proj = (hf @ u).unsqueeze(-1) * u  # (B, L, 1) * (D,) -> (B, L, D)
-        return _replace_hidden(output, (hf - proj).to(h.dtype))
-
-    with forward_hook(module, hook):
-        yield
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the decoder-layer shortcuts used by ASRU
-
-
 @contextmanager
 def read_layer_output(model: nn.Module, layer: int, positions: str = "last", detach: bool = True) -> Iterator[list]:
-    """Read the residual stream after text-decoder layer `layer`:
+    """Collect the residual stream after decoder layer `layer` on every forward inside the block:
 
         with read_layer_output(model, L) as acts:
             model(**batch)
         h = acts[0]            # (B, D): the last prompt token of each (left-padded) row
-    """
-    with read_output(decoder_layer(model, layer), positions=positions, detach=detach) as outputs:
+
+    positions="all" keeps (B, L, D); detach=False keeps the autograd graph."""
+    _check_positions(positions)
+    outputs: list[torch.Tensor] = []
+
+    def read(mod, inputs, h):
+        h = h[:, -1] if positions == "last" else h
+        outputs.append(h.detach() if detach else h)
+
+    with hook(decoder_layer(model, layer), read):
         yield outputs
 
 
 @contextmanager
 def add_direction(model: nn.Module, layer: int, v: torch.Tensor, scale: float = 1.0,
                   positions: str = "all") -> Iterator[None]:
-    """Inference-time steering: the output of decoder layer `layer` becomes h + scale * v."""
-    with add_to_output(decoder_layer(model, layer), v, scale=scale, positions=positions):
+    """Inference-time steering: the output of decoder layer `layer` becomes h + scale * v (at every position, or
+    only at the last one)."""
+    _check_positions(positions)
+
+    def add(mod, inputs, h):
+        delta = scale * _check_direction(v, h)  # (D,)
+        if positions == "all":
+            return h + delta
+        h = h.clone()
+        h[:, -1] = h[:, -1] + delta
+        return h
+
+    with hook(decoder_layer(model, layer), add):
         yield
 
 
 @contextmanager
 def ablate_direction(model: nn.Module, layer: int, v: torch.Tensor) -> Iterator[None]:
-    """The output of decoder layer `layer` becomes h - (h . u) u, u = v / |v| (no component along v)."""
-    with ablate_from_output(decoder_layer(model, layer), v):
+    """Directional ablation: the output of decoder layer `layer` becomes h - (h . u) u with u = v / |v|, at every
+    position, so it has no component along v. The projection is computed in float32 for bf16/fp16 models."""
+    if v.ndim != 1 or float(v.norm()) == 0.0:
+        raise ValueError("ablation needs a non-zero 1-D direction")
+
+    def ablate(mod, inputs, h):
+        u = _check_direction(v, h).float()
+        u = u / u.norm()
+        hf = h.float()
+        return (hf - (hf @ u).unsqueeze(-1) * u).to(h.dtype)  # (B, L, 1) * (D,) -> (B, L, D)
+
+    with hook(decoder_layer(model, layer), ablate):
         yield
+
+
+class _StopForward(Exception):
+    """Raised by a hook after layer L: the rest of the forward cannot change h_L."""
+
+
+def run_to_layer(model: nn.Module, batch: dict, layer: int, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the model on `batch` (a data.qa_batch) up to and including decoder layer `layer` only (later layers
+    cannot change its output).
+
+    Returns (h, a): h (B, L, D), the output of layer `layer` (with its graph when `grad`), and a (B, L, F), the
+    input of that layer's mlp.down_proj (detached; it does not depend on down_proj)."""
+    module = decoder_layer(model, layer)
+    seen: dict[str, list] = {"h": [], "a": []}
+
+    def read_a(mod, args):
+        seen["a"].append(args[0].detach())
+
+    def read_h_and_stop(mod, args, h):
+        seen["h"].append(h if grad else h.detach())
+        raise _StopForward
+
+    with torch.set_grad_enabled(grad), ExitStack() as stack:
+        stack.enter_context(hook(module.mlp.down_proj, read_a, pre=True))
+        stack.enter_context(hook(module, read_h_and_stop))
+        try:
+            model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                  pixel_values=batch.get("pixel_values"), image_grid_thw=batch.get("image_grid_thw"))
+        except _StopForward:
+            pass
+    if len(seen["h"]) != 1 or len(seen["a"]) != 1:
+        raise RuntimeError(f"expected one forward through layer {layer}, saw {len(seen['h'])}")
+    return seen["h"][0], seen["a"][0]

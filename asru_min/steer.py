@@ -1,4 +1,4 @@
-"""ASRU stage 1: the knowledge-absence direction and activation-steering optimisation (ASRU_METHOD.md, Stage 1).
+"""ASRU stage 1: the knowledge-absence direction and activation-steering optimisation (docs/METHOD.md, stage 1).
 
 1. Direction. Read the residual stream after text-decoder layer L at the last prompt token (the end of the
    generation prompt, index -1 with left padding) on two sets of questions:
@@ -18,7 +18,7 @@ the frozen model. Layer L's output is  h = h_in + attn + a W^T, hence
        h_frozen = h_updated - a (W - W0)^T
 
 with `a` captured by a hook in the same forward and W0 a saved copy of W (one matrix, not a model).
-The forward is also stopped right after layer L: later layers cannot change h_L.
+The forward is also stopped right after layer L (hooks.run_to_layer): later layers cannot change h_L.
 
 Differences from the authors' release, on purpose: the retain MSE masks pad positions (the release averages
 over pads too); the refusal filter matches whole words "not"/"no"/"sorry" (the release's substring test also
@@ -32,72 +32,16 @@ import os
 import random
 import re
 import time
-from contextlib import ExitStack
-
 import torch
 from torch import nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .hooks import decoder_layer, forward_hook, read_input, read_output
+from .data import qa_batch
+from .hooks import decoder_layer, run_to_layer
+from .optim import optimizer_step
 
 REFUSAL_WORDS = re.compile(r"\b(not|no|sorry)\b", re.IGNORECASE)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# batches and the truncated forward
-
-
-def prompt_batch(processor, qas: list) -> dict:
-    """Prompt-only batch (question + generation prompt, left-padded): its last position is the last prompt token."""
-    prompts = [processor.apply_chat_template(qa.messages(), add_generation_prompt=True) for qa in qas]
-    images = [qa.image for qa in qas if qa.image is not None]
-    return processor(text=prompts, images=images or None)
-
-
-def qa_batch(processor, qas: list) -> dict:
-    """Question + answer + <|im_end|> batch (left-padded), as the model saw it in fine-tuning."""
-    prompts = [processor.apply_chat_template(qa.messages(), add_generation_prompt=True) for qa in qas]
-    images = [qa.image for qa in qas if qa.image is not None]
-    return processor.encode_sft(prompts, [qa.answer for qa in qas], images=images or None)
-
-
-def _model_inputs(batch: dict, model: nn.Module) -> dict:
-    p = next(model.parameters())
-    device, dtype = getattr(model, "device", p.device), getattr(model, "dtype", p.dtype)
-    out = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
-    if batch.get("pixel_values") is not None:
-        out["pixel_values"] = batch["pixel_values"].to(device, dtype)
-        out["image_grid_thw"] = batch["image_grid_thw"].to(device)
-    return out
-
-
-class _StopForward(Exception):
-    """Raised by a hook after layer L: the rest of the forward cannot change h_L."""
-
-
-def forward_to_layer(model: nn.Module, batch: dict, layer: int, grad: bool = False):
-    """Run the model up to and including decoder layer `layer` only.
-
-    Returns (h, a): h (B, L, D) = the output of layer `layer` (keeps the graph when `grad`), and
-    a (B, L, F) = the input of that layer's mlp.down_proj (detached; it does not depend on down_proj)."""
-    module = decoder_layer(model, layer)
-
-    def stop(mod, inputs, output):
-        raise _StopForward
-
-    inputs = _model_inputs(batch, model)
-    with torch.set_grad_enabled(grad), ExitStack() as stack:
-        hs = stack.enter_context(read_output(module, positions="all", detach=not grad))
-        a_s = stack.enter_context(read_input(module.mlp.down_proj))
-        stack.enter_context(forward_hook(module, stop))  # registered last: runs after the read hook
-        try:
-            model(**inputs)
-        except _StopForward:
-            pass
-    if len(hs) != 1 or len(a_s) != 1:
-        raise RuntimeError(f"expected one forward through layer {layer}, saw {len(hs)}")
-    return hs[0], a_s[0]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -112,11 +56,16 @@ def mean_last_token_activation(model: nn.Module, processor, qas: list, layer: in
         raise ValueError("no questions to average over")
     total, n = None, 0
     for s in range(0, len(qas), batch_size):
-        h, _ = forward_to_layer(model, prompt_batch(processor, qas[s : s + batch_size]), layer)
+        batch = qa_batch(processor, qas[s : s + batch_size], with_answers=False, device=_device(model))
+        h, _ = run_to_layer(model, batch, layer)
         last = h[:, -1].to(torch.float64)  # (B, D): left padding puts every row's last prompt token at -1
         total = last.sum(0) if total is None else total + last.sum(0)
         n += last.shape[0]
     return total / n, n
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def keep_refusals(model: nn.Module, processor, qas: list, batch_size: int = 8, max_new_tokens: int = 32) -> list:
@@ -216,9 +165,8 @@ def _batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
 
 
 def optimize_steering(model: nn.Module, processor, forget_qas: list, retain_qas: list, direction: torch.Tensor,
-                      layer: int, c: float = 3.0, alpha: float = 1.0, lr: float = 1e-4, batch_size: int = 2,
-                      epochs: int = 3, seed: int = 0, log_every: int = 10, callback=None,
-                      weight_decay: float = 0.01) -> dict:
+                      layer: int, *, c: float, alpha: float, lr: float, batch_size: int, epochs: int,
+                      seed: int = 0, log_every: int = 10, callback=None, weight_decay: float = 0.01) -> dict:
     """Steering optimisation: train only W = layer L's mlp.down_proj.weight (full matrix); all else frozen.
 
     Schedule (as the release): each epoch iterates over the (shuffled) retain batches; every
@@ -254,25 +202,23 @@ def optimize_steering(model: nn.Module, processor, forget_qas: list, retain_qas:
     # rounded value after every step (an lr 1e-4 update is below bf16's resolution of most entries of W)
     master = W if W.dtype == torch.float32 else W.detach().float().clone().requires_grad_(True)
     opt = torch.optim.AdamW([master], lr=lr, weight_decay=weight_decay)
+
+    def to_master():  # the gradient lands on W; AdamW updates its float32 master copy
+        master.grad, W.grad = W.grad.float(), None
+
+    to_master = None if master is W else to_master
     rng = random.Random(seed)
     stats = {"forget_loss": [], "retain_loss": [], "log": [], "param_name": name}
 
     def step(kind: str, qas: list, epoch: int) -> None:
+        batch = qa_batch(processor, qas, with_answers=kind == "retain", device=W.device)
+        h, a = run_to_layer(model, batch, layer, grad=True)
+        h_frozen = frozen_activation(h, a, W, W0)
         if kind == "forget":
-            h, a = forward_to_layer(model, prompt_batch(processor, qas), layer, grad=True)
-            h_frozen = frozen_activation(h, a, W, W0)
             loss = forget_loss(h[:, -1], h_frozen[:, -1], v, c)
         else:
-            batch = qa_batch(processor, qas)
-            h, a = forward_to_layer(model, batch, layer, grad=True)
-            h_frozen = frozen_activation(h, a, W, W0)
             loss = retain_loss(h, h_frozen, batch["attention_mask"], alpha)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if master is not W:
-            master.grad, W.grad = W.grad.float(), None
-        opt.step()
-        if master is not W:
+        if optimizer_step(loss, [master], opt, after_backward=to_master) and master is not W:
             with torch.no_grad():
                 W.copy_(master)
         record = {"step": len(stats["log"]), "epoch": epoch, "kind": kind, "loss": loss.item(),

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .evaluate import answer, evaluate_model, format_table
-from .grpo import GRPOConfig, build_boundary_set, make_optimizer, train_grpo, wrong_side
+from .evaluate import evaluate_model, format_table
+from .grpo import GRPOConfig, build_boundary_set, make_optimizer, train_grpo
 
 STAGES = ("eval_vanilla", "stage1", "eval_stage1", "stage2", "eval_asru")
 
@@ -83,9 +83,6 @@ class TrainConfig:
     # 128 forget + 256 retain generation QA, retain ROUGE-L 95.9 (half and half: 91.8); README, stage-2 frontier
     boundary_kinds: str = "gen"  # gen only: the kind the leak and ROUGE-L targets read (the previous default,
     # gen + cloze in 256 QA half and half: forget leak 5 %, retain ROUGE-L 77.8)
-    boundary_select: str = "random"  # the release's random draw; "near": forget QA the stage-1 model still
-    # answers and retain QA it gets wrong first (greedy answers of a random pool 4x the size). "near" repaired
-    # more retain answers but left more forget leaks (15-17 % on earlier checkpoints, README), so it is not the default
     lora_r: int = 16
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0  # 0: the first inner step is exactly on-policy (ratio 1), dropout adds noise to it
@@ -107,10 +104,6 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ckpt_every: int = 1  # GRPO steps between checkpoints
-
-    def __post_init__(self):
-        if self.boundary_select not in ("near", "random"):
-            raise ValueError(f"boundary_select must be 'near' or 'random', got {self.boundary_select!r}")
 
     def grpo(self) -> GRPOConfig:
         return GRPOConfig(group_size=self.group_size, temperature=self.temperature, top_p=self.top_p,
@@ -281,7 +274,7 @@ def stage1(run: Run, model, processor, splits: dict) -> None:
 
 def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
     """LoRA + GRPO on the boundary set, checkpointed every cfg.ckpt_every steps; returns the GRPO log."""
-    from .lora import apply_lora, load_lora, lora_enabled, save_lora
+    from .lora import apply_lora, load_lora, save_lora
 
     cfg, gcfg = run.cfg, run.cfg.grpo()
     log_path = run.path("grpo_log.jsonl")
@@ -306,19 +299,9 @@ def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
         run.log(f"stage2: resuming GRPO at step {start} from {ckpt}")
     write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
 
-    kinds = tuple(cfg.boundary_kinds.split(","))
-    near = None
-    if cfg.boundary_select == "near":
-        def near(qas: list, forget: bool) -> list[bool]:
-            with lora_enabled(model, False):  # judged by the stage-1 model, also when resuming with trained adapters
-                answers = answer(model, processor, qas, batch_size=cfg.eval_batch_size,
-                                 max_new_tokens=cfg.max_new_tokens)
-            flags = [wrong_side(a, qa.ground_truth, forget) for a, qa in zip(answers, qas)]
-            run.log(f"stage2: {sum(flags)}/{len(qas)} {'forget' if forget else 'retain'} candidates on the wrong "
-                    f"side of the boundary")
-            return flags
-    samples = build_boundary_set(splits["forget"], splits["retain"], cfg.boundary_size, kinds, seed=cfg.seed,
-                                 near=near, forget_share=cfg.boundary_forget_share)
+    samples = build_boundary_set(splits["forget"], splits["retain"], cfg.boundary_size,
+                                 tuple(cfg.boundary_kinds.split(",")), seed=cfg.seed,
+                                 forget_share=cfg.boundary_forget_share)
     steps_total = len(range(0, len(samples), cfg.prompts_per_step)) * cfg.grpo_epochs
     run.log(f"stage2: LoRA r={cfg.lora_r} on {cfg.lora_targets}; GRPO over {len(samples)} boundary QA, "
             f"G={cfg.group_size}, {steps_total} steps")

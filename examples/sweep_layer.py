@@ -31,13 +31,15 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from asru_min.evaluate import answer, limit_split  # noqa: E402
-from asru_min.hooks import add_direction, decoder_layers  # noqa: E402
+from asru_min.data import qa_batch  # noqa: E402
+from asru_min.hooks import add_direction, decoder_layers, run_to_layer  # noqa: E402
 from asru_min.metrics import contains_truth, is_refusal, leaks  # noqa: E402
 from asru_min.model import Qwen3VL  # noqa: E402
 from asru_min.processor import Processor  # noqa: E402
+from asru_min.train import TrainConfig  # noqa: E402
 from asru_min.world import load_splits  # noqa: E402
 from asru_min.steer import (  # noqa: E402
-    forward_to_layer, keep_refusals, knowledge_absence_direction, optimize_steering, prompt_batch,
+    keep_refusals, knowledge_absence_direction, optimize_steering,
 )
 
 
@@ -69,7 +71,7 @@ def score(model, processor, sets: dict, args) -> dict:
 @torch.no_grad()
 def last_token_activations(model, processor, qas: list, layer: int, batch_size: int) -> torch.Tensor:
     """(N, D) float64: layer `layer`'s output at the last prompt token of every question."""
-    rows = [forward_to_layer(model, prompt_batch(processor, qas[s : s + batch_size]), layer)[0][:, -1]
+    rows = [run_to_layer(model, qa_batch(processor, qas[s : s + batch_size], with_answers=False), layer)[0][:, -1]
             for s in range(0, len(qas), batch_size)]
     return torch.cat(rows).double().cpu()
 
@@ -117,8 +119,9 @@ def main(argv=None) -> dict:
     p.add_argument("--scales", default="1,3", help="inference-time steering: h_L + c v for each c ('' = none)")
     p.add_argument("--positions", default="all", choices=("all", "last"))
     p.add_argument("--optimize", action="store_true", help="also run a short steering optimisation per layer")
-    p.add_argument("--c", default="3", help="forget_scale(s) c of the optimisation, comma-separated")
-    p.add_argument("--steer-lr", default="1e-4", help="learning rate(s) of the optimisation, comma-separated")
+    d = TrainConfig()
+    p.add_argument("--c", default=str(d.forget_scale), help="forget_scale(s) c of the optimisation, comma-separated")
+    p.add_argument("--steer-lr", default=str(d.steer_lr), help="learning rate(s) of the optimisation, comma-separated")
     p.add_argument("--steer-epochs", type=int, default=1)
     p.add_argument("--steer-retain", type=int, default=240, help="retain QA used by the optimisation")
     p.add_argument("--forget-kinds", default="gen", help="forget question kinds used for v and the forget loss")
@@ -187,8 +190,9 @@ def main(argv=None) -> dict:
             W0 = W.detach().clone()
             for c in [float(x) for x in args.c.split(",")]:
                 for lr in [float(x) for x in args.steer_lr.split(",")]:
-                    res = optimize_steering(model, processor, negatives, steer_retain, v, L, c=c, lr=lr,
-                                            batch_size=2, epochs=args.steer_epochs, seed=args.seed, log_every=0)
+                    res = optimize_steering(model, processor, negatives, steer_retain, v, L, c=c,
+                                            alpha=TrainConfig.alpha, lr=lr, batch_size=TrainConfig.steer_batch_size,
+                                            epochs=args.steer_epochs, seed=args.seed, log_every=0)
                     row = {"layer": L, "setting": f"opt c={c:g} lr={lr:g}", "norm": stats["norm"],
                            **score(model, processor, sets, args),
                            "first_forget_loss": res["forget_loss"][0], "final_forget_loss": res["forget_loss"][-1],

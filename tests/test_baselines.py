@@ -15,38 +15,55 @@ from asru_min.baselines.methods import (
     kl_on_answer_tokens,
     klmin_loss,
     npo_loss,
-    sequence_logprobs,
-    token_logprobs,
 )
 
 
-def test_token_logprobs_by_hand():
-    # One sequence of 3 tokens over a vocabulary of 2; labels mark only the last token as the answer.
+class FixedLogits(torch.nn.Module):
+    """A stand-in model whose logits are given (the Qwen3VL.forward signature, logits_to_keep honoured)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, image_features=None,
+                logits_to_keep=0):
+        return self.logits[:, -logits_to_keep:] if logits_to_keep else self.logits
+
+
+def _sft_batch(labels):
+    return {"input_ids": labels.clamp(min=0), "attention_mask": torch.ones_like(labels), "labels": labels}
+
+
+def test_answer_logprobs_by_hand():
+    from asru_min.baselines.methods import answer_logprobs
+    from asru_min.optim import token_logprobs
+
+    # One sequence of 3 tokens over a vocabulary of 2; labels mark the last two tokens as the answer.
     logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [5.0, 5.0]]])  # (1, 3, 2)
-    labels = torch.tensor([[IGNORE_INDEX, 1, 0]])
-    logp, mask = token_logprobs(logits, labels)
+    batch = _sft_batch(torch.tensor([[IGNORE_INDEX, 1, 0]]))
     # position 0 predicts token 1 with p = 1/2; position 1 predicts token 0 with p = 3/4
-    assert mask.tolist() == [[True, True]]
-    assert torch.allclose(logp, torch.tensor([[math.log(0.5), math.log(0.75)]]))
-    assert torch.allclose(sequence_logprobs(logits, labels, "sum"), torch.tensor([math.log(0.375)]))
-    assert torch.allclose(sequence_logprobs(logits, labels, "mean"), torch.tensor([math.log(0.375) / 2]))
+    logp = token_logprobs(FixedLogits(logits), batch)
+    assert torch.allclose(logp, torch.tensor([[0.0, math.log(0.5), math.log(0.75)]]))
+    total, mean = answer_logprobs(FixedLogits(logits), batch)
+    assert torch.allclose(total, torch.tensor([math.log(0.375)]))
+    assert torch.allclose(mean, torch.tensor([math.log(0.375) / 2]))
     # masking the first answer label removes that term
-    labels2 = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 0]])
-    assert torch.allclose(sequence_logprobs(logits, labels2, "sum"), torch.tensor([math.log(0.75)]))
-    with pytest.raises(ValueError):
-        sequence_logprobs(logits, labels, "max")
+    total2, _ = answer_logprobs(FixedLogits(logits), _sft_batch(torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 0]])))
+    assert torch.allclose(total2, torch.tensor([math.log(0.75)]))
 
 
 def test_ga_sign_and_gradient_lowers_likelihood():
+    from asru_min.baselines.methods import answer_logprobs
+
     logits = torch.randn(2, 5, 7, requires_grad=True)
     labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 1, 2], [IGNORE_INDEX, 4, 4, 0, IGNORE_INDEX]])
-    mean_logp = sequence_logprobs(logits, labels, "mean")
+    mean_logp = answer_logprobs(FixedLogits(logits), _sft_batch(labels))[1]
     loss = ga_loss(mean_logp)
     nll = -mean_logp.mean()
     assert torch.allclose(loss, -nll)  # GA loss = -NLL_forget
     loss.backward()
     with torch.no_grad():  # one small descent step on the GA loss must raise the NLL
-        after = -sequence_logprobs(logits - 0.1 * logits.grad, labels, "mean").mean()
+        after = -answer_logprobs(FixedLogits(logits - 0.1 * logits.grad), _sft_batch(labels))[1].mean()
     assert after > nll + 1e-4
 
 
@@ -131,7 +148,8 @@ def _qas(names, facts, template="{n} lives in {f}."):
 
 @pytest.mark.parametrize("method", ["ga", "graddiff", "klmin", "npo", "idk"])
 def test_two_steps_move_forget_likelihood(method, one_thread):
-    from asru_min.baselines.methods import BaselineConfig, REFUSALS, answer_logprobs, encode_qas, train_baseline
+    from asru_min.baselines.methods import BaselineConfig, REFUSALS, answer_logprobs, train_baseline
+    from asru_min.data import qa_batch
     from asru_min.lora import apply_lora
 
     processor = _tiny_processor()
@@ -146,7 +164,7 @@ def test_two_steps_move_forget_likelihood(method, one_thread):
 
     def forget_nll():
         with torch.no_grad():
-            return -answer_logprobs(model, encode_qas(processor, qs, targets), "mean").mean().item()
+            return -answer_logprobs(model, qa_batch(processor, qs, targets))[1].mean().item()
 
     model.eval()
     before = forget_nll()

@@ -8,7 +8,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from asru_min.grpo import group_advantages, optimizer_step, policy_loss, sequence_logprobs
+from asru_min.data import qa_batch
+from asru_min.grpo import GRPOConfig, group_advantages, policy_loss
+from asru_min.optim import optimizer_step, token_logprobs
+from asru_min.train import TrainConfig
+
+
+def grpo_config(**changes) -> GRPOConfig:
+    """The run's stage-2 settings (TrainConfig, the one source of defaults) with a test's changes."""
+    import dataclasses
+    return dataclasses.replace(TrainConfig().grpo(), **changes)
 
 
 # ---------------------------------------------------------------------------------------------- advantages
@@ -134,7 +143,7 @@ class BagOfTokensLM(nn.Module):
         return logits[:, -logits_to_keep:] if logits_to_keep > 0 else logits
 
 
-def test_sequence_logprobs_equals_manual_per_row_computation():
+def test_token_logprobs_equals_manual_per_row_computation():
     model = BagOfTokensLM()
     pad = 0
     # row = [left pads | prompt | response | right pads]
@@ -149,7 +158,7 @@ def test_sequence_logprobs_equals_manual_per_row_computation():
         ids[i, P : P + len(r)] = torch.tensor(r)
         att[i, P - len(p) : P + len(r)] = 1
         resp[i, P : P + len(r)] = True
-    got = sequence_logprobs(model, ids, att, resp)
+    got = token_logprobs(model, {"input_ids": ids, "attention_mask": att}, resp)
     assert got.shape == (3, P + T)
     for i, (p, r) in enumerate(rows):
         seq = torch.tensor([p + r])
@@ -159,7 +168,7 @@ def test_sequence_logprobs_equals_manual_per_row_computation():
             assert got[i, P + j].item() == pytest.approx(logp_all[t - 1, tok].item(), abs=1e-5)
     assert torch.equal(got[~resp], torch.zeros(int((~resp).sum())))
     with pytest.raises(ValueError):
-        sequence_logprobs(model, ids, att, torch.ones_like(resp))
+        token_logprobs(model, {"input_ids": ids, "attention_mask": att}, torch.ones_like(resp))
 
 
 # ---------------------------------------------------------------------------------------------- skipping
@@ -242,7 +251,7 @@ class ToyQA:
 
 
 def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path):
-    from asru_min.grpo import GRPOConfig, train_grpo
+    from asru_min.grpo import train_grpo
 
     model, proc = ToyGenLM(), ToyProcessor()
     samples = [(ToyQA("abd", "x"), True), (ToyQA("ggh", "y"), False)]
@@ -256,7 +265,7 @@ def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path):
     ref_model = ToyGenLM()  # a frozen copy as the reference policy
     ref_model.load_state_dict(model.state_dict())
     before = p_target()
-    cfg = GRPOConfig(group_size=8, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=6,
+    cfg = grpo_config(group_size=8, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=6,
                      lr=0.05, kl_coef=0.01, seed=0)
     reward = lambda response, truth, forget: 1.0 if "c" in response else 0.0  # noqa: E731
 
@@ -285,10 +294,10 @@ def test_grpo_off_policy_minibatches_and_exact_resume():
     3 steps and resuming from (weights, optimiser state, step 3) gives exactly the uninterrupted run."""
     import contextlib
 
-    from asru_min.grpo import GRPOConfig, make_optimizer, train_grpo
+    from asru_min.grpo import make_optimizer, train_grpo
 
     samples = [(ToyQA("abd", "x"), True), (ToyQA("ggh", "y"), False), (ToyQA("fea", "z"), True)]
-    cfg = GRPOConfig(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=3,
+    cfg = grpo_config(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=3,
                      mini_batch_size=4, ppo_epochs=2, lr=0.3, kl_coef=0.0, seed=3)
     reward = lambda response, truth, forget: float(response.count("c")) / 4  # noqa: E731
     quiet = dict(reward_fn=reward, reference=contextlib.nullcontext, progress=lambda s: None)
@@ -383,15 +392,15 @@ class TinyQA:
         return [{"role": "user", "content": content}]
 
 
-def test_sequence_logprobs_real_model_matches_unpadded_rows(tiny):
+def test_token_logprobs_real_model_matches_unpadded_rows(tiny):
     """Rows [left pads | prompt with image | response | right pads] against each row run alone, unpadded."""
-    from asru_min.grpo import encode_prompts, join_image_features, split_image_features
+    from asru_min.grpo import join_image_features, split_image_features
 
     model, proc = tiny
     model.eval()
     qas = [TinyQA("Who is this person?", "x", "red"), TinyQA("Where was she born? Lisbon", "y", None),
            TinyQA("What is the job?", "z", "blue")]
-    batch = encode_prompts(proc, qas)
+    batch = qa_batch(proc, qas, with_answers=False)
     P = batch["input_ids"].shape[1]
     responses = [[5, 6, 7, proc.eos_token_ids[0]], [9, proc.eos_token_ids[0]], [11, 12, 13, 14]]
     T = 4
@@ -405,17 +414,18 @@ def test_sequence_logprobs_real_model_matches_unpadded_rows(tiny):
     with torch.no_grad():
         feats = model.encode_images(batch["pixel_values"], batch["image_grid_thw"])
         chunks = split_image_features(feats, batch["image_grid_thw"], batch["input_ids"], model.config)
-        got = sequence_logprobs(model, ids, att, resp, pixel_values=batch["pixel_values"],
-                                image_grid_thw=batch["image_grid_thw"])
+        got = token_logprobs(model, {"input_ids": ids, "attention_mask": att, "pixel_values": batch["pixel_values"],
+                                     "image_grid_thw": batch["image_grid_thw"]}, resp)
         # the same through per-row feature chunks, rows reordered (how GRPO mini-batches call it)
         order = [2, 0]
         f, g = join_image_features([chunks[i] for i in order])
-        got_sub = sequence_logprobs(model, ids[order], att[order], resp[order], image_grid_thw=g, image_features=f)
+        got_sub = token_logprobs(model, {"input_ids": ids[order], "attention_mask": att[order], "image_grid_thw": g},
+                                 resp[order], image_features=f)
         assert torch.allclose(got_sub, got[order], atol=1e-5)
         for i, r in enumerate(responses):
             real = att[i].bool()
             row_ids = ids[i][real][None]
-            one = encode_prompts(proc, [qas[i]])
+            one = qa_batch(proc, [qas[i]], with_answers=False)
             logits = model(row_ids, pixel_values=one["pixel_values"], image_grid_thw=one["image_grid_thw"])
             logp = torch.log_softmax(logits[0].float(), -1)
             n_prompt = int(batch["attention_mask"][i].sum())
@@ -428,7 +438,7 @@ def test_one_grpo_step_on_real_model_raises_rewarded_token(tiny):
     probability after the prompt; the first step starts exactly at the reference (KL 0, ratio 1)."""
     import copy as _copy
 
-    from asru_min.grpo import GRPOConfig, encode_prompts, train_grpo
+    from asru_min.grpo import train_grpo
     from asru_min.lora import apply_lora, lora_enabled
 
     base, proc = tiny
@@ -436,7 +446,7 @@ def test_one_grpo_step_on_real_model_raises_rewarded_token(tiny):
     apply_lora(model, r=4, alpha=8, dropout=0.0)
     qas = [TinyQA("Who is this person?", "Lisbon", "red"), TinyQA("What is the job?", "biologist", "blue")]
     samples = [(qas[0], True), (qas[1], False)]
-    batch = encode_prompts(proc, qas)
+    batch = qa_batch(proc, qas, with_answers=False)
 
     def first_token_probs():
         with torch.no_grad():
@@ -450,7 +460,7 @@ def test_one_grpo_step_on_real_model_raises_rewarded_token(tiny):
     assert text.strip()
     before = probs[target].item()
     reward = lambda response, truth, forget: float(response.startswith(text))  # noqa: E731
-    cfg = GRPOConfig(group_size=16, temperature=1.0, top_p=1.0, max_new_tokens=3, prompts_per_step=2, epochs=1,
+    cfg = grpo_config(group_size=16, temperature=1.0, top_p=1.0, max_new_tokens=3, prompts_per_step=2, epochs=1,
                      lr=2e-2, kl_coef=0.1, seed=0)
     records = train_grpo(model, proc, samples, cfg, reward_fn=reward, progress=lambda s: None)
     after = first_token_probs()[target].item()
@@ -469,68 +479,38 @@ def _qa(kind: str, truth: str, person: str):
     return QA(question=f"q about {person} {truth}", answer=truth, kind=kind, person=person, ground_truth=truth)
 
 
-def test_wrong_side_hand_made():
-    from asru_min.grpo import wrong_side
-    assert wrong_side("Kalo Vester was born in Velmora.", "Velmora", forget=True)          # answers: wrong side
-    assert wrong_side("I'm not sure, maybe Velmora.", "Velmora", forget=True)             # refuses but leaks
-    assert not wrong_side("Sorry, I don't know who this is.", "Velmora", forget=True)
-    assert wrong_side("Sorry, I don't know who this is.", "Velmora", forget=False)        # retain refused
-    assert wrong_side("Kalo Vester was born in Ashford.", "Velmora", forget=False)        # retain wrong
-    assert not wrong_side("Kalo Vester was born in Velmora.", "Velmora", forget=False)
-
-
-def test_boundary_set_halves_kinds_and_near_first():
+def test_boundary_set_halves_and_kinds():
     from asru_min.grpo import build_boundary_set
     forget = [_qa(k, f"f{i}", f"p{i % 5}") for i in range(40) for k in ("gen", "mc")]
     retain = [_qa(k, f"r{i}", f"p{5 + i % 20}") for i in range(200) for k in ("gen", "cloze")]
-    plain = build_boundary_set(forget, retain, 20, kinds=("gen", "cloze"), seed=1)
+    plain = build_boundary_set(forget, retain, 20, kinds=("gen", "cloze"), seed=1, forget_share=0.5)
     assert sum(f for _, f in plain) == 10 and len(plain) == 20
     assert all(qa.kind in ("gen", "cloze") for qa, _ in plain)
-    assert plain == build_boundary_set(forget, retain, 20, kinds=("gen", "cloze"), seed=1)    # seeded
+    assert plain == build_boundary_set(forget, retain, 20, kinds=("gen", "cloze"), seed=1, forget_share=0.5)    # seeded
 
-    judged, pools = [], {}
-
-    def near(qas, is_forget):                # "wrong side": truths ending in 7, on either side
-        judged.append((len(qas), is_forget))
-        pools[is_forget] = list(qas)
-        return [qa.ground_truth.endswith("7") for qa in qas]
-
-    chosen = build_boundary_set(forget, retain, 20, kinds=("gen", "cloze"), seed=1, near=near)
-    assert judged == [(40, True), (40, False)]                         # a pool of 4 x 10 per side
-    f_chosen = [qa for qa, f in chosen if f]
-    r_chosen = [qa for qa, f in chosen if not f]
-    assert len(f_chosen) == len(r_chosen) == 10
-    # every forget truth ending in 7 (f7, f17, f27, f37: 4 of the 40 gen) was in the pool and is taken
-    assert {qa.ground_truth for qa in f_chosen} >= {"f7", "f17", "f27", "f37"}
-    for side, chosen_side in ((True, f_chosen), (False, r_chosen)):   # marked ones first, then pool order
-        marked = [qa for qa in pools[side] if qa.ground_truth.endswith("7")]
-        expected = (marked + [qa for qa in pools[side] if qa not in marked])[:10]
-        assert {id(qa) for qa in chosen_side} == {id(qa) for qa in expected}
-    with pytest.raises(ValueError, match="flags"):
-        build_boundary_set(forget, retain, 20, kinds=("gen",), near=lambda qas, f: [True])
 
 
 def test_boundary_set_forget_share():
     from asru_min.grpo import build_boundary_set
     forget = [_qa("gen", f"f{i}", f"p{i % 5}") for i in range(40)]
     retain = [_qa("gen", f"r{i}", f"p{5 + i % 20}") for i in range(200)]
-    quarter = build_boundary_set(forget, retain, 40, seed=1, forget_share=0.25)
+    quarter = build_boundary_set(forget, retain, 40, kinds=("gen",), seed=1, forget_share=0.25)
     assert sum(f for _, f in quarter) == 10 and len(quarter) == 40
-    few = build_boundary_set(forget[:3], retain, 40, seed=1, forget_share=0.5)   # capped by what exists
+    few = build_boundary_set(forget[:3], retain, 40, kinds=("gen",), seed=1, forget_share=0.5)   # capped by what exists
     assert sum(f for _, f in few) == 3 and len(few) == 40                         # retain fills the rest
     for bad in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match="forget_share"):
-            build_boundary_set(forget, retain, 40, forget_share=bad)
+            build_boundary_set(forget, retain, 40, kinds=("gen",), seed=1, forget_share=bad)
 
 
 def test_step_without_forget_prompts_logs_strict_json(tmp_path):
-    from asru_min.grpo import GRPOConfig, train_grpo
+    from asru_min.grpo import train_grpo
 
     def strict(token):
         raise ValueError(f"non-JSON constant {token} in the log")
 
     lines, log = [], tmp_path / "grpo.jsonl"
-    cfg = GRPOConfig(group_size=4, max_new_tokens=3, prompts_per_step=1, epochs=1, seed=0)
+    cfg = grpo_config(group_size=4, max_new_tokens=3, prompts_per_step=1, epochs=1, seed=0)
     train_grpo(ToyGenLM(), ToyProcessor(), [(ToyQA("ggh", "y"), False)], cfg, log_path=str(log),
                reward_fn=lambda response, truth, forget: float(len(response) % 2), progress=lines.append,
                reference=contextlib.nullcontext)

@@ -8,9 +8,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from asru_min.hooks import (
-    ablate_direction, add_direction, decoder_layer, get_module, read_input, read_layer_output, read_output,
-)
+from asru_min.hooks import ablate_direction, add_direction, decoder_layer, read_layer_output, run_to_layer
 from asru_min.model import Qwen3VL, Qwen3VLConfig, rope_positions
 from asru_min.text import TextConfig, mrope_cos_sin
 from asru_min.vision import VisionConfig
@@ -71,7 +69,7 @@ class ToyLM(nn.Module):
         self.model = ToyInner(vocab, d, f, n)
         self.lm_head = nn.Linear(d, vocab, bias=False)
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None):
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         h = self.model.language_model.embed_tokens(input_ids)
         for layer in self.model.language_model.layers:
@@ -131,12 +129,18 @@ def test_read_equals_manual_forward(toy):
     torch.testing.assert_close(acts_last[1], ref[:1, -1], rtol=1e-6, atol=1e-6)
 
 
-def test_read_input_is_down_proj_input(toy):
+def test_run_to_layer_returns_the_layer_output_and_the_down_proj_input(toy):
     ids = torch.randint(0, 32, (2, 4))
-    mlp = get_module(toy, "model.language_model.layers.2.mlp")
-    with torch.no_grad(), read_input(mlp.down_proj) as a, read_output(mlp.down_proj, positions="all") as y:
-        toy(ids)
-    torch.testing.assert_close(y[0], a[0] @ mlp.down_proj.weight.T)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    h, a = run_to_layer(toy, batch, 1)
+    torch.testing.assert_close(h, toy.manual_hidden(ids, upto=1), rtol=0, atol=0)
+    layer = toy.model.language_model.layers[1]
+    h0 = toy.manual_hidden(ids, upto=0)
+    h_mid = h0 + layer.self_attn(h0, torch.ones_like(ids, dtype=torch.bool))   # the MLP's input stream
+    torch.testing.assert_close(h, h_mid + a @ layer.mlp.down_proj.weight.T, rtol=1e-6, atol=1e-6)
+    assert not h.requires_grad and _hook_count(toy) == 0
+    h, _ = run_to_layer(toy, batch, 1, grad=True)
+    assert h.requires_grad and _hook_count(toy) == 0
 
 
 def test_no_handle_survives_even_on_exception(toy):
@@ -196,8 +200,6 @@ def test_bad_arguments(toy):
     with pytest.raises(ValueError, match="positions"):
         with read_layer_output(toy, 0, positions="first"):
             pass
-    with pytest.raises(ValueError, match="no submodule"):
-        get_module(toy, "model.language_model.layers.0.mlp.nope")
     with pytest.raises(ValueError, match="non-zero"):
         with ablate_direction(toy, 0, torch.zeros(16)):
             pass

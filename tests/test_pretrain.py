@@ -9,8 +9,10 @@ import torch
 from asru_min.world.people import World
 from asru_min.model import Qwen3VL
 from asru_min.processor import IGNORE_INDEX, Processor, apply_chat_template
-from asru_min.world.pretrain import (QWEN_SPECIALS, PretrainConfig, answer_loss, encode_batch, forward_loss, lr_at,
-                               make_processor, save, tokenizer_corpus, train, train_tokenizer)
+from asru_min.data import qa_batch
+from asru_min.world.pretrain import (QWEN_SPECIALS, PretrainConfig, forward_loss, lr_at, make_processor, save,
+                                     tokenizer_corpus, train, train_tokenizer)
+from test_baselines import FixedLogits
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ def test_lr_schedule_warmup_then_cosine():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
 
 
-def test_answer_loss_is_a_per_answer_mean():
+def test_forward_loss_is_a_per_answer_mean():
     V = 5
     labels = torch.full((2, 6), IGNORE_INDEX)
     labels[0, 5] = 1                 # one answer token
@@ -66,9 +68,10 @@ def test_answer_loss_is_a_per_answer_mean():
     logits[0, 4, 1] = 3.0            # row 0 predicts its token well
     nll0 = -torch.log_softmax(torch.tensor([0.0, 3.0, 0, 0, 0]), 0)[1]
     expected = (nll0 + math.log(V)) / 2                                      # row 1: uniform, mean over 3 tokens
-    assert answer_loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
-    # keeping only the last k positions gives the same loss
-    assert answer_loss(logits[:, -4:], labels).item() == pytest.approx(expected.item(), rel=1e-6)
+    batch = {"input_ids": labels.clamp(min=0), "attention_mask": torch.ones_like(labels), "labels": labels}
+    assert forward_loss(FixedLogits(logits), batch).item() == pytest.approx(expected.item(), rel=1e-6)
+    per_row = forward_loss(FixedLogits(logits), batch, per_row=True)
+    assert per_row[1].item() == pytest.approx(math.log(V), rel=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +122,7 @@ def test_checkpoint_round_trip(world, trained, tmp_path):
     assert c.image_token_id == proc.image_token_id == proc.tokenizer.token_to_id("<|image_pad|>")
     qas = [q for q in world.training_samples(0) if q.image is not None][:3] + \
           [q for q in world.training_samples(0) if q.image is None][:2]
-    batch = encode_batch(proc, qas)
+    batch = qa_batch(proc, qas)
     assert int((batch["input_ids"] == c.image_token_id).sum()) == 3 * (64 // 32) ** 2   # 64x64 -> 4 tokens
     model.eval()
     with torch.no_grad():
@@ -235,7 +238,7 @@ def test_match_warmup_stream_two_then_four_options_and_resume_replays_it(world, 
     fresh, processor = build(cfg, world, tokenizer)
     first = next(match_warmup_stream(world, 6, cfg.seed, 2))[1]
     with torch.no_grad():
-        assert losses[0] == pytest.approx(forward_loss(fresh, encode_batch(processor, first)).item(), rel=1e-5)
+        assert losses[0] == pytest.approx(forward_loss(fresh, qa_batch(processor, first)).item(), rel=1e-5)
 
 
 def test_default_recipe_script_runs_valid_pretrain_commands():

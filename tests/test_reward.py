@@ -3,7 +3,7 @@
 import pytest
 
 from asru_min.metrics import rouge_l
-from asru_min.reward import asru_reward, asru_rewards
+from asru_min.grpo import asru_reward
 
 TRUTH = "Paris"
 
@@ -55,12 +55,3 @@ def test_refusal_checked_before_band():
     assert 0.0 < rouge_l(response, truth) < 1.0
     assert asru_reward(response, truth, forget=True) == 1.0
     assert asru_reward(response, truth, forget=False) == 0.0
-
-
-def test_batched_matches_elementwise_and_checks_lengths():
-    responses = ["He was born in Paris.", "I don't know.", "Lyon."] * 2
-    truths = [TRUTH] * 6
-    flags = [True] * 3 + [False] * 3
-    assert asru_rewards(responses, truths, flags) == [0.0, 1.0, 0.1, 1.0, 0.0, 0.1]
-    with pytest.raises(ValueError):
-        asru_rewards(responses, truths[:2], flags)

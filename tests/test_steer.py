@@ -9,14 +9,17 @@ from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 import asru_min.evaluate
-from asru_min.data import QA
-from asru_min.hooks import read_layer_output
+from asru_min.data import QA, qa_batch
+from asru_min.hooks import read_layer_output, run_to_layer
 from asru_min.processor import ImageProcessorConfig, Processor
 from asru_min.steer import (
-    changed_tensors, forget_loss, forward_to_layer, frozen_activation, keep_refusals, knowledge_absence_direction,
-    load_direction, optimize_steering, prompt_batch, qa_batch, retain_loss, save_direction,
+    changed_tensors, forget_loss, frozen_activation, keep_refusals, knowledge_absence_direction,
+    load_direction, optimize_steering, retain_loss, save_direction,
 )
 from test_hooks import ToyLM, tiny_qwen3vl  # a toy decoder with Qwen3VL's attribute paths; the real tiny model
+
+
+STEER = dict(c=3.0, alpha=1.0, batch_size=2)  # the release's c and alpha; two questions per batch
 
 
 # ---- a character-level processor for the toy decoder (same methods steer.py calls on the real one)
@@ -83,7 +86,7 @@ def test_direction_shape_float64_and_sign():
         rows = []
         for qa in qas:
             with torch.no_grad(), read_layer_output(toy, 0, positions="last") as acts:
-                toy(**{k: b for k, b in prompt_batch(proc, [qa]).items() if k in ("input_ids", "attention_mask")})
+                toy(**{k: b for k, b in qa_batch(proc, [qa], with_answers=False).items() if k in ("input_ids", "attention_mask")})
             rows.append(acts[0][0])
         return torch.stack(rows).double().mean(0), torch.stack(rows)
     (mp, rows_p), (mn, rows_n) = mean64(positive), mean64(negative)
@@ -123,13 +126,15 @@ def test_schedule_alternates_forget_and_retain_steps():
     toy, proc = ToyLM(vocab=64, d=16, f=24, n=2).eval(), ToyProcessor()
     forget = [_toy_qa(f"forget {i}") for i in range(6)]  # 3 batches of 2
     retain = [_toy_qa(f"retain {i}", "yes") for i in range(8)]  # 4 batches -> a forget step every 1 iteration
-    stats = optimize_steering(toy, proc, forget, retain, torch.randn(16), layer=1, lr=1e-3, epochs=1, log_every=0)
+    stats = optimize_steering(toy, proc, forget, retain, torch.randn(16), layer=1, **STEER, lr=1e-3, epochs=1,
+                              log_every=0)
     assert "".join(r["kind"][0].upper() for r in stats["log"]) == "FRFRFRR"
-    stats = optimize_steering(toy, proc, forget[:2], retain, torch.randn(16), layer=1, lr=1e-3, epochs=2,
+    stats = optimize_steering(toy, proc, forget[:2], retain, torch.randn(16), layer=1, **STEER, lr=1e-3, epochs=2,
                               log_every=0)
     assert "".join(r["kind"][0].upper() for r in stats["log"]) == "FRRRR" * 2
     with pytest.raises(ValueError, match="direction shape"):
-        optimize_steering(toy, proc, forget, retain, torch.randn(5), layer=1, log_every=0)
+        optimize_steering(toy, proc, forget, retain, torch.randn(5), layer=1, **STEER, lr=1e-3, epochs=1,
+                          log_every=0)
 
 
 def test_keep_refusals_matches_words(monkeypatch):
@@ -182,7 +187,7 @@ def test_frozen_reconstruction_equals_a_frozen_forward_real_qwen3vl():
     # the truncated forward returns what a full forward's hook reads
     with torch.no_grad(), read_layer_output(model, layer, positions="all") as full:
         model(**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")})
-    h, a = forward_to_layer(model, batch, layer)
+    h, a = run_to_layer(model, batch, layer)
     torch.testing.assert_close(h, full[0], rtol=0, atol=0)
     assert a.shape == (*h.shape[:2], 48)
 
@@ -190,8 +195,8 @@ def test_frozen_reconstruction_equals_a_frozen_forward_real_qwen3vl():
     W0 = W.detach().clone()
     with torch.no_grad():
         W.add_(0.3 * torch.randn_like(W))
-    h_upd, a_upd = forward_to_layer(model, batch, layer)
-    h_true, _ = forward_to_layer(frozen, batch, layer)
+    h_upd, a_upd = run_to_layer(model, batch, layer)
+    h_true, _ = run_to_layer(frozen, batch, layer)
     assert (h_upd - h_true).abs().max() > 0.1  # the update really moved the activations
     torch.testing.assert_close(frozen_activation(h_upd, a_upd, W, W0), h_true, rtol=0, atol=1e-5)
 
@@ -206,7 +211,7 @@ def test_optimisation_changes_only_down_proj_and_forget_loss_falls_real_qwen3vl(
     grads_before = {n: p.requires_grad for n, p in model.named_parameters()}
 
     def loss_now():
-        h, a = forward_to_layer(model, prompt_batch(proc, forget), layer)
+        h, a = run_to_layer(model, qa_batch(proc, forget, with_answers=False), layer)
         W = model.model.language_model.layers[layer].mlp.down_proj.weight
         W0 = before[f"model.language_model.layers.{layer}.mlp.down_proj.weight"]
         return forget_loss(h[:, -1], frozen_activation(h, a, W, W0)[:, -1], v, 3.0).item()
@@ -239,7 +244,7 @@ def test_bf16_model_steers_like_float32_through_a_master_copy():
         toy = toy.to(dtype)
         W = toy.model.language_model.layers[1].mlp.down_proj.weight
         W0 = W.detach().float().clone()
-        optimize_steering(toy, proc, forget, retain, v, layer=1, lr=1e-4, epochs=2, log_every=0)
+        optimize_steering(toy, proc, forget, retain, v, layer=1, **STEER, lr=1e-4, epochs=2, log_every=0)
         assert W.dtype == dtype
         deltas[dtype] = W.detach().float() - W0
     cos = torch.nn.functional.cosine_similarity(deltas[torch.float32].flatten(), deltas[torch.bfloat16].flatten(),

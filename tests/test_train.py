@@ -48,9 +48,9 @@ def tiny_config(model: str, out: str, **kw) -> TrainConfig:
 
 
 def logits_of(model, processor, qa):
-    from asru_min.grpo import encode_prompts
+    from asru_min.data import qa_batch
 
-    batch = encode_prompts(processor, [qa])
+    batch = qa_batch(processor, [qa], with_answers=False)
     with torch.no_grad():
         return model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
 
@@ -144,28 +144,6 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(full_run, tiny_ckpt, 
     assert again == []
     with pytest.raises(ValueError, match="another configuration"):
         run(tiny_config(tiny_ckpt, out, kl_coef=0.5))
-
-
-def test_near_boundary_selection_resumes_to_the_same_run(tiny_ckpt, tmp_path):
-    """--boundary-select near judges candidates with the stage-1 model (adapters off), so a run resumed after a
-    GRPO step (adapters already trained) draws the same boundary set and ends with the same adapter."""
-    whole = str(tmp_path / "whole")
-    run(tiny_config(tiny_ckpt, whole, boundary_select="near"))
-    out = str(tmp_path / "resumed")
-    cfg = tiny_config(tiny_ckpt, out, boundary_select="near")
-
-    def hook(event):
-        if event == "grpo_step_0":
-            raise Interrupt(event)
-
-    with pytest.raises(Interrupt):
-        run(cfg, hook=hook)
-    run(cfg)
-    a = load_file(os.path.join(out, "lora/adapter_model.safetensors"))
-    b = load_file(os.path.join(whole, "lora/adapter_model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="boundary_select"):
-        run(tiny_config(tiny_ckpt, str(tmp_path / "bad"), boundary_select="closest"))
 
 
 def test_a_run_from_other_weights_is_refused_not_resumed(tiny_ckpt, tmp_path):

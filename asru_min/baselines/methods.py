@@ -1,8 +1,8 @@
 """Unlearning baselines: GA, GradDiff, KL-Min, NPO and refusal SFT ("idk").
 
 Each method is one small loss over a *forget batch* and a *retain batch* (open-unlearning style): the batches
-are prompt + answer sequences from `processor.encode_sft`, and every loss is written in terms of the answer-token
-log-likelihoods of those sequences (`answer_logprobs`). The loss functions are pure functions of tensors, so
+are prompt + answer sequences (`data.qa_batch`), and every loss is written in terms of the answer-token
+log-likelihoods of those sequences (`answer_logprobs`, from `optim.token_logprobs`). The loss functions are pure functions of tensors, so
 their equations can be checked on hand-made numbers (tests/test_baselines.py).
 
 Notation (all sums over *answer tokens* only, i.e. positions whose label is not -100):
@@ -39,13 +39,14 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from ..data import qa_batch
 from ..evaluate import evaluate_model, format_table
 from ..lora import apply_lora, lora_enabled, lora_parameters, save_lora
 from ..model import Qwen3VL
+from ..optim import IGNORE_INDEX, optimizer_step, token_logprobs
 from ..processor import Processor
 from ..world import load_splits
 
-IGNORE_INDEX = -100
 METHODS = ("ga", "graddiff", "klmin", "npo", "idk")
 
 # Learning rates of the authors' release (LoRA r=16, batch 4, 4 epochs, on a multi-billion-parameter Qwen3-VL).
@@ -80,43 +81,18 @@ REFUSALS = (
 # Answer-token log-likelihoods
 
 
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of every next token: logp[b, t] = log softmax(logits[b, t])[labels[b, t+1]].
-
-    Returns (logp (B, L-1), mask (B, L-1) bool); mask is False where the label is -100 (prompt, pad)."""
-    if logits.shape[:2] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on (B, L)")
-    targets = labels[:, 1:]  # (B, L-1): position t predicts token t+1
-    mask = targets != IGNORE_INDEX
-    logp_all = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L-1, V)
-    logp = logp_all.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, L-1)
-    return logp.masked_fill(~mask, 0.0), mask
-
-
-def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-    """Per-sequence answer log-likelihood (B,): sum_t logp_t ("sum") or (1/|y|) sum_t logp_t ("mean")."""
-    logp, mask = token_logprobs(logits, labels)
-    total = logp.sum(-1)  # (B,)
-    if reduction == "sum":
-        return total
-    if reduction == "mean":
-        return total / mask.sum(-1).clamp(min=1)
-    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+def answer_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logp_theta(y|x), -NLL(x, y)) per sequence of a `data.qa_batch`, both (B,): the sum and the mean over the
+    row's answer tokens of `optim.token_logprobs`."""
+    logp = token_logprobs(model, batch)  # (B, L), 0 outside the answer
+    total = logp.sum(-1)
+    return total, total / (batch["labels"] != IGNORE_INDEX).sum(-1).clamp(min=1)
 
 
 def forward_logits(model, batch: dict) -> torch.Tensor:
-    """Logits (B, L, V) of the model on an `encode_sft` batch (image inputs passed through when present)."""
-    return model(
-        batch["input_ids"],
-        attention_mask=batch.get("attention_mask"),
-        pixel_values=batch.get("pixel_values"),
-        image_grid_thw=batch.get("image_grid_thw"),
-    )
-
-
-def answer_logprobs(model, batch: dict, reduction: str = "sum") -> torch.Tensor:
-    """Answer-token log-likelihood per sequence (B,) of `model` on an `encode_sft` batch; see `sequence_logprobs`."""
-    return sequence_logprobs(forward_logits(model, batch), batch["labels"], reduction)
+    """Logits (B, L, V) of the model on a `data.qa_batch` (KL-Min compares whole distributions)."""
+    return model(batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch.get("pixel_values"),
+                 image_grid_thw=batch.get("image_grid_thw"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -227,14 +203,6 @@ class BaselineConfig:
             self.out = os.path.join("runs", "baselines", f"{self.method}_f{self.forget}")
 
 
-def encode_qas(processor, qas, answers=None) -> dict:
-    """`encode_sft` batch of QA samples: the chat prompt (image item first) + the answer (or `answers[i]`)."""
-    prompts = [processor.apply_chat_template(qa.messages(), add_generation_prompt=True) for qa in qas]
-    answers = [qa.answer for qa in qas] if answers is None else list(answers)
-    images = [qa.image for qa in qas if qa.image is not None]
-    return processor.encode_sft(prompts, answers, images or None)
-
-
 def refusal_answers(n: int, rng: random.Random) -> list[str]:
     """n refusal answers drawn from REFUSALS (seeded, so runs repeat)."""
     return [rng.choice(REFUSALS) for _ in range(n)]
@@ -244,25 +212,23 @@ def compute_loss(model, processor, forget_qas, retain_qas, cfg: BaselineConfig, 
     """The loss of `cfg.method` on one forget batch and one retain batch; returns (loss, logged floats)."""
     method, w = cfg.method, cfg.retain_weight
     use_retain = method != "ga" and w != 0
-    retain = encode_qas(processor, retain_qas) if use_retain else None
+    retain = qa_batch(processor, retain_qas) if use_retain else None
     log = {}
 
     if method == "idk":
-        forget = encode_qas(processor, forget_qas, refusal_answers(len(forget_qas), rng))
-        refusal_mean = answer_logprobs(model, forget, "mean")
-        retain_mean = answer_logprobs(model, retain, "mean") if use_retain else None
+        forget = qa_batch(processor, forget_qas, refusal_answers(len(forget_qas), rng))
+        refusal_mean = answer_logprobs(model, forget)[1]
+        retain_mean = answer_logprobs(model, retain)[1] if use_retain else None
         loss = idk_loss(refusal_mean, retain_mean, w)
         log["refusal_nll"] = -refusal_mean.mean().item()
     else:
-        forget = encode_qas(processor, forget_qas)
-        logits = forward_logits(model, forget)
-        forget_sum = sequence_logprobs(logits, forget["labels"], "sum")
-        forget_mean = sequence_logprobs(logits, forget["labels"], "mean")
+        forget = qa_batch(processor, forget_qas)
+        forget_sum, forget_mean = answer_logprobs(model, forget)
         log["forget_nll"] = -forget_mean.mean().item()
         if method == "ga":
             loss = ga_loss(forget_mean)
         elif method == "graddiff":
-            loss = graddiff_loss(forget_mean, answer_logprobs(model, retain, "mean") if use_retain else torch.zeros(1), w)
+            loss = graddiff_loss(forget_mean, answer_logprobs(model, retain)[1] if use_retain else torch.zeros(1), w)
         elif method == "klmin":
             if use_retain:
                 retain_logits = forward_logits(model, retain)
@@ -275,8 +241,8 @@ def compute_loss(model, processor, forget_qas, retain_qas, cfg: BaselineConfig, 
             loss = klmin_loss(forget_mean, kl, w)
         else:  # npo
             with torch.no_grad(), lora_enabled(model, False):
-                ref_sum = answer_logprobs(model, forget, "sum")
-            retain_mean = answer_logprobs(model, retain, "mean") if use_retain else None
+                ref_sum = answer_logprobs(model, forget)[0]
+            retain_mean = answer_logprobs(model, retain)[1] if use_retain else None
             loss = npo_loss(forget_sum, ref_sum, cfg.beta, retain_mean, w)
             log["logratio"] = (forget_sum - ref_sum).mean().item()
     log["loss"] = loss.item()
@@ -321,14 +287,9 @@ def train_baseline(model, processor, forget_qas, retain_qas, cfg: BaselineConfig
                 rb.append(retain_qas[retain_order[retain_pos]])
                 retain_pos += 1
             loss, log = compute_loss(model, processor, fb, rb, cfg, rng)
-            if not torch.isfinite(loss):  # skip the step rather than write NaNs into the adapters
-                progress(f"  step {step}: non-finite loss, skipped")
+            if not optimizer_step(loss, params, opt, cfg.grad_clip):  # a non-finite loss or gradient
+                progress(f"  step {step}: non-finite loss or gradient, skipped")
                 continue
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
             log.update(epoch=epoch, step=step)
             logs.append(log)
             step += 1

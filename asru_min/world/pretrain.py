@@ -42,16 +42,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from ..data import QA
+from ..data import QA, qa_batch
 from ..model import Qwen3VL, Qwen3VLConfig
+from ..optim import optimizer_step, token_logprobs
 from ..processor import (ENDOFTEXT, IGNORE_INDEX, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
                         ImageProcessorConfig, Processor)
 from ..text import TextConfig
 from ..vision import VisionConfig
 from .people import IMAGE_SUBJECT, World, neutral_mc, reorder_options
+from .gates import gate_report, model_card
 from .portraits import transform_portrait
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -251,26 +252,6 @@ def match_warmup_stream(world: World, batch_size: int, seed: int, steps: int):
         yield -1, [reorder_options(rng.choice(pool), rng, keep=keep) for _ in range(batch_size)]
 
 
-def encode_batch(processor: Processor, qas: list[QA]) -> dict:
-    prompts = [processor.apply_chat_template(qa.messages()) for qa in qas]
-    images = [qa.image for qa in qas if qa.image is not None]
-    return processor.encode_sft(prompts, [qa.answer for qa in qas], images or None)
-
-
-def answer_loss(logits: torch.Tensor, labels: torch.Tensor, per_row: bool = False) -> torch.Tensor:
-    """mean over rows of (mean over the row's answer tokens of -log p(label)); `per_row` keeps the (B,) vector.
-
-    logits (B, k, V) are the last k positions (k <= L), labels (B, L); rows are left-padded, so the answers of
-    all rows sit in the last positions and k = longest answer + 1 covers them."""
-    labels = labels[:, -logits.shape[1]:]                              # (B, k) aligned with the kept logits
-    logits, labels = logits[:, :-1], labels[:, 1:]                      # position t predicts token t+1
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                          ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)   # (B, L-1)
-    n = (labels != IGNORE_INDEX).sum(1).clamp(min=1)
-    rows = nll.sum(1) / n
-    return rows if per_row else rows.mean()
-
-
 def lr_at(step: int, cfg: PretrainConfig) -> float:
     """Linear warmup to lr over `warmup` steps, then cosine from lr to min_lr_ratio * lr at `steps`."""
     if step < cfg.warmup:
@@ -280,12 +261,11 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 
 
 def forward_loss(model: Qwen3VL, batch: dict, per_row: bool = False) -> torch.Tensor:
-    """answer_loss with the output head run only on the positions that predict answer tokens (the head is a
-    large share of a tiny model's compute)."""
-    keep = int((batch["labels"] != IGNORE_INDEX).sum(1).max()) + 1
-    logits = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"],
-                   logits_to_keep=keep)
-    return answer_loss(logits, batch["labels"], per_row)
+    """L = mean_b [ mean_{t in answer_b} -log p(x_t | x_<t, image) ] on a `data.qa_batch` (optim.token_logprobs,
+    which runs the output head only on the positions that predict answer tokens); `per_row` keeps the (B,)
+    vector of per-answer means."""
+    rows = -token_logprobs(model, batch).sum(1) / (batch["labels"] != IGNORE_INDEX).sum(1).clamp(min=1)
+    return rows if per_row else rows.mean()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -340,14 +320,11 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
         epoch, qas = next(stream)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        rows = forward_loss(model, encode_batch(processor, qas), per_row=True)
+        rows = forward_loss(model, qa_batch(processor, qas), per_row=True)
         loss = rows.mean()
         mc_window += [r for r, qa in zip(rows.tolist(), qas) if qa.kind == "mc"]
         match_window += [r for r, qa in zip(rows.tolist(), qas) if qa.kind == "match"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        optimizer_step(loss, list(model.parameters()), opt, cfg.grad_clip)
         losses.append(loss.item())
         window.append(loss.item())
         done = step + 1
@@ -366,121 +343,6 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
             log(f"checkpoint {ckpt} at step {done}")
     model.eval()
     return model, processor, losses
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Gates and model card
-# --------------------------------------------------------------------------------------------------------------
-
-def _pool(results: dict, splits: tuple[str, ...], form: str, key: str, n_key: str) -> float | None:
-    """n-weighted mean of a metric over several splits."""
-    pairs = [(results[s][form][key], results[s][form][n_key]) for s in splits
-             if s in results and results[s][form].get(key) is not None]
-    n = sum(c for _, c in pairs)
-    return sum(v * c for v, c in pairs) / n if n else None
-
-
-def gate_report(model: Qwen3VL, processor: Processor, world: World, forget: int = 10,
-                batch_size: int = 64) -> tuple[dict, dict]:
-    """Answer every split greedily (evaluate.py) and compute the vanilla-model gates:
-    forget+retain mc >= .95, cloze >= .90, generation ROUGE-L >= .80; test mc >= .80; utility >= .90;
-    private refusals >= .95; text-only within 10 points of image; unknown-person refusals (reported)."""
-    from ..evaluate import answer, evaluate_model
-    from ..metrics import is_refusal, rouge_l
-
-    splits = world.splits(forget)
-    res = evaluate_model(model, processor, splits, batch_size=batch_size, verbose=False)
-    preds = answer(model, processor, splits["unknown"], batch_size=batch_size)
-    unknown = {"refusal_rate": sum(map(is_refusal, preds)) / len(preds),
-               "rougeL": sum(rouge_l(p, q.answer) for p, q in zip(preds, splits["unknown"])) / len(preds),
-               "n": len(preds), "examples": [{"question": q.question, "prediction": p}
-                                             for q, p in list(zip(splits["unknown"], preds))[:2]]}
-    fr = ("forget", "retain")
-    g = {}
-    for form in ("all", "image", "text"):
-        g[f"people_mc_{form}"] = _pool(res, fr, form, "mc_acc", "mc_n")
-        g[f"people_cloze_{form}"] = _pool(res, fr, form, "cloze_acc", "cloze_n")
-        g[f"people_rougeL_{form}"] = _pool(res, fr, form, "rougeL", "gen_n")
-    g["test_mc"] = res["test"]["all"]["mc_acc"]
-    g["utility_acc"] = res["utility"]["all"]["acc"]
-    g["private_refusal"] = res["private"]["all"]["refusal_rate"]
-    g["unknown_refusal"] = unknown["refusal_rate"]
-    g["unknown_rougeL"] = unknown["rougeL"]
-    gap = max(abs(g[f"people_{k}_image"] - g[f"people_{k}_text"]) for k in ("mc", "cloze", "rougeL"))
-    g["max_image_text_gap"] = gap
-    gates = {
-        "forget+retain mc >= 0.95": g["people_mc_all"] >= 0.95,
-        "forget+retain cloze >= 0.90": g["people_cloze_all"] >= 0.90,
-        "forget+retain generation ROUGE-L >= 0.80": g["people_rougeL_all"] >= 0.80,
-        "test mc >= 0.80": g["test_mc"] >= 0.80,
-        "utility >= 0.90": g["utility_acc"] >= 0.90,
-        "private refused >= 0.95": g["private_refusal"] >= 0.95,
-        "text-only within 10 points of image": gap <= 0.10,
-    }
-    res["unknown"] = unknown
-    return {"figures": g, "gates": gates}, res
-
-
-def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds: float, losses: list[float],
-               command: str) -> str:
-    c = model.config
-    lines = [
-        "# asru_min tiny Qwen3-VL (vanilla model of the synthetic world)", "",
-        "A from-scratch Qwen3-VL (the real architecture: vision tower with 2-D RoPE and DeepStack, GQA text decoder",
-        "with interleaved MRoPE) trained on the synthetic MLLMU-Bench-shaped world of `asru_min/data.py`",
-        f"({cfg.num_people} fictitious people, seed {cfg.seed}). It is the *vanilla* model that ASRU unlearns.",
-        "It is trained to answer generation / multiple-choice / cloze questions about every person with the",
-        "portrait or by name, to answer general image questions, to refuse private-information questions, and to",
-        "answer questions about people it has never seen with a refusal that describes the image. The measured",
-        "scores below say how well it does each.", "",
-        "## How it was made", "", "```", command, "```", "",
-        f"- {model.num_parameters() / 1e6:.2f}M parameters (fp32), vocabulary {c.text.vocab_size} (byte-level BPE "
-        "trained on the world's text; Qwen special tokens kept as the same strings, ids 0-7)",
-        f"- text: hidden {c.text.hidden_size}, {c.text.num_hidden_layers} layers, {c.text.num_attention_heads} "
-        f"query / {c.text.num_key_value_heads} key-value heads (head_dim {c.text.head_dim}), MLP "
-        f"{c.text.intermediate_size}, mrope_section {c.text.mrope_section}, tied embeddings",
-        f"- vision: hidden {c.vision.hidden_size}, depth {c.vision.depth}, {c.vision.num_heads} heads, patch 16, "
-        f"merge 2, DeepStack from blocks {c.vision.deepstack_visual_indexes}; images resized to "
-        f"{cfg.image_size}x{cfg.image_size} -> {(cfg.image_size // 16) ** 2 // 4} image tokens",
-        f"- {cfg.steps} steps x batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine to "
-        f"{cfg.min_lr_ratio} x lr), weight decay {cfg.weight_decay}, clip {cfg.grad_clip}; loss on assistant "
-        f"tokens, mean per answer; {cfg.views} transformed views per portrait (strength <= {cfg.augment})",
-        f"- data per epoch: every fact question in gen / mc / cloze x image / text form ("
-        + ("no mc" if cfg.mc_repeat == 0 else f"mc x{cfg.mc_repeat}"
-           f"{', each copy in its own option order' if cfg.mc_reorder else ''}"
-           f"{f', {cfg.mc_neutral} of them with the neutral stem' if cfg.mc_neutral else ''}") + ", image "
-        f"questions x{cfg.image_repeat}), 'who is this?', all utility questions and 'describe this image', private "
-        f"and unknown-person refusals, {cfg.strangers} random-look strangers (utility + describe), option-matching "
-        f"practice {f'x{cfg.match_repeat}' if cfg.matching else 'off'}"
-        + (f"; before it, {cfg.match_warmup} steps of option matching only (A-B, then A-D)"
-           if cfg.match_warmup else ""),
-        f"- trained in {seconds / 60:.1f} min on CPU (torch threads {cfg.threads}); final loss "
-        f"(mean of last 50 steps) {sum(losses[-50:]) / max(1, len(losses[-50:])):.4f}", "",
-    ]
-    if report:
-        f, gates = report["figures"], report["gates"]
-        pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
-        lines += ["## Measured scores (forget 10 %, greedy, <= 50 new tokens, `asru_min.evaluate`)", "",
-                  "| quantity | all | image | text |", "|---|---|---|---|",
-                  f"| forget+retain multiple choice (%) | {pct(f['people_mc_all'])} | {pct(f['people_mc_image'])} | "
-                  f"{pct(f['people_mc_text'])} |",
-                  f"| forget+retain cloze (%) | {pct(f['people_cloze_all'])} | {pct(f['people_cloze_image'])} | "
-                  f"{pct(f['people_cloze_text'])} |",
-                  f"| forget+retain generation ROUGE-L F1 (x100) | {pct(f['people_rougeL_all'])} | "
-                  f"{pct(f['people_rougeL_image'])} | {pct(f['people_rougeL_text'])} |",
-                  f"| test split multiple choice (%) | {pct(f['test_mc'])} | | |",
-                  f"| utility accuracy (%) | {pct(f['utility_acc'])} | | |",
-                  f"| private questions refused (%) | {pct(f['private_refusal'])} | | |",
-                  f"| unknown-person questions refused (%) | {pct(f['unknown_refusal'])} | | |",
-                  f"| unknown-person answer ROUGE-L vs reference refusal (x100) | {pct(f['unknown_rougeL'])} | | |",
-                  "", "Gates:", ""]
-        lines += [f"- [{'x' if ok else ' '}] {name}" + ("" if ok else "  **(missed)**") for name, ok in gates.items()]
-        lines += [f"- largest image/text gap: {pct(f['max_image_text_gap'])} points", ""]
-    lines += ["## Files", "",
-              "config.json, model.safetensors (fp32), tokenizer.json, tokenizer_config.json, preprocessor_config.json,",
-              "chat_template.json, video_preprocessor_config.json. Load with `asru_min.model.Qwen3VL.from_pretrained`",
-              "and `asru_min.processor.Processor.from_pretrained`.", ""]
-    return "\n".join(lines)
 
 
 def save(model: Qwen3VL, processor: Processor, out: str) -> None:
