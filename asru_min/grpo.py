@@ -73,7 +73,6 @@ class GRPOConfig:
 # fact is a leak (forget 0.0, retain 1.0). On the forget side the band pays a little for answers that are wrong
 # but on topic (they sit near the boundary); on the retain side it pays for answers close to the truth.
 
-# The rewards of the table, by name.
 FORGET_LEAK, FORGET_REFUSAL, FORGET_BAND = 0.0, 1.0, 0.5
 RETAIN_LEAK, RETAIN_REFUSAL, RETAIN_BAND = 1.0, 0.0, 0.5
 OTHERWISE = 0.1
@@ -82,12 +81,8 @@ RETAIN_BAND_LOW = 0.6  # retain band: R > 0.6 (open)
 
 
 def asru_reward(response: str, truth: str, forget: bool) -> float:
-    """Tiered ASRU reward r(response; truth, forget) of the module table, cases checked in order:
-
-    forget:  leak -> 0.0;  refusal -> 1.0;  0 < ROUGE-L < 0.4 -> 0.5;  else 0.1
-    retain:  leak -> 1.0;  refusal -> 0.0;  ROUGE-L > 0.6     -> 0.5;  else 0.1
-    where leak = norm(truth) is a (whole-word) substring of norm(response) and refusal = REFUSAL_PATTERN matches.
-    """
+    """The tiered reward of the table above: leak = metrics.leaks (the normalised truth is a whole-word substring
+    of the normalised response), refusal = metrics.is_refusal, R = metrics.rouge_l against the ground truth."""
     if leaks(response, truth):
         return FORGET_LEAK if forget else RETAIN_LEAK
     if is_refusal(response):
@@ -132,16 +127,8 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def policy_loss(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    ref_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    clip_low: float = 0.2,
-    clip_high: float = 0.3,
-    kl_coef: float = 0.1,
-) -> tuple[torch.Tensor, dict]:
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, clip_low: float, clip_high: float, kl_coef: float) -> tuple[torch.Tensor, dict]:
     """Clipped GRPO surrogate with the k3 KL penalty, averaged over response tokens.
 
     Per token t of response i (all tensors (N, T); advantages (N,) broadcast over tokens, or (N, T)):
@@ -155,17 +142,14 @@ def policy_loss(
     is the active one), clip_low_frac / clip_high_frac (ratio below / above the range), ratio_mean.
     """
     if not (logp.shape == old_logp.shape == ref_logp.shape == mask.shape):
-        raise ValueError(
-            f"shape mismatch: logp {tuple(logp.shape)}, old {tuple(old_logp.shape)}, "
-            f"ref {tuple(ref_logp.shape)}, mask {tuple(mask.shape)}"
-        )
+        raise ValueError(f"shape mismatch: logp {tuple(logp.shape)}, old {tuple(old_logp.shape)}, "
+                         f"ref {tuple(ref_logp.shape)}, mask {tuple(mask.shape)}")
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)  # (N, 1): one advantage for every token of a response
     mask = mask.bool()
     ratio = torch.exp(logp - old_logp)
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    surrogate = torch.minimum(ratio * advantages, clipped * advantages)
-    pg = -surrogate
+    pg = -torch.minimum(ratio * advantages, clipped * advantages)
     log_ref_ratio = ref_logp - logp
     k3 = torch.exp(log_ref_ratio) - log_ref_ratio - 1.0
     loss = masked_mean(pg + kl_coef * k3, mask)

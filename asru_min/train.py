@@ -6,23 +6,18 @@
     stage 2  LoRA adapters + GRPO with the tiered ASRU reward on a boundary set of forget + retain QA
     evaluate, print the before / after table
 
-Outputs in --out: config.json, state.json (what is done; the commit point of every stage), metrics_<stage>.json,
-direction.safetensors (+ .json), stage1.safetensors (the tensors stage 1 changed), steer_log.jsonl,
-grpo_log.jsonl, lora/ (PEFT-format adapter), ckpt/step_NNNNNN/ (GRPO checkpoints: adapter + optimiser),
-grpo_curves.png (reward and KL per step), table.txt, and with --save-merged, merged/ (adapters merged into the
-weights, a plain Qwen3-VL checkpoint + processor files).
+Outputs in --out: config.json, state.json (what is done), metrics_<stage>.json, direction.safetensors (+ .json),
+stage1.safetensors (the one tensor stage 1 changed), steer_log.jsonl, grpo_log.jsonl, lora/ (PEFT-format
+adapter), ckpt/step_NNNNNN/ (the last GRPO checkpoint: adapter + optimiser), grpo_curves.png, table.txt, and with
+--save-merged, merged/ (a plain Qwen3-VL checkpoint with the adapters merged in).
 
-Resuming: run the same command again. Completed stages are loaded from --out instead of recomputed, and GRPO
-continues after its last checkpoint (every step's sampling seed depends only on --seed and the step, so the
-resumed run draws what the interrupted one would have). Every file is written to a temporary name and moved
-into place with os.replace, and state.json is updated last, so an interruption at any moment leaves either
-the old or the new state, never a half-written one. --restart discards a previous run in --out.
+Resuming: run the same command again. Finished stages are loaded from --out, and GRPO continues after its last
+checkpoint (each step's sampling seed depends only on --seed and the step, so a resumed run draws what the
+interrupted one would have). Files are written under a temporary name and moved into place with os.replace,
+state.json last, so an interruption leaves the old or the new state, never half of one. --restart starts over.
 
-Defaults are sized for the tiny default model on 2 CPU cores (one torch thread; whole run <= 10 minutes):
-evaluation of 60 questions per split / kind / form (all of forget and test), steering for 3 epochs over 720
-retain QA, a boundary set of 384 generation QA (128 forget + 256 retain), G = 8, 32 new tokens, 8 prompts per
-step, 3 epochs (144 GRPO steps). The paper's values are given next to each field of TrainConfig; README.md,
-"Results", has the measured run and the stage-2 settings we compared.
+TrainConfig is the one place the defaults live (the stage configs are built from it); the paper's value is
+written next to a field where it differs.
 """
 
 from __future__ import annotations
@@ -36,6 +31,7 @@ import random
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -47,9 +43,12 @@ STAGES = ("eval_vanilla", "stage1", "eval_stage1", "stage2", "eval_asru")
 
 @dataclass
 class TrainConfig:
+    """Every setting of a run, one command-line flag each (--steer-lr for steer_lr). The defaults fit the tiny
+    default model on a 2-core CPU (one run ~3 min)."""
+
     # run
     model: str = "weights/"
-    data: str | None = None  # MLLMU-Bench root; None = the synthetic world the default weights were trained on
+    data: str | None = None  # MLLMU-Bench root; None = the synthetic world the default weights know
     forget: int = 10
     num_people: int = 100  # synthetic world size and seed (must match the weights)
     world_seed: int = 0
@@ -57,35 +56,29 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
-    threads: int = 1  # torch CPU threads (0 = torch's default); the tiny model's matrices are too small for
-    # threads to pay off: on 2 busy cores, 2 threads generated 5x slower than 1
-    eval_limit: int = 60  # questions per split / kind / form (0 = all); 60 = the whole forget and test sets
+    threads: int = 1  # torch CPU threads (0 = torch's default); a tiny model runs fastest on one
+    eval_limit: int = 60  # questions per split / kind / form (0 = all); 60 covers all of forget and test
     eval_batch_size: int = 32
     eval_max_new_tokens: int = 50  # MLLMU-Bench protocol
     save_merged: bool = False
     # stage 1: direction
-    layer: int = 2  # decoder layer L (paper: 17 of 36 in Qwen3-VL, ~ the middle; here 2 of 4)
+    layer: int = 2  # decoder layer L (paper: 17 of 36 in Qwen3-VL; here 2 of 4)
     refusal_filter: bool = True  # keep only positive prompts the model answers with "not" / "no" / "sorry"
     steer_kinds: str = "gen"  # forget QA kinds for v's negatives and the forget loss (mc prompts dominated v)
     # stage 1: steering optimisation
     forget_scale: float = 3.0  # c
     alpha: float = 1.0  # retain weight
-    steer_lr: float = 1e-3  # paper: 1e-4. On the stage-6 default weights (layer 2, c = 3) stage 1 is weakly
-    # selective: 6e-4 refuses 41 % of forget and 18 % of retain questions, 1e-3 81 % and 47 %; GRPO separates them
+    steer_lr: float = 1e-3  # paper: 1e-4 (too small to move the tiny model in 3 epochs)
     steer_batch_size: int = 2
     steer_epochs: int = 3
-    steer_retain_size: int = 720  # retain QA used for steering (0 = all 3240)
+    steer_retain_size: int = 720  # retain QA used for steering (0 = all of the retain split)
     # stage 2: data and LoRA
-    boundary_size: int = 384  # forget + retain QA (paper: 200 + 200); with 64, most retain people had no GRPO
-    # prompt and kept the retain refusals stage 1 causes (35 % after stage 2 on a stage-5 checkpoint)
-    boundary_forget_share: float = 1 / 3  # paper: one half. The ten forget people are covered many times over,
-    # the ninety retain people once or twice, and repairing retain answers must generalise from few prompts: with
-    # 128 forget + 256 retain generation QA, retain ROUGE-L 95.9 (half and half: 91.8); README, stage-2 frontier
-    boundary_kinds: str = "gen"  # gen only: the kind the leak and ROUGE-L targets read (the previous default,
-    # gen + cloze in 256 QA half and half: forget leak 5 %, retain ROUGE-L 77.8)
+    boundary_size: int = 384  # paper: 200 + 200. At forget 10 % the default world has 100 forget generation QA,
+    boundary_forget_share: float = 1 / 3  # so the set is 100 forget + 284 retain (paper: one half forget)
+    boundary_kinds: str = "gen"  # the reward reads free text: generation QA only
     lora_r: int = 16
     lora_alpha: float = 16.0
-    lora_dropout: float = 0.0  # 0: the first inner step is exactly on-policy (ratio 1), dropout adds noise to it
+    lora_dropout: float = 0.0
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     # stage 2: GRPO
     group_size: int = 8  # G
@@ -95,12 +88,11 @@ class TrainConfig:
     prompts_per_step: int = 8  # paper: 64
     mini_batch_size: int = 0  # responses per optimiser step (0 = all of a rollout batch)
     ppo_epochs: int = 1
-    grpo_epochs: int = 3  # paper: 6 (over 400 samples); 3 x 384 / 8 = 144 steps keeps the default run ~6 min
+    grpo_epochs: int = 3  # paper: 6 (over 400 samples); 3 x 384 / 8 = 144 steps
     clip_low: float = 0.2
     clip_high: float = 0.3
     kl_coef: float = 0.1
-    grpo_lr: float = 2e-3  # paper: 1e-6 with full fine-tuning; LoRA on the tiny model needs more: on the
-    # previous default weights (24 steps) 2e-3 took retain refusals from 44 % to 24 %, 5e-3 forgot more, kept less
+    grpo_lr: float = 2e-3  # paper: 1e-6 with full fine-tuning; LoRA on the tiny model needs far more
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ckpt_every: int = 1  # GRPO steps between checkpoints
@@ -124,25 +116,16 @@ def write_atomic(path: str, write) -> None:
     os.replace(tmp, path)
 
 
-def write_json(path: str, obj) -> None:
-    def dump(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-
-    write_atomic(path, dump)
-
-
 def write_text(path: str, text: str) -> None:
-    def dump(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
-    write_atomic(path, dump)
+
+def write_json(path: str, obj) -> None:
+    write_text(path, json.dumps(obj, indent=1))
 
 
 def read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(Path(path).read_text())
 
 
 # ----------------------------------------------------------------------------------------------------------

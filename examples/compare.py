@@ -29,7 +29,7 @@ Definitions (all on the "all" form = image + text questions; every metric in [0,
     headline 2, GQ ratio    = GQ(ASRU) / mean_b GQ(b)
     b ranges over the five baselines; every number is averaged over the forget levels run.
 The paper reports +24.6 % unlearning effectiveness and 5.8x generation quality on average over its baselines
-(its judge and metric mix differ; see docs/ASRU_METHOD.md).
+(its judge and metric mix differ; see docs/METHOD.md).
 
 Budget: the full run (3 forget levels x (train.py + 5 baselines)) takes about 15-20 min on 2 free CPU cores with
 the tiny default model (train.py ~2 min per level, a baseline ~30 s), well inside 60 min even on shared cores;

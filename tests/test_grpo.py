@@ -14,6 +14,9 @@ from asru_min.optim import optimizer_step, token_logprobs
 from asru_min.train import TrainConfig
 
 
+CLIP = dict(clip_low=0.2, clip_high=0.3, kl_coef=0.1)  # the release's clip range and KL coefficient
+
+
 def grpo_config(**changes) -> GRPOConfig:
     """The run's stage-2 settings (TrainConfig, the one source of defaults) with a test's changes."""
     import dataclasses
@@ -75,7 +78,7 @@ def test_policy_loss_clips_both_sides_hand_computed():
     # the masked (pad) token is not in the loss: changing its values changes nothing
     logp2 = logp.clone()
     logp2[1, 2] = 50.0
-    loss2, _ = policy_loss(logp2, old, logp2.clone(), adv, mask)
+    loss2, _ = policy_loss(logp2, old, logp2.clone(), adv, mask, **CLIP)
     assert loss2.item() == pytest.approx(expected, abs=1e-5)
 
 
@@ -84,7 +87,7 @@ def test_policy_loss_k3_value_and_gradient_sign():
     logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     ref = torch.tensor([[-1.0 + math.log(2.0), -3.0]])
     mask = torch.ones(1, 2, dtype=torch.bool)
-    loss, stats = policy_loss(logp, logp.detach(), ref, torch.zeros(1), mask, kl_coef=0.5)
+    loss, stats = policy_loss(logp, logp.detach(), ref, torch.zeros(1), mask, **{**CLIP, "kl_coef": 0.5})
     k3 = [2.0 - math.log(2.0) - 1.0, math.exp(-1.0) + 1.0 - 1.0]
     assert stats["kl"] == pytest.approx(sum(k3) / 2, abs=1e-6)
     assert loss.item() == pytest.approx(0.5 * sum(k3) / 2, abs=1e-6)
@@ -100,7 +103,7 @@ def test_policy_loss_keeps_eos_when_pad_equals_eos():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
     logp = torch.tensor([[-1.0, -0.5, -9.0], [-1.0, -1.0, -0.2]], requires_grad=True)
     adv = torch.tensor([1.0, -1.0])
-    loss, _ = policy_loss(logp, logp.detach(), logp.detach(), adv, mask, kl_coef=0.0)
+    loss, _ = policy_loss(logp, logp.detach(), logp.detach(), adv, mask, **{**CLIP, "kl_coef": 0.0})
     loss.backward()
     # on-policy (ratio 1) d loss / d logp = -A / (number of masked tokens) on every masked token, EOS included
     assert logp.grad[0, 1].item() == pytest.approx(-1.0 / 5)
@@ -112,10 +115,10 @@ def test_policy_loss_keeps_eos_when_pad_equals_eos():
 def test_policy_loss_per_token_advantages_and_shape_check():
     logp = torch.zeros(2, 3)
     adv_tok = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
-    loss, _ = policy_loss(logp, logp, logp, adv_tok, torch.ones(2, 3, dtype=torch.bool))
+    loss, _ = policy_loss(logp, logp, logp, adv_tok, torch.ones(2, 3, dtype=torch.bool), **CLIP)
     assert loss.item() == pytest.approx(-6.0 / 6)
     with pytest.raises(ValueError):
-        policy_loss(logp, logp, logp[:, :2], adv_tok[:, 0], torch.ones(2, 3))
+        policy_loss(logp, logp, logp[:, :2], adv_tok[:, 0], torch.ones(2, 3), **CLIP)
 
 
 # ---------------------------------------------------------------------------------------------- log-probs

@@ -153,7 +153,7 @@ def test_batch_stream_repeats_image_and_mc_questions(world):
 
 
 def test_mc_repeat_zero_drops_multiple_choice_and_nothing_else(world):
-    """--mc-repeat 0 (a facts-only run, try 4 of results/pretrain_60min): an epoch is the plain epoch minus its mc
+    """--mc-repeat 0 (a facts-only run): an epoch is the plain epoch minus its mc
     questions, every other question still there once."""
     from collections import Counter
 
