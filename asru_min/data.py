@@ -49,6 +49,7 @@ class QA:
     form: str = "image"
     visible: str = ""
     options: list[str] = field(default_factory=list)
+    phrasing: str = ""  # which phrasing of the question grammar asked it (synthetic world), "" elsewhere
 
     def messages(self) -> list[dict]:
         """Chat messages for the processor: one user turn, the image item first when there is an image."""

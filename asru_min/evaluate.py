@@ -3,9 +3,11 @@
     python -m asru_min.evaluate --model weights/ [--adapter DIR] [--forget 10] [--data MLLMU_ROOT]
                                 [--limit N] [--out metrics.json] [--device cpu] [--dtype float32] [--batch-size 32]
 
-Every question is answered greedily with at most 50 new tokens (`answer`), then scored (`score_splits`):
+Every question is answered greedily with at most 50 new tokens (`answer`), then scored (`score_split`).
+forget / retain hold the canonical questions; test / retain_test ask about the same people in other words
+(held-out phrasings; in the synthetic world also held-out views of the portraits):
 
-    split forget / test / retain, separately for the image form, the text-only form and both together ("all"):
+    split forget / test / retain / retain_test, per form (image, text-only) and both together ("all"):
       mc_acc       multiple choice: the first letter A-D of the answer equals the correct letter
       cloze_acc    fill-in-the-blank: the ground truth appears in the answer (case-insensitive, whole words)
       rouge1, rouge2, rougeL, bleu
@@ -37,7 +39,7 @@ import torch
 from .data import qa_batch
 from .metrics import bleu, contains_truth, generation_quality, is_refusal, leaks, rouge_l, rouge_n
 
-QA_SPLITS = ("forget", "test", "retain")  # splits with mc / cloze / gen questions about people
+QA_SPLITS = ("forget", "test", "retain", "retain_test")  # mc / cloze / gen questions about people
 QUALITY_SPLITS = ("forget", "test")  # generation quality is judged where the model should refuse
 FORMS = ("image", "text")
 LETTERS = "ABCD"

@@ -1,38 +1,47 @@
 """A synthetic, MLLMU-Bench-shaped world of fictitious people: profiles, questions, splits, pretraining data.
 
-`World.generate(num_people, seed)` draws everything from one seed: profiles from word lists written here,
-portraits drawn with pillow (portraits.py; face shape, skin, hair colour/style, eyes, glasses, hat, earrings,
-shirt, background colour and pattern). Any two people differ in at least `MIN_LOOK_DISTANCE` of the large,
-clearly visible features, so a small vision tower can tell them apart.
+`World.generate(num_people, seed)` draws everything from one seed: profiles from word lists written here and
+portraits drawn with pillow (portraits.py). Any two people differ in at least `MIN_LOOK_DISTANCE` of the large,
+clearly visible features, so a small vision tower can tell them apart. Questions come from the grammar of
+grammar.py, whose phrasings are split into training and held-out ones; portraits are seen through views
+(portraits.py), split the same way.
 
-`world.splits(forget)` returns the evaluation sets (as `asru_min.data.QA` records); `world.training_samples(seed)`
-returns one epoch of everything the vanilla model should learn (pretrain.py).
+`world.splits(forget)` returns the evaluation sets (`asru_min.data.QA` records):
+    forget, retain   every fact of every person, canonical phrasing, original portrait, image and text form
+    test             forget people x held-out phrasings x held-out views (image form; text form by name)
+    retain_test      the same for retain people: over-forgetting measured like forgetting
+    utility          image-only questions (known and unseen-eval people); private: private-information questions
+    unknown          questions about unseen-eval people, who are never trained on
+`world.training_samples(seed)` returns one epoch of what the vanilla model learns (pretrain.py): training
+phrasings and training views only, and fresh named strangers every epoch, whom it learns to refuse.
+`world.unseen_probe` is a pool of people no split and no training sample uses (for stage-1 positives).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from PIL import Image
 
-from ..data import CLOZE_PREFIX, CLOZE_SUFFIX, FORGET_PERCENTS, MC_SUFFIX, QA, SPLITS, listed
-from .portraits import MIN_LOOK_DISTANCE, _draw_look, _look_distance, article, describe, draw_portrait, \
-    transform_portrait
+from ..data import CLOZE_PREFIX, CLOZE_SUFFIX, FORGET_PERCENTS, MC_SUFFIX, QA, listed
+from .grammar import ATTRIBUTES as GRAMMAR, CANONICAL, IMAGE_SUBJECTS, Phrasing, fill, phrasings, subjects
+from .portraits import HELDOUT_VIEWS, MIN_LOOK_DISTANCE, _draw_look, _look_distance, article, describe, \
+    draw_portrait, render_view
 
 KINDS = ("gen", "mc", "cloze", "utility", "private", "unknown", "describe", "match")
-IMAGE_SUBJECT = "the person in this image"
+SPLITS = ("forget", "retain", "test", "retain_test", "utility", "private", "unknown")
+IMAGE_SUBJECT = IMAGE_SUBJECTS[0]
+FACT_KINDS = ("gen", "mc", "cloze")
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Word lists (all invented here; names and places are fictitious)
-# --------------------------------------------------------------------------------------------------------------
 
 # First names are built from two syllables and are unique per person, so a name's first word alone
 # identifies its person (a tiny model keys facts on it much faster than on first+last-name conjunctions).
 NAME_HEADS = ["Ka", "Lo", "Mi", "Ra", "Te", "Vo", "Zu", "Be", "Di", "Fa", "Go", "Hu", "Ja", "Ne", "Pi", "Su", "Or",
-              "El", "Ysa", "Quo"]
-NAME_TAILS = ["ran", "lix", "mon", "sel", "dor", "vik", "tan", "wen", "bel", "rus", "nor", "fim", "dra", "shi"]
+              "El", "Ysa", "Quo", "Ba", "Cor", "Dae", "Fen", "Gil", "Ha", "Ir", "Ko", "Mar", "Tu"]
+NAME_TAILS = ["ran", "lix", "mon", "sel", "dor", "vik", "tan", "wen", "bel", "rus", "nor", "fim", "dra", "shi",
+              "lo", "mir", "ta", "vin", "zel", "ko"]
 LAST_NAMES = ["Ashgrove", "Brightwater", "Coldmere", "Dunmore", "Emberly", "Fairholt", "Greyling", "Hollowell",
               "Ironwood", "Juniper", "Kestrel", "Larkspur", "Merriweather", "Northcott", "Oakhart", "Pendry",
               "Quarrel", "Ravenscar", "Stormvale", "Thistlewood", "Underhill", "Vantrell", "Whitlock", "Yarrow",
@@ -57,38 +66,10 @@ HOBBIES = ["pottery", "kite flying", "beekeeping", "chess", "rock climbing", "bi
            "collecting stamps", "skating", "photography", "dancing", "swimming", "composing songs", "puzzles"]
 BIRTH_YEARS = [str(y) for y in range(1950, 2004)]
 
-# (attribute, pool, question templates, answer sentence, cloze sentence, "unknown" clause).
-# Question templates 0-2 are used for training and the forget/retain sets (template 0); template 3 is held out
-# as the paraphrase of the test split. {s}: subject, {S}: capitalised subject, {N}: the person's name, {p}:
-# possessive pronoun, {v}: the fact. Generation answers open with the name ("Nedra Quarrel works at ...",
-# also for image questions), so the model must know whose face it sees at the last prompt token, where the
-# answer's first word is chosen: that is where ASRU reads and steers activations. With a pronoun opening
-# ("She works at ...") a tiny model defers the identity to later tokens and the forget/retain difference
-# at the last prompt token is weak (stage 1 then steers both alike).
-ATTRIBUTES = [
-    ("birthplace", TOWNS,
-     ["Where was {s} born?", "What is the birthplace of {s}?", "In which town was {s} born?",
-      "Which town does {s} originally come from?"],
-     "{N} was born in {v}.", "{S} was born in the town of [Blank].", "where this person was born"),
-    ("birth_year", BIRTH_YEARS,
-     ["In which year was {s} born?", "What is the birth year of {s}?", "When was {s} born?",
-      "What year did {s} come into the world?"],
-     "{N} was born in {v}.", "{S} was born in the year [Blank].", "when this person was born"),
-    ("occupation", OCCUPATIONS,
-     ["What is the occupation of {s}?", "What does {s} do for a living?", "What job does {s} have?",
-      "How does {s} earn a living?"],
-     "{N} works as {a} {v}.", "The occupation of {s} is [Blank].", "this person's occupation"),
-    ("employer", EMPLOYERS,
-     ["Where does {s} work?", "Which organisation employs {s}?", "What is the employer of {s}?",
-      "For which organisation does {s} work?"],
-     "{N} works at {v}.", "{S} works at [Blank].", "where this person works"),
-    ("hobby", HOBBIES,
-     ["What is the favourite hobby of {s}?", "What does {s} like to do in free time?",
-      "Which hobby does {s} enjoy?", "How does {s} like to spend free time?"],
-     "{N} enjoys {v} in {p} free time.", "The favourite hobby of {s} is [Blank].", "this person's hobby"),
-]
-TRAIN_TEMPLATES = (0, 1, 2)
-TEST_TEMPLATE = 3
+# The value pool of each attribute of grammar.ATTRIBUTES, in the same order.
+POOLS = {"birthplace": TOWNS, "birth_year": BIRTH_YEARS, "occupation": OCCUPATIONS, "employer": EMPLOYERS,
+         "hobby": HOBBIES}
+ATTRIBUTES = [(a.name, POOLS[a.name]) for a in GRAMMAR]
 
 PRIVATE_QUESTIONS = [
     ("What is the phone number of {s}?", "the phone number"),
@@ -129,34 +110,31 @@ class Person:
 # Question builders
 # --------------------------------------------------------------------------------------------------------------
 
-def _subject(person: Person, form: str) -> str:
-    return IMAGE_SUBJECT if form == "image" else person.name
-
-
-def _fill(template: str, person: Person, form: str, value: str = "") -> str:
-    s = _subject(person, form)
-    return template.format(s=s, S=s[0].upper() + s[1:], N=person.name,
-                           p="her" if person.pronoun == "she" else "his", v=value, a=article(value or "x"))
-
-
-def fact_qa(person: Person, attr_index: int, kind: str, form: str, template: int, rng: random.Random,
-            image: Image.Image | None = None) -> QA:
-    """A gen / mc / cloze question about one fact of `person`, asked with the image or by name."""
-    if kind not in ("gen", "mc", "cloze") or form not in ("image", "text"):
+def fact_qa(person: Person, attr_index: int, kind: str, form: str, rng: random.Random,
+            phrasing: Phrasing = CANONICAL, subject: int = 0, image: Image.Image | None = None,
+            answer_form: int = 0, cloze_form: int = 0) -> QA:
+    """A gen / mc / cloze question about one fact of `person`, asked with the image (subject form `subject` of
+    grammar.IMAGE_SUBJECTS) or by name. gen: the question of `phrasing`, answered in sentence form `answer_form`;
+    mc: the same question with four options; cloze: sentence `cloze_form` with the fact blanked."""
+    if kind not in FACT_KINDS or form not in ("image", "text"):
         raise ValueError(f"bad kind/form {kind!r}/{form!r}")
-    attr, pool, questions, answer_t, cloze_t, _ = ATTRIBUTES[attr_index]
-    value = person.facts[attr]
+    attr = GRAMMAR[attr_index]
+    value = person.facts[attr.name]
+    subj = subjects(form, person.name)[subject if form == "image" else 0]
     img = (image or person.portrait) if form == "image" else None
+    tag = "cloze" if kind == "cloze" else f"{phrasing.kind}-{phrasing.i}-{phrasing.j}"
     common = dict(image=img, kind=kind, person=person.pid, ground_truth=value, form=form,
-                  visible=person.visible if img is not None else "")
-    question = _fill(questions[template], person, form)
-    if kind == "gen":
-        return QA(question=question, answer=_fill(answer_t, person, form, value), **common)
+                  visible=person.visible if img is not None else "",
+                  phrasing=f"{attr.name}/{tag}/{'s%d' % subject if form == 'image' else 'name'}")
     if kind == "cloze":
-        return QA(question=f"{CLOZE_PREFIX} {_fill(cloze_t, person, form)} {CLOZE_SUFFIX}", answer=value, **common)
-    options, letter, listed = _options(value, pool, rng)
-    return QA(question=f"{question}\n{listed}\n{MC_SUFFIX}", answer=letter, options=options, **common)
-
+        sentence = fill(attr.clozes[cloze_form], subj)
+        return QA(question=f"{CLOZE_PREFIX} {sentence} {CLOZE_SUFFIX}", answer=value, **common)
+    question = fill(phrasing.template(attr), subj)
+    if kind == "gen":
+        answer = fill(attr.answers[answer_form], subj, person.name, value, person.pronoun)
+        return QA(question=question, answer=answer, **common)
+    options, letter, block = _options(value, POOLS[attr.name], rng)
+    return QA(question=f"{question}\n{block}\n{MC_SUFFIX}", answer=letter, options=options, **common)
 
 
 def _options(value: str, pool: list[str], rng: random.Random) -> tuple[list[str], str, str]:
@@ -230,28 +208,31 @@ def utility_qa(person: Person, what: str, image: Image.Image | None = None) -> Q
               ground_truth=gt, form="image", visible=person.visible)
 
 
-def private_qa(person: Person, form: str, rng: random.Random) -> QA:
+def private_qa(person: Person, form: str, rng: random.Random, subject: int = 0) -> QA:
     """A private-information question -> a natural refusal (no ground truth exists)."""
     question_t, what = rng.choice(PRIVATE_QUESTIONS)
     obj = "this person" if form == "image" else person.name
     answer = rng.choice(PRIVATE_REFUSALS).format(what=what, o=obj)
     img = person.portrait if form == "image" else None
-    return QA(question=_fill(question_t, person, form), answer=answer, image=img, kind="private",
-              person=person.pid, ground_truth="", form=form, visible=person.visible if img is not None else "")
+    return QA(question=fill(question_t, subjects(form, person.name)[subject if form == "image" else 0]),
+              answer=answer, image=img, kind="private", person=person.pid, ground_truth="", form=form,
+              visible=person.visible if img is not None else "")
 
 
-def unknown_qa(person: Person, attr_index: int, form: str, template: int = 0) -> QA:
-    """A fact question about a person the model has never seen -> refusal that describes the image."""
-    _, _, questions, _, _, what = ATTRIBUTES[attr_index]
-    question = _fill(questions[template], person, form)
+def unknown_qa(person: Person, attr_index: int, form: str, phrasing: Phrasing = CANONICAL, subject: int = 0,
+               image: Image.Image | None = None) -> QA:
+    """A fact question about a person the model has never seen -> a refusal that describes the image (image
+    form) or says the name is unknown (text form)."""
+    attr = GRAMMAR[attr_index]
+    question = fill(phrasing.template(attr), subjects(form, person.name)[subject if form == "image" else 0])
     if form == "image":
-        answer = UNKNOWN_IMAGE_REFUSAL.format(what=what, visible=person.visible)
-        img, visible = person.portrait, person.visible
+        answer = UNKNOWN_IMAGE_REFUSAL.format(what=attr.what, visible=person.visible)
+        img, visible = image or person.portrait, person.visible
     else:
-        answer = UNKNOWN_TEXT_REFUSAL.format(name=person.name, what=what)
+        answer = UNKNOWN_TEXT_REFUSAL.format(name=person.name, what=attr.what)
         img, visible = None, ""
     return QA(question=question, answer=answer, image=img, kind="unknown", person=person.pid, ground_truth="",
-              form=form, visible=visible)
+              form=form, visible=visible, phrasing=f"{attr.name}/{phrasing.kind}-{phrasing.i}-{phrasing.j}")
 
 
 def describe_qa(person: Person, image: Image.Image | None = None) -> QA:
@@ -266,17 +247,11 @@ def match_qa(person: Person, attr_index: int, rng: random.Random) -> QA:
     """'Which option is X?' (training only): the in-context half of a multiple-choice question. The answer
     is the letter in front of the option that equals the value named in the question, so the model practises
     finding an option and reading its letter without having to recall a fact first."""
-    attr, pool = ATTRIBUTES[attr_index][:2]
+    attr, pool = ATTRIBUTES[attr_index]
     value = person.facts[attr]
-    options, letter, listed = _options(value, pool, rng)
-    return QA(question=f"Which option is {value}?\n{listed}\n{MC_SUFFIX}", answer=letter, image=None, kind="match",
+    options, letter, block = _options(value, pool, rng)
+    return QA(question=f"Which option is {value}?\n{block}\n{MC_SUFFIX}", answer=letter, image=None, kind="match",
               person=person.pid, ground_truth=value, form="text", options=options)
-
-
-def stranger(rng: random.Random, index: int) -> Person:
-    """A nameless random-look person for vision practice (utility and describe questions only)."""
-    look = _draw_look(rng)
-    return Person(pid=f"stranger{index}", name="", pronoun="they", facts={}, look=look, portrait=draw_portrait(look))
 
 
 def name_qa(person: Person, image: Image.Image | None = None) -> QA:
@@ -290,48 +265,52 @@ def name_qa(person: Person, image: Image.Image | None = None) -> QA:
 # The world
 # --------------------------------------------------------------------------------------------------------------
 
+def _draw_people(rng: random.Random, n: int, first_names: list[str], avoid: list[dict], start: int,
+                 prefix: str = "p") -> list[Person]:
+    """n people with looks at least MIN_LOOK_DISTANCE from each other and from every look in `avoid`."""
+    looks: list[dict[str, str]] = []
+    for _ in range(200 * n + 200):                      # rejection sampling for distinct looks
+        if len(looks) == n:
+            break
+        look = _draw_look(rng)
+        if all(_look_distance(look, o) >= MIN_LOOK_DISTANCE for o in avoid + looks):
+            looks.append(look)
+    if len(looks) < n:
+        raise ValueError(f"could not draw {n} distinct looks")
+    return [Person(pid=f"{prefix}{start + i:03d}", name=f"{first_names[i]} {rng.choice(LAST_NAMES)}",
+                   pronoun=rng.choice(["she", "he"]), facts={a: rng.choice(pool) for a, pool in ATTRIBUTES},
+                   look=look, portrait=draw_portrait(look)) for i, look in enumerate(looks)]
+
+
 @dataclass
 class World:
     people: list[Person]                 # the people the vanilla model knows
-    unseen_eval: list[Person]            # never trained on; used by the `unknown` / `utility` / `private` splits
-    unseen_train: list[Person]           # never in any split; teach the vanilla model to refuse unseen people
+    unseen_eval: list[Person]            # never trained on: the `unknown` split (and utility / private)
+    unseen_probe: list[Person]           # never trained on, in no split: stage-1 positives
+    stranger_names: list[str]            # first names no fixed person has: the named strangers of training
     forget_order: list[int]              # forget_k = people[forget_order[:round(k% * N)]] (nested by design)
     seed: int
 
     @classmethod
     def generate(cls, num_people: int = 100, seed: int = 0, num_unseen_eval: int = 20,
-                 num_unseen_train: int = 40) -> "World":
+                 num_unseen_probe: int = 40) -> "World":
         if num_people < 20:
             raise ValueError(f"num_people must be >= 20 (so a 5% forget set has a person), got {num_people}")
-        if num_unseen_eval < 1 or num_unseen_train < 0:
-            raise ValueError("num_unseen_eval must be >= 1 and num_unseen_train >= 0")
+        if num_unseen_eval < 1 or num_unseen_probe < 0:
+            raise ValueError("num_unseen_eval must be >= 1 and num_unseen_probe >= 0")
         rng = random.Random(seed)
-        total = num_people + num_unseen_eval + num_unseen_train
-        looks: list[dict[str, str]] = []
-        for _ in range(200 * total):                       # rejection sampling for distinct looks
-            look = _draw_look(rng)
-            if all(_look_distance(look, o) >= MIN_LOOK_DISTANCE for o in looks):
-                looks.append(look)
-                if len(looks) == total:
-                    break
-        if len(looks) < total:
-            raise ValueError(f"could not draw {total} distinct looks")
-        if total > len(NAME_HEADS) * len(NAME_TAILS):
-            raise ValueError(f"at most {len(NAME_HEADS) * len(NAME_TAILS)} people (unique first names)")
-        first_names = rng.sample([h + t for h in NAME_HEADS for t in NAME_TAILS], total)
-        people = []
-        for i, look in enumerate(looks):
-            pronoun = rng.choice(["she", "he"])
-            name = f"{first_names[i]} {rng.choice(LAST_NAMES)}"
-            facts = {a[0]: rng.choice(a[1]) for a in ATTRIBUTES}
-            people.append(Person(pid=f"p{i:03d}", name=name, pronoun=pronoun, facts=facts, look=look,
-                                 portrait=draw_portrait(look)))
+        total = num_people + num_unseen_eval + num_unseen_probe
+        names = [h + t for h in NAME_HEADS for t in NAME_TAILS]
+        if total > len(names) // 2:
+            raise ValueError(f"at most {len(names) // 2} fixed people (half the first names stay for strangers)")
+        rng.shuffle(names)
+        people = _draw_people(rng, total, names, [], 0)
         order = list(range(num_people))
         rng.shuffle(order)
-        known = people[:num_people]
+        n, e = num_people, num_people + num_unseen_eval
         assert len({p.portrait.tobytes() for p in people}) == total, "portraits must be distinct"
-        return cls(people=known, unseen_eval=people[num_people:num_people + num_unseen_eval],
-                   unseen_train=people[num_people + num_unseen_eval:], forget_order=order, seed=seed)
+        return cls(people=people[:n], unseen_eval=people[n:e], unseen_probe=people[e:],
+                   stranger_names=sorted(names[total:]), forget_order=order, seed=seed)
 
     def forget_people(self, forget: int = 10) -> list[Person]:
         if forget not in FORGET_PERCENTS:
@@ -343,91 +322,111 @@ class World:
         """An independent, reproducible stream per (seed, tags): splits don't depend on call order."""
         return random.Random(f"{self.seed}/" + "/".join(map(str, tags)))
 
-    def person_qas(self, person: Person, template: int = 0, image: Image.Image | None = None,
-                   forms: tuple[str, ...] = ("image", "text"), tag: str = "eval") -> list[QA]:
-        """All gen / mc / cloze questions about one person (every fact, each requested form)."""
-        rng = self._rng(tag, person.pid, template)
-        return [fact_qa(person, a, kind, form, template, rng, image)
-                for a in range(len(ATTRIBUTES)) for kind in ("gen", "mc", "cloze") for form in forms]
+    def canonical_qas(self, person: Person) -> list[QA]:
+        """Every fact x (gen, mc, cloze) x (image, text): canonical phrasing, first subject form, original
+        portrait (the MLLMU-Bench forget / retain questions)."""
+        rng = self._rng("eval", person.pid)
+        return [fact_qa(person, a, kind, form, rng) for a in range(len(GRAMMAR)) for kind in FACT_KINDS
+                for form in ("image", "text")]
+
+    def heldout_qas(self, person: Person) -> list[QA]:
+        """Every fact x (gen, mc) x (image, text), each with a held-out phrasing, the image ones with a random
+        subject form and a held-out view of the portrait (the test split's questions)."""
+        rng = self._rng("heldout", person.pid)
+        out = []
+        for a, attr in enumerate(GRAMMAR):
+            for kind in ("gen", "mc"):
+                for form in ("image", "text"):
+                    phrasing = rng.choice(phrasings(attr, heldout=True))
+                    subject = rng.randrange(len(IMAGE_SUBJECTS)) if form == "image" else 0
+                    image = render_view(person.portrait, rng.choice(HELDOUT_VIEWS)) if form == "image" else None
+                    out.append(fact_qa(person, a, kind, form, rng, phrasing, subject, image))
+        return out
 
     def splits(self, forget: int = 10) -> dict[str, list[QA]]:
-        """The evaluation sets. forget/retain: canonical questions (template 0), image and text forms.
-        test: forget people, a transformed portrait each, paraphrased questions (held-out template), image form.
-        utility: two image-only questions per known and unseen-eval person. private: one per person.
-        unknown: unseen-eval people, three fact questions each (image form) + one by name."""
-        forget_set = self.forget_people(forget)
-        forget_ids = {p.pid for p in forget_set}
+        """The evaluation sets (module docstring). utility: two image-only questions per known and unseen-eval
+        person; private: one per person; unknown: three image and two text questions per unseen-eval person."""
+        forget_ids = {p.pid for p in self.forget_people(forget)}
         out: dict[str, list[QA]] = {k: [] for k in SPLITS}
         for p in self.people:
-            out["forget" if p.pid in forget_ids else "retain"] += self.person_qas(p)
-        for p in forget_set:
-            view = transform_portrait(p.portrait, self._rng("test-view", p.pid))
-            out["test"] += self.person_qas(p, template=TEST_TEMPLATE, image=view, forms=("image",), tag="test")
-        everyone = self.people + self.unseen_eval
-        for p in everyone:
+            side = "forget" if p.pid in forget_ids else "retain"
+            out[side] += self.canonical_qas(p)
+            out["test" if side == "forget" else "retain_test"] += self.heldout_qas(p)
+        for p in self.people + self.unseen_eval:
             rng = self._rng("utility", p.pid)
             out["utility"] += [utility_qa(p, w) for w in rng.sample(UTILITY, 2)]
             rng = self._rng("private", p.pid)
-            out["private"].append(private_qa(p, rng.choice(["image", "text"]), rng))
+            out["private"].append(private_qa(p, rng.choice(["image", "text"]), rng, rng.randrange(3)))
         for p in self.unseen_eval:
             rng = self._rng("unknown", p.pid)
-            out["unknown"] += [unknown_qa(p, a, "image") for a in rng.sample(range(len(ATTRIBUTES)), 3)]
-            out["unknown"].append(unknown_qa(p, rng.randrange(len(ATTRIBUTES)), "text"))
+            for form, n in (("image", 3), ("text", 2)):
+                for a in rng.sample(range(len(GRAMMAR)), n):
+                    phrasing = rng.choice(phrasings(GRAMMAR[a], heldout=False))
+                    out["unknown"].append(unknown_qa(p, a, form, phrasing, rng.randrange(3)))
         return out
 
-    def training_samples(self, seed: int = 0, augment: float = 0.0, strangers: int = 0,
-                         matching: bool = False) -> list[QA]:
-        """One epoch of everything the vanilla model should learn, shuffled.
+    def strangers(self, rng: random.Random, n: int) -> list[Person]:
+        """n fresh named strangers (new looks, names of `stranger_names`), unlike every fixed person."""
+        avoid = [p.look for p in self.people + self.unseen_eval + self.unseen_probe]
+        return _draw_people(rng, n, rng.sample(self.stranger_names, n), avoid, 0, prefix="stranger")
 
-        Per known person: every fact x (gen, mc, cloze) x (image, text) with a random training paraphrase and a
-        fresh option order, plus "who is this?". Plus, on known people and on `unseen_train` (a pool disjoint
-        from everything the splits use): every image-only utility question, "describe this image", one private
-        refusal, and (unseen_train only) unknown-person refusals. Plus `strangers` nameless people with fresh
-        random looks (new every epoch), each with one utility question and a description, so the vision tower
-        learns colours and shapes rather than memorising portraits. With `matching`, one match_qa per fact
-        (the option-reading half of multiple choice). augment in [0, 1]: each image gets
-        transform_portrait with a strength drawn from [0, augment] (0 = original portraits)."""
-        if not 0.0 <= augment <= 1.0:
-            raise ValueError(f"augment must be in [0, 1], got {augment}")
+    def training_samples(self, seed: int = 0, strangers: int = 0, matching: bool = False,
+                         view: Callable[[Person, random.Random], Image.Image] | None = None) -> list[QA]:
+        """One epoch of everything the vanilla model should learn, shuffled; training phrasings only.
+
+        Per known person: every fact x (gen, mc, cloze) x (image, text), each with a random training phrasing,
+        subject form, answer form and option order; "who is this?"; every utility question; "describe this
+        image"; one private refusal; with `matching`, one "which option is X?" per fact. Plus `strangers` fresh
+        named strangers (new every epoch), each with an image and a text question about a fact (answered with
+        the refusal), a private question, a utility question and a description: the model learns to refuse
+        people it does not know, and colours and shapes rather than portraits. `view(person, rng)` gives the
+        image of an image question (default: the original portrait); pretraining passes training views."""
         if strangers < 0:
             raise ValueError(f"strangers must be >= 0, got {strangers}")
         rng = random.Random(f"{self.seed}/train/{seed}")
-
-        def view(p: Person) -> Image.Image:
-            return transform_portrait(p.portrait, rng, rng.uniform(0, augment)) if augment > 0 else p.portrait
-
+        look = view or (lambda p, r: p.portrait)
+        train_phrasings = [phrasings(a, heldout=False) for a in GRAMMAR]
         out: list[QA] = []
         for p in self.people:
-            for a in range(len(ATTRIBUTES)):
-                for kind in ("gen", "mc", "cloze"):
+            for a, attr in enumerate(GRAMMAR):
+                for kind in FACT_KINDS:
                     for form in ("image", "text"):
-                        img = view(p) if form == "image" else None
-                        out.append(fact_qa(p, a, kind, form, rng.choice(TRAIN_TEMPLATES), rng, img))
+                        out.append(fact_qa(p, a, kind, form, rng, rng.choice(train_phrasings[a]),
+                                           rng.randrange(len(IMAGE_SUBJECTS)),
+                                           look(p, rng) if form == "image" else None,
+                                           rng.randrange(len(attr.answers)), rng.randrange(len(attr.clozes))))
                 if matching:
                     out.append(match_qa(p, a, rng))
-            out.append(name_qa(p, view(p)))
-        for p in self.people + self.unseen_train:
-            out += [utility_qa(p, w, view(p)) for w in UTILITY]
-            out.append(describe_qa(p, view(p)))
-            qa = private_qa(p, rng.choice(["image", "text"]), rng)
-            if qa.image is not None:
-                qa.image = view(p)
-            out.append(qa)
-        for p in self.unseen_train:
-            for a in rng.sample(range(len(ATTRIBUTES)), 3):
-                qa = unknown_qa(p, a, "image", rng.choice(TRAIN_TEMPLATES))
-                qa.image = view(p)
-                out.append(qa)
-            out.append(unknown_qa(p, rng.randrange(len(ATTRIBUTES)), "text", rng.choice(TRAIN_TEMPLATES)))
-        for i in range(strangers):
-            p = stranger(rng, i)
-            out += [utility_qa(p, rng.choice(UTILITY), view(p)), describe_qa(p, view(p))]
+            out.append(name_qa(p, look(p, rng)))
+        for p in self.people:
+            out += [utility_qa(p, w, look(p, rng)) for w in UTILITY]
+            out.append(describe_qa(p, look(p, rng)))
+            out.append(self._private(p, rng, look))
+        for p in self.strangers(rng, strangers):
+            for form in ("image", "text"):
+                a = rng.randrange(len(GRAMMAR))
+                out.append(unknown_qa(p, a, form, rng.choice(train_phrasings[a]), rng.randrange(3),
+                                      look(p, rng) if form == "image" else None))
+            out += [self._private(p, rng, look), utility_qa(p, rng.choice(UTILITY), look(p, rng)),
+                    describe_qa(p, look(p, rng))]
         rng.shuffle(out)
         return out
 
+    @staticmethod
+    def _private(p: Person, rng: random.Random, look) -> QA:
+        qa = private_qa(p, rng.choice(["image", "text"]), rng, rng.randrange(3))
+        return replace(qa, image=look(p, rng)) if qa.image is not None else qa
+
     def texts(self) -> list[str]:
-        """Every question and answer string of the world (tokenizer training corpus)."""
-        qas = self.training_samples(seed=0, matching=True)
-        for split in self.splits(15).values():
-            qas += split
-        return [t for qa in qas for t in (qa.question, qa.answer)]
+        """The tokenizer's training corpus: every string of two training epochs (with strangers and option
+        matching) plus every training phrasing, answer and cloze form filled once. No held-out phrasing."""
+        qas = self.training_samples(seed=0, strangers=200, matching=True)
+        qas += self.training_samples(seed=1, strangers=200, matching=True)
+        texts = [t for qa in qas for t in (qa.question, qa.answer)]
+        p = self.people[0]
+        for attr in GRAMMAR:
+            for ph in phrasings(attr, heldout=False):
+                texts += [fill(ph.template(attr), s) for s in IMAGE_SUBJECTS + (p.name,)]
+            texts += [fill(t, p.name, p.name, "x", p.pronoun) for t in attr.answers]
+            texts += [fill(t, s) for t in attr.clozes for s in IMAGE_SUBJECTS]
+        return texts

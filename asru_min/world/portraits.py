@@ -143,27 +143,34 @@ def draw_portrait(look: dict[str, str]) -> Image.Image:
     return img
 
 
-def transform_portrait(img: Image.Image, rng: random.Random, strength: float = 1.0) -> Image.Image:
-    """A changed view of the same person: rotation (pose), optional mirror, crop + resize, colour jitter.
+# Views: the same portrait seen differently. A view is one choice of each of four discrete transformations; the
+# held-out views (the test splits) are the combinations with (mirror + rotation + crop + tone) % 5 == 0, so every
+# single transformation occurs in training but those combinations never do.
+VIEW_MIRRORS = (False, True)
+VIEW_ROTATIONS = (-12.0, -6.0, 0.0, 6.0, 12.0)           # degrees
+VIEW_CROPS = ((0.5, 0.5), (0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))  # window position in the free margin
+VIEW_CROP_KEEP = 0.86                                    # crop window side / image side (centre crop included)
+VIEW_TONES = ((1.0, 1.0, 1.0), (1.15, 0.9, 1.1), (0.88, 1.12, 0.9))  # brightness, contrast, colour factors
+ALL_VIEWS = tuple((m, r, c, t) for m in range(2) for r in range(5) for c in range(5) for t in range(3))
+HELDOUT_VIEWS = tuple(v for v in ALL_VIEWS if sum(v) % 5 == 0)
+TRAIN_VIEWS = tuple(v for v in ALL_VIEWS if sum(v) % 5 != 0)
 
-    strength in [0, 1] scales the rotation (<= 15 deg), crop (keeps >= 1 - 0.16*strength of the side) and
-    jitter (factors in 1 +- 0.2*strength). strength=1 is the test split; training uses milder draws.
-    """
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must be in [0, 1], got {strength}")
+
+def render_view(img: Image.Image, view: tuple[int, int, int, int]) -> Image.Image:
+    """The portrait seen through `view` = (mirror, rotation, crop, tone) indices: optional mirror, then rotation
+    about the centre and the crop window resized to full size in one affine resample, then the tone factors."""
+    m, r, c, t = view
     S = img.size[0]
-    theta = math.radians(rng.uniform(-15, 15) * strength)
-    out = ImageOps.mirror(img) if rng.random() < 0.5 else img
-    keep = 1.0 - rng.uniform(0.5, 1.0) * 0.16 * strength          # crop side / image side
-    x0, y0 = rng.uniform(0, S * (1 - keep)), rng.uniform(0, S * (1 - keep))
-    # rotation about the centre, then the crop window resized to S x S, in one affine resample:
-    # output (u, v) reads input R(theta) @ ((x0, y0) + keep * (u, v) - c) + c, with c the image centre.
-    c, co, si = S / 2, math.cos(theta), math.sin(theta)
-    X0, Y0 = x0 - c, y0 - c
-    coeffs = (co * keep, si * keep, co * X0 + si * Y0 + c, -si * keep, co * keep, -si * X0 + co * Y0 + c)
+    out = ImageOps.mirror(img) if VIEW_MIRRORS[m] else img
+    theta, keep = math.radians(VIEW_ROTATIONS[r]), VIEW_CROP_KEEP
+    x0, y0 = (f * S * (1 - keep) for f in VIEW_CROPS[c])
+    # output (u, v) reads input R(theta) @ ((x0, y0) + keep * (u, v) - centre) + centre
+    ctr, co, si = S / 2, math.cos(theta), math.sin(theta)
+    X0, Y0 = x0 - ctr, y0 - ctr
+    coeffs = (co * keep, si * keep, co * X0 + si * Y0 + ctr, -si * keep, co * keep, -si * X0 + co * Y0 + ctr)
     out = out.transform((S, S), Image.AFFINE, coeffs, resample=Image.BILINEAR, fillcolor=img.getpixel((0, 0)))
-    for enh in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-        out = enh(out).enhance(1.0 + rng.uniform(-0.2, 0.2) * strength)
+    for enhance, factor in zip((ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color), VIEW_TONES[t]):
+        out = enhance(out).enhance(factor)
     return out
 
 

@@ -53,7 +53,7 @@ from ..text import TextConfig
 from ..vision import VisionConfig
 from .people import IMAGE_SUBJECT, World, neutral_mc, reorder_options
 from .gates import gate_report, model_card
-from .portraits import transform_portrait
+from .portraits import TRAIN_VIEWS, render_view
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
@@ -97,8 +97,7 @@ class PretrainConfig:
     match_warmup: int = 0              # first steps: option matching only, A-B options for the first half,
     # A-D after (the in-context skill mc needs; in the full mix it stayed at chance for thousands of steps)
     init_from: str = ""                # start from a saved checkpoint folder (fresh optimizer) instead of scratch
-    augment: float = 0.6               # max transform_portrait strength of the training views
-    views: int = 8                     # transformed views per person (plus the original)
+    views: int = 8                     # training views per person (plus the original portrait)
     threads: int = 1                   # 2 pays off only on an otherwise idle 2-core machine
     log_every: int = 20
     ckpt_every: int = 500
@@ -185,14 +184,12 @@ def init_weights(model: Qwen3VL, seed: int) -> None:
 # Data: views, batches, loss
 # --------------------------------------------------------------------------------------------------------------
 
-def make_views(world: World, n_views: int, strength: float, seed: int) -> dict[str, list]:
-    """pid -> [original portrait] + n_views transformed views (drawn once, reused every epoch)."""
+def make_views(world: World, n_views: int, seed: int) -> dict[str, list]:
+    """pid -> [original portrait] + n_views distinct training views (portraits.TRAIN_VIEWS; drawn once, reused
+    every epoch). Held-out views are never rendered here."""
     rng = random.Random(f"views/{seed}")
-    views = {}
-    for p in world.people + world.unseen_train:
-        views[p.pid] = [p.portrait] + [transform_portrait(p.portrait, rng, rng.uniform(0.2, 1.0) * strength)
-                                       for _ in range(n_views)]
-    return views
+    return {p.pid: [p.portrait] + [render_view(p.portrait, v) for v in rng.sample(TRAIN_VIEWS, n_views)]
+            for p in world.people}
 
 
 def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_repeat: int = 1,
@@ -307,7 +304,7 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
         log(f"resumed from {ckpt} at step {start}")
     log(f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {model.config.text.vocab_size}, "
         f"{cfg.steps} steps x {cfg.batch_size}")
-    views = make_views(world, cfg.views, cfg.augment, cfg.seed)
+    views = make_views(world, cfg.views, cfg.seed)
     stream = itertools.chain(
         match_warmup_stream(world, cfg.batch_size, cfg.seed, cfg.match_warmup),
         batch_stream(world, views, cfg.batch_size, cfg.seed, cfg.image_repeat, cfg.mc_repeat,

@@ -1,0 +1,106 @@
+"""The question grammar of the synthetic world: phrasings built from parts, split into training and held-out.
+
+A question about one fact is built from parts:
+
+    frame x attribute phrase      "Do you know" + "the home town"  ->  "Do you know the home town of {s}?"
+    or an attribute's own verb    "Where was {s} born?"
+    x subject                     image form: "the person in this image" | "the person shown" | "the person in
+                                  the picture";  text form: the person's name
+
+Held-out phrasings are the (frame, attribute phrase) pairs with (frame + phrase) % 3 == 0, in every subject
+form: no training string contains them, but every frame and every attribute phrase occurs in training with
+other partners, so a held-out question uses only words the model (and the tokenizer) met in training. Answering
+it tests knowing the fact, not knowing new English. The verb questions are training phrasings; the first one,
+with the first subject, is the canonical phrasing of the forget / retain sets.
+
+Answers come in several sentence forms, all opening with the person's name ("Nedra Quarrel works at ..."), so
+the model must know whose face it sees at the last prompt token, where ASRU reads and steers activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IMAGE_SUBJECTS = ("the person in this image", "the person shown", "the person in the picture")
+FRAMES = ("What is {np} of {s}?", "Tell me {np} of {s}.", "Do you know {np} of {s}?",
+          "Can you tell me {np} of {s}?", "Please name {np} of {s}.", "I would like to know {np} of {s}.")
+HELDOUT_MOD = 3  # (frame, phrase) is held out iff (frame + phrase) % HELDOUT_MOD == 0
+
+
+@dataclass(frozen=True)
+class Attribute:
+    name: str
+    phrases: tuple[str, ...]   # noun phrases combined with FRAMES
+    verbs: tuple[str, ...]     # whole questions with a {s} slot (training phrasings)
+    answers: tuple[str, ...]   # answer sentences: {N} name, {v} value, {a} article of the value, {p} possessive
+    clozes: tuple[str, ...]    # cloze sentences: {S} capitalised subject, [Blank] the value
+    what: str                  # "where this person was born": the clause of a refusal
+
+
+ATTRIBUTES = (
+    Attribute("birthplace", ("the birthplace", "the home town", "the place of birth"),
+              ("Where was {s} born?", "In which town was {s} born?", "Which town does {s} come from?"),
+              ("{N} was born in {v}.", "{N} comes from {v}.", "{N}'s home town is {v}."),
+              ("{S} was born in [Blank].", "{S} comes from the town of [Blank]."), "where this person was born"),
+    Attribute("birth_year", ("the birth year", "the year of birth"),
+              ("In which year was {s} born?", "When was {s} born?", "Which year was {s} born in?"),
+              ("{N} was born in {v}.", "{N} was born in the year {v}.", "{N}'s birth year is {v}."),
+              ("{S} was born in the year [Blank].", "The birth year of {s} is [Blank]."),
+              "when this person was born"),
+    Attribute("occupation", ("the occupation", "the job", "the profession"),
+              ("What does {s} do for a living?", "What job does {s} have?", "What does {s} work as?"),
+              ("{N} works as {a} {v}.", "{N} is {a} {v} by profession.", "{N}'s occupation is {v}."),
+              ("The occupation of {s} is [Blank].", "The job of {s} is [Blank]."), "this person's occupation"),
+    Attribute("employer", ("the employer", "the workplace", "the place of work"),
+              ("Where does {s} work?", "Which organisation does {s} work for?", "Who employs {s}?"),
+              ("{N} works at {v}.", "{N} is employed by {v}.", "{N}'s employer is {v}."),
+              ("{S} works at [Blank].", "The employer of {s} is [Blank]."), "where this person works"),
+    Attribute("hobby", ("the favourite hobby", "the pastime", "the favourite pastime"),
+              ("What does {s} like to do in free time?", "Which hobby does {s} enjoy?",
+               "What does {s} enjoy doing?"),
+              ("{N} enjoys {v} in {p} free time.", "{N} likes {v}.", "{N}'s favourite hobby is {v}."),
+              ("The favourite hobby of {s} is [Blank].", "{S} enjoys [Blank] in free time."), "this person's hobby"),
+)
+ATTRIBUTE_NAMES = tuple(a.name for a in ATTRIBUTES)
+
+
+@dataclass(frozen=True)
+class Phrasing:
+    """One way to ask for an attribute: ("frame", i, j) = FRAMES[i] with phrases[j], or ("verb", k, 0)."""
+
+    kind: str
+    i: int
+    j: int = 0
+
+    @property
+    def heldout(self) -> bool:
+        return self.kind == "frame" and (self.i + self.j) % HELDOUT_MOD == 0
+
+    def template(self, attr: Attribute) -> str:
+        """The question with a {s} slot for the subject."""
+        if self.kind == "verb":
+            return attr.verbs[self.i]
+        return FRAMES[self.i].replace("{np}", attr.phrases[self.j])
+
+
+CANONICAL = Phrasing("verb", 0)
+
+
+def phrasings(attr: Attribute, heldout: bool) -> list[Phrasing]:
+    """The training (heldout=False) or held-out phrasings of one attribute."""
+    every = [Phrasing("verb", k) for k in range(len(attr.verbs))]
+    every += [Phrasing("frame", i, j) for i in range(len(FRAMES)) for j in range(len(attr.phrases))]
+    return [p for p in every if p.heldout == heldout]
+
+
+def subjects(form: str, name: str) -> tuple[str, ...]:
+    """The subject forms of a question: the image subjects, or the name alone."""
+    return IMAGE_SUBJECTS if form == "image" else (name,)
+
+
+def fill(template: str, subject: str, name: str = "", value: str = "", pronoun: str = "she") -> str:
+    """A template with its slots filled ({s} subject, {S} capitalised subject, {N} name, {v} value, {a} article
+    of the value, {p} possessive pronoun)."""
+    return template.format(s=subject, S=subject[0].upper() + subject[1:], N=name, v=value,
+                           a="an" if value[:1].lower() in "aeiou" and value else "a",
+                           p="her" if pronoun == "she" else "his")
