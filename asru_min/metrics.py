@@ -267,3 +267,38 @@ def generation_quality(answer: str, truth: str, image_description: str = "", que
         "grounded": grounded,
         "score": (contextual + no_leak + naturalness) / 3.0,
     }
+
+
+# --------------------------------------------------------------------------------------------- well-formed answers
+
+_WORD = re.compile(r"[\w']+")
+_CAMEL_GLUE = re.compile(r"[a-z][A-Z]")  # "aNo", "whoNedra": a lower-case letter runs into a capital
+
+
+def word_set(texts) -> set[str]:
+    """The lower-cased words of some texts (the vocabulary `malformed` checks glued words against)."""
+    return {w.lower() for t in texts for w in _WORD.findall(t)}
+
+
+def _glued(word: str, vocab: set[str], shortest: int = 3) -> bool:
+    """word is not in vocab but splits into two or more vocabulary words of >= `shortest` letters (shorter
+    parts such as "a" or the option letters would make ordinary new words look glued)."""
+    if word in vocab:
+        return False
+    ends = [True] + [False] * len(word)  # ends[k]: word[:k] splits into vocabulary words
+    for k in range(shortest, len(word) + 1):
+        ends[k] = any(ends[j] and word[j:k] in vocab for j in range(k - shortest + 1))
+    return ends[-1]
+
+
+def malformed(text: str, vocabulary: set[str] = frozenset()) -> bool:
+    """Does an answer hold a repeated word run or words glued together?
+
+    repeated run: the same word twice in a row ("botanist botanist") or the same two words twice in a row;
+    glued: a lower-case letter followed by a capital inside a word ("aNo"), or, given the `vocabulary` of words
+    the answers are made of (`word_set`), a word outside it made of words in it ("botanistbotanist")."""
+    words = _WORD.findall(text)
+    low = [w.lower() for w in words]
+    if any(a == b for a, b in zip(low, low[1:])) or any(low[i:i + 2] == low[i + 2:i + 4] for i in range(len(low) - 3)):
+        return True
+    return any(_CAMEL_GLUE.search(w) for w in words) or any(_glued(w, vocabulary) for w in low if vocabulary)
