@@ -17,7 +17,7 @@ from test_baselines import FixedLogits
 
 @pytest.fixture(scope="module")
 def world():
-    return World.generate(num_people=20, seed=0, num_unseen_eval=2, num_unseen_train=4)
+    return World.generate(num_people=20, seed=0, num_unseen_eval=2, num_unseen_probe=4)
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +132,32 @@ def test_checkpoint_round_trip(world, trained, tmp_path):
     assert forward_loss(loaded, batch).item() == pytest.approx(forward_loss(model, batch).item(), rel=1e-6)
 
 
+def test_gates_command_on_a_saved_model_and_a_bad_folder(world, trained, tmp_path, capsys):
+    """python -m asru_min.world.gates: one JSON line per folder with every gate of the model card, figures in
+    [0, 1]; a folder without config.json is an argparse error before any model loads."""
+    import json
+
+    from asru_min.world.gates import main
+
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "nothing")])
+    assert "no config.json" in capsys.readouterr().err
+    cfg, (model, processor, _) = trained
+    save(model, processor, tmp_path / "m")
+    threads = torch.get_num_threads()
+    try:
+        [report] = main([str(tmp_path / "m"), "--num-people", "20", "--limit", "1", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads(capsys.readouterr().out.strip()) == json.loads(json.dumps(report))
+    assert len(report["gates"]) == 15 and all(isinstance(v, bool) for v in report["gates"].values())
+    assert all(0.0 <= v <= 1.0 for k, v in report["figures"].items() if k != "answers")
+    assert report["figures"]["answers"] > 20
+
+
 def test_batch_stream_repeats_image_and_mc_questions(world):
     from asru_min.world.pretrain import batch_stream, make_views
-    views = make_views(world, 0, 0.0, 0)
+    views = make_views(world, 0, 0)
     epoch_size = len(world.training_samples(0))
     plain = batch_stream(world, views, 50, 0)
     first = [qa for _ in range((epoch_size + 49) // 50) for qa in next(plain)[1]]
@@ -158,7 +181,7 @@ def test_mc_repeat_zero_drops_multiple_choice_and_nothing_else(world):
     from collections import Counter
 
     from asru_min.world.pretrain import batch_stream, make_views
-    views = make_views(world, 0, 0.0, 0)
+    views = make_views(world, 0, 0)
     plain = Counter(q.kind for q in world.training_samples(0))
     stream = batch_stream(world, views, 50, 0, mc_repeat=0)
     kinds = Counter()
@@ -183,7 +206,7 @@ def test_parse_args_rejects_counts_out_of_range(flag, value, capsys):
 def test_mc_reorder_gives_each_copy_its_own_option_order(world):
     from collections import defaultdict
     from asru_min.world.pretrain import batch_stream, make_views
-    views = make_views(world, 0, 0.0, 0)
+    views = make_views(world, 0, 0)
     epoch_size = len(world.training_samples(0))
 
     def orders(reorder: bool) -> dict:
@@ -206,7 +229,7 @@ def test_mc_reorder_gives_each_copy_its_own_option_order(world):
 
 def test_match_repeat_copies_matching_questions_in_fresh_orders(world):
     from asru_min.world.pretrain import batch_stream, make_views
-    views = make_views(world, 0, 0.0, 0)
+    views = make_views(world, 0, 0)
     base = world.training_samples(0, matching=True)
     n_match = sum(q.kind == "match" for q in base)
     stream = batch_stream(world, views, 50, 0, matching=True, match_repeat=3)
@@ -241,34 +264,6 @@ def test_match_warmup_stream_two_then_four_options_and_resume_replays_it(world, 
         assert losses[0] == pytest.approx(forward_loss(fresh, qa_batch(processor, first)).item(), rel=1e-5)
 
 
-def test_default_recipe_script_runs_valid_pretrain_commands():
-    """examples/pretrain_default.sh: every `python -m asru_min.world.pretrain` line parses (no misspelt flag), the
-    first trains from scratch at a high lr without option matching, the second continues from the first's output
-    at a lower lr with matching on, after a matching-only warm-up, and some mc copies with the neutral stem."""
-    import re
-    import shlex
-    from pathlib import Path
-
-    from asru_min.world.pretrain import parse_args
-
-    text = (Path(__file__).parent.parent / "examples" / "pretrain_default.sh").read_text().replace("\\\n", " ")
-    env = dict(re.findall(r'^(\w+)="?(.*?)"?$', text, re.M))       # MIX="..." and the like
-    env.update(OUT="/tmp/out", FACTS="/tmp/facts")
-    lines = [line for line in text.splitlines() if line.startswith("python -m asru_min.world.pretrain")]
-    assert len(lines) == 2
-    runs = []
-    for line in lines:
-        expanded = re.sub(r'\$\{?(\w+)\}?', lambda m: env[m.group(1)], line).replace('"', "")
-        runs.append(parse_args(shlex.split(expanded)[3:]))
-    facts, options = runs
-    assert not facts.init_from and not facts.matching and facts.out == "/tmp/facts"
-    assert options.init_from == "/tmp/facts" and options.matching and options.mc_reorder and options.out == "/tmp/out"
-    assert options.lr < facts.lr
-    assert options.match_warmup > 0 and facts.match_warmup == 0
-    assert 0 < options.mc_neutral < options.mc_repeat and facts.mc_neutral == 0
-    assert facts.threads == options.threads == 2
-
-
 def test_mc_neutral_rewrites_that_many_copies_of_each_question_and_keeps_the_answer(world):
     """--mc-neutral 1 with --mc-repeat 4: a quarter of every mc question's copies (image: 2 of 8 with
     --image-repeat 2; text: 1 of 4) ask "Which of these options fits X?"; options, letter and truth survive."""
@@ -276,7 +271,7 @@ def test_mc_neutral_rewrites_that_many_copies_of_each_question_and_keeps_the_ans
 
     from asru_min.world.people import IMAGE_SUBJECT, NEUTRAL_MC_STEM
     from asru_min.world.pretrain import batch_stream, make_views
-    views = make_views(world, 0, 0.0, 0)
+    views = make_views(world, 0, 0)
     names = {p.pid: p.name for p in world.people}
     stream = batch_stream(world, views, 50, 0, image_repeat=2, mc_repeat=4, mc_reorder=True, mc_neutral=1)
     counts = Counter()

@@ -1,11 +1,12 @@
 """The committed default model in weights/ knows its world: a fixed sample of questions, checked against the
-generator's ground truth (data.py), answered greedily the way evaluate.py answers them."""
+generator's ground truth (world/legacy.py), answered greedily the way evaluate.py answers them."""
 
 import os
 
 import pytest
 
-from asru_min.world.people import World, fact_qa, private_qa, utility_qa
+from asru_min.world.legacy import World, fact_qa  # the world the shipped weights know
+from asru_min.world.people import private_qa, utility_qa
 from asru_min.evaluate import answer
 from asru_min.metrics import contains_truth, is_refusal
 

@@ -1,17 +1,24 @@
-"""Beside the method: the synthetic world of fictitious people (people.py, portraits.py) and the pretraining of
-the default vanilla model in weights/ (pretrain.py). A reader of ASRU can skip this folder."""
+"""Beside the method: the synthetic world of fictitious people (grammar.py, people.py, portraits.py), the
+pretraining of the default vanilla model in weights/ (pretrain.py) and its gates (gates.py). A reader of ASRU can
+skip this folder."""
 
 from __future__ import annotations
+
+# Which world the shipped weights/ know: "legacy" (legacy.py) until weights trained on the grammar world
+# (people.py) ship, then "grammar".
+SHIPPED_WEIGHTS_WORLD = "legacy"
 
 
 def load_splits(data: str | None, forget: int, num_people: int, seed: int) -> dict:
     """The evaluation splits every entry point runs on: the real MLLMU-Bench at `data`
     (`asru_min.data.load_mllmu_bench`), or, when `data` is None, the synthetic world of `num_people` people drawn
-    from `seed` (the world the default weights were trained on)."""
+    from `seed` that the shipped weights were trained on."""
     if data:
         from ..data import load_mllmu_bench
 
         return load_mllmu_bench(data, forget=forget)
-    from .people import World
-
+    if SHIPPED_WEIGHTS_WORLD == "legacy":
+        from .legacy import World
+    else:
+        from .people import World
     return World.generate(num_people=num_people, seed=seed).splits(forget=forget)

@@ -115,3 +115,37 @@ def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds
               "chat_template.json, video_preprocessor_config.json. Load with `asru_min.model.Qwen3VL.from_pretrained`",
               "and `asru_min.processor.Processor.from_pretrained`.", ""]
     return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    """python -m asru_min.world.gates MODEL [MODEL ...] [--num-people 100] [--seed 0] [--limit N]: the gates of
+    saved model folders, one JSON line each."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    import torch
+
+    ap = argparse.ArgumentParser(prog="python -m asru_min.world.gates", description=main.__doc__.split("\n")[0])
+    ap.add_argument("models", nargs="+", help="folders with config.json, model.safetensors, tokenizer.json, ...")
+    ap.add_argument("--num-people", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0, help="the world seed the model was trained on")
+    ap.add_argument("--limit", type=int, default=None, help="at most N questions per split, kind and form")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    for d in args.models:
+        if not (Path(d) / "config.json").is_file():
+            ap.error(f"{d}: no config.json (not a saved model folder)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    world, out = World.generate(args.num_people, args.seed), []
+    for d in args.models:
+        report, _ = gate_report(Qwen3VL.from_pretrained(d).eval(), Processor.from_pretrained(d), world,
+                                limit=args.limit)
+        out.append({"model": d, "figures": report["figures"], "gates": report["gates"]})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
