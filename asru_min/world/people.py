@@ -266,13 +266,17 @@ def name_qa(person: Person, image: Image.Image | None = None) -> QA:
 # --------------------------------------------------------------------------------------------------------------
 
 def _draw_people(rng: random.Random, n: int, first_names: list[str], avoid: list[dict], start: int,
-                 prefix: str = "p") -> list[Person]:
-    """n people with looks at least MIN_LOOK_DISTANCE from each other and from every look in `avoid`."""
+                 prefix: str = "p", near: list[dict] | None = None) -> list[Person]:
+    """n people with looks at least MIN_LOOK_DISTANCE from each other and from every look in `avoid`; with
+    `near`, three in four are look-alikes of a random look of `near` (3 or 4 features changed)."""
     looks: list[dict[str, str]] = []
     for _ in range(200 * n + 200):                      # rejection sampling for distinct looks
         if len(looks) == n:
             break
-        look = _draw_look(rng)
+        if near and rng.random() < 0.75:
+            look = _draw_look(rng, rng.choice(near), rng.choice((3, 4)))
+        else:
+            look = _draw_look(rng)
         if all(_look_distance(look, o) >= MIN_LOOK_DISTANCE for o in avoid + looks):
             looks.append(look)
     if len(looks) < n:
@@ -366,9 +370,13 @@ class World:
         return out
 
     def strangers(self, rng: random.Random, n: int) -> list[Person]:
-        """n fresh named strangers (new looks, names of `stranger_names`), unlike every fixed person."""
+        """n fresh named strangers (names of `stranger_names`), at least MIN_LOOK_DISTANCE from every fixed
+        person; three in four look like a known person (3 or 4 features changed), as the unseen-eval people
+        mostly do (their nearest known person differs in 3 or 4 features), so refusing them means knowing
+        exactly which faces are known."""
         avoid = [p.look for p in self.people + self.unseen_eval + self.unseen_probe]
-        return _draw_people(rng, n, rng.sample(self.stranger_names, n), avoid, 0, prefix="stranger")
+        return _draw_people(rng, n, rng.sample(self.stranger_names, n), avoid, 0, prefix="stranger",
+                            near=[p.look for p in self.people])
 
     def training_samples(self, seed: int = 0, strangers: int = 0, matching: bool = False,
                          view: Callable[[Person, random.Random], Image.Image] | None = None) -> list[QA]:
@@ -377,8 +385,9 @@ class World:
         Per known person: every fact x (gen, mc, cloze) x (image, text), each with a random training phrasing,
         subject form, answer form and option order; "who is this?"; every utility question; "describe this
         image"; one private refusal; with `matching`, one "which option is X?" per fact. Plus `strangers` fresh
-        named strangers (new every epoch), each with an image and a text question about a fact (answered with
-        the refusal), a private question, a utility question and a description: the model learns to refuse
+        named strangers (new every epoch), each with two image and one text question about a fact and "who is
+        this?" (all answered with the refusal), a private question, a utility question and a description:
+        the model learns to refuse
         people it does not know, and colours and shapes rather than portraits. `view(person, rng)` gives the
         image of an image question (default: the original portrait); pretraining passes training views."""
         if strangers < 0:
@@ -403,11 +412,13 @@ class World:
             out.append(describe_qa(p, look(p, rng)))
             out.append(self._private(p, rng, look))
         for p in self.strangers(rng, strangers):
-            for form in ("image", "text"):
+            for form in ("image", "image", "text"):
                 a = rng.randrange(len(GRAMMAR))
                 out.append(unknown_qa(p, a, form, rng.choice(train_phrasings[a]), rng.randrange(3),
                                       look(p, rng) if form == "image" else None))
-            out += [self._private(p, rng, look), utility_qa(p, rng.choice(UTILITY), look(p, rng)),
+            out += [replace(name_qa(p, look(p, rng)), kind="unknown", ground_truth="",
+                            answer=UNKNOWN_IMAGE_REFUSAL.format(what="who this person is", visible=p.visible)),
+                    self._private(p, rng, look), utility_qa(p, rng.choice(UTILITY), look(p, rng)),
                     describe_qa(p, look(p, rng))]
         rng.shuffle(out)
         return out

@@ -178,12 +178,18 @@ def _look_distance(a: dict[str, str], b: dict[str, str]) -> int:
     return sum(a[k] != b[k] for k in LOOK_FEATURES)
 
 
-def _draw_look(rng: random.Random) -> dict[str, str]:
-    look = {"face": rng.choice(list(FACES)), "skin": rng.choice(list(SKINS)),
-            "hair_colour": rng.choice(list(HAIR_COLOURS)), "hair_style": rng.choice(HAIR_STYLES),
-            "glasses": rng.choice(GLASSES), "hat": rng.choice(list(HATS)), "shirt": rng.choice(list(SHIRTS)),
-            "background": rng.choice(list(BACKGROUNDS)), "pattern": rng.choice(PATTERNS),
-            "eyes": rng.choice(list(EYES)), "earrings": rng.choice(["yes", "no"])}
+def _draw_look(rng: random.Random, near: dict[str, str] | None = None, changes: int = 0) -> dict[str, str]:
+    """A random look; with `near`, a copy of that look with `changes` of its LOOK_FEATURES drawn again (a
+    look-alike: the hard negatives that teach a small vision tower exactly which faces it knows)."""
+    choices = {"face": list(FACES), "skin": list(SKINS), "hair_colour": list(HAIR_COLOURS),
+               "hair_style": HAIR_STYLES, "glasses": GLASSES, "hat": list(HATS), "shirt": list(SHIRTS),
+               "background": list(BACKGROUNDS), "pattern": PATTERNS, "eyes": list(EYES), "earrings": ["yes", "no"]}
+    if near is None:
+        look = {k: rng.choice(v) for k, v in choices.items()}
+    else:
+        look = dict(near)
+        for k in rng.sample(LOOK_FEATURES, changes):
+            look[k] = rng.choice([v for v in choices[k] if v != near[k]])
     if look["hat"] != "none" and look["hair_style"] == "bun":   # a bun would hide under the hat
         look["hat"] = "none"
     if look["shirt"] == look["background"]:                      # keep the shirt visible
