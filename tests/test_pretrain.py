@@ -81,15 +81,15 @@ def trained(world, tokenizer):
 
 
 def test_few_steps_lower_the_loss_reproducibly(world, tokenizer, trained):
-    cfg, (model, processor, losses) = trained
+    cfg, (model, processor, losses, _) = trained
     assert len(losses) == cfg.steps and all(math.isfinite(x) for x in losses)
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert first > math.log(1024) * 0.8                                       # starts near uniform
     assert last < first - 1.0, (first, last)
     # same seed, same run: the warmup steps do not depend on the total, so a 3-step run repeats the start
-    _, _, again = train(tiny_config(steps=3), world, log=lambda m: None, tokenizer=tokenizer)
+    _, _, again, _ = train(tiny_config(steps=3), world, log=lambda m: None, tokenizer=tokenizer)
     assert again == losses[:3]
-    _, _, other = train(tiny_config(steps=2, seed=1), world, log=lambda m: None, tokenizer=tokenizer)
+    _, _, other, _ = train(tiny_config(steps=2, seed=1), world, log=lambda m: None, tokenizer=tokenizer)
     assert other != losses[:2]
 
 
@@ -99,7 +99,7 @@ def test_model_card_states_the_multiple_choice_mix(trained):
     import dataclasses
 
     from asru_min.world.pretrain import model_card
-    cfg, (model, _, losses) = trained
+    cfg, (model, _, losses, _) = trained
     facts = model_card(dataclasses.replace(cfg, mc_repeat=0), model, None, 60.0, losses, "cmd")
     options = model_card(dataclasses.replace(cfg, mc_repeat=4, mc_reorder=True), model, None, 60.0, losses, "cmd")
     assert "(no mc, image questions" in facts and "mc x" not in facts
@@ -110,7 +110,7 @@ def test_model_card_states_the_multiple_choice_mix(trained):
 
 
 def test_checkpoint_round_trip(world, trained, tmp_path):
-    cfg, (model, processor, _) = trained
+    cfg, (model, processor, _, _) = trained
     save(model, processor, tmp_path)
     for f in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
               "chat_template.json"):
@@ -142,7 +142,7 @@ def test_gates_command_on_a_saved_model_and_a_bad_folder(world, trained, tmp_pat
     with pytest.raises(SystemExit):
         main([str(tmp_path / "nothing")])
     assert "no config.json" in capsys.readouterr().err
-    cfg, (model, processor, _) = trained
+    cfg, (model, processor, _, _) = trained
     save(model, processor, tmp_path / "m")
     threads = torch.get_num_threads()
     try:
@@ -256,7 +256,7 @@ def test_match_warmup_stream_two_then_four_options_and_resume_replays_it(world, 
     # the run's first step is the first warm-up batch (its loss = the fresh model's loss on that batch)
     from asru_min.world.pretrain import build
     cfg = tiny_config(steps=3, match_warmup=2, batch_size=6, matching=True)
-    _, _, losses = train(cfg, world, log=lambda m: None, tokenizer=tokenizer)
+    _, _, losses, _ = train(cfg, world, log=lambda m: None, tokenizer=tokenizer)
     torch.manual_seed(cfg.seed)
     fresh, processor = build(cfg, world, tokenizer)
     first = next(match_warmup_stream(world, 6, cfg.seed, 2))[1]
@@ -304,3 +304,31 @@ def test_parse_args_rejects_mc_neutral_out_of_range(argv, capsys):
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert "--mc-neutral must be in" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(world, tokenizer, tmp_path):
+    """Killed right after its step-2 checkpoint and started again with the same command, a run ends with the
+    weights of the run that was never interrupted; a checkpoint of another recipe is refused, not resumed."""
+    class Killed(Exception):
+        pass
+
+    def kill_after_checkpoint(msg):
+        if msg.startswith("checkpoint"):
+            raise Killed(msg)
+
+    whole = train(tiny_config(steps=4, ckpt_every=2, ckpt_dir=str(tmp_path / "a")), world, log=lambda m: None,
+                  tokenizer=tokenizer)[0]
+    cfg = tiny_config(steps=4, ckpt_every=2, ckpt_dir=str(tmp_path / "b"))
+    with pytest.raises(Killed):
+        train(cfg, world, log=kill_after_checkpoint, tokenizer=tokenizer)
+    said = []
+    resumed, _, losses, seconds = train(cfg, world, log=said.append, tokenizer=tokenizer)
+    assert any(m.startswith("resumed from") and "at step 2" in m for m in said) and len(losses) == 2
+    assert seconds > 0
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="another recipe"):
+        train(tiny_config(steps=4, ckpt_every=2, ckpt_dir=str(tmp_path / "b"), lr=5e-3), world, log=lambda m: None,
+              tokenizer=tokenizer)
+    train(tiny_config(steps=1, ckpt_every=2, ckpt_dir=str(tmp_path / "b"), lr=5e-3, restart=True), world,
+          log=lambda m: None, tokenizer=tokenizer)                           # --restart starts over instead

@@ -100,9 +100,9 @@ class PretrainConfig:
     views: int = 8                     # training views per person (plus the original portrait)
     threads: int = 1                   # 2 pays off only on an otherwise idle 2-core machine
     log_every: int = 20
-    ckpt_every: int = 500
-    ckpt_dir: str = "/tmp/asru_pretrain_ckpt"
-    resume: bool = False
+    ckpt_every: int = 250
+    ckpt_dir: str = "runs/pretrain_ckpt"  # the run resumes from its last checkpoint here (same recipe only)
+    restart: bool = False              # discard a checkpoint in ckpt_dir instead of resuming from it
     eval: bool = True                  # run the gate evaluation at the end and put it in the model card
     eval_batch_size: int = 64
 
@@ -279,8 +279,9 @@ def build(cfg: PretrainConfig, world: World, tokenizer: Tokenizer | None = None)
 
 
 def train(cfg: PretrainConfig, world: World | None = None, log=print,
-          tokenizer: Tokenizer | None = None) -> tuple[Qwen3VL, Processor, list[float]]:
-    """Build and train; returns (model, processor, per-step losses)."""
+          tokenizer: Tokenizer | None = None) -> tuple[Qwen3VL, Processor, list[float], float]:
+    """Build and train (resuming from the checkpoint in cfg.ckpt_dir when there is one); returns (model,
+    processor, per-step losses of this process, training seconds of the whole run)."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     world = world or World.generate(cfg.num_people, cfg.seed)
@@ -294,14 +295,16 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-    start = 0
+    start, seconds = 0, 0.0
     ckpt = Path(cfg.ckpt_dir) / "last.pt"
-    if cfg.resume and ckpt.is_file():
+    if cfg.ckpt_every and ckpt.is_file() and not cfg.restart:
         state = torch.load(ckpt, weights_only=False)
+        if state["recipe"] != recipe(cfg):
+            raise ValueError(f"{ckpt} belongs to another recipe; use --restart or another --ckpt-dir")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        start = state["step"]
-        log(f"resumed from {ckpt} at step {start}")
+        start, seconds = state["step"], state["seconds"]
+        log(f"resumed from {ckpt} at step {start} ({seconds / 60:.1f} min of training before)")
     log(f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {model.config.text.vocab_size}, "
         f"{cfg.steps} steps x {cfg.batch_size}")
     views = make_views(world, cfg.views, cfg.seed)
@@ -312,7 +315,7 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
     for _ in range(start):                     # replay the batch order up to the resumed step
         next(stream)
     losses: list[float] = []
-    t0, window, mc_window, match_window = time.time(), [], [], []
+    t0, window, mc_window, match_window = time.time() - seconds, [], [], []
     for step in range(start, cfg.steps):
         epoch, qas = next(stream)
         for group in opt.param_groups:
@@ -326,7 +329,7 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
         window.append(loss.item())
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            rate = (done - start) / (time.time() - t0)
+            rate = (done - start) / (time.time() - t0 - seconds)
             eta = (cfg.steps - done) / rate
             # mc: mean loss of the mc answers (letter + <|im_end|>); guessing the letter gives ln(4) / 2 = 0.69
             mc = f" mc {sum(mc_window) / len(mc_window):.3f}" if mc_window else ""
@@ -336,10 +339,19 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
             window, mc_window, match_window = [], [], []
         if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done}, ckpt)
+            tmp = ckpt.with_suffix(f".tmp{os.getpid()}")  # written whole, then moved: never half a checkpoint
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
+                        "seconds": time.time() - t0, "recipe": recipe(cfg)}, tmp)
+            os.replace(tmp, ckpt)
             log(f"checkpoint {ckpt} at step {done}")
     model.eval()
-    return model, processor, losses
+    return model, processor, losses, time.time() - t0  # seconds: the whole run's, resumed parts included
+
+
+def recipe(cfg: PretrainConfig) -> dict:
+    """The settings that decide the weights (everything but where files go, threads, logging, evaluation)."""
+    skip = {"out", "ckpt_dir", "restart", "threads", "log_every", "ckpt_every", "eval", "eval_batch_size"}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
 
 
 def save(model: Qwen3VL, processor: Processor, out: str) -> None:
@@ -379,9 +391,7 @@ def main(argv=None) -> None:
 
     command = "python -m asru_min.world.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
     world = World.generate(cfg.num_people, cfg.seed)
-    t0 = time.time()
-    model, processor, losses = train(cfg, world, log)
-    seconds = time.time() - t0
+    model, processor, losses, seconds = train(cfg, world, log)
     save(model, processor, cfg.out)
     log(f"saved to {cfg.out} after {seconds / 60:.1f} min")
     report = None
