@@ -333,6 +333,7 @@ def rollout(model, processor, samples: list, cfg: GRPOConfig, generator: torch.G
         num_samples=G,
         generator=generator,
         eos_token_ids=processor.eos_token_ids,
+        suppress_token_ids=[model.config.image_token_id, model.config.video_token_id],
     )  # (B*G, T) each
     gen_mask = gen_mask.bool()
     input_ids = torch.cat([prompt_ids.repeat_interleave(G, dim=0), tokens], dim=1)  # (B*G, P+T)
