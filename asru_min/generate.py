@@ -61,18 +61,16 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1
     p = logits.softmax(-1)  # (B, V)
     if top_p >= 1.0:
         return _inverse_cdf(p, generator)
-    out = torch.zeros(p.shape[0], dtype=torch.long, device=p.device)
-    pending = torch.ones(p.shape[0], dtype=torch.bool, device=p.device)
-    for _ in range(NUCLEUS_ROUNDS):
-        draw = _inverse_cdf(p, generator)  # every row draws, so the random stream does not depend on the data
-        accept = pending & (_mass_before(logits, p, draw) < top_p)
-        out = torch.where(accept, draw, out)
-        pending = pending & ~accept
-        if not bool(pending.any()):
+    out = _inverse_cdf(p, generator)
+    pending = (_mass_before(logits, p, out) >= top_p).nonzero().squeeze(1)  # rows whose draw is rejected
+    for _ in range(NUCLEUS_ROUNDS):  # redraw only the rejected rows (each round accepts with probability >= top_p)
+        if len(pending) == 0:
             return out
+        draw = _inverse_cdf(p[pending], generator)
+        out[pending] = draw
+        pending = pending[_mass_before(logits[pending], p[pending], draw) >= top_p]
     # rare (a tiny top_p and a flat distribution): finish the rows still pending with the exact sort sampler
-    rows = pending.nonzero().squeeze(1)
-    out[rows] = sample_sorted(logits[rows], 1.0, top_p, 0, generator)
+    out[pending] = sample_sorted(logits[pending], 1.0, top_p, 0, generator)
     return out
 
 
@@ -96,7 +94,7 @@ def _mass_before(logits: torch.Tensor, p: torch.Tensor, idx: torch.Tensor) -> to
     chosen = logits.gather(-1, idx[:, None])  # (B, 1)
     lower_index = torch.arange(logits.shape[-1], device=logits.device) < idx[:, None]
     before = (logits > chosen) | ((logits == chosen) & lower_index)
-    return torch.where(before, p, 0.0).sum(-1)
+    return (p * before).sum(-1)
 
 
 def _inverse_cdf(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
