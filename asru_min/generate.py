@@ -137,7 +137,7 @@ def _generate(model, input_ids, attention_mask, pixel_values, image_grid_thw, ma
     dev, G = input_ids.device, num_samples
     eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=dev)
     tokens = torch.zeros(B * G, T, dtype=torch.long, device=dev)
-    mask = torch.zeros(B * G, T, dtype=torch.bool, device=dev)
+    mask = torch.full((B * G, T), len(eos) == 0, dtype=torch.bool, device=dev)
     if T <= 0:
         return tokens, mask
     suppress = sorted(set(suppress_token_ids or []))
@@ -155,10 +155,11 @@ def _generate(model, input_ids, attention_mask, pixel_values, image_grid_thw, ma
             if suppress:
                 logits[:, suppress] = -math.inf
             nxt = sample_next(logits, temperature, top_p, top_k, generator)
-            nxt = torch.where(finished, 0, nxt)
+            if len(eos):  # (no EOS ids: nothing ever finishes early)
+                nxt = torch.where(finished, 0, nxt)
+                mask[:, t] = ~finished
+                finished = finished | torch.isin(nxt, eos)
             tokens[:, t] = nxt
-            mask[:, t] = ~finished
-            finished = finished | torch.isin(nxt, eos)
             if t == T - 1 or bool(finished.all()):
                 return tokens[:, :t + 1], mask[:, :t + 1]
             logits = step(nxt)

@@ -127,10 +127,10 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, nkv, T, d) at [pos : pos+T]; return all keys/values so far (B, nkv, pos+T, d)."""
-        T = k.shape[2]
-        self.k[layer, :, :, self.pos:self.pos + T] = k
-        self.v[layer, :, :, self.pos:self.pos + T] = v
-        return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
+        T, keys, values = k.shape[2], self.k[layer], self.v[layer]
+        keys.narrow(2, self.pos, T).copy_(k)
+        values.narrow(2, self.pos, T).copy_(v)
+        return keys.narrow(2, 0, self.pos + T), values.narrow(2, 0, self.pos + T)
 
 
 class Attention(nn.Module):
@@ -261,8 +261,13 @@ def fused_projections(model: "TextModel"):
     only after the weights changed (`_version`); the base weights are never modified.
     LoRA layers are folded (W + scaling * B @ A) unless their dropout is active (training mode). A module with
     a hook is not fused, so the hook sees every call; DecoderLayer, o_proj and down_proj always run as modules.
-    The fused weights are detached from the modules on exit, so a training forward never uses them."""
+    The fused weights are detached from the modules on exit, so a training forward never uses them.
+    Re-entrant: inside an active block (generate) a nested one (its forwards) does nothing."""
+    if model.fusing:
+        yield
+        return
     fused = []
+    model.fusing = True
     try:
         for layer in model.layers:
             if _fuse_attention(layer.self_attn):
@@ -271,6 +276,7 @@ def fused_projections(model: "TextModel"):
                 fused.append((layer.mlp, "fused_gate_up"))
         yield
     finally:
+        model.fusing = False
         for module, name in fused:
             delattr(module, name)  # back to the class default None
 
@@ -290,6 +296,8 @@ class DecoderLayer(nn.Module):
 
 
 class TextModel(nn.Module):
+    fusing = False  # inside `fused_projections`
+
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.config = cfg
@@ -301,7 +309,11 @@ class TextModel(nn.Module):
                 visual_pos_mask=None, deepstack: list | None = None, rope=None) -> torch.Tensor:
         """inputs_embeds (B, L, D), position_ids (3, B, L) or (B, L) when T = H = W, mask (B, 1, L, S) bool or None (causal);
         visual_pos_mask (B, L) bool and deepstack K x (n_visual, D); rope: precomputed (cos, sin) (B, L, 1, d)
-        instead of position_ids (decode steps). Returns the final-normed h (B, L, D)."""
+        instead of position_ids (decode steps). Returns the final-normed h (B, L, D).
+        Without autograd (evaluation, log-probs of rollouts, generation) the projections run fused."""
+        if not torch.is_grad_enabled() and not self.fusing:
+            with fused_projections(self):
+                return self.forward(inputs_embeds, position_ids, mask, cache, visual_pos_mask, deepstack, rope)
         cos, sin = rope if rope is not None else mrope_cos_sin(position_ids, self.config, inputs_embeds.dtype)
         h = inputs_embeds
         if deepstack and visual_pos_mask is not None:
