@@ -3,7 +3,7 @@
     python examples/benchmark_model.py [--threads N] [--repeats R] [--shapes default,large]
 
 Shapes: "default" is the project's default model (text 128 hidden, 4 layers, 4/2 heads, vocab 2048; vision 64
-hidden, depth 3; 96x96 images = 9 image tokens); "large" is a ~20 M parameter one (text 384 hidden, 10 layers,
+hidden, depth 3; 96x96 images = 9 image tokens); "large" is a ~20 M parameter one (text 384 hidden, 9 layers,
 vocab 4096). Per shape, on the same weights saved with `save_pretrained` and loaded into transformers'
 `Qwen3VLForConditionalGeneration` (attn_implementation="sdpa", fp32) in the same run:
 
@@ -52,9 +52,9 @@ def small_config() -> Qwen3VLConfig:
 
 
 def large_config() -> Qwen3VLConfig:
-    """~20 M parameters: text 384 hidden, 10 layers, 6/2 heads of 64, vocab 4096; vision 192 hidden, depth 6."""
+    """~20 M parameters: text 384 hidden, 9 layers, 6/2 heads of 64, vocab 4096; vision 192 hidden, depth 6."""
     return Qwen3VLConfig(
-        text=TextConfig(vocab_size=4096, hidden_size=384, intermediate_size=1024, num_hidden_layers=10,
+        text=TextConfig(vocab_size=4096, hidden_size=384, intermediate_size=1024, num_hidden_layers=9,
                         num_attention_heads=6, num_key_value_heads=2, head_dim=64, max_position_embeddings=1024,
                         rope_theta=10000.0, mrope_section=[12, 10, 10], eos_token_id=[EOS], bos_token_id=BOS),
         vision=VisionConfig(depth=6, hidden_size=192, intermediate_size=768, num_heads=3, out_hidden_size=384,
