@@ -208,10 +208,12 @@ def rollout(model, processor, samples: list, cfg: GRPOConfig, generator: torch.G
     if batch.get("pixel_values") is not None:  # vision runs once per rollout batch, reused by all G samples
         features = model.encode_images(batch["pixel_values"], batch["image_grid_thw"])
         chunks = split_image_features(features, batch["image_grid_thw"], prompt_ids, model.config)
+    # (placeholder tokens are banned: a response holding one could not be fed back through forward)
     tokens, gen_mask = model.generate(prompt_ids, attention_mask=prompt_mask, image_features=features,
                                       image_grid_thw=batch.get("image_grid_thw"), max_new_tokens=cfg.max_new_tokens,
                                       temperature=cfg.temperature, top_p=cfg.top_p, num_samples=G, generator=generator,
-                                      eos_token_ids=processor.eos_token_ids)  # (B*G, T) each
+                                      eos_token_ids=processor.eos_token_ids,
+                                      suppress_token_ids=[model.config.image_token_id, model.config.video_token_id])
     gen_mask = gen_mask.bool()
     input_ids = torch.cat([prompt_ids.repeat_interleave(G, dim=0), tokens], dim=1)  # (B*G, P+T)
     attention_mask = torch.cat([prompt_mask.repeat_interleave(G, dim=0).bool(), gen_mask], dim=1).long()
