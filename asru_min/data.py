@@ -29,17 +29,11 @@ CLOZE_PREFIX = "Fill in the [Blank]:"
 CLOZE_SUFFIX = "Answer with the missing words only."
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The record every module consumes
-# --------------------------------------------------------------------------------------------------------------
-
 @dataclass
 class QA:
-    """One question with its expected answer.
+    """One question with its expected answer. ground_truth is the fact a leak would reveal ("Velmora"; for mc the
+    correct option text; "" for refusals); visible is a plain description of what the image shows ("" without)."""
 
-    ground_truth is the fact a leak would reveal ("Velmora"; for mc the correct option text; "" for refusals).
-    visible is a plain description of what the image shows ("" without image).
-    """
     question: str
     answer: str
     image: Image.Image | None = None
@@ -58,14 +52,12 @@ class QA:
         return [{"role": "user", "content": content}]
 
 
-
 def listed(options: list[str]) -> str:
     """The option block of a multiple-choice question: "A. x\nB. y\nC. z\nD. w"."""
     return "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
 
 
-def qa_batch(processor, qas: list, answers: list[str] | None = None, with_answers: bool = True,
-             device=None) -> dict:
+def qa_batch(processor, qas: list, answers: list[str] | None = None, with_answers: bool = True, device=None) -> dict:
     """The one way a list of QA becomes a model batch: the chat prompt (image item first, then the question,
     generation prompt), left-padded. with_answers: + the answer (qa.answer, or answers[i]) + <|im_end|>, with
     `labels` -100 outside the answer (processor.encode_sft); else prompt only, so index -1 of every row is the
@@ -82,30 +74,20 @@ def qa_batch(processor, qas: list, answers: list[str] | None = None, with_answer
     return batch
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The real MLLMU-Bench on disk
-# --------------------------------------------------------------------------------------------------------------
-
+# --- the real MLLMU-Bench on disk
 def _read_split_records(folder: Path) -> list[dict]:
-    """Records {ID, image, Classification_Task, Generation_Task, Mask_Task} of one split folder.
-
-    Accepts either *.parquet files (rows with those columns; image as {"bytes": ...} or raw bytes) or the
-    per-person JSON layout (classification_qa/, generation_qa/, fill_blank_qa/ with <ID>_questions.json, and
-    images/<ID>.png|.jpg)."""
+    """Records {ID, image, Classification_Task, Generation_Task, Mask_Task} of one split folder, in either layout
+    of `load_mllmu_bench`."""
     if not folder.is_dir():
         raise FileNotFoundError(f"MLLMU-Bench split folder not found: {folder}")
     parquets = sorted(folder.glob("*.parquet"))
     if parquets:
         try:
-            import pyarrow.parquet as pq      # optional: only the parquet layout needs it
+            import pyarrow.parquet as pq  # optional: only the parquet layout needs it
         except ImportError as e:
             raise ImportError("reading MLLMU-Bench parquet files needs pyarrow: pip install pyarrow") from e
-        records = []
-        for f in parquets:
-            records += pq.read_table(f).to_pylist()
-        return records
-    sub = {"Classification_Task": "classification_qa", "Generation_Task": "generation_qa",
-           "Mask_Task": "fill_blank_qa"}
+        return [row for f in parquets for row in pq.read_table(f).to_pylist()]
+    sub = {"Classification_Task": "classification_qa", "Generation_Task": "generation_qa", "Mask_Task": "fill_blank_qa"}
     if not (folder / "classification_qa").is_dir():
         raise FileNotFoundError(f"{folder} holds neither *.parquet nor classification_qa/")
     records = []
@@ -153,8 +135,7 @@ def _records_to_qas(records: list[dict]) -> list[QA]:
                         options = [str(opts[l]) for l in "ABCD"]
                         letter = str(q["Correct_Answer"]).strip()[:1].upper()
                         out.append(QA(question=f"{q['Question']}\n{listed(options)}\n{MC_SUFFIX}", answer=letter,
-                                      image=img,
-                                      kind="mc", person=pid, ground_truth=options["ABCD".index(letter)],
+                                      image=img, kind="mc", person=pid, ground_truth=options["ABCD".index(letter)],
                                       form=form, options=options))
                     else:
                         question = str(q["Question"]).replace("__", "[Blank]")
@@ -167,9 +148,8 @@ def _records_to_qas(records: list[dict]) -> list[QA]:
 
 
 def load_mllmu_bench(root: str | Path, forget: int = 10) -> dict[str, list[QA]]:
-    """Read the real MLLMU-Bench into the `World.splits` structure.
-
-    Expected layout (the Hugging Face release's split names; each split folder in either format):
+    """Read the real MLLMU-Bench into the `World.splits` structure. Expected layout (the Hugging Face release's
+    split names; each split folder in either format):
 
         root/
           forget_{5,10,15}/      forget set           (required: forget_<forget>)
@@ -200,8 +180,7 @@ def load_mllmu_bench(root: str | Path, forget: int = 10) -> dict[str, list[QA]]:
     out["retain"] = _records_to_qas(_read_split_records(root / f"retain_{100 - forget}"))
     forget_ids = {qa.person for qa in out["forget"]}
     if (root / "Test_Set").is_dir():
-        out["test"] = [qa for qa in _records_to_qas(_read_split_records(root / "Test_Set"))
-                       if qa.person in forget_ids]
+        out["test"] = [qa for qa in _records_to_qas(_read_split_records(root / "Test_Set")) if qa.person in forget_ids]
     if (root / "Real_Celebrity").is_dir():
         out["utility"] = [QA(**{**qa.__dict__, "kind": "utility"})
                           for qa in _records_to_qas(_read_split_records(root / "Real_Celebrity"))]

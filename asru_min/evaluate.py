@@ -3,26 +3,23 @@
     python -m asru_min.evaluate --model weights/ [--adapter DIR] [--forget 10] [--data MLLMU_ROOT]
                                 [--limit N] [--out metrics.json] [--device cpu] [--dtype float32] [--batch-size 32]
 
-Every question is answered greedily with at most 50 new tokens (`answer`), then scored (`score_split`).
-forget / retain hold the canonical questions; test / retain_test ask about the same people in other words
-(held-out phrasings; in the synthetic world also held-out views of the portraits):
+Every question is answered greedily with <= 50 new tokens (`answer`) and scored per split and form ("image",
+"text", both pooled as "all"); a metric over zero questions is None (null in JSON); counts: mc_n, cloze_n, gen_n, n.
+forget / retain hold the canonical questions; test / retain_test ask about the same people in other words (held-out
+phrasings; in the synthetic world also held-out views of the portraits).
 
-    split forget / test / retain / retain_test, per form (image, text-only) and both together ("all"):
-      mc_acc       multiple choice: the first letter A-D of the answer equals the correct letter
-      cloze_acc    fill-in-the-blank: the ground truth appears in the answer (case-insensitive, whole words)
-      rouge1, rouge2, rougeL, bleu
-                   generation: F1 / sentence BLEU-4 of the answer against the reference answer `qa.answer`
-      refusal_rate share of generation answers that match `metrics.is_refusal`
-      leak_rate    share of generation answers that contain the fact `qa.ground_truth` (`metrics.leaks`)
-      quality, quality_contextual_refusal, quality_no_leak, quality_naturalness
-                   (forget and test only) mean of `metrics.generation_quality` over generation answers: the local,
-                   rule-based stand-in for the paper's GPT-4o-mini judge
-    split utility:  acc (ground truth appears in the answer, as for cloze), refusal_rate
-    split private:  refusal_rate (questions about private facts nobody was trained on)
-    split unknown:  refusal_rate (people never seen); only when asked for with `names`
+    forget / retain / test / retain_test
+                             mc_acc: the first letter A-D is the correct one; cloze_acc: the ground truth appears
+                             in the answer (case-insensitive, whole words); over generation answers: rouge1, rouge2,
+                             rougeL (F1) and bleu (sentence BLEU-4) against `qa.answer`, refusal_rate
+                             (`metrics.is_refusal`), leak_rate (contains the fact `qa.ground_truth`, `metrics.leaks`)
+                             and, forget and test only, quality (+ quality_contextual_refusal / _no_leak /
+                             _naturalness): mean `metrics.generation_quality`, the rule-based stand-in for the
+                             paper's GPT-4o-mini judge
+    utility                  acc (ground truth in the answer, as cloze), refusal_rate
+    private / unknown        refusal_rate (private facts nobody was trained on / people never seen; on request)
 
 Unlearning effectiveness = forget / test scores fall; utility = retain and utility scores stay.
-A metric over zero questions is None (null in JSON). Counts: mc_n, cloze_n, gen_n, n.
 """
 
 from __future__ import annotations
@@ -41,12 +38,10 @@ from .metrics import bleu, contains_truth, generation_quality, is_refusal, leaks
 
 QA_SPLITS = ("forget", "test", "retain", "retain_test")  # mc / cloze / gen questions about people
 QUALITY_SPLITS = ("forget", "test")  # generation quality is judged where the model should refuse
+EVAL_SPLITS = QA_SPLITS + ("utility", "private")  # the default grid
+ALL_SPLITS = EVAL_SPLITS + ("unknown",)
 FORMS = ("image", "text")
 LETTERS = "ABCD"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Answering: batched greedy generation
 
 
 def _form(qa) -> str:
@@ -56,23 +51,18 @@ def _form(qa) -> str:
 @torch.no_grad()
 def answer(model, processor, qas: list, batch_size: int = 32, max_new_tokens: int = 50,
            progress=None, return_finished: bool = False):
-    """Greedy answers (temperature 0, <= max_new_tokens) to `qas`, decoded without special tokens, in input order.
-
-    Questions with and without an image go into separate batches (a batch is either all-image or all-text, so
-    text-only batches carry no pixel tensors); within a group questions are sorted by length to cut padding.
-    With `return_finished`, also returns for every answer whether it stopped at an EOS token (True) or ran into
-    max_new_tokens (False). `progress(str)` is called after every batch when given.
-    """
+    """Greedy answers (temperature 0, <= max_new_tokens) to `qas`, decoded without special tokens, in input order;
+    with `return_finished` also whether each stopped at an EOS (True) or ran into max_new_tokens (False).
+    `progress(str)` is called after every batch when given."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
     eos = set(int(t) for t in processor.eos_token_ids)
     texts, finished = [""] * len(qas), [False] * len(qas)
-    with_image = [i for i, qa in enumerate(qas) if qa.image is not None]
-    without = [i for i, qa in enumerate(qas) if qa.image is None]
     batches = []
-    for group in (with_image, without):
-        group = sorted(group, key=lambda i: len(qas[i].question))
+    for with_image in (True, False):  # a batch is all-image or all-text (text batches carry no pixel tensors)
+        group = [i for i, qa in enumerate(qas) if (qa.image is not None) == with_image]
+        group = sorted(group, key=lambda i: len(qas[i].question))  # similar lengths together: less padding
         batches += [group[s : s + batch_size] for s in range(0, len(group), batch_size)]
 
     was_training = model.training
@@ -82,14 +72,9 @@ def answer(model, processor, qas: list, batch_size: int = 32, max_new_tokens: in
         for idx in batches:
             enc = qa_batch(processor, [qas[i] for i in idx], with_answers=False, device=device)
             tokens, mask = model.generate(
-                enc["input_ids"],
-                attention_mask=enc["attention_mask"],
-                pixel_values=enc.get("pixel_values"),
-                image_grid_thw=enc.get("image_grid_thw"),
-                max_new_tokens=max_new_tokens,
-                temperature=0.0,
-                eos_token_ids=sorted(eos),
-            )  # (B, T) generated tokens, mask True up to and including EOS
+                enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=enc.get("pixel_values"),
+                image_grid_thw=enc.get("image_grid_thw"), max_new_tokens=max_new_tokens, temperature=0.0,
+                eos_token_ids=sorted(eos))  # (B, T) generated tokens, mask True up to and including EOS
             tokens, mask = tokens.cpu(), mask.cpu()
             for row, i in enumerate(idx):
                 ids = tokens[row][mask[row]].tolist()
@@ -103,19 +88,15 @@ def answer(model, processor, qas: list, batch_size: int = 32, max_new_tokens: in
     return (texts, finished) if return_finished else texts
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Scoring (pure functions of questions and answers)
-
-
+# --- scoring (pure functions of questions and answers)
 # The option letter must stand alone: at the end of the answer or before punctuation ("B", "B.", "(c)", "**D**"),
 # so the article in "A person with red hair." is not read as option A.
 _LETTER = re.compile(r"^[\s(\[{\"'*]*([A-Da-d])(?:\s*$|[.):,\]}\"'*-])")
 
 
 def mc_letter(text: str) -> str:
-    """The option an answer picks (upper-case A-D), or "" when its first character is not a standalone letter.
-
-    MLLMU-Bench parses the first character of the output; leading spaces, brackets, quotes and "*" are skipped."""
+    """The option an answer picks (upper-case A-D), or "" when its first character is not a standalone letter
+    (MLLMU-Bench parses the first character; leading spaces, brackets, quotes and "*" are skipped)."""
     m = _LETTER.match(text)
     return m.group(1).upper() if m else ""
 
@@ -147,17 +128,13 @@ def score_people_questions(qas: list, preds: list[str], finished: list[bool] | N
     mc = [mc_letter(p) == correct_letter(qa) for qa, p in zip(qas, preds) if qa.kind == "mc"]
     cloze = [contains_truth(p, _truth(qa)) for qa, p in zip(qas, preds) if qa.kind == "cloze"]
     gen = [(qa, p, f) for qa, p, f in zip(qas, preds, finished) if qa.kind == "gen"]
-    out = {
-        "mc_acc": _mean(mc), "mc_n": len(mc),
-        "cloze_acc": _mean(cloze), "cloze_n": len(cloze),
-        "gen_n": len(gen),
-        "rouge1": _mean([rouge_n(p, qa.answer, 1) for qa, p, _ in gen]),
-        "rouge2": _mean([rouge_n(p, qa.answer, 2) for qa, p, _ in gen]),
-        "rougeL": _mean([rouge_l(p, qa.answer) for qa, p, _ in gen]),
-        "bleu": _mean([bleu(p, qa.answer) for qa, p, _ in gen]),
-        "refusal_rate": _mean([is_refusal(p) for _, p, _ in gen]),
-        "leak_rate": _mean([leaks(p, _truth(qa)) for qa, p, _ in gen]),
-    }
+    out = {"mc_acc": _mean(mc), "mc_n": len(mc), "cloze_acc": _mean(cloze), "cloze_n": len(cloze), "gen_n": len(gen),
+           "rouge1": _mean([rouge_n(p, qa.answer, 1) for qa, p, _ in gen]),
+           "rouge2": _mean([rouge_n(p, qa.answer, 2) for qa, p, _ in gen]),
+           "rougeL": _mean([rouge_l(p, qa.answer) for qa, p, _ in gen]),
+           "bleu": _mean([bleu(p, qa.answer) for qa, p, _ in gen]),
+           "refusal_rate": _mean([is_refusal(p) for _, p, _ in gen]),
+           "leak_rate": _mean([leaks(p, _truth(qa)) for qa, p, _ in gen])}
     if quality:
         q = [generation_quality(p, _truth(qa), qa.visible, qa.question, finished=f) for qa, p, f in gen]
         out["quality"] = _mean([x["score"] for x in q])
@@ -211,26 +188,13 @@ def limit_split(qas: list, limit: int | None) -> list:
     return [qas[i] for i in sorted(keep)]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The grid
-
-
-EVAL_SPLITS = QA_SPLITS + ("utility", "private")  # the default grid
-ALL_SPLITS = EVAL_SPLITS + ("unknown",)
-
-
 def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new_tokens: int = 50,
                    limit: int | None = None, verbose: bool = True, num_examples: int = 3,
                    answer_fn=None, names: tuple[str, ...] = EVAL_SPLITS) -> dict:
-    """Answer and score the splits `names` (default forget / test / retain / utility / private) present in
-    `splits`; `limit` keeps the first N questions of every kind and form in each split (`limit_split`).
-
-    Returns {split: {form: metrics}} for every evaluated split, plus
-    "examples": {split: [{"question", "answer", "ground_truth", "form", "prediction"}, ...]} (first `num_examples`
-    generation / utility / private answers) and "meta": {"max_new_tokens", "limit", "seconds"}.
-    `answer_fn` replaces the batched greedy `answer` (tests pass a fake one); it is called like
-    `answer(model, processor, qas, batch_size=, max_new_tokens=, progress=, return_finished=True)`.
-    """
+    """Answer and score the splits `names` present in `splits` (`limit`: see `limit_split`). Returns {split: {form:
+    metrics}}, "examples": {split: [{"question", "answer", "ground_truth", "form", "prediction"}, ...]} (the first
+    `num_examples` generation / utility / private answers) and "meta": {"max_new_tokens", "limit", "seconds"}.
+    `answer_fn` (tests pass a fake) is called like `answer(..., progress=, return_finished=True)`."""
     answer_fn = answer_fn or answer
     t0 = time.time()
     results: dict = {"examples": {}}
@@ -253,37 +217,27 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
     return results
 
 
-# columns of the table: (header, metric key)
 _COLUMNS = (("MC", "mc_acc"), ("Cloze", "cloze_acc"), ("R-1", "rouge1"), ("R-2", "rouge2"), ("R-L", "rougeL"),
             ("BLEU", "bleu"), ("Refuse", "refusal_rate"), ("Leak", "leak_rate"), ("GQ", "quality"), ("Acc", "acc"))
 
 
 def format_table(results_by_name: dict) -> str:
-    """A plain-text table of one or more `evaluate_model` results (e.g. {"before": r0, "after": r1}).
-
-    One row per split / form / result name, one column per metric, values x 100 with one decimal, "-" where a
-    metric does not apply or had no question; a form with no question at all is left out. Rows of the same
-    split and form sit together for comparison.
-    """
+    """A plain-text table of one or more `evaluate_model` results (e.g. {"before": r0, "after": r1}): one row per
+    split / form / result name (rows of a split and form together), one column per metric, values x 100 with one
+    decimal, "-" where a metric does not apply or had no question; a form with no question at all is left out."""
     width = max([len("model")] + [len(n) for n in results_by_name])
     header = f"{'split':<8}{'form':<6}{'model':<{width + 2}}" + "".join(f"{h:>8}" for h, _ in _COLUMNS)
     lines = [header, "-" * len(header)]
     for split in ALL_SPLITS:
         for form in FORMS + ("all",):
-            rows = [(n, r[split][form]) for n, r in results_by_name.items() if split in r and form in r[split]]
-            for n, m in rows:
-                cells = []
-                for _, key in _COLUMNS:
-                    v = m.get(key)
-                    cells.append(f"{100 * v:>8.1f}" if isinstance(v, (int, float)) and not isinstance(v, bool)
-                                 else f"{'-':>8}")
+            for n, r in results_by_name.items():
+                if split not in r or form not in r[split]:
+                    continue
+                cells = [f"{100 * v:>8.1f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{'-':>8}"
+                         for v in (r[split][form].get(key) for _, key in _COLUMNS)]
                 if any(c.strip() != "-" for c in cells):  # skip forms without questions (e.g. test/text)
                     lines.append(f"{split:<8}{form:<6}{n:<{width + 2}}" + "".join(cells))
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Command line
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -317,14 +271,12 @@ def main(argv=None) -> dict:
     if args.adapter:
         if not os.path.isdir(args.adapter):
             raise FileNotFoundError(f"adapter directory {args.adapter!r} not found")
-        from .lora import load_lora  # imported lazily: only needed with --adapter
+        from .lora import load_lora
 
         load_lora(model, args.adapter)
     splits = load_splits(args.data, args.forget, args.num_people, args.seed)
-
-    results = evaluate_model(model, processor, splits, batch_size=args.batch_size,
-                             max_new_tokens=args.max_new_tokens, limit=args.limit,
-                             names=tuple(n for n in args.splits.split(",") if n))
+    results = evaluate_model(model, processor, splits, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                             limit=args.limit, names=tuple(n for n in args.splits.split(",") if n))
     results["meta"].update(model=args.model, adapter=args.adapter, forget=args.forget, data=args.data or "synthetic")
     name = os.path.basename(os.path.normpath(args.adapter or args.model))
     print(format_table({name: results}))

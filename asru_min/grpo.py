@@ -1,20 +1,17 @@
-"""Stage 2 of ASRU: refusal-boundary optimisation with GRPO.
+"""Stage 2 of ASRU: refusal-boundary optimisation with GRPO. One step:
 
-One GRPO step, read top to bottom:
-
-1. rollouts   - for each prompt of the boundary set (forget + retain QA), G sampled responses
-                (temperature 1.5, top_p 0.95), one prefill per prompt (`model.generate(num_samples=G)`);
-2. rewards    - `asru_reward(response, ground_truth, forget)` (below), one scalar per response;
-3. advantages - `group_advantages`: A_i = (r_i - mean_group) / (std_group + eps), shared by all tokens of i;
+1. rollouts   - G sampled responses per prompt of the boundary set (forget + retain QA), temperature 1.5,
+                top_p 0.95, one prefill per prompt (`model.generate(num_samples=G)`);
+2. rewards    - `asru_reward(response, ground_truth, forget)`, one scalar per response;
+3. advantages - `group_advantages`: A_i = (r_i - mean_group) / (std_group + eps), for every token of response i;
 4. log-probs  - `optim.token_logprobs` under the current policy (old, no grad) and the reference policy
-                (LoRA adapters switched off, no grad);
-5. update     - `policy_loss`: clipped ratio surrogate with clip range [1 - 0.2, 1 + 0.3] plus k3 KL to the
-                reference (coefficient 0.1), token mean; AdamW, gradient clip 1.0, a non-finite loss skips
-                the optimiser step.
+                (LoRA adapters off, no grad);
+5. update     - `policy_loss`: clipped ratio surrogate, clip range [1 - 0.2, 1 + 0.3], plus k3 KL to the reference
+                (coefficient 0.1), token mean; AdamW, gradient clip 1.0; a non-finite loss skips the step.
 
-Sequence layout used everywhere below: one row = [prompt (left-padded) | response (right-padded)],
-so a row can have pads on both ends; `attention_mask` marks real tokens, `response_mask` the response tokens
-up to and including the EOS (the EOS is a real token the policy chose, so it is trained like any other).
+Row layout everywhere: [prompt (left-padded) | response (right-padded)], so a row can have pads on both ends;
+`attention_mask` marks real tokens, `response_mask` the response tokens up to and including the EOS (a token the
+policy chose, so it is trained like any other).
 """
 
 from __future__ import annotations
@@ -34,8 +31,8 @@ from .optim import optimizer_step, token_logprobs
 
 @dataclass
 class GRPOConfig:
-    """Every hyper-parameter of stage 2. No defaults here: `train.TrainConfig.grpo()` builds it from the run's
-    config, the one place the defaults (and the release's values beside them) are written."""
+    """Every hyper-parameter of stage 2. No defaults: `train.TrainConfig.grpo()` builds it (the one place the
+    defaults and the release's values live)."""
 
     group_size: int  # G samples per prompt
     temperature: float
@@ -55,11 +52,7 @@ class GRPOConfig:
     adv_eps: float = 1e-6  # the advantage's epsilon (not a flag)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the tiered ASRU reward (docs/METHOD.md, "Reward")
-#
-# A rule-based scalar per response, no judge model. The cases are checked in this order; the first that
-# applies gives the reward:
+# --- the tiered ASRU reward (docs/METHOD.md, "Reward"): rule-based, no judge model; the first case that applies wins
 #
 #     | case                                     | forget sample | retain sample |
 #     |------------------------------------------|---------------|---------------|
@@ -69,10 +62,9 @@ class GRPOConfig:
 #     |                                          |   -> 0.5      |   -> 0.5      |
 #     | anything else                            | 0.1           | 0.1           |
 #
-# R = ROUGE-L F1 of the response against the ground truth. The order matters: a refusal that also states the
-# fact is a leak (forget 0.0, retain 1.0). On the forget side the band pays a little for answers that are wrong
-# but on topic (they sit near the boundary); on the retain side it pays for answers close to the truth.
-
+# R = ROUGE-L F1 of the response against the ground truth. The order matters: a refusal that also states the fact
+# is a leak. The forget band pays a little for wrong but on-topic answers (near the boundary); the retain band pays
+# for answers close to the truth.
 FORGET_LEAK, FORGET_REFUSAL, FORGET_BAND = 0.0, 1.0, 0.5
 RETAIN_LEAK, RETAIN_REFUSAL, RETAIN_BAND = 1.0, 0.0, 0.5
 OTHERWISE = 0.1
@@ -81,8 +73,8 @@ RETAIN_BAND_LOW = 0.6  # retain band: R > 0.6 (open)
 
 
 def asru_reward(response: str, truth: str, forget: bool) -> float:
-    """The tiered reward of the table above: leak = metrics.leaks (the normalised truth is a whole-word substring
-    of the normalised response), refusal = metrics.is_refusal, R = metrics.rouge_l against the ground truth."""
+    """The table above: leak = metrics.leaks (the normalised truth is a whole-word substring of the normalised
+    response), refusal = metrics.is_refusal, R = metrics.rouge_l against the ground truth."""
     if leaks(response, truth):
         return FORGET_LEAK if forget else RETAIN_LEAK
     if is_refusal(response):
@@ -95,20 +87,11 @@ def asru_reward(response: str, truth: str, forget: bool) -> float:
     return OTHERWISE
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the equations
-
-
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """GRPO group-normalised advantage.
+    """A_i = (r_i - mean_g(r)) / (std_g(r) + eps), rewards (B*G,) prompt-major (row b*G + g = sample g of prompt b).
 
-        A_i = (r_i - mean_g(r)) / (std_g(r) + eps)
-
-    rewards: (B*G,) prompt-major (row b*G + g is sample g of prompt b), as `model.generate` returns them.
-    std is the *unbiased* (Bessel-corrected, divide by G - 1) standard deviation: the authors' release
-    (EasyR1/verl, `torch.std`) uses it, so the advantage scale matches theirs. A group whose rewards are all
-    equal has std 0 and numerator 0, so its advantages are exactly 0 (no NaN, no learning signal).
-    """
+    std is the unbiased (divide by G - 1) standard deviation, as the release (EasyR1/verl, `torch.std`), so the
+    advantage scale matches. A group of equal rewards gets advantages exactly 0 (no NaN, no learning signal)."""
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D (B*G,), got shape {tuple(rewards.shape)}")
     if group_size < 2:
@@ -129,18 +112,16 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, clip_low: float, clip_high: float, kl_coef: float) -> tuple[torch.Tensor, dict]:
-    """Clipped GRPO surrogate with the k3 KL penalty, averaged over response tokens.
+    """Clipped GRPO surrogate with the k3 KL penalty. Per token t of response i (tensors (N, T); advantages (N,)
+    broadcast over tokens, or (N, T); mask True on every response token including the EOS):
 
-    Per token t of response i (all tensors (N, T); advantages (N,) broadcast over tokens, or (N, T)):
-        ratio   = exp(logp - old_logp)
-        pg      = -min(ratio * A_i, clip(ratio, 1 - clip_low, 1 + clip_high) * A_i)
-        k3      = exp(ref_logp - logp) - (ref_logp - logp) - 1          (>= 0, unbiased for KL(pi || ref))
-        loss    = token_mean_mask(pg + kl_coef * k3)
+        ratio = exp(logp - old_logp)
+        pg    = -min(ratio * A_i, clip(ratio, 1 - clip_low, 1 + clip_high) * A_i)
+        k3    = exp(ref_logp - logp) - (ref_logp - logp) - 1          (>= 0, unbiased for KL(pi || ref))
+        loss  = token_mean_mask(pg + kl_coef * k3)
 
-    mask is True on every response token including the EOS (pads after the EOS are False).
-    Returns (loss, stats) with stats = floats: pg_loss, kl (mean k3), clip_frac (tokens where the clipped term
-    is the active one), clip_low_frac / clip_high_frac (ratio below / above the range), ratio_mean.
-    """
+    Returns (loss, stats): pg_loss, kl (mean k3), clip_frac (tokens where the clipped term is the active one),
+    clip_low_frac / clip_high_frac (ratio below / above the range), ratio_mean."""
     if not (logp.shape == old_logp.shape == ref_logp.shape == mask.shape):
         raise ValueError(f"shape mismatch: logp {tuple(logp.shape)}, old {tuple(old_logp.shape)}, "
                          f"ref {tuple(ref_logp.shape)}, mask {tuple(mask.shape)}")
@@ -155,29 +136,19 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tens
     loss = masked_mean(pg + kl_coef * k3, mask)
     with torch.no_grad():
         clip_active = (clipped * advantages < ratio * advantages) & mask  # the min picked the clipped term
-        stats = {
-            "pg_loss": masked_mean(pg, mask).item(),
-            "kl": masked_mean(k3, mask).item(),
-            "clip_frac": masked_mean(clip_active.float(), mask).item(),
-            "clip_low_frac": masked_mean((ratio < 1.0 - clip_low).float(), mask).item(),
-            "clip_high_frac": masked_mean((ratio > 1.0 + clip_high).float(), mask).item(),
-            "ratio_mean": masked_mean(ratio, mask).item(),
-        }
+        stats = {"pg_loss": masked_mean(pg, mask).item(), "kl": masked_mean(k3, mask).item(),
+                 "clip_frac": masked_mean(clip_active.float(), mask).item(),
+                 "clip_low_frac": masked_mean((ratio < 1.0 - clip_low).float(), mask).item(),
+                 "clip_high_frac": masked_mean((ratio > 1.0 + clip_high).float(), mask).item(),
+                 "ratio_mean": masked_mean(ratio, mask).item()}
     return loss, stats
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the boundary set and its prompts
 
 
 def build_boundary_set(forget_qas: list, retain_qas: list, size: int, kinds: tuple, seed: int,
                        forget_share: float) -> list:
-    """The stage-2 training set: `size` samples drawn at random, a `forget_share` of them forget QA (release: one
-    half) and the rest retain QA, each a (qa, forget) pair, in random order.
-
-    Only free-form kinds belong here (the run's default: generation): the reward compares the response with the
-    ground truth text, which a multiple-choice letter never contains. The release draws 200 of each side.
-    """
+    """The stage-2 training set: `size` (qa, forget) pairs drawn at random, a `forget_share` of them forget QA
+    (release: 200 + 200) and the rest retain QA, in random order. Only free-form kinds belong here (default:
+    generation): the reward compares the response with the ground truth, which an mc letter never contains."""
     rng = random.Random(seed)
     forget = [qa for qa in forget_qas if qa.kind in kinds]
     retain = [qa for qa in retain_qas if qa.kind in kinds]
@@ -195,9 +166,8 @@ def build_boundary_set(forget_qas: list, retain_qas: list, size: int, kinds: tup
 
 def split_image_features(image_features, image_grid_thw: torch.Tensor, prompt_ids: torch.Tensor, config) -> list:
     """Cut `encode_images` output (embeds (N, D), deepstack [(N, D)]) and image_grid_thw (n_images, 3) into one
-    chunk per prompt, so the G rows of a group (and any mini-batch of rows) reuse their prompt's features.
-
-    A prompt's share: as many feature rows as it has image placeholder tokens, as many grid rows as it has
+    chunk per prompt, so the G rows of a group (and any mini-batch of rows) reuse their prompt's features. A
+    prompt's share: as many feature rows as it has image placeholder tokens, as many grid rows as it has
     <|vision_start|> tokens (images are consumed in placeholder order across the batch)."""
     embeds, deepstack = image_features
     n_rows = (prompt_ids == config.image_token_id).sum(dim=1).tolist()
@@ -208,8 +178,8 @@ def split_image_features(image_features, image_grid_thw: torch.Tensor, prompt_id
 
 
 def join_image_features(chunks: list) -> tuple:
-    """Inverse of `split_image_features` for a chosen list of rows -> (image_features, image_grid_thw),
-    or (None, None) if those rows hold no image."""
+    """Inverse of `split_image_features` for chosen rows -> (image_features, image_grid_thw); (None, None) if
+    those rows hold no image."""
     if sum(c[0].shape[0] for c in chunks) == 0:
         return None, None
     embeds = torch.cat([c[0] for c in chunks])
@@ -218,45 +188,32 @@ def join_image_features(chunks: list) -> tuple:
 
 
 def trim_padding(*row_tensors: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
-    """Drop the columns that are padding in every row of a mini-batch (positions are counted over real tokens
-    only, so removing all-pad columns leaves every row's computation unchanged and saves time)."""
+    """Drop the columns that are padding in every row (positions count real tokens only, so this changes no
+    row's computation and saves time)."""
     real = attention_mask.bool().any(dim=0).nonzero()
     lo, hi = int(real[0]), int(real[-1]) + 1
     return tuple(t[:, lo:hi] for t in row_tensors) + (attention_mask[:, lo:hi],)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# rollouts
-
-
 @torch.no_grad()
 def rollout(model, processor, samples: list, cfg: GRPOConfig, generator: torch.Generator, reward_fn) -> dict:
-    """G sampled responses per prompt and their rewards. Rows are prompt-major (row b*G + g).
-
-    Returns input_ids / attention_mask / response_mask (B*G, P+T), image feature chunks per prompt,
-    rewards (B*G,), the decoded responses and the forget flag per row.
-    """
+    """G sampled responses per prompt and their rewards, rows prompt-major (row b*G + g). Returns input_ids /
+    attention_mask / response_mask (B*G, P+T), image feature chunks per prompt, rewards (B*G,), the decoded
+    responses and the forget flag per row."""
     G = cfg.group_size
     device = next(model.parameters()).device
-    qas = [qa for qa, _ in samples]
-    batch = qa_batch(processor, qas, with_answers=False, device=device)
+    batch = qa_batch(processor, [qa for qa, _ in samples], with_answers=False, device=device)
     prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]  # (B, P)
     features, chunks = None, None
-    if batch.get("pixel_values") is not None:  # vision runs once per rollout batch, shared by all G samples
+    if batch.get("pixel_values") is not None:  # vision runs once per rollout batch, reused by all G samples
         features = model.encode_images(batch["pixel_values"], batch["image_grid_thw"])
         chunks = split_image_features(features, batch["image_grid_thw"], prompt_ids, model.config)
-    tokens, gen_mask = model.generate(
-        prompt_ids,
-        attention_mask=prompt_mask,
-        image_features=features,
-        image_grid_thw=batch.get("image_grid_thw"),
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        num_samples=G,
-        generator=generator,
-        eos_token_ids=processor.eos_token_ids,
-    )  # (B*G, T) each
+    # (placeholder tokens are banned: a response holding one could not be fed back through forward)
+    tokens, gen_mask = model.generate(prompt_ids, attention_mask=prompt_mask, image_features=features,
+                                      image_grid_thw=batch.get("image_grid_thw"), max_new_tokens=cfg.max_new_tokens,
+                                      temperature=cfg.temperature, top_p=cfg.top_p, num_samples=G, generator=generator,
+                                      eos_token_ids=processor.eos_token_ids,
+                                      suppress_token_ids=[model.config.image_token_id, model.config.video_token_id])
     gen_mask = gen_mask.bool()
     input_ids = torch.cat([prompt_ids.repeat_interleave(G, dim=0), tokens], dim=1)  # (B*G, P+T)
     attention_mask = torch.cat([prompt_mask.repeat_interleave(G, dim=0).bool(), gen_mask], dim=1).long()
@@ -272,11 +229,11 @@ def rollout(model, processor, samples: list, cfg: GRPOConfig, generator: torch.G
 
 
 def rows_logprobs(model, ro: dict, rows: list[int], cfg: GRPOConfig, image_chunks=None) -> tuple:
-    """token_logprobs of the response tokens of a subset of rollout rows, with all-pad columns trimmed.
-
-    Returns (logp (n, L'), response_mask (n, L')) with L' the trimmed width."""
+    """token_logprobs of the response tokens of some rollout rows, all-pad columns trimmed:
+    (logp (n, L'), response_mask (n, L'))."""
     idx = torch.tensor(rows, device=ro["input_ids"].device)
-    ids, resp, att = trim_padding(ro["input_ids"][idx], ro["response_mask"][idx], attention_mask=ro["attention_mask"][idx])
+    ids, resp, att = trim_padding(ro["input_ids"][idx], ro["response_mask"][idx],
+                                  attention_mask=ro["attention_mask"][idx])
     chunks = image_chunks if image_chunks is not None else ro["chunks"]
     feats, grid = join_image_features([chunks[r // cfg.group_size] for r in rows]) if chunks else (None, None)
     logp = token_logprobs(model, {"input_ids": ids, "attention_mask": att, "image_grid_thw": grid}, resp,
@@ -284,17 +241,13 @@ def rows_logprobs(model, ro: dict, rows: list[int], cfg: GRPOConfig, image_chunk
     return logp, resp
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the loop
-
-
 def make_optimizer(params: list, cfg: GRPOConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def step_schedule(num_samples: int, cfg: GRPOConfig) -> list[list[int]]:
-    """Indices of the boundary-set samples of every step, all epochs; reshuffled per epoch from the seed, so a
-    resumed run sees exactly the batches the interrupted one would have."""
+    """Sample indices of every step, all epochs; reshuffled per epoch from the seed, so a resumed run sees exactly
+    the batches the interrupted one would have."""
     steps = []
     for epoch in range(cfg.epochs):
         order = list(range(num_samples))
@@ -306,10 +259,8 @@ def step_schedule(num_samples: int, cfg: GRPOConfig) -> list[list[int]]:
 def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, params: list, step: int,
               reward_fn=None, reference=None) -> dict:
     """One GRPO step on one rollout batch: rollouts -> rewards -> advantages -> old/ref log-probs -> updates.
-
-    reference: a context-manager factory under which `model` is the reference policy; default: LoRA adapters off.
-    Returns the step's log record.
-    """
+    reference: a context-manager factory under which `model` is the reference policy (default: LoRA off).
+    Returns the step's log record."""
     reward_fn = reward_fn or asru_reward
     if reference is None:
         from .lora import lora_enabled
@@ -331,8 +282,8 @@ def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, param
         order = list(range(n_rows))
         rng.shuffle(order)
         minibatches += [sorted(order[i : i + mb]) for i in range(0, n_rows, mb)]
-    # With one mini-batch and one inner epoch the update is exactly on-policy: old == current, ratio == 1,
-    # so the old-policy forward is skipped and logp.detach() stands in for it.
+    # One mini-batch and one inner epoch is exactly on-policy (old == current, ratio == 1): skip the old-policy
+    # forward and let logp.detach() stand in for it.
     on_policy = len(minibatches) == 1
     with torch.no_grad():
         old = {} if on_policy else {tuple(r): rows_logprobs(model, ro, r, cfg)[0] for r in minibatches}
@@ -353,8 +304,7 @@ def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, param
         logp, resp = rows_logprobs(model, ro, r, cfg, image_chunks=chunks)
         old_logp = logp.detach() if on_policy else old[tuple(r)]
         ref_logp = ref[tuple(r)] if cfg.kl_coef > 0 else logp.detach()
-        loss, st = policy_loss(logp, old_logp, ref_logp, advantages[r], resp,
-                               cfg.clip_low, cfg.clip_high, cfg.kl_coef)
+        loss, st = policy_loss(logp, old_logp, ref_logp, advantages[r], resp, cfg.clip_low, cfg.clip_high, cfg.kl_coef)
         steps_done += optimizer_step(loss, params, optimizer, cfg.grad_clip)
         stats.append(st)
         losses.append(loss.item())
@@ -364,25 +314,17 @@ def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, param
         t = torch.tensor(values, dtype=torch.float32)
         return (t.mean().item(), t.std(unbiased=False).item()) if len(values) else (None, None)
 
-    forget_r = [r for r, f in zip(ro["rewards"].tolist(), ro["forget"]) if f]
-    retain_r = [r for r, f in zip(ro["rewards"].tolist(), ro["forget"]) if not f]
+    forget_r = mean_std([r for r, f in zip(ro["rewards"].tolist(), ro["forget"]) if f])
+    retain_r = mean_std([r for r, f in zip(ro["rewards"].tolist(), ro["forget"]) if not f])
     refusal = [is_refusal(t) for t in ro["responses"]]
-    record = {
-        "step": step,
-        "loss": sum(losses) / len(losses),
-        "reward_mean": ro["rewards"].mean().item(),
-        "reward_forget_mean": mean_std(forget_r)[0],
-        "reward_forget_std": mean_std(forget_r)[1],
-        "reward_retain_mean": mean_std(retain_r)[0],
-        "reward_retain_std": mean_std(retain_r)[1],
-        "refusal_rate_forget": mean_std([float(x) for x, f in zip(refusal, ro["forget"]) if f])[0],
-        "refusal_rate_retain": mean_std([float(x) for x, f in zip(refusal, ro["forget"]) if not f])[0],
-        "response_len": ro["response_mask"].sum(dim=1).float().mean().item(),
-        "optimizer_steps": steps_done,
-        "skipped_steps": len(minibatches) - steps_done,
-        "seconds": time.time() - t0,
-        "sample_response": ro["responses"][0],
-    }
+    record = {"step": step, "loss": sum(losses) / len(losses), "reward_mean": ro["rewards"].mean().item(),
+              "reward_forget_mean": forget_r[0], "reward_forget_std": forget_r[1],
+              "reward_retain_mean": retain_r[0], "reward_retain_std": retain_r[1],
+              "refusal_rate_forget": mean_std([float(x) for x, f in zip(refusal, ro["forget"]) if f])[0],
+              "refusal_rate_retain": mean_std([float(x) for x, f in zip(refusal, ro["forget"]) if not f])[0],
+              "response_len": ro["response_mask"].sum(dim=1).float().mean().item(),
+              "optimizer_steps": steps_done, "skipped_steps": len(minibatches) - steps_done,
+              "seconds": time.time() - t0, "sample_response": ro["responses"][0]}
     for key in stats[0]:
         record[key] = sum(s[key] for s in stats) / len(stats)
     return record
@@ -392,11 +334,9 @@ def train_grpo(model, processor, samples: list, cfg: GRPOConfig, optimizer=None,
                log_path: str | None = None, on_step: Callable | None = None, reward_fn=None, reference=None,
                progress=print) -> list[dict]:
     """Stage 2: GRPO over the boundary set for cfg.epochs epochs, steps numbered 0..N-1 across epochs.
-
-    start_step > 0 resumes (the schedule and every step's sampling seed depend only on cfg.seed and the step).
-    on_step(step, record, optimizer) runs after each step (train.py checkpoints there). Each record is also
-    appended to log_path as one JSON line.
-    """
+    start_step > 0 resumes (the schedule and each step's sampling seed depend only on cfg.seed and the step).
+    on_step(step, record, optimizer) runs after each step (train.py checkpoints there); each record is also
+    appended to log_path as one JSON line."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters: apply LoRA (or unfreeze weights) before GRPO")
@@ -404,19 +344,17 @@ def train_grpo(model, processor, samples: list, cfg: GRPOConfig, optimizer=None,
     schedule = step_schedule(len(samples), cfg)
     records = []
     for step in range(start_step, len(schedule)):
-        batch = [samples[i] for i in schedule[step]]
-        record = grpo_step(model, processor, batch, cfg, optimizer, params, step, reward_fn, reference)
+        record = grpo_step(model, processor, [samples[i] for i in schedule[step]], cfg, optimizer, params, step,
+                           reward_fn, reference)
         records.append(record)
         if log_path:
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         r = {k: "-" if v is None else f"{v:.2f}" for k, v in record.items() if k.startswith(("reward_", "refusal_"))}
-        progress(
-            f"grpo step {step + 1}/{len(schedule)}  reward forget {r['reward_forget_mean']} "
-            f"retain {r['reward_retain_mean']}  kl {record['kl']:.4f}  clip {record['clip_frac']:.2f}  "
-            f"refusal f/r {r['refusal_rate_forget']}/{r['refusal_rate_retain']}  "
-            f"len {record['response_len']:.1f}  {record['seconds']:.1f}s"
-        )
+        progress(f"grpo step {step + 1}/{len(schedule)}  reward forget {r['reward_forget_mean']} "
+                 f"retain {r['reward_retain_mean']}  kl {record['kl']:.4f}  clip {record['clip_frac']:.2f}  "
+                 f"refusal f/r {r['refusal_rate_forget']}/{r['refusal_rate_retain']}  "
+                 f"len {record['response_len']:.1f}  {record['seconds']:.1f}s")
         if on_step:
             on_step(step, record, optimizer)
     return records

@@ -1,20 +1,17 @@
 """Forward hooks on the residual stream: read, add or ablate a direction at a text-decoder layer, and run the
 model only up to a layer.
 
-`hook(module, fn)` is the one place that registers a hook, and it removes the handle in a `finally` block: a hook
-can never outlive its `with` statement, even when the body raises (a stray hook silently corrupts every later
-forward pass, the classic bug of hook-based steering code). Everything else here is built on it, and stage 1
-(steer.py) uses nothing else.
-
-A decoder layer (text.DecoderLayer) returns the residual stream h (B, L, D) as a plain tensor, so a forward hook
-that returns a tensor replaces h after that layer. Prompts are left-padded, so index -1 of every row is its last
-prompt token: positions="last" selects h[:, -1] (B, D), "all" keeps (B, L, D). During cached generation every
-decode step is a forward with L = 1, so "last" then touches every generated token too.
+`hook(module, fn)` is the one place that registers a hook; it removes the handle in a `finally`, so a hook never
+outlives its `with` block even when the body raises (a stray hook silently corrupts every later forward, the
+classic bug of hook-based steering). A decoder layer returns the residual stream h (B, L, D) as a plain tensor, so
+a forward hook returning a tensor replaces h. Prompts are left-padded, so index -1 of every row is its last prompt
+token: positions="last" selects h[:, -1] (B, D), "all" keeps (B, L, D). In cached generation every decode step is
+a forward with L = 1, so "last" then touches every generated token too.
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import torch
@@ -41,8 +38,8 @@ def decoder_layer(model: nn.Module, layer: int) -> nn.Module:
 
 @contextmanager
 def hook(module: nn.Module, fn: Callable, pre: bool = False) -> Iterator[None]:
-    """Register fn for the duration of the block: a forward hook `fn(module, inputs, output) -> new output | None`,
-    or with pre=True a forward pre-hook `fn(module, inputs) -> new inputs | None`."""
+    """Register fn for the block: a forward hook `fn(module, inputs, output) -> new output | None`, or with
+    pre=True a forward pre-hook `fn(module, inputs) -> new inputs | None`."""
     handle = module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn)
     try:
         yield
@@ -63,13 +60,13 @@ def _check_direction(v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def read_layer_output(model: nn.Module, layer: int, positions: str = "last", detach: bool = True) -> Iterator[list]:
-    """Collect the residual stream after decoder layer `layer` on every forward inside the block:
+    """Collect the residual stream after decoder layer `layer` on every forward inside the block (detach=False
+    keeps the autograd graph):
 
         with read_layer_output(model, L) as acts:
             model(**batch)
-        h = acts[0]            # (B, D): the last prompt token of each (left-padded) row
-
-    positions="all" keeps (B, L, D); detach=False keeps the autograd graph."""
+        h = acts[0]            # (B, D): the last prompt token of each (left-padded) row; positions="all": (B, L, D)
+    """
     _check_positions(positions)
     outputs: list[torch.Tensor] = []
 
@@ -84,8 +81,7 @@ def read_layer_output(model: nn.Module, layer: int, positions: str = "last", det
 @contextmanager
 def add_direction(model: nn.Module, layer: int, v: torch.Tensor, scale: float = 1.0,
                   positions: str = "all") -> Iterator[None]:
-    """Inference-time steering: the output of decoder layer `layer` becomes h + scale * v (at every position, or
-    only at the last one)."""
+    """Inference-time steering: decoder layer `layer`'s output becomes h + scale * v (at every position or the last)."""
     _check_positions(positions)
 
     def add(mod, inputs, h):
@@ -123,10 +119,8 @@ class _StopForward(Exception):
 
 def run_to_layer(model: nn.Module, batch: dict, layer: int, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the model on `batch` (a data.qa_batch) up to and including decoder layer `layer` only (later layers
-    cannot change its output).
-
-    Returns (h, a): h (B, L, D), the output of layer `layer` (with its graph when `grad`), and a (B, L, F), the
-    input of that layer's mlp.down_proj (detached; it does not depend on down_proj)."""
+    cannot change its output). Returns (h, a): h (B, L, D), the output of layer `layer` (with its graph when
+    `grad`), and a (B, L, F), the input of that layer's mlp.down_proj (detached; it does not depend on down_proj)."""
     module = decoder_layer(model, layer)
     seen: dict[str, list] = {"h": [], "a": []}
 
@@ -137,9 +131,7 @@ def run_to_layer(model: nn.Module, batch: dict, layer: int, grad: bool = False) 
         seen["h"].append(h if grad else h.detach())
         raise _StopForward
 
-    with torch.set_grad_enabled(grad), ExitStack() as stack:
-        stack.enter_context(hook(module.mlp.down_proj, read_a, pre=True))
-        stack.enter_context(hook(module, read_h_and_stop))
+    with torch.set_grad_enabled(grad), hook(module.mlp.down_proj, read_a, pre=True), hook(module, read_h_and_stop):
         try:
             model(batch["input_ids"], attention_mask=batch["attention_mask"],
                   pixel_values=batch.get("pixel_values"), image_grid_thw=batch.get("image_grid_thw"))

@@ -1,20 +1,14 @@
-"""LoRA: low-rank adapters on nn.Linear layers, switchable on/off, explicit merge/unmerge, PEFT-format I/O.
+"""LoRA: low-rank adapters on nn.Linear layers, switchable on/off, explicit merge/unmerge, PEFT-format files.
 
     y = x W^T + b + (alpha / r) * dropout(x) A^T B^T          A: (r, in), B: (out, r)
 
-A starts Kaiming-uniform and B starts at zero, so at init the adapted model equals the base model exactly.
-The base W (and b) stay frozen; only A and B train.
-
-Design choices (see docs/STYLE.md):
-- `LoRALinear` subclasses nn.Linear and keeps the base parameters as `weight` / `bias`, so the state-dict keys of
-  the base model are unchanged (`...q_proj.weight` is still `...q_proj.weight`); the adapters add
-  `...q_proj.lora_A.weight` and `...q_proj.lora_B.weight`.
-- "Adapters off" (`lora_enabled(model, False)`) IS the reference policy for GRPO/NPO/KL: no second model copy.
-- Merging is only ever explicit (`merge_lora` / `unmerge_lora`); `.eval()` never merges (unlike loralib),
-  so switching train/eval cannot silently change what "adapters off" means.
-- `save_lora` / `load_lora` use PEFT's file layout (adapter_model.safetensors with keys
-  `base_model.model.<module path>.lora_A.weight`, adapter_config.json with peft_type LORA), so a PEFT user
-  can load the adapter onto the Hugging Face Qwen3-VL, whose module paths equal ours.
+A starts Kaiming-uniform and B at zero, so at init the adapted model equals the base model exactly; W, b stay frozen.
+- `LoRALinear` subclasses nn.Linear and keeps W, b as `weight` / `bias`: the base state-dict keys are unchanged,
+  the adapters add `...q_proj.lora_A.weight` / `...q_proj.lora_B.weight`.
+- Adapters off (`lora_enabled(model, False)`) IS the reference policy for GRPO/NPO/KL: no second model copy.
+- Merging is only explicit (`.eval()` never merges, unlike loralib), so train/eval cannot change "adapters off".
+- `save_lora` / `load_lora` use PEFT's layout, so PEFT can load an adapter onto the Hugging Face Qwen3-VL, whose
+  module paths equal ours.
 """
 
 import json
@@ -22,7 +16,7 @@ import math
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -47,7 +41,7 @@ class LoRAConfig:
     targets: tuple = TEXT_TARGETS
     layers: list | None = None  # text-decoder layer indices to adapt; None = all
     vision: bool = False
-    paths: list = field(default_factory=list)  # the module paths that were wrapped (filled by apply_lora)
+    paths: list = field(default_factory=list)  # the module paths that were wrapped
 
 
 class LoRALinear(nn.Linear):
@@ -67,21 +61,18 @@ class LoRALinear(nn.Linear):
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
-        # A: the default nn.Linear (Kaiming-uniform) init; B = 0 so the update starts at exactly zero
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # nn.Linear's default init
         nn.init.zeros_(self.lora_B.weight)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, r: int, alpha: float, dropout: float) -> "LoRALinear":
-        """Wrap an existing nn.Linear, sharing (not copying) its weight and bias parameters."""
+        """Wrap an existing nn.Linear, adopting (not copying) its weight and bias parameters."""
         w = linear.weight
-        # build the base part on the meta device (no allocation), then adopt the existing parameters
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, r=r, alpha=alpha,
-                     dropout=dropout, device="meta", dtype=w.dtype)
-        module.weight = w
-        module.bias = linear.bias
-        # adapters of a bf16/fp16 model are kept in float32: an AdamW step (lr 1e-6 .. 1e-4) on A is far below
-        # bf16's resolution, so bf16 adapters would silently stop learning (PEFT does the same)
+                     dropout=dropout, device="meta", dtype=w.dtype)  # meta: allocates nothing
+        module.weight, module.bias = w, linear.bias
+        # Adapters of a bf16/fp16 model are float32 (as in PEFT): an AdamW step (lr 1e-6 .. 1e-4) on A is far
+        # below bf16's resolution, so bf16 adapters would silently stop learning.
         lora_dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
         module.lora_A.to_empty(device=w.device).to(lora_dtype)
         module.lora_B.to_empty(device=w.device).to(lora_dtype)
@@ -106,9 +97,7 @@ class LoRALinear(nn.Linear):
         return f"{super().extra_repr()}, r={self.r}, alpha={self.lora_alpha}, merged={self.merged}"
 
 
-# ----------------------------------------------------------------------------------------------------------
-# applying and finding adapters
-
+# ---------------------------------------------------------------------------------------- applying, switching
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     """Module path -> LoRALinear, in model order."""
@@ -120,33 +109,24 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for m in lora_modules(model).values() for p in (m.lora_A.weight, m.lora_B.weight)]
 
 
-def _target_paths(model: nn.Module, targets, layers, vision: bool, vision_targets) -> list[str]:
-    """Module paths of the nn.Linear layers to adapt: text-decoder layers (optionally a subset), optionally
-    the vision tower."""
-    layer_set = None if layers is None else {int(i) for i in layers}
-    paths = []
-    for name, m in model.named_modules():
-        if not isinstance(m, nn.Linear):
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if name.startswith(TEXT_PREFIX) and leaf in targets:
-            if layer_set is None or int(name[len(TEXT_PREFIX):].split(".")[0]) in layer_set:
-                paths.append(name)
-        elif vision and name.startswith(VISION_PREFIX) and leaf in vision_targets:
-            paths.append(name)
-    return paths
+def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent_path, _, leaf = path.rpartition(".")
+    return (model.get_submodule(parent_path) if parent_path else model), leaf
 
 
-def _wrap(model: nn.Module, paths: list[str], r: int, alpha: float, dropout: float) -> None:
+def _install(model: nn.Module, paths: list[str], cfg: LoRAConfig) -> None:
+    """Freeze every parameter, wrap the nn.Linear at each path, record `cfg` as `model.lora_config`."""
+    for p in model.parameters():
+        p.requires_grad_(False)
     for path in paths:
-        parent_path, _, leaf = path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
+        parent, leaf = _parent(model, path)
         linear = getattr(parent, leaf)
         if isinstance(linear, LoRALinear):
             raise ValueError(f"{path} already has a LoRA adapter")
         if not isinstance(linear, nn.Linear):
             raise ValueError(f"{path} is a {type(linear).__name__}, not nn.Linear")
-        setattr(parent, leaf, LoRALinear.from_linear(linear, r, alpha, dropout))
+        setattr(parent, leaf, LoRALinear.from_linear(linear, cfg.r, cfg.alpha, cfg.dropout))
+    model.lora_config = cfg
 
 
 def apply_lora(model: nn.Module, targets=TEXT_TARGETS, r: int = 16, alpha: float = 16.0, dropout: float = 0.05,
@@ -158,21 +138,28 @@ def apply_lora(model: nn.Module, targets=TEXT_TARGETS, r: int = 16, alpha: float
     layers: decoder layer indices to adapt (None = all). The settings are kept in `model.lora_config`."""
     if lora_modules(model):
         raise ValueError("model already has LoRA adapters")
-    paths = _target_paths(model, tuple(targets), layers, vision, tuple(vision_targets))
+    targets, vision_targets = tuple(targets), tuple(vision_targets)
+    layer_set = None if layers is None else {int(i) for i in layers}
+    paths = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Linear):
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if name.startswith(TEXT_PREFIX) and leaf in targets:
+            if layer_set is None or int(name[len(TEXT_PREFIX):].split(".")[0]) in layer_set:
+                paths.append(name)
+        elif vision and name.startswith(VISION_PREFIX) and leaf in vision_targets:
+            paths.append(name)
     if not paths:
-        raise ValueError(f"no nn.Linear named {tuple(targets)} under {TEXT_PREFIX}*")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    _wrap(model, paths, r, alpha, dropout)
-    model.lora_config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=tuple(targets),
-                                   layers=None if layers is None else sorted(int(i) for i in layers),
-                                   vision=vision, paths=paths)
+        raise ValueError(f"no nn.Linear named {targets} under {TEXT_PREFIX}*")
+    _install(model, paths, LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=targets, vision=vision, paths=paths,
+                                      layers=None if layers is None else sorted(int(i) for i in layers)))
     return paths
 
 
 @contextmanager
 def lora_enabled(model: nn.Module, on: bool) -> Iterator[None]:
-    """Switch all adapters on or off inside the block (restoring the previous state after, even on error).
+    """Switch all adapters on or off inside the block, restoring the previous state after (even on error).
     Off = the base model = the reference policy."""
     modules = list(lora_modules(model).values())
     if not modules:
@@ -191,28 +178,23 @@ def lora_enabled(model: nn.Module, on: bool) -> Iterator[None]:
 
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> int:
-    """W <- W + scaling * B @ A in every adapted layer (explicitly; never implied by .eval()).
-    Returns the number of layers merged. A merge/unmerge round trip restores W only up to float rounding
-    (~1e-7 relative in float32, ~1e-2 in bf16): keep adapters unmerged while training."""
-    n = 0
-    for m in lora_modules(model).values():
-        if not m.merged:
-            m.weight.add_(m.delta_weight().to(m.weight.dtype))
-            m.merged = True
-            n += 1
-    return n
+    """W <- W + scaling * B @ A in every unmerged layer; returns their number. A merge/unmerge round trip
+    restores W only up to float rounding (~1e-7 relative in float32, ~1e-2 in bf16): train unmerged."""
+    todo = [m for m in lora_modules(model).values() if not m.merged]
+    for m in todo:
+        m.weight.add_(m.delta_weight().to(m.weight.dtype))
+        m.merged = True
+    return len(todo)
 
 
 @torch.no_grad()
 def unmerge_lora(model: nn.Module) -> int:
-    """W <- W - scaling * B @ A: undoes merge_lora. Returns the number of layers unmerged."""
-    n = 0
-    for m in lora_modules(model).values():
-        if m.merged:
-            m.weight.sub_(m.delta_weight().to(m.weight.dtype))
-            m.merged = False
-            n += 1
-    return n
+    """W <- W - scaling * B @ A in every merged layer (undoes merge_lora); returns their number."""
+    todo = [m for m in lora_modules(model).values() if m.merged]
+    for m in todo:
+        m.weight.sub_(m.delta_weight().to(m.weight.dtype))
+        m.merged = False
+    return len(todo)
 
 
 def unload_lora(model: nn.Module, merge: bool = True) -> int:
@@ -224,29 +206,17 @@ def unload_lora(model: nn.Module, merge: bool = True) -> int:
     for path, m in modules.items():
         if m.merged != merge:
             raise RuntimeError(f"{path}: cannot unload {'unmerged' if merge else 'merged'} adapters here")
-        parent_path, _, leaf = path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
         plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
         plain.weight, plain.bias = m.weight, m.bias
         plain.train(m.training)
+        parent, leaf = _parent(model, path)
         setattr(parent, leaf, plain)
     if hasattr(model, "lora_config"):
         del model.lora_config
     return len(modules)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# PEFT-compatible save / load
-
-
-def _peft_target_modules(cfg: LoRAConfig, paths: list[str]):
-    """PEFT's `target_modules`: the plain list of leaf names when every decoder layer is adapted (PEFT then
-    matches `*.q_proj` etc., which on Qwen3-VL exist only in the text decoder), else a regex that PEFT
-    full-matches against module paths, listing exactly the wrapped paths."""
-    if cfg.layers is None and not cfg.vision:
-        return sorted(cfg.targets)
-    return "(" + "|".join(re.escape(p) for p in paths) + ")"
-
+# ---------------------------------------------------------------------------------------- PEFT-format files
 
 def save_lora(model: nn.Module, directory: str, base_model_name_or_path: str | None = None) -> None:
     """Write `directory/adapter_model.safetensors` (keys `base_model.model.<path>.lora_{A,B}.weight`) and
@@ -256,34 +226,27 @@ def save_lora(model: nn.Module, directory: str, base_model_name_or_path: str | N
         raise ValueError("model has no LoRA adapters to save")
     if any(m.merged for m in modules.values()):
         raise RuntimeError("save_lora needs unmerged adapters (call unmerge_lora first)")
-    r = {m.r for m in modules.values()}
-    alpha = {m.lora_alpha for m in modules.values()}
-    if len(r) != 1 or len(alpha) != 1:
+    if len({m.r for m in modules.values()}) != 1 or len({m.lora_alpha for m in modules.values()}) != 1:
         raise ValueError("save_lora supports one rank and alpha for all adapters")
-    # without a recorded config (adapters wrapped by hand) name the exact paths rather than leaf names
-    cfg = getattr(model, "lora_config", None) or LoRAConfig(layers=[])
     os.makedirs(directory, exist_ok=True)
-    tensors = {}
-    for path, m in modules.items():
-        tensors[f"{PEFT_PREFIX}{path}.lora_A.weight"] = m.lora_A.weight.detach().cpu().contiguous()
-        tensors[f"{PEFT_PREFIX}{path}.lora_B.weight"] = m.lora_B.weight.detach().cpu().contiguous()
+    tensors = {f"{PEFT_PREFIX}{path}.{ab}.weight": getattr(m, ab).weight.detach().cpu().contiguous()
+               for path, m in modules.items() for ab in ("lora_A", "lora_B")}
     save_file(tensors, os.path.join(directory, ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    # PEFT's target_modules: the leaf names when every decoder layer is adapted (PEFT matches `*.q_proj` etc.,
+    # which on Qwen3-VL exist only in the decoder); else a regex PEFT full-matches against module paths, listing
+    # exactly the wrapped ones. Without a recorded config (adapters wrapped by hand), the regex.
+    cfg = getattr(model, "lora_config", None) or LoRAConfig(layers=[])
+    if cfg.layers is None and not cfg.vision:
+        target_modules = sorted(cfg.targets)
+    else:
+        target_modules = "(" + "|".join(re.escape(p) for p in modules) + ")"
     m0 = next(iter(modules.values()))
     config = {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model_name_or_path,
-        "r": m0.r,
-        "lora_alpha": m0.lora_alpha,
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
+        "r": m0.r, "lora_alpha": m0.lora_alpha,
         "lora_dropout": m0.lora_dropout.p if isinstance(m0.lora_dropout, nn.Dropout) else 0.0,
-        "target_modules": _peft_target_modules(cfg, list(modules)),
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "inference_mode": True,
-        "init_lora_weights": True,
-        "use_rslora": False,
-        "use_dora": False,
-        "modules_to_save": None,
+        "target_modules": target_modules, "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
+        "init_lora_weights": True, "use_rslora": False, "use_dora": False, "modules_to_save": None,
     }
     with open(os.path.join(directory, ADAPTER_CONFIG), "w") as f:
         json.dump(config, f, indent=2)
@@ -302,11 +265,9 @@ def load_lora(model: nn.Module, directory: str) -> list[str]:
         config = json.load(f)
     if config.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{config_path}: peft_type {config.get('peft_type')!r} is not LORA")
-    tensors = load_file(weights_path)
 
-    # "base_model.model.<path>.lora_A.weight" -> path (PEFT's in-memory ".default" adapter name tolerated)
-    by_path: dict[str, dict[str, torch.Tensor]] = {}
-    for key, t in tensors.items():
+    by_path: dict[str, dict[str, torch.Tensor]] = {}  # path -> {"lora_A": A, "lora_B": B}
+    for key, t in load_file(weights_path).items():  # PEFT's in-memory ".default" adapter name is tolerated
         m = re.fullmatch(re.escape(PEFT_PREFIX) + r"(.+)\.(lora_[AB])(?:\.default)?\.weight", key)
         if m is None:
             raise ValueError(f"{weights_path}: unexpected key {key!r} (expected {PEFT_PREFIX}<path>.lora_A.weight)")
@@ -317,15 +278,12 @@ def load_lora(model: nn.Module, directory: str) -> list[str]:
 
     existing = lora_modules(model)
     if not existing:
-        for p in model.parameters():
-            p.requires_grad_(False)
         paths = list(by_path)
-        _wrap(model, paths, int(config["r"]), float(config["lora_alpha"]), float(config.get("lora_dropout", 0.0)))
-        model.lora_config = LoRAConfig(r=int(config["r"]), alpha=float(config["lora_alpha"]),
-                                       dropout=float(config.get("lora_dropout", 0.0)),
-                                       targets=tuple(sorted({p.rsplit(".", 1)[-1] for p in paths})),
-                                       layers=None if isinstance(config.get("target_modules"), list) else [],
-                                       vision=any(p.startswith(VISION_PREFIX) for p in paths), paths=paths)
+        r, alpha, dropout = int(config["r"]), float(config["lora_alpha"]), float(config.get("lora_dropout", 0.0))
+        _install(model, paths, LoRAConfig(
+            r=r, alpha=alpha, dropout=dropout, targets=tuple(sorted({p.rsplit(".", 1)[-1] for p in paths})),
+            layers=None if isinstance(config.get("target_modules"), list) else [],
+            vision=any(p.startswith(VISION_PREFIX) for p in paths), paths=paths))
     elif set(existing) != set(by_path):
         missing, extra = sorted(set(existing) - set(by_path)), sorted(set(by_path) - set(existing))
         raise ValueError(f"adapter paths differ from the model's: missing in file {missing[:3]}, "

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .text import KVCache, TextConfig, TextModel, fused_projections
+from . import generate as generation
+from .text import KVCache, TextConfig, TextModel
 from .vision import VisionConfig, VisionModel
 
 # ------------------------------------------------------------------------------------------------
@@ -339,92 +340,24 @@ class Qwen3VL(nn.Module):
 
     # ----- generation -----
 
-    @staticmethod
-    def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """logits (B, V) -> next ids (B,). temperature 0: argmax. Otherwise sample from softmax(logits / T)
-        restricted to the top_k most likely tokens (if top_k > 0), renormalised, then to the smallest set of
-        most likely tokens whose probability reaches top_p (nucleus)."""
-        if temperature <= 0:
-            return logits.argmax(-1)
-        logits = logits.float() / temperature
-        if top_k <= 0 and top_p >= 1.0:
-            return Qwen3VL._inverse_cdf(logits.softmax(-1), generator)
-        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V), most likely first
-        if top_k > 0:
-            sorted_logits[:, top_k:] = -math.inf
-        p = sorted_logits.softmax(-1)
-        if top_p < 1.0:
-            p = p.masked_fill(p.cumsum(-1) - p >= top_p, 0.0)  # mass before this token already reaches top_p
-        return order.gather(-1, Qwen3VL._inverse_cdf(p, generator)[:, None]).squeeze(-1)
-
-    @staticmethod
-    def _inverse_cdf(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """One draw per row from (unnormalised) probabilities p (B, V): the first index whose cumulative mass
-        exceeds u ~ U(0, total). One random number per row (torch.multinomial is ~20x slower at these sizes)."""
-        cdf = p.cumsum(-1)
-        u = torch.rand(p.shape[0], 1, generator=generator, device=p.device) * cdf[:, -1:]
-        return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=p.shape[-1] - 1)
-
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
                  max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                  num_samples: int = 1, generator: torch.Generator | None = None,
-                 eos_token_ids=None, image_features=None) -> tuple[torch.Tensor, torch.Tensor]:
+                 eos_token_ids=None, image_features=None, suppress_token_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompts (B, L) -> (tokens (B*G, T), mask (B*G, T)), G = num_samples, T <= max_new_tokens.
 
         Each prompt is prefilled once (vision runs once), then the KV cache is copied G ways: row b*G + g is
         sample g of prompt b. mask is True on generated tokens up to and including each row's EOS; later
         tokens are 0. Decoding stops early once every row has finished. `image_features` (from
-        `encode_images`) may replace pixel_values."""
-        # inference_mode (no autograd bookkeeping at all) makes the many tiny decode ops noticeably cheaper;
-        # the results are cloned outside it so callers get ordinary tensors they can feed to a training forward
-        with torch.inference_mode():
-            tokens, mask = self._generate(input_ids, attention_mask, pixel_values, image_grid_thw, max_new_tokens,
-                                          temperature, top_p, top_k, num_samples, generator, eos_token_ids,
-                                          image_features)
-        return tokens.clone(), mask.clone()
-
-    def _generate(self, input_ids, attention_mask, pixel_values, image_grid_thw, max_new_tokens, temperature,
-                  top_p, top_k, num_samples, generator, eos_token_ids, image_features):
-        B, L = input_ids.shape
-        if L > self.config.text.max_position_embeddings:
-            raise ValueError(f"prompt length {L} exceeds max_position_embeddings "
-                             f"{self.config.text.max_position_embeddings}")
-        max_new_tokens = min(max_new_tokens, self.config.text.max_position_embeddings - L)
-        if eos_token_ids is None:
-            eos_token_ids = self.config.eos_token_ids
-        elif isinstance(eos_token_ids, int):
-            eos_token_ids = [eos_token_ids]
-        eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=input_ids.device)
-        G = num_samples
-        tokens = torch.zeros(B * G, max_new_tokens, dtype=torch.long, device=input_ids.device)
-        mask = torch.zeros(B * G, max_new_tokens, dtype=torch.bool, device=input_ids.device)
-        if max_new_tokens <= 0:
-            return tokens, mask
-
-        cache = KVCache(self.config.text, B, L + max_new_tokens, self.dtype, self.device)
-        logits = self(input_ids, attention_mask, pixel_values, image_grid_thw, image_features=image_features,
-                      cache=cache, logits_to_keep=1)[:, -1]  # (B, V)
-        if G > 1:
-            cache = cache.repeat_interleave(G)
-            logits = logits.repeat_interleave(G, dim=0)  # (B*G, V)
-        finished = torch.zeros(B * G, dtype=torch.bool, device=input_ids.device)
-        # never emit image/video placeholders: a response holding one could not be fed back through forward
-        # (its placeholder count would no longer match the images)
-        banned = [i for i in (self.config.image_token_id, self.config.video_token_id) if i < logits.shape[-1]]
-        with fused_projections(self.model.language_model):  # decode steps: q/k/v and gate/up as one matmul
-            for t in range(max_new_tokens):
-                logits[:, banned] = -math.inf
-                nxt = self.sample_next(logits, temperature, top_p, top_k, generator)
-                nxt = torch.where(finished, 0, nxt)
-                tokens[:, t] = nxt
-                mask[:, t] = ~finished
-                finished = finished | torch.isin(nxt, eos)
-                if bool(finished.all()) or t == max_new_tokens - 1:
-                    return tokens[:, :t + 1], mask[:, :t + 1]
-                logits = self(nxt[:, None], cache=cache, logits_to_keep=1)[:, -1]
-        return tokens, mask
+        `encode_images`) may replace pixel_values. temperature 0 is greedy; otherwise softmax(logits / T)
+        restricted to the top_k most likely tokens (if top_k > 0), renormalised, then to the smallest set of
+        most likely tokens whose probability reaches top_p (nucleus). `suppress_token_ids` are never emitted
+        (e.g. image/video placeholders in GRPO rollouts: a response holding one could not be fed back through
+        forward); by default nothing is banned, as in the reference. The loop is in asru_min/generate.py."""
+        return generation.generate(self, input_ids, attention_mask, pixel_values, image_grid_thw, max_new_tokens,
+                                   temperature, top_p, top_k, num_samples, generator, eos_token_ids, image_features,
+                                   suppress_token_ids)
 
     # ----- checkpoint I/O -----
 

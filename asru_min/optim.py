@@ -12,16 +12,14 @@ from .processor import IGNORE_INDEX
 
 def token_logprobs(model, batch: dict, target_mask: torch.Tensor | None = None, temperature: float = 1.0,
                    image_features=None) -> torch.Tensor:
-    """log pi(x_t | x_<t) for every target token t, from one forward over the whole row:
-
-        log pi(x_t) = log_softmax(logits_{t-1} / temperature)[x_t]
+    """log pi(x_t | x_<t) = log_softmax(logits_{t-1} / temperature)[x_t] for every target token t, one forward.
 
     batch: input_ids and attention_mask (N, L), optional pixel_values / image_grid_thw; target_mask (N, L) marks
-    the tokens to score (default: batch["labels"] != -100, the answer tokens of a `data.qa_batch`).
-    Returns (N, L) float32, 0 where target_mask is False. Only the logits of the last k + 1 positions are
-    computed (k = width of the target region; rows are left-padded, so answers sit at the end), which keeps the
-    (N, k, V) logits small. GRPO passes its rollout temperature, as the release does, so ratio and KL compare
-    the distributions the responses were sampled from."""
+    the tokens to score (default: batch["labels"] != -100, the answer tokens of a `data.qa_batch`). Returns (N, L)
+    float32, 0 where target_mask is False. Only the logits of the last k + 1 positions are computed (k = width of
+    the target region; rows are left-padded, so answers sit at the end), which keeps the (N, k, V) logits small.
+    GRPO passes its rollout temperature, as the release does, so ratio and KL compare the distributions the
+    responses were sampled from."""
     input_ids = batch["input_ids"]
     if target_mask is None:
         target_mask = batch["labels"] != IGNORE_INDEX
@@ -49,12 +47,10 @@ def token_logprobs(model, batch: dict, target_mask: torch.Tensor | None = None, 
 
 def optimizer_step(loss: torch.Tensor, params: list, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0,
                    after_backward=None) -> bool:
-    """zero_grad -> backward -> (after_backward()) -> clip to grad_clip (0: no clipping) -> step.
-
-    Returns False, with a warning, and changes no parameter when the loss or the gradient norm is not finite:
-    one NaN/inf batch would otherwise poison every weight through AdamW's moment estimates.
-    after_backward lets a caller move gradients first (stage 1 copies a bf16 weight's gradient to its
-    float32 master copy, which `params` then names)."""
+    """zero_grad -> backward -> (after_backward()) -> clip to grad_clip (0: no clipping) -> step. Returns False,
+    with a warning, and changes no parameter when the loss or the gradient norm is not finite: one NaN/inf batch
+    would otherwise poison every weight through AdamW's moment estimates. after_backward lets a caller move
+    gradients first (stage 1 copies a bf16 weight's gradient to its float32 master copy, which `params` names)."""
     optimizer.zero_grad(set_to_none=True)
     if not torch.isfinite(loss):
         warnings.warn(f"non-finite loss ({loss.item()}): optimiser step skipped")

@@ -1,22 +1,15 @@
-"""Qwen3-VL processor: image -> patches, chat template, tokens, left-padded batches.
+"""Qwen3-VL processor: image -> patches, chat template, tokens, left-padded batches (docs/QWEN3VL.md, "Processor").
 
-Spec: docs QWEN3VL_SPEC.md sections 2 (image preprocessing) and 3 (tokens, chat template, placeholder expansion).
-The reference is the Hugging Face `Qwen3VLProcessor` with the **PIL** image-processor backend
-(`Qwen2VLImageProcessorPil`); the default torchvision backend differs by +-1 LSB on a few resized pixels (spec 2.3).
+The reference is Hugging Face's `Qwen3VLProcessor` with the **PIL** image backend (`Qwen2VLImageProcessorPil`);
+its default torchvision backend differs by +-1 on a few resized pixels.
 
-Flow for one batch:
-
-    images --load/RGB--> uint8 (H, W, 3) --smart_resize + PIL bicubic--> uint8 (h', w', 3)
+    images --RGB--> uint8 (H, W, 3) --smart_resize + PIL bicubic--> uint8 (h', w', 3)
            --rescale, normalize--> float32 (3, h', w') --patchify--> (gh*gw, 3*Tp*p*p) rows, grid [1, gh, gw]
-    texts  --expand the i-th <|image_pad|> to t*gh*gw/m^2 copies--> tokenize --> left-pad --> input_ids, attention_mask
+    texts  --expand the i-th <|image_pad|> to t*gh*gw/m^2 copies--> tokenize --> left-pad --> ids, attention_mask
 
-Chat template: the Qwen3-VL *Instruct* template is rendered in plain Python (no jinja) by `apply_chat_template`.
-Supported: a system message in first position (str content or text parts); user messages whose content is a str
-or a list of image / text items; assistant messages with str content or text parts; any number of turns;
-`add_generation_prompt`; `add_vision_id` ("Picture k: " before each image). Not supported (ValueError instead of
-rendering something different from the reference): tools / tool calls / the `tool` role, videos, image items
-outside user turns, a system message after position 0, unknown roles or content items. Thinking checkpoints ship a
-different template; this renderer always produces the Instruct format.
+`apply_chat_template` renders the *Instruct* template (also for thinking checkpoints) in plain Python: a first
+system message, user / assistant turns, image items in user turns, `add_generation_prompt`, `add_vision_id`.
+Anything else (tools, videos, a later system message, unknown roles or items) raises ValueError.
 """
 
 from __future__ import annotations
@@ -32,30 +25,20 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tokenizers import Tokenizer
 
-ENDOFTEXT = "<|endoftext|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-VISION_START = "<|vision_start|>"
-VISION_END = "<|vision_end|>"
-VISION_PAD = "<|vision_pad|>"
-IMAGE_PAD = "<|image_pad|>"
-VIDEO_PAD = "<|video_pad|>"
-IMAGE_PLACEHOLDER = VISION_START + IMAGE_PAD + VISION_END  # what one image item renders to (spec 3)
+ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+VISION_START, VISION_END, VISION_PAD = "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>"
+IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
+IMAGE_PLACEHOLDER = VISION_START + IMAGE_PAD + VISION_END  # what one image item renders to
 REQUIRED_TOKENS = (ENDOFTEXT, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD)
 IGNORE_INDEX = -100  # label value the loss skips
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Image preprocessing (spec 2)
-
+# ----------------------------------------------------------------------------------------- image preprocessing
 
 @dataclass
 class ImageProcessorConfig:
-    """Fields of `preprocessor_config.json` that change the pixels (spec 1, "Preprocessor").
-
-    `min_pixels` / `max_pixels` are the file's `size.shortest_edge` / `size.longest_edge`: despite those names
-    they are pixel-count bounds on h'*w' (spec 2.2, 10).
-    """
+    """Fields of `preprocessor_config.json` that change the pixels. `min_pixels` / `max_pixels` are the file's
+    `size.shortest_edge` / `size.longest_edge`: despite those names, bounds on the pixel count h'*w'."""
 
     patch_size: int = 16
     temporal_patch_size: int = 2
@@ -69,7 +52,7 @@ class ImageProcessorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageProcessorConfig":
-        """Build from a preprocessor_config.json dict; accepts `size.{shortest,longest}_edge`, the legacy
+        """From a preprocessor_config.json dict; accepts `size.{shortest,longest}_edge`, the legacy
         `size.{min,max}_pixels`, and top-level `min_pixels` / `max_pixels` (which win, as in the reference)."""
         for flag in ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb"):
             if d.get(flag, True) is False:
@@ -82,58 +65,41 @@ class ImageProcessorConfig:
         max_px = size.get("longest_edge", size.get("max_pixels", c.max_pixels))
         min_px = d["min_pixels"] if d.get("min_pixels") is not None else min_px
         max_px = d["max_pixels"] if d.get("max_pixels") is not None else max_px
-        return cls(
-            patch_size=int(d.get("patch_size", c.patch_size)),
-            temporal_patch_size=int(d.get("temporal_patch_size", c.temporal_patch_size)),
-            merge_size=int(d.get("merge_size", c.merge_size)),
-            image_mean=tuple(float(x) for x in d.get("image_mean", c.image_mean)),
-            image_std=tuple(float(x) for x in d.get("image_std", c.image_std)),
-            min_pixels=int(min_px),
-            max_pixels=int(max_px),
-            rescale_factor=float(d.get("rescale_factor", c.rescale_factor)),
-            resample=int(d.get("resample", c.resample)),
-        )
+        ints = ("patch_size", "temporal_patch_size", "merge_size", "resample")
+        return cls(**{k: int(d.get(k, getattr(c, k))) for k in ints}, min_pixels=int(min_px), max_pixels=int(max_px),
+                   image_mean=tuple(float(x) for x in d.get("image_mean", c.image_mean)),
+                   image_std=tuple(float(x) for x in d.get("image_std", c.image_std)),
+                   rescale_factor=float(d.get("rescale_factor", c.rescale_factor)))
 
     def to_dict(self) -> dict:
         """The fields in preprocessor_config.json layout (pixel bounds under `size`)."""
-        return {
-            "patch_size": self.patch_size,
-            "temporal_patch_size": self.temporal_patch_size,
-            "merge_size": self.merge_size,
-            "image_mean": list(self.image_mean),
-            "image_std": list(self.image_std),
-            "size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
-            "rescale_factor": self.rescale_factor,
-            "resample": self.resample,
-            "do_resize": True,
-            "do_rescale": True,
-            "do_normalize": True,
-            "do_convert_rgb": True,
-        }
+        return {"patch_size": self.patch_size, "temporal_patch_size": self.temporal_patch_size,
+                "merge_size": self.merge_size, "image_mean": list(self.image_mean), "image_std": list(self.image_std),
+                "size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
+                "rescale_factor": self.rescale_factor, "resample": self.resample,
+                "do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True}
 
 
 def load_image(image) -> Image.Image:
     """A PIL image from a PIL image or a file path. Missing path -> FileNotFoundError; unreadable -> ValueError."""
     if isinstance(image, Image.Image):
         return image
-    if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as im:
-                im.load()  # decode now so a truncated/corrupt file fails here, with its name
-                return im
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise ValueError(f"cannot read image file {path!r}: {e}") from e
-    raise ValueError(f"expected a PIL.Image.Image or a file path, got {type(image).__name__}")
+    if not isinstance(image, (str, os.PathLike)):
+        raise ValueError(f"expected a PIL.Image.Image or a file path, got {type(image).__name__}")
+    path = os.fspath(image)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now so a truncated/corrupt file fails here, with its name
+            return im
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot read image file {path!r}: {e}") from e
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited over opaque white (spec 2.1); a plain convert("RGB") would keep the
-    colour under a transparent pixel instead of white."""
-    has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
-    if has_alpha:
+    """RGB, with any transparency composited over opaque white (a plain convert("RGB") keeps the hidden colour)."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
@@ -142,7 +108,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def smart_resize(height: int, width: int, factor: int = 32, min_pixels: int = 65536,
                  max_pixels: int = 16777216) -> tuple[int, int]:
-    """Target (h', w'), both multiples of `factor` = p*m, with min_pixels <= h'*w' <= max_pixels (spec 2.2):
+    """Target (h', w'), both multiples of `factor` = p*m, with min_pixels <= h'*w' <= max_pixels:
 
         h' = round(H/f)*f, w' = round(W/f)*f                       (Python round: ties to even)
         if h'w' > max: b = sqrt(HW/max);  h' = max(f, floor(H/b/f)*f), w' = max(f, floor(W/b/f)*f)
@@ -155,8 +121,7 @@ def smart_resize(height: int, width: int, factor: int = 32, min_pixels: int = 65
     if max(height, width) / min(height, width) > 200:
         raise ValueError(f"absolute aspect ratio must be at most 200, got {max(height, width) / min(height, width)}"
                          f" for a {height}x{width} image")
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt((height * width) / max_pixels)
         h_bar = max(factor, math.floor(height / beta / factor) * factor)
@@ -169,7 +134,7 @@ def smart_resize(height: int, width: int, factor: int = 32, min_pixels: int = 65
 
 
 def patchify(x: np.ndarray, patch_size: int, merge_size: int, temporal_patch_size: int) -> np.ndarray:
-    """(C, H, W) float32 -> (gh*gw, C*Tp*p*p) rows in m x m block order (spec 2.5).
+    """(C, H, W) float32 -> (gh*gw, C*Tp*p*p) rows in m x m block order.
 
     Row of patch (r, c): ((r//m)*(gw/m) + c//m)*m^2 + (r%m)*m + c%m.
     Column of pixel (k, tau, y, x): ((k*Tp + tau)*p + y)*p + x; the still image fills all Tp frames.
@@ -185,20 +150,15 @@ def patchify(x: np.ndarray, patch_size: int, merge_size: int, temporal_patch_siz
 
 def preprocess_image(image, config: ImageProcessorConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
     """One image (PIL or path) -> (patch rows (gh*gw, C*Tp*p*p) float32, grid (1, gh, gw)).
-
-    x = (u8 * rescale_factor - mean) / std, with the rescale in float64 then cast to float32 and the
-    normalisation in float32, as the reference does (spec 2.4).
-    """
+    x = (u8 * rescale_factor - mean) / std: the rescale in float64, cast to float32, then normalised in float32."""
     rgb = to_rgb(load_image(image))
     factor = config.patch_size * config.merge_size
     new_h, new_w = smart_resize(rgb.height, rgb.width, factor, config.min_pixels, config.max_pixels)
-    resized = rgb.resize((new_w, new_h), resample=config.resample)  # PIL takes (width, height); uint8 in, uint8 out
+    resized = rgb.resize((new_w, new_h), resample=config.resample)  # PIL takes (width, height); uint8 in and out
     u8 = np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)  # (3, h', w')
     x = (u8.astype(np.float64) * config.rescale_factor).astype(np.float32)
-    mean = np.asarray(config.image_mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(config.image_std, dtype=np.float32)[:, None, None]
-    x = (x - mean) / std
-    rows = patchify(x, config.patch_size, config.merge_size, config.temporal_patch_size)
+    mean, std = (np.asarray(v, dtype=np.float32)[:, None, None] for v in (config.image_mean, config.image_std))
+    rows = patchify((x - mean) / std, config.patch_size, config.merge_size, config.temporal_patch_size)
     return rows, (1, new_h // config.patch_size, new_w // config.patch_size)
 
 
@@ -212,26 +172,32 @@ def preprocess_images(images: list, config: ImageProcessorConfig) -> tuple[torch
     return pixel_values, torch.tensor(grids, dtype=torch.long)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Chat template (spec 3): the Qwen3-VL Instruct template, rendered in Python
+# ----------------------------------------------------------------------------------------- chat template
 
-
-def _text_parts(content, role: str) -> str:
-    """Content of a system / assistant message: a str, or a list of text items (the template keeps only those)."""
+def _render_content(content, role: str, n_images: int, add_vision_id: bool) -> tuple[str, int]:
+    """Message content (a str, or a list of items joined with nothing between them) -> (text, images so far).
+    Image items (user turns only) become IMAGE_PLACEHOLDER, prefixed by `Picture k: ` when add_vision_id."""
     if isinstance(content, str):
-        return content
+        return content, n_images
     if not isinstance(content, list):
         raise ValueError(f"{role} message content must be a str or a list of items, got {type(content).__name__}")
-    out = []
+    parts = []
     for item in content:
         if not isinstance(item, dict):
             raise ValueError(f"{role} content items must be dicts, got {item!r}")
-        if item.get("type") in ("image", "video") or "image" in item or "image_url" in item or "video" in item:
-            raise ValueError(f"image/video items are only supported in user messages (got one in a {role} message)")
-        if not isinstance(item.get("text"), str):
+        # The template tests for an image first: {"type": "image"}, or any item with an image key.
+        if item.get("type") == "image" or "image" in item or "image_url" in item:
+            if role != "user":
+                raise ValueError(f"image items are only supported in user messages (got one in a {role} message)")
+            n_images += 1
+            parts.append((f"Picture {n_images}: " if add_vision_id else "") + IMAGE_PLACEHOLDER)
+        elif item.get("type") == "video" or "video" in item:
+            raise ValueError("video content is not supported")
+        elif isinstance(item.get("text"), str):
+            parts.append(item["text"])
+        else:
             raise ValueError(f"unsupported {role} content item {item!r}: expected {{'type': 'text', 'text': str}}")
-        out.append(item["text"])
-    return "".join(out)
+    return "".join(parts), n_images
 
 
 def apply_chat_template(messages: list[dict], add_generation_prompt: bool = True, add_vision_id: bool = False) -> str:
@@ -240,51 +206,22 @@ def apply_chat_template(messages: list[dict], add_generation_prompt: bool = True
         [<|im_start|>system\\n{system}<|im_end|>\\n]
         <|im_start|>{role}\\n{content}<|im_end|>\\n   ...for each user / assistant message
         [<|im_start|>assistant\\n]                    ...if add_generation_prompt
-
-    In user content, items are emitted in list order with nothing between them; an image item becomes
-    `<|vision_start|><|image_pad|><|vision_end|>` (prefixed by `Picture k: ` when add_vision_id).
-    See the module docstring for what raises ValueError.
     """
     if not isinstance(messages, (list, tuple)) or len(messages) == 0:
         raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
-    out = []
-    n_images = 0
+    out, n_images = [], 0
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
             raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {msg!r}")
         if msg.get("tool_calls"):
             raise ValueError("tool calls are not supported by this chat template renderer")
-        role, content = msg["role"], msg["content"]
-        if role == "system":
-            if i != 0:
-                raise ValueError("a system message is only supported as the first message (the template drops it)")
-            out.append(f"{IM_START}system\n{_text_parts(content, role)}{IM_END}\n")
-        elif role == "assistant":
-            out.append(f"{IM_START}assistant\n{_text_parts(content, role)}{IM_END}\n")
-        elif role == "user":
-            if isinstance(content, str):
-                body = content
-            elif isinstance(content, list):
-                parts = []
-                for item in content:
-                    if not isinstance(item, dict):
-                        raise ValueError(f"user content items must be dicts, got {item!r}")
-                    # The template tests for an image first: {"type": "image"}, or any item with an image key.
-                    if item.get("type") == "image" or "image" in item or "image_url" in item:
-                        n_images += 1
-                        parts.append((f"Picture {n_images}: " if add_vision_id else "") + IMAGE_PLACEHOLDER)
-                    elif item.get("type") == "video" or "video" in item:
-                        raise ValueError("video content is not supported")
-                    elif isinstance(item.get("text"), str):
-                        parts.append(item["text"])
-                    else:
-                        raise ValueError(f"unsupported user content item {item!r}")
-                body = "".join(parts)
-            else:
-                raise ValueError(f"user message content must be a str or a list, got {type(content).__name__}")
-            out.append(f"{IM_START}user\n{body}{IM_END}\n")
-        else:
+        role = msg["role"]
+        if role not in ("system", "user", "assistant"):
             raise ValueError(f"unsupported role {role!r} (supported: system, user, assistant)")
+        if role == "system" and i != 0:
+            raise ValueError("a system message is only supported as the first message (the template drops it)")
+        body, n_images = _render_content(msg["content"], role, n_images, add_vision_id)
+        out.append(f"{IM_START}{role}\n{body}{IM_END}\n")
     if add_generation_prompt:
         out.append(f"{IM_START}assistant\n")
     return "".join(out)
@@ -293,36 +230,27 @@ def apply_chat_template(messages: list[dict], add_generation_prompt: bool = True
 # A jinja transcription of `apply_chat_template` above (same supported subset, no tools/videos), written by
 # save_pretrained when no template was loaded, so the reference AutoProcessor renders the same strings.
 SUBSET_CHAT_TEMPLATE = (
-    "{%- set image_count = namespace(value=0) -%}"
-    "{%- for message in messages -%}"
-    "{%- if message.role == 'system' or message.role == 'assistant' -%}"
-    "{{- '<|im_start|>' + message.role + '\\n' -}}"
-    "{%- if message.content is string -%}{{- message.content -}}"
-    "{%- else -%}{%- for item in message.content -%}{%- if 'text' in item -%}{{- item.text -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- elif message.role == 'user' -%}"
-    "{{- '<|im_start|>user\\n' -}}"
-    "{%- if message.content is string -%}{{- message.content -}}"
-    "{%- else -%}{%- for item in message.content -%}"
+    "{%- set image_count = namespace(value=0) -%}{%- for message in messages -%}"
+    "{%- if message.role == 'system' or message.role == 'assistant' -%}{{- '<|im_start|>' + message.role + '\\n' -}}"
+    "{%- if message.content is string -%}{{- message.content -}}{%- else -%}{%- for item in message.content -%}"
+    "{%- if 'text' in item -%}{{- item.text -}}{%- endif -%}{%- endfor -%}{%- endif -%}{{- '<|im_end|>\\n' -}}"
+    "{%- elif message.role == 'user' -%}{{- '<|im_start|>user\\n' -}}"
+    "{%- if message.content is string -%}{{- message.content -}}{%- else -%}{%- for item in message.content -%}"
     "{%- if item.type == 'image' or 'image' in item or 'image_url' in item -%}"
     "{%- set image_count.value = image_count.value + 1 -%}"
     "{%- if add_vision_id -%}{{- 'Picture ' ~ image_count.value ~ ': ' -}}{%- endif -%}"
-    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif 'text' in item -%}{{- item.text -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}{%- elif 'text' in item -%}{{- item.text -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}{{- '<|im_end|>\\n' -}}{%- endif -%}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Processor
+# ----------------------------------------------------------------------------------------- processor
 
-
-def _read_json(path: str) -> dict:
+def _read_json(path: str | None) -> dict | None:
+    """The parsed file; None for path None (an optional file the folder lacks)."""
+    if path is None:
+        return None
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -331,12 +259,10 @@ def _read_json(path: str) -> dict:
 
 
 class Processor:
-    """Tokenizer + image processor + chat template of a Qwen3-VL checkpoint.
-
-    Attributes: `tokenizer` (tokenizers.Tokenizer), `image_config`, `pad_token_id` (= id of <|endoftext|>),
-    `eos_token_ids` ([<|im_end|>, <|endoftext|>]), `image_token_id`, `video_token_id`, `vision_start_token_id`,
-    `vision_end_token_id`, `chat_template` (the checkpoint's template text, recorded but not executed).
-    """
+    """Tokenizer + image processor + chat template of a Qwen3-VL checkpoint. Attributes: `tokenizer`
+    (tokenizers.Tokenizer), `image_config`, `pad_token_id` (<|endoftext|>), `eos_token_ids` ([<|im_end|>,
+    <|endoftext|>]), `image_token_id`, `video_token_id`, `vision_start_token_id`, `vision_end_token_id`,
+    `chat_template` (the checkpoint's template text, recorded but not executed)."""
 
     def __init__(self, tokenizer: Tokenizer, image_config: ImageProcessorConfig | None = None,
                  chat_template: str | None = None, preprocessor_dict: dict | None = None,
@@ -344,102 +270,75 @@ class Processor:
         missing = [t for t in REQUIRED_TOKENS if tokenizer.token_to_id(t) is None]
         if missing:
             raise ValueError(f"tokenizer lacks the Qwen special tokens {missing}")
-        # Batches are padded here, never by the tokenizer, and nothing is truncated silently.
-        tokenizer.no_padding()
+        tokenizer.no_padding()  # batches are padded here, never by the tokenizer, and nothing is truncated
         tokenizer.no_truncation()
         self.tokenizer = tokenizer
         self.image_config = image_config or ImageProcessorConfig()
         self.chat_template = chat_template
-        self._preprocessor_dict = dict(preprocessor_dict or {})  # the loaded file, kept for save_pretrained
+        # The loaded files, only written back by save_pretrained (the video config is never read: no video).
+        self._preprocessor_dict = dict(preprocessor_dict or {})
         self._tokenizer_config = dict(tokenizer_config) if tokenizer_config else None
-        self._video_config = None  # video_preprocessor_config.json, carried through save_pretrained only
+        self._video_config = None
         tid = tokenizer.token_to_id
-        self.pad_token_id = tid(ENDOFTEXT)
-        self.eos_token_ids = [tid(IM_END), tid(ENDOFTEXT)]
-        self.image_token_id = tid(IMAGE_PAD)
-        self.video_token_id = tid(VIDEO_PAD)
-        self.vision_start_token_id = tid(VISION_START)
-        self.vision_end_token_id = tid(VISION_END)
-
-    # -- files ----------------------------------------------------------------------------------------------
+        self.pad_token_id, self.eos_token_ids = tid(ENDOFTEXT), [tid(IM_END), tid(ENDOFTEXT)]
+        self.image_token_id, self.video_token_id = tid(IMAGE_PAD), tid(VIDEO_PAD)
+        self.vision_start_token_id, self.vision_end_token_id = tid(VISION_START), tid(VISION_END)
 
     @classmethod
     def from_pretrained(cls, path: str) -> "Processor":
-        """Load tokenizer.json and preprocessor_config.json from a checkpoint folder (chat_template.json /
-        chat_template.jinja / tokenizer_config.json are only recorded)."""
+        """Load tokenizer.json and preprocessor_config.json from a checkpoint folder (chat_template.jinja /
+        chat_template.json / tokenizer_config.json / video_preprocessor_config.json are only recorded)."""
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"processor folder not found: {path}")
-        tok_path = os.path.join(path, "tokenizer.json")
-        pre_path = os.path.join(path, "preprocessor_config.json")
-        for p in (tok_path, pre_path):
-            if not os.path.isfile(p):
-                raise FileNotFoundError(f"missing {os.path.basename(p)} in {path}")
+        files = {n: os.path.join(path, n) for n in os.listdir(path) if os.path.isfile(os.path.join(path, n))}
+        for name in ("tokenizer.json", "preprocessor_config.json"):
+            if name not in files:
+                raise FileNotFoundError(f"missing {name} in {path}")
         try:
-            tokenizer = Tokenizer.from_file(tok_path)
+            tokenizer = Tokenizer.from_file(files["tokenizer.json"])
         except Exception as e:  # tokenizers raises a bare Exception on a malformed file
-            raise ValueError(f"cannot load {tok_path}: {e}") from e
-        pre = _read_json(pre_path)
+            raise ValueError(f"cannot load {files['tokenizer.json']}: {e}") from e
+        pre = _read_json(files["preprocessor_config.json"])
         template = None
-        if os.path.isfile(os.path.join(path, "chat_template.jinja")):
-            with open(os.path.join(path, "chat_template.jinja"), encoding="utf-8") as f:
+        if "chat_template.jinja" in files:
+            with open(files["chat_template.jinja"], encoding="utf-8") as f:
                 template = f.read()
-        elif os.path.isfile(os.path.join(path, "chat_template.json")):
-            template = _read_json(os.path.join(path, "chat_template.json")).get("chat_template")
-        tok_cfg_path = os.path.join(path, "tokenizer_config.json")
-        tok_cfg = _read_json(tok_cfg_path) if os.path.isfile(tok_cfg_path) else None
+        elif "chat_template.json" in files:
+            template = _read_json(files["chat_template.json"]).get("chat_template")
+        tok_cfg = _read_json(files.get("tokenizer_config.json"))
         if template is None and tok_cfg is not None:
             template = tok_cfg.get("chat_template")
         if template is not None and "<think>" in template:
             warnings.warn(f"{path} ships a thinking-style chat template; apply_chat_template renders the Instruct "
                           "format (no <think> block)")
-        video_path = os.path.join(path, "video_preprocessor_config.json")
         proc = cls(tokenizer, ImageProcessorConfig.from_dict(pre), template, pre, tok_cfg)
-        proc._video_config = _read_json(video_path) if os.path.isfile(video_path) else None
+        proc._video_config = _read_json(files.get("video_preprocessor_config.json"))
         return proc
 
     def save_pretrained(self, path: str) -> None:
-        """Write tokenizer.json, preprocessor_config.json, tokenizer_config.json, chat_template.json and
-        video_preprocessor_config.json.
-
-        A loaded tokenizer_config.json / template / video config is written back unchanged; otherwise a minimal
-        Qwen2 tokenizer config, `SUBSET_CHAT_TEMPLATE` (the supported subset of the Instruct template) and the
-        Qwen3-VL video defaults (spec 1) are written. This processor never reads the video config (no video
-        support); the reference `AutoProcessor` refuses to load a Qwen3-VL processor folder without one.
-        """
+        """Write tokenizer.json and preprocessor_config.json (from `image_config`), plus tokenizer_config.json,
+        chat_template.json and video_preprocessor_config.json: as loaded, else a minimal Qwen2 tokenizer config,
+        `SUBSET_CHAT_TEMPLATE` and the Qwen3-VL video defaults. The video config is never read here, but the
+        reference `AutoProcessor` refuses a Qwen3-VL folder without one."""
         os.makedirs(path, exist_ok=True)
         self.tokenizer.save(os.path.join(path, "tokenizer.json"))
-        pre = dict(self._preprocessor_dict)
-        pre.pop("min_pixels", None)  # folded into `size` by to_dict
-        pre.pop("max_pixels", None)
+        pre = {k: v for k, v in self._preprocessor_dict.items() if k not in ("min_pixels", "max_pixels")}  # in `size`
         pre.update(self.image_config.to_dict())
         pre.setdefault("image_processor_type", "Qwen2VLImageProcessor")
         pre.setdefault("processor_class", "Qwen3VLProcessor")
         tok_cfg = self._tokenizer_config or {
-            "tokenizer_class": "Qwen2Tokenizer",
-            "processor_class": "Qwen3VLProcessor",
-            "bos_token": None,
-            "eos_token": IM_END,
-            "pad_token": ENDOFTEXT,
-            "unk_token": None,
-            "errors": "replace",
-            "add_prefix_space": False,
-            "clean_up_tokenization_spaces": False,
-            "split_special_tokens": False,
-            "model_max_length": 262144,
-        }
+            "tokenizer_class": "Qwen2Tokenizer", "processor_class": "Qwen3VLProcessor", "bos_token": None,
+            "eos_token": IM_END, "pad_token": ENDOFTEXT, "unk_token": None, "errors": "replace",
+            "add_prefix_space": False, "clean_up_tokenization_spaces": False, "split_special_tokens": False,
+            "model_max_length": 262144}
         tok_cfg = {k: v for k, v in tok_cfg.items() if k != "chat_template"}  # kept in chat_template.json only
         c = self.image_config
         video = self._video_config or {
-            "video_processor_type": "Qwen3VLVideoProcessor",
-            "processor_class": "Qwen3VLProcessor",
-            "patch_size": c.patch_size,
-            "temporal_patch_size": c.temporal_patch_size,
-            "merge_size": c.merge_size,
-            "image_mean": list(c.image_mean),
-            "image_std": list(c.image_std),
-            "size": {"shortest_edge": 4096, "longest_edge": 25165824},
-        }
+            "video_processor_type": "Qwen3VLVideoProcessor", "processor_class": "Qwen3VLProcessor",
+            "patch_size": c.patch_size, "temporal_patch_size": c.temporal_patch_size, "merge_size": c.merge_size,
+            "image_mean": list(c.image_mean), "image_std": list(c.image_std),
+            "size": {"shortest_edge": 4096, "longest_edge": 25165824}}
         for name, obj in (("preprocessor_config.json", pre), ("tokenizer_config.json", tok_cfg),
                           ("chat_template.json", {"chat_template": self.chat_template or SUBSET_CHAT_TEMPLATE}),
                           ("video_preprocessor_config.json", video)):
@@ -447,27 +346,22 @@ class Processor:
                 json.dump(obj, f, indent=2, ensure_ascii=False)
                 f.write("\n")
 
-    # -- text -----------------------------------------------------------------------------------------------
-
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
                             add_vision_id: bool = False) -> str:
         """See the module-level `apply_chat_template`."""
         return apply_chat_template(messages, add_generation_prompt, add_vision_id)
 
     def preprocess_images(self, images: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pixel_values (N, C*Tp*p*p) float32, image_grid_thw (n, 3) long); see spec 2."""
+        """(pixel_values (N, C*Tp*p*p) float32, image_grid_thw (n, 3) long)."""
         return preprocess_images(images, self.image_config)
 
     def _encode_prompts(self, text, images) -> tuple[list[list[int]], torch.Tensor | None, torch.Tensor | None]:
         """Expand image placeholders and tokenize; returns per-row ids (unpadded), pixel_values, grids."""
-        if isinstance(text, str):
-            text = [text]
+        text = [text] if isinstance(text, str) else text
         if not isinstance(text, (list, tuple)) or len(text) == 0 or not all(isinstance(t, str) for t in text):
             raise ValueError("text must be a non-empty list of str")
-        if images is None:
-            images = []
-        elif not isinstance(images, (list, tuple)):
-            images = [images]
+        if not isinstance(images, (list, tuple)):
+            images = [] if images is None else [images]
         # One level of nesting (a list of images per sample) is flattened; order stays placeholder order.
         images = [im for x in images for im in (x if isinstance(x, (list, tuple)) else [x])]
         n_slots = sum(t.count(IMAGE_PAD) for t in text)
@@ -476,56 +370,36 @@ class Processor:
         pixel_values = grids = None
         if images:
             pixel_values, grids = self.preprocess_images(images)
-            m2 = self.image_config.merge_size ** 2
-            counts = iter((grids.prod(dim=1) // m2).tolist())  # tokens per image: t*gh*gw/m^2 (spec 3)
-            text = [t.split(IMAGE_PAD) for t in text]
-            text = ["".join(piece if j == 0 else IMAGE_PAD * next(counts) + piece for j, piece in enumerate(pieces))
-                    for pieces in text]
+            counts = iter((grids.prod(dim=1) // self.image_config.merge_size ** 2).tolist())  # t*gh*gw/m^2 each
+            text = ["".join(piece if j == 0 else IMAGE_PAD * next(counts) + piece
+                            for j, piece in enumerate(t.split(IMAGE_PAD))) for t in text]
         # add_special_tokens=True as the reference tokenizer call does; Qwen's tokenizer adds no BOS/EOS.
         ids = [e.ids for e in self.tokenizer.encode_batch(list(text), add_special_tokens=True)]
         return ids, pixel_values, grids
 
     def _left_pad(self, rows: list[list[int]], labels: list[list[int]] | None = None) -> dict:
         """Left-pad rows to the longest with pad_token_id; attention_mask 1 on real tokens, labels -100 on pads."""
-        b, length = len(rows), max(len(r) for r in rows)
-        input_ids = torch.full((b, length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((b, length), dtype=torch.long)
-        out_labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
-        for i, r in enumerate(rows):
-            if len(r) == 0:
-                continue
-            input_ids[i, length - len(r):] = torch.tensor(r, dtype=torch.long)
-            attention_mask[i, length - len(r):] = 1
-            if labels is not None:
-                out_labels[i, length - len(r):] = torch.tensor(labels[i], dtype=torch.long)
-        out = {"input_ids": input_ids, "attention_mask": attention_mask}
+        length = max(len(r) for r in rows)
+        pads = [length - len(r) for r in rows]
+        out = {"input_ids": torch.tensor([[self.pad_token_id] * n + r for n, r in zip(pads, rows)], dtype=torch.long),
+               "attention_mask": torch.tensor([[0] * n + [1] * len(r) for n, r in zip(pads, rows)], dtype=torch.long)}
         if labels is not None:
-            out["labels"] = out_labels
+            out["labels"] = torch.tensor([[IGNORE_INDEX] * n + lab for n, lab in zip(pads, labels)], dtype=torch.long)
         return out
 
     def __call__(self, text, images=None) -> dict:
-        """Tokenize a batch of rendered prompts with their images (consumed in placeholder order across the batch).
-
-        Returns input_ids (B, L) long, attention_mask (B, L) long (left padding), pixel_values (N, C*Tp*p*p)
-        float32 or None, image_grid_thw (n, 3) long or None.
-        """
+        """Rendered prompts and their images (consumed in placeholder order across the batch) -> input_ids (B, L),
+        attention_mask (B, L) (left padding), pixel_values (N, C*Tp*p*p) float32 or None, image_grid_thw (n, 3)."""
         ids, pixel_values, grids = self._encode_prompts(text, images)
-        out = self._left_pad(ids)
-        out["pixel_values"] = pixel_values
-        out["image_grid_thw"] = grids
-        return out
+        return {**self._left_pad(ids), "pixel_values": pixel_values, "image_grid_thw": grids}
 
     def encode_sft(self, prompts: list[str], answers: list[str], images=None) -> dict:
         """prompt + answer + <|im_end|> rows, left-padded, with `labels` = -100 on prompt and pad positions.
 
-        The prompt is tokenized exactly as `__call__` does (so the ids equal the ones generation sees) and the
-        answer + <|im_end|> separately, then concatenated. For answers starting with a non-newline character this
-        equals tokenizing the joined string, since the prompt ends with a newline token.
-        """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if isinstance(answers, str):
-            answers = [answers]
+        The prompt is tokenized as `__call__` does (the ids generation sees), answer + <|im_end|> separately. For
+        answers not starting with a newline this equals tokenizing the joined string (the prompt ends in one)."""
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        answers = [answers] if isinstance(answers, str) else answers
         if len(prompts) != len(answers):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
         if not all(isinstance(a, str) for a in answers):
@@ -535,12 +409,7 @@ class Processor:
                                                                   add_special_tokens=False)]
         rows = [p + a for p, a in zip(prompt_ids, answer_ids)]
         labels = [[IGNORE_INDEX] * len(p) + a for p, a in zip(prompt_ids, answer_ids)]
-        out = self._left_pad(rows, labels)
-        out["pixel_values"] = pixel_values
-        out["image_grid_thw"] = grids
-        return out
-
-    # -- decoding -------------------------------------------------------------------------------------------
+        return {**self._left_pad(rows, labels), "pixel_values": pixel_values, "image_grid_thw": grids}
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Token ids (list or 1-D tensor) -> text; with skip_special_tokens, pads and all special tokens vanish."""

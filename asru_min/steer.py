@@ -1,9 +1,8 @@
 """ASRU stage 1: the knowledge-absence direction and activation-steering optimisation (docs/METHOD.md, stage 1).
 
-1. Direction. Read the residual stream after text-decoder layer L at the last prompt token (the end of the
-   generation prompt, index -1 with left padding) on two sets of questions:
-       positive: questions the model cannot know (unseen people, private facts), answered with a refusal;
-       negative: forget-set questions (no answer appended), which the vanilla model answers from memory.
+1. Direction. Read the residual stream after text-decoder layer L at the last prompt token (index -1 with left
+   padding) on questions the model cannot know (positive: unseen people, private facts, answered with a refusal)
+   and on forget-set questions (negative: no answer appended; the vanilla model answers them from memory):
        v = mean(positive) - mean(negative)                      (accumulated in float64, not normalised)
 2. Steering optimisation (RMU-style redirect; the change ends up in the weights). Train only layer L's
    `mlp.down_proj.weight` W so that
@@ -11,18 +10,14 @@
        retain:  h_L(x_r)       -> h_L^frozen(x_r)                   (nothing else moves)
    No refusal text is ever trained on: the refusal comes from the redirected activations.
 
-The frozen reference costs no second model. Only W (layer L's down_proj) changes, and everything before it is
-frozen, so the input `a` of down_proj and every other term of layer L's output are the same for the updated and
-the frozen model. Layer L's output is  h = h_in + attn + a W^T, hence
+The frozen reference costs no second model: only W changes and everything before it is frozen, so the input `a` of
+down_proj and every other term of layer L's output h = h_in + attn + a W^T are the same in the updated and the
+frozen model, hence
+       h_frozen = h_updated - a (W - W0)^T          (`a` captured by a hook in the same forward, W0 a copy of W)
+The forward stops right after layer L (hooks.run_to_layer): later layers cannot change h_L.
 
-       h_frozen = h_updated - a (W - W0)^T
-
-with `a` captured by a hook in the same forward and W0 a saved copy of W (one matrix, not a model).
-The forward is also stopped right after layer L (hooks.run_to_layer): later layers cannot change h_L.
-
-Differences from the authors' release, on purpose: the retain MSE masks pad positions (the release averages
-over pads too); the refusal filter matches whole words "not"/"no"/"sorry" (the release's substring test also
-accepts "know" or "now"); the frozen activations come from the reconstruction above instead of a second model.
+On purpose unlike the authors' release: the retain MSE masks pads (the release averages over them too); the
+refusal filter matches whole words "not"/"no"/"sorry" (the release's substring test also accepts "know", "now").
 """
 
 from __future__ import annotations
@@ -32,10 +27,11 @@ import os
 import random
 import re
 import time
+
 import torch
-from torch import nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from .data import qa_batch
 from .hooks import decoder_layer, run_to_layer
@@ -44,28 +40,20 @@ from .optim import optimizer_step
 REFUSAL_WORDS = re.compile(r"\b(not|no|sorry)\b", re.IGNORECASE)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# 1. the knowledge-absence direction
-
-
 @torch.no_grad()
 def mean_last_token_activation(model: nn.Module, processor, qas: list, layer: int, batch_size: int = 8):
-    """mean_i h_L(x_i)[last prompt token], summed in float64 (a float32 running sum of thousands of
-    activations with large common components loses the small difference we are after). Returns (mean (D,), n)."""
+    """mean_i h_L(x_i)[last prompt token], summed in float64 (a float32 running sum of thousands of activations
+    with large common components loses the small difference we are after). Returns (mean (D,), n)."""
     if not qas:
         raise ValueError("no questions to average over")
     total, n = None, 0
     for s in range(0, len(qas), batch_size):
-        batch = qa_batch(processor, qas[s : s + batch_size], with_answers=False, device=_device(model))
+        batch = qa_batch(processor, qas[s : s + batch_size], with_answers=False, device=next(model.parameters()).device)
         h, _ = run_to_layer(model, batch, layer)
         last = h[:, -1].to(torch.float64)  # (B, D): left padding puts every row's last prompt token at -1
         total = last.sum(0) if total is None else total + last.sum(0)
         n += last.shape[0]
     return total / n, n
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def keep_refusals(model: nn.Module, processor, qas: list, batch_size: int = 8, max_new_tokens: int = 32) -> list:
@@ -81,13 +69,11 @@ def knowledge_absence_direction(model: nn.Module, processor, positive_qas: list,
                                 batch_size: int = 8, negative_model: nn.Module | None = None,
                                 stats: dict | None = None) -> torch.Tensor:
     """v = mean_{x in positive} h_L(x)[last] - mean_{x in negative} h_L(x)[last]   (float64, shape (D,)).
-
-    positive_qas: unknown-person and private-information questions (data splits `unknown` + `private`),
-    optionally filtered with `keep_refusals`; negative_qas: forget-set questions of the same open-question form
-    (kind "gen", as the release's forget QA pairs): multiple-choice prompts end in a very different state
-    because of their format alone and then dominate the difference of means. `negative_model` reads the
-    negatives (the paper: base model for the positives, vanilla model for the negatives); default `model`.
-    If `stats` is a dict it receives layer, counts and norms (for `save_direction`)."""
+    positive_qas: unknown-person and private questions (optionally filtered with `keep_refusals`); negative_qas:
+    forget questions of the open-question form (kind "gen", as the release's forget QA): mc prompts end in a very
+    different state because of their format alone and would dominate the difference. `negative_model` reads the
+    negatives (the paper: base model for positives, vanilla model for negatives; default `model`). A `stats` dict
+    receives layer, counts and norms (for `save_direction`)."""
     mu_pos, n_pos = mean_last_token_activation(model, processor, positive_qas, layer, batch_size)
     mu_neg, n_neg = mean_last_token_activation(negative_model or model, processor, negative_qas, layer, batch_size)
     v = mu_pos - mu_neg
@@ -99,9 +85,9 @@ def knowledge_absence_direction(model: nn.Module, processor, positive_qas: list,
 
 
 def save_direction(path: str, v: torch.Tensor, metadata: dict | None = None) -> None:
-    """Write `path` (safetensors, tensor "direction") and `path` with .json (the metadata, e.g. layer, counts,
-    norms, model path). The metadata also goes into the safetensors header (as strings)."""
-    meta = {k: v_ for k, v_ in (metadata or {}).items()}
+    """Write `path` (safetensors, tensor "direction", the metadata as strings in its header) and `path` with .json
+    (the metadata: layer, counts, norms, model path, ...)."""
+    meta = dict(metadata or {})
     meta.setdefault("dim", int(v.shape[0]))
     meta.setdefault("norm", float(v.double().norm()))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -122,23 +108,16 @@ def load_direction(path: str) -> tuple[torch.Tensor, dict]:
     return tensors["direction"], meta
 
 
-# ----------------------------------------------------------------------------------------------------------
-# 2. the steering losses
-
-
 @torch.no_grad()
 def frozen_activation(h_updated: torch.Tensor, a: torch.Tensor, W: torch.Tensor, W0: torch.Tensor) -> torch.Tensor:
-    """h_frozen = h_updated - a (W - W0)^T  (float32, no graph).
-
-    Layer L's output is h_in + attn + a W^T, and h_in, attn and a do not depend on W (all earlier parameters and
-    the attention of layer L are frozen), so replacing W by W0 changes exactly the term a (W - W0)^T.
-    Shapes: h (B, L, D), a (B, L, F), W and W0 (D, F)."""
+    """h_frozen = h_updated - a (W - W0)^T  (float32, no graph). Layer L's output is h_in + attn + a W^T and only
+    W changed, so replacing W by W0 changes exactly the term a (W - W0)^T. h (B, L, D), a (B, L, F), W, W0 (D, F)."""
     return h_updated.float() - a.float() @ (W.float() - W0.float()).T
 
 
 def forget_loss(h_last: torch.Tensor, h_frozen_last: torch.Tensor, v: torch.Tensor, c: float) -> torch.Tensor:
-    """L_forget = MSE(h_updated[last], h_frozen[last] + c v): push the forget prompts along the
-    knowledge-absence direction. h (B, D), v (D,); the mean runs over B and D."""
+    """L_forget = MSE(h_updated[last], h_frozen[last] + c v): push the forget prompts along the knowledge-absence
+    direction. h (B, D), v (D,); the mean runs over B and D."""
     return F.mse_loss(h_last.float(), h_frozen_last.float() + c * v.float())
 
 
@@ -148,10 +127,6 @@ def retain_loss(h: torch.Tensor, h_frozen: torch.Tensor, attention_mask: torch.T
     m = attention_mask.to(h.device, torch.float32)  # (B, L)
     sq = (h.float() - h_frozen.float()).pow(2).sum(-1)  # (B, L)
     return alpha * (sq * m).sum() / (m.sum().clamp(min=1) * h.shape[-1])
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the optimisation loop
 
 
 def down_proj_name(layer: int) -> str:
@@ -167,25 +142,18 @@ def _batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
 def optimize_steering(model: nn.Module, processor, forget_qas: list, retain_qas: list, direction: torch.Tensor,
                       layer: int, *, c: float, alpha: float, lr: float, batch_size: int, epochs: int,
                       seed: int = 0, log_every: int = 10, callback=None, weight_decay: float = 0.01) -> dict:
-    """Steering optimisation: train only W = layer L's mlp.down_proj.weight (full matrix); all else frozen.
+    """Train only W = layer L's mlp.down_proj.weight (full matrix), all else frozen, with AdamW (constant lr: the
+    release steps its linear schedule once per epoch; torch's default weight_decay 0.01; on a float32 master copy
+    of W for a bf16/fp16 model). Each epoch (as the release) iterates over the shuffled retain batches; every
+    k = max(1, n_retain_batches // n_forget_batches) iterations it first takes one forget step (prompt-only batch),
+    then every iteration one retain step (question + answer tokens).
 
-    Schedule (as the release): each epoch iterates over the (shuffled) retain batches; every
-    k = max(1, n_retain_batches // n_forget_batches) iterations it first takes one forget step
-        W <- AdamW(grad L_forget),  L_forget = MSE(h[last], h_frozen[last] + c v)      (prompt-only batch)
-    and then, every iteration, one retain step
-        W <- AdamW(grad L_retain),  L_retain = alpha * MSE(h, h_frozen)  over question+answer tokens.
-    AdamW with a constant lr (the release steps its linear schedule once per epoch) and torch's default
-    weight_decay 0.01 (on a float32 master copy of W when the model is bf16/fp16). h_frozen comes from
-    `frozen_activation` (see the module docstring): no model copy.
-
-    callback(step, record) is called after every optimizer step. Returns stats: forget_loss and retain_loss
-    (one float per step of that kind), log (a record per step), steps, param_name and original
-    ({param_name: W0 on the CPU}, for `changed_tensors`). The model is left updated.
-    """
+    callback(step, record) runs after every optimiser step. Returns stats: forget_loss / retain_loss (one float per
+    step of that kind), log (a record per step), steps, param_name, original ({param_name: W0 on the CPU}, for
+    `changed_tensors`). The model is left updated."""
     if not forget_qas or not retain_qas:
         raise ValueError("optimize_steering needs non-empty forget and retain sets")
-    down = decoder_layer(model, layer).mlp.down_proj
-    W = down.weight
+    W = decoder_layer(model, layer).mlp.down_proj.weight
     if direction.shape != (W.shape[0],):
         raise ValueError(f"direction shape {tuple(direction.shape)} != ({W.shape[0]},) (hidden size)")
     W0 = W.detach().clone()
@@ -198,15 +166,14 @@ def optimize_steering(model: nn.Module, processor, forget_qas: list, retain_qas:
         p.requires_grad_(False)
     W.requires_grad_(True)
     model.eval()  # no dropout anywhere; activations must be deterministic functions of W
-    # mixed precision: with a bf16/fp16 model the optimizer updates a float32 master copy of W and W gets its
-    # rounded value after every step (an lr 1e-4 update is below bf16's resolution of most entries of W)
+    # bf16/fp16 model: AdamW updates a float32 master copy of W, and W gets its rounded value after every step (an
+    # lr 1e-4 update is below bf16's resolution of most entries of W); the gradient lands on W and is moved over
     master = W if W.dtype == torch.float32 else W.detach().float().clone().requires_grad_(True)
     opt = torch.optim.AdamW([master], lr=lr, weight_decay=weight_decay)
 
-    def to_master():  # the gradient lands on W; AdamW updates its float32 master copy
+    def to_master():
         master.grad, W.grad = W.grad.float(), None
 
-    to_master = None if master is W else to_master
     rng = random.Random(seed)
     stats = {"forget_loss": [], "retain_loss": [], "log": [], "param_name": name}
 
@@ -218,7 +185,7 @@ def optimize_steering(model: nn.Module, processor, forget_qas: list, retain_qas:
             loss = forget_loss(h[:, -1], h_frozen[:, -1], v, c)
         else:
             loss = retain_loss(h, h_frozen, batch["attention_mask"], alpha)
-        if optimizer_step(loss, [master], opt, after_backward=to_master) and master is not W:
+        if optimizer_step(loss, [master], opt, after_backward=None if master is W else to_master) and master is not W:
             with torch.no_grad():
                 W.copy_(master)
         record = {"step": len(stats["log"]), "epoch": epoch, "kind": kind, "loss": loss.item(),
@@ -245,20 +212,17 @@ def optimize_steering(model: nn.Module, processor, forget_qas: list, retain_qas:
                         step("forget", [forget_qas[i] for i in f_idx], epoch)
                 step("retain", [retain_qas[i] for i in idx], epoch)
     finally:
-        W.requires_grad_(False)
         W.grad = None
-        for p, flag in trainable_before.items():
+        for p, flag in trainable_before.items():  # W included
             p.requires_grad_(flag)
         model.train(was_training)
-    stats["steps"] = len(stats["log"])
-    stats["original"] = {name: W0.cpu()}
+    stats.update(steps=len(stats["log"]), original={name: W0.cpu()})
     return stats
 
 
 def changed_tensors(model: nn.Module, original: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The parameters named in `original` ({name: tensor before training}) that differ from it now, as
-    contiguous CPU tensors ready for `safetensors.torch.save_file` (stage 1 changes one matrix, so the
-    checkpoint of the update is that matrix, not the whole model)."""
+    """The parameters named in `original` ({name: tensor before training}) that differ from it now, as contiguous
+    CPU tensors for `safetensors.torch.save_file` (stage 1 changes one matrix: its checkpoint is that matrix)."""
     params = dict(model.named_parameters())
     out = {}
     for name, before in original.items():

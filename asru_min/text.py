@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .lora import LoRALinear
+
 
 @dataclass
 class TextConfig:
@@ -41,17 +43,22 @@ class TextConfig:
     pad_token_id: int | None = None
 
 
-class RMSNorm(nn.Module):
-    """y = w * cast(x / sqrt(mean(x^2) + eps)): statistics in fp32, weight multiply after the cast (§6.1)."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * cast(x / sqrt(mean(x^2) + eps)) over the last dim: statistics in fp32, weight multiply after the
+    cast. weight (d,) or any shape broadcasting against x's trailing dims, e.g. (heads, d)."""
+    if x.dtype == torch.float32 and weight.shape == x.shape[-1:]:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)  # one call; the same bits as the line below in fp32
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
+
+class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # F.rms_norm without a weight is x / sqrt(mean(x^2) + eps) in one call; .float()/.to() are no-ops in fp32
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
@@ -72,7 +79,7 @@ def mrope_axis(head_dim: int, mrope_section: list[int]) -> torch.Tensor:
 
 
 def mrope_cos_sin(pos: torch.Tensor, cfg: TextConfig, dtype: torch.dtype):
-    """pos (3, B, L) -> cos(Theta), [-sin(phi), sin(phi)] (B, 1, L, d) for `apply_rope`.
+    """pos (3, B, L) -> cos(Theta), [-sin(phi), sin(phi)] (B, L, 1, d) for `apply_rope` on (B, L, heads, d).
     phi_j = p_{axis(j)} * theta^(-2j/d), Theta = [phi, phi]; computed in fp32 and cast to the activation dtype
     (as the reference does). pos (B, L) means T = H = W (text tokens, e.g. decode steps): plain 1-D RoPE."""
     d = cfg.head_dim
@@ -83,7 +90,7 @@ def mrope_cos_sin(pos: torch.Tensor, cfg: TextConfig, dtype: torch.dtype):
         p = pos.float().permute(1, 2, 0)[..., mrope_axis(d, cfg.mrope_section).to(pos.device)]  # (B, L, d/2)
     phi = p * inv
     cos, sin = phi.cos().to(dtype), phi.sin().to(dtype)
-    return torch.cat([cos, cos], dim=-1)[:, None], torch.cat([-sin, sin], dim=-1)[:, None]  # (B, 1, L, d)
+    return torch.cat([cos, cos], dim=-1)[:, :, None], torch.cat([-sin, sin], dim=-1)[:, :, None]  # (B, L, 1, d)
 
 
 class KVCache:
@@ -120,14 +127,16 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, nkv, T, d) at [pos : pos+T]; return all keys/values so far (B, nkv, pos+T, d)."""
-        T = k.shape[2]
-        self.k[layer, :, :, self.pos:self.pos + T] = k
-        self.v[layer, :, :, self.pos:self.pos + T] = v
-        return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
+        T, keys, values = k.shape[2], self.k[layer], self.v[layer]
+        keys.narrow(2, self.pos, T).copy_(k)
+        values.narrow(2, self.pos, T).copy_(v)
+        return keys.narrow(2, 0, self.pos + T), values.narrow(2, 0, self.pos + T)
 
 
 class Attention(nn.Module):
-    fused_qkv: torch.Tensor | None = None  # set only inside `fused_projections` (decoding)
+    # set only inside `fused_projections` (generation): [Wq; Wk; Wv] and the q/k norm weights as one (nq+nkv, d)
+    fused_qkv: torch.Tensor | None = None
+    fused_qk_norm: torch.Tensor | None = None
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -136,19 +145,22 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, self.nkv * self.d, bias=False)
         self.v_proj = nn.Linear(cfg.hidden_size, self.nkv * self.d, bias=False)
         self.o_proj = nn.Linear(self.nq * self.d, cfg.hidden_size, bias=False)
-        self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)  # per head, before RoPE (§6.2)
+        self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)  # per head, before RoPE
         self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps)
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None = None, layer: int = 0):
+        """x (B, L, D), cos/sin (B, L, 1, d) -> (B, L, D)."""
         B, L, _ = x.shape
         if self.fused_qkv is None:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        else:  # one matmul for the three projections
-            q, k, v = F.linear(x, self.fused_qkv).split([self.nq * self.d, self.nkv * self.d, self.nkv * self.d], -1)
-        q = self.q_norm(q.view(B, L, self.nq, self.d)).transpose(1, 2)  # (B, nq, L, d)
-        k = self.k_norm(k.view(B, L, self.nkv, self.d)).transpose(1, 2)  # (B, nkv, L, d)
-        v = v.view(B, L, self.nkv, self.d).transpose(1, 2)  # (B, nkv, L, d)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q = apply_rope(self.q_norm(self.q_proj(x).view(B, L, self.nq, self.d)), cos, sin)  # (B, L, nq, d)
+            k = apply_rope(self.k_norm(self.k_proj(x).view(B, L, self.nkv, self.d)), cos, sin)  # (B, L, nkv, d)
+            v = self.v_proj(x).view(B, L, self.nkv, self.d)
+        else:  # one matmul for the three projections, one norm and one RoPE for q and k together
+            qkv = F.linear(x, self.fused_qkv).view(B, L, self.nq + 2 * self.nkv, self.d)
+            qk = rms_norm(qkv[:, :, :self.nq + self.nkv], self.fused_qk_norm, self.q_norm.eps)
+            q, k = apply_rope(qk, cos, sin).split([self.nq, self.nkv], dim=2)
+            v = qkv[:, :, self.nq + self.nkv:]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, d)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nkv, S, d), S = keys so far
         # GQA: query head i reads KV head floor(i/g), i.e. repeat_interleave of the KV heads (enable_gqa).
@@ -162,7 +174,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU: down(SiLU(gate(x)) * up(x))."""
 
-    fused_gate_up: torch.Tensor | None = None  # set only inside `fused_projections` (decoding)
+    fused_gate_up: torch.Tensor | None = None  # [W_gate; W_up], set only inside `fused_projections`
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -178,30 +190,93 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(gate) * up)
 
 
-def _plain(linear: nn.Module) -> bool:
-    """An unmodified nn.Linear (not a LoRA subclass) without hooks: safe to replace by a fused matmul."""
-    return type(linear) is nn.Linear and not linear._forward_hooks and not linear._forward_pre_hooks
+# ------------------------------------------------------------------------------------------------
+# fused projections for generation
+
+
+def _hook_free(*modules: nn.Module) -> bool:
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _fusable(linear: nn.Module) -> bool:
+    """A bias-free, hook-free nn.Linear, or such a LoRALinear whose dropout is inactive (eval mode or p = 0):
+    then its map is x -> x W'^T with one weight W' (`_weight`)."""
+    if linear.bias is not None or not _hook_free(linear):
+        return False
+    if type(linear) is LoRALinear:
+        return not (linear.training and isinstance(linear.lora_dropout, nn.Dropout))
+    return type(linear) is nn.Linear
+
+
+def _weight(linear: nn.Linear) -> torch.Tensor:
+    """The weight of the map a fusable linear applies: W, plus scaling * B @ A for enabled, unmerged LoRA."""
+    if type(linear) is LoRALinear and linear.enabled and not linear.merged:
+        return linear.weight + linear.delta_weight().to(linear.weight.dtype)
+    return linear.weight
+
+
+def _version(module: nn.Module) -> tuple:
+    """Changes whenever the map a module applies may have changed: a parameter replaced (data_ptr) or updated
+    in place (`_version` counts in-place writes: optimizer steps, copy_, merge_lora), or a LoRA layer switched
+    on/off, merged or re-scaled."""
+    key = tuple((p.data_ptr(), p._version) for p in module.parameters())
+    return key + ((module.enabled, module.merged, module.scaling) if type(module) is LoRALinear else ())
+
+
+def _cached(owner: nn.Module, name: str, sources: list, build):
+    """build() -> tensor, cached on owner.<name> across calls and rebuilt only when a source module changed.
+    Built outside inference mode, so the cache is an ordinary tensor whichever mode asks for it."""
+    key = tuple(_version(m) for m in sources)
+    hit = getattr(owner, name, None)
+    if hit is None or hit[0] != key:
+        with torch.inference_mode(False), torch.no_grad():
+            hit = (key, build())
+        setattr(owner, name, hit)
+    return hit[1]
+
+
+def _fuse_attention(a: Attention) -> bool:
+    projs = [a.q_proj, a.k_proj, a.v_proj]
+    if not (all(_fusable(p) for p in projs) and _hook_free(a.q_norm, a.k_norm)):
+        return False
+    a.fused_qkv = _cached(a, "_qkv_cache", projs, lambda: torch.cat([_weight(p) for p in projs]))  # (nq*d+2nkv*d, D)
+    a.fused_qk_norm = _cached(a, "_qk_norm_cache", [a.q_norm, a.k_norm], lambda: torch.cat(
+        [a.q_norm.weight.expand(a.nq, a.d), a.k_norm.weight.expand(a.nkv, a.d)]))  # (nq + nkv, d)
+    return True
+
+
+def _fuse_mlp(m: MLP) -> bool:
+    projs = [m.gate_proj, m.up_proj]
+    if not all(_fusable(p) for p in projs):
+        return False
+    m.fused_gate_up = _cached(m, "_gate_up_cache", projs, lambda: torch.cat([_weight(p) for p in projs]))
+    return True
 
 
 @contextmanager
 def fused_projections(model: "TextModel"):
-    """Decoding speed-up: while active, q/k/v and gate/up of each layer run as one matmul each on the
-    concatenated weights (same math; at decode sizes each matmul call costs mostly fixed overhead).
-    Only plain, hook-free nn.Linear modules are fused, so LoRA adapters and hooks see every call as usual.
-    The concatenated copies are dropped on exit, so training never sees stale weights."""
+    """Generation speed-up: while active, q/k/v and gate/up of each layer run as one matmul each on the
+    concatenated weights (same map; at decode sizes a matmul call costs mostly fixed overhead), and q/k are
+    normalised and rotated together. The concatenations are cached on the modules across calls and rebuilt
+    only after the weights changed (`_version`); the base weights are never modified.
+    LoRA layers are folded (W + scaling * B @ A) unless their dropout is active (training mode). A module with
+    a hook is not fused, so the hook sees every call; DecoderLayer, o_proj and down_proj always run as modules.
+    The fused weights are detached from the modules on exit, so a training forward never uses them.
+    Re-entrant: inside an active block (generate) a nested one (its forwards) does nothing."""
+    if model.fusing:
+        yield
+        return
     fused = []
+    model.fusing = True
     try:
-        with torch.no_grad():
-            for layer in model.layers:
-                a, m = layer.self_attn, layer.mlp
-                if all(_plain(p) for p in (a.q_proj, a.k_proj, a.v_proj)):
-                    a.fused_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
-                    fused.append((a, "fused_qkv"))
-                if _plain(m.gate_proj) and _plain(m.up_proj):
-                    m.fused_gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight])
-                    fused.append((m, "fused_gate_up"))
+        for layer in model.layers:
+            if _fuse_attention(layer.self_attn):
+                fused += [(layer.self_attn, "fused_qkv"), (layer.self_attn, "fused_qk_norm")]
+            if _fuse_mlp(layer.mlp):
+                fused.append((layer.mlp, "fused_gate_up"))
         yield
     finally:
+        model.fusing = False
         for module, name in fused:
             delattr(module, name)  # back to the class default None
 
@@ -221,6 +296,8 @@ class DecoderLayer(nn.Module):
 
 
 class TextModel(nn.Module):
+    fusing = False  # inside `fused_projections`
+
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.config = cfg
@@ -228,11 +305,16 @@ class TextModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, inputs_embeds, position_ids, mask=None, cache: KVCache | None = None,
-                visual_pos_mask=None, deepstack: list | None = None) -> torch.Tensor:
+    def forward(self, inputs_embeds, position_ids=None, mask=None, cache: KVCache | None = None,
+                visual_pos_mask=None, deepstack: list | None = None, rope=None) -> torch.Tensor:
         """inputs_embeds (B, L, D), position_ids (3, B, L) or (B, L) when T = H = W, mask (B, 1, L, S) bool or None (causal);
-        visual_pos_mask (B, L) bool and deepstack K x (n_visual, D). Returns the final-normed h (B, L, D)."""
-        cos, sin = mrope_cos_sin(position_ids, self.config, inputs_embeds.dtype)
+        visual_pos_mask (B, L) bool and deepstack K x (n_visual, D); rope: precomputed (cos, sin) (B, L, 1, d)
+        instead of position_ids (decode steps). Returns the final-normed h (B, L, D).
+        Without autograd (evaluation, log-probs of rollouts, generation) the projections run fused."""
+        if not torch.is_grad_enabled() and not self.fusing:
+            with fused_projections(self):
+                return self.forward(inputs_embeds, position_ids, mask, cache, visual_pos_mask, deepstack, rope)
+        cos, sin = rope if rope is not None else mrope_cos_sin(position_ids, self.config, inputs_embeds.dtype)
         h = inputs_embeds
         if deepstack and visual_pos_mask is not None:
             vis_idx = visual_pos_mask.nonzero(as_tuple=True)  # (b, l) of each visual row, row-major

@@ -1,23 +1,16 @@
 """ASRU end to end:  python -m asru_min.train [--out runs/asru] [--model weights/] [--forget 10] ...
 
-    evaluate the vanilla model
-    stage 1  knowledge-absence direction v at layer L, then steering optimisation of layer L's down_proj
-    evaluate
-    stage 2  LoRA adapters + GRPO with the tiered ASRU reward on a boundary set of forget + retain QA
-    evaluate, print the before / after table
+evaluate vanilla -> stage 1 (knowledge-absence direction v at layer L, steering optimisation of layer L's down_proj)
+-> evaluate -> stage 2 (LoRA + GRPO with the tiered ASRU reward on a boundary set of forget + retain QA) -> evaluate
+-> print the before / after table. Outputs in --out: config.json, state.json (what is done), metrics_<stage>.json,
+direction.safetensors (+ .json), stage1.safetensors (the one tensor stage 1 changed), steer_log.jsonl,
+grpo_log.jsonl, lora/ (PEFT-format adapter), ckpt/step_NNNNNN/ (last GRPO checkpoint: adapter + optimiser),
+grpo_curves.png, table.txt, and with --save-merged merged/ (a plain Qwen3-VL checkpoint, adapters merged in).
 
-Outputs in --out: config.json, state.json (what is done), metrics_<stage>.json, direction.safetensors (+ .json),
-stage1.safetensors (the one tensor stage 1 changed), steer_log.jsonl, grpo_log.jsonl, lora/ (PEFT-format
-adapter), ckpt/step_NNNNNN/ (the last GRPO checkpoint: adapter + optimiser), grpo_curves.png, table.txt, and with
---save-merged, merged/ (a plain Qwen3-VL checkpoint with the adapters merged in).
-
-Resuming: run the same command again. Finished stages are loaded from --out, and GRPO continues after its last
-checkpoint (each step's sampling seed depends only on --seed and the step, so a resumed run draws what the
-interrupted one would have). Files are written under a temporary name and moved into place with os.replace,
-state.json last, so an interruption leaves the old or the new state, never half of one. --restart starts over.
-
-TrainConfig is the one place the defaults live (the stage configs are built from it); the paper's value is
-written next to a field where it differs.
+Resume by running the same command again: finished stages are loaded, GRPO continues after its last checkpoint (a
+step's sampling seed depends only on --seed and the step, so a resumed run draws what the interrupted one would
+have). Files are written under a temporary name and os.replace'd, state.json last, so an interruption leaves the
+old or the new state, never half of one. --restart starts over.
 """
 
 from __future__ import annotations
@@ -34,17 +27,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
 
 from .evaluate import evaluate_model, format_table
 from .grpo import GRPOConfig, build_boundary_set, make_optimizer, train_grpo
-
-STAGES = ("eval_vanilla", "stage1", "eval_stage1", "stage2", "eval_asru")
+from .lora import apply_lora, load_lora, save_lora, unload_lora
+from .model import Qwen3VL
+from .processor import Processor
+from .steer import changed_tensors, keep_refusals, knowledge_absence_direction, optimize_steering, save_direction
+from .world import load_splits
 
 
 @dataclass
 class TrainConfig:
-    """Every setting of a run, one command-line flag each (--steer-lr for steer_lr). The defaults fit the tiny
-    default model on a 2-core CPU (one run ~3 min)."""
+    """Every setting of a run, one command-line flag each (--steer-lr for steer_lr); the one place the defaults
+    live (the stage configs are built from it). They fit the tiny default model on a 2-core CPU (one run ~3 min);
+    the paper's value is written next to a field where it differs."""
 
     # run
     model: str = "weights/"
@@ -105,12 +104,8 @@ class TrainConfig:
                           weight_decay=self.weight_decay, grad_clip=self.grad_clip, seed=self.seed)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# atomic files
-
-
+# --- atomic files: write(tmp) then os.replace(tmp, path), so readers see the old file or the new one, never half
 def write_atomic(path: str, write) -> None:
-    """write(tmp_path) then os.replace(tmp_path, path): readers see the old file or the new one, never half."""
     tmp = f"{path}.tmp{os.getpid()}"
     write(tmp)
     os.replace(tmp, path)
@@ -126,10 +121,6 @@ def write_json(path: str, obj) -> None:
 
 def read_json(path: str):
     return json.loads(Path(path).read_text())
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the run
 
 
 class Run:
@@ -186,8 +177,6 @@ def weights_sha256(folder: str) -> str:
 
 
 def load_world(cfg: TrainConfig) -> dict:
-    from .world import load_splits
-
     return load_splits(cfg.data, cfg.forget, cfg.num_people, cfg.world_seed)
 
 
@@ -207,10 +196,6 @@ def evaluate_stage(run: Run, stage: str, model, processor, splits: dict) -> dict
 
 def stage1(run: Run, model, processor, splits: dict) -> None:
     """Knowledge-absence direction + steering optimisation; on resume, the saved changed tensors are loaded."""
-    from safetensors.torch import load_file, save_file
-
-    from .steer import changed_tensors, keep_refusals, knowledge_absence_direction, optimize_steering, save_direction
-
     cfg = run.cfg
     weights = run.path("stage1.safetensors")
     if run.done("stage1"):
@@ -227,12 +212,12 @@ def stage1(run: Run, model, processor, splits: dict) -> None:
         kept = keep_refusals(model, processor, positives, batch_size=cfg.eval_batch_size)
         run.log(f"stage1: {len(kept)}/{len(positives)} positive prompts answered with a refusal")
         positives = kept or positives  # an untrained model refuses nothing; fall back to all
-    stats = {}
     forget = [qa for qa in splits["forget"] if qa.kind in cfg.steer_kinds.split(",")]
     if not forget:
         raise ValueError(f"no forget QA of kinds {cfg.steer_kinds!r} for stage 1")
-    v = knowledge_absence_direction(model, processor, positives, forget, cfg.layer,
-                                    batch_size=cfg.eval_batch_size, stats=stats)
+    stats = {}
+    v = knowledge_absence_direction(model, processor, positives, forget, cfg.layer, batch_size=cfg.eval_batch_size,
+                                    stats=stats)
     tmp = run.path(f"direction.tmp{os.getpid()}.safetensors")  # save_direction also writes the .json beside it
     save_direction(tmp, v, {**stats, "model": cfg.model})
     os.replace(os.path.splitext(tmp)[0] + ".json", run.path("direction.json"))
@@ -244,9 +229,9 @@ def stage1(run: Run, model, processor, splits: dict) -> None:
     if cfg.steer_retain_size and cfg.steer_retain_size < len(retain):
         retain = random.Random(cfg.seed).sample(retain, cfg.steer_retain_size)
     log_lines = []
-    result = optimize_steering(model, processor, forget, retain, v, cfg.layer, c=cfg.forget_scale,
-                               alpha=cfg.alpha, lr=cfg.steer_lr, batch_size=cfg.steer_batch_size,
-                               epochs=cfg.steer_epochs, seed=cfg.seed, log_every=100,
+    result = optimize_steering(model, processor, forget, retain, v, cfg.layer, c=cfg.forget_scale, alpha=cfg.alpha,
+                               lr=cfg.steer_lr, batch_size=cfg.steer_batch_size, epochs=cfg.steer_epochs,
+                               seed=cfg.seed, log_every=100,
                                callback=lambda step, record: log_lines.append(json.dumps(record)))
     write_text(run.path("steer_log.jsonl"), "".join(line + "\n" for line in log_lines))
     changed = changed_tensors(model, result["original"])
@@ -257,8 +242,6 @@ def stage1(run: Run, model, processor, splits: dict) -> None:
 
 def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
     """LoRA + GRPO on the boundary set, checkpointed every cfg.ckpt_every steps; returns the GRPO log."""
-    from .lora import apply_lora, load_lora, save_lora
-
     cfg, gcfg = run.cfg, run.cfg.grpo()
     log_path = run.path("grpo_log.jsonl")
     if run.done("stage2"):
@@ -268,10 +251,8 @@ def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
             return [json.loads(line) for line in f]
     apply_lora(model, targets=tuple(cfg.lora_targets.split(",")), r=cfg.lora_r, alpha=cfg.lora_alpha,
                dropout=cfg.lora_dropout)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, gcfg)
-    start = 0
-    records = []
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], gcfg)
+    start, records = 0, []
     if run.state["grpo_ckpt"]:  # resume after the last checkpoint; drop log lines of steps after it
         ckpt = run.path(run.state["grpo_ckpt"])
         load_lora(model, ckpt)
@@ -318,14 +299,8 @@ def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
     return records
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the reward / KL figure (pillow only)
-
-
 def draw_curves(records: list[dict], path: str, width: int = 900, height: int = 360) -> None:
-    """Two panels: mean reward on forget and retain prompts per step; KL (mean k3) per step."""
-    from PIL import Image, ImageDraw
-
+    """Two panels (pillow only): mean reward on forget and retain prompts per step; KL (mean k3) per step."""
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
     kl_max = max([r["kl"] for r in records if r.get("kl") == r.get("kl")] + [1e-4])
@@ -336,11 +311,9 @@ def draw_curves(records: list[dict], path: str, width: int = 900, height: int = 
     for i, (title, lo, hi, series) in enumerate(panels):
         x0, y0, x1, y1 = i * pw + 60, 30, (i + 1) * pw - 20, height - 40  # plot area
         d.rectangle([x0, y0, x1, y1], outline="black")
-        d.text((x0, 8), title, fill="black")
-        d.text((x0 - 55, y0), f"{hi:.3g}", fill="black")
-        d.text((x0 - 55, y1 - 10), f"{lo:.3g}", fill="black")
-        d.text((x0, y1 + 8), "step 0", fill="black")
-        d.text((x1 - 50, y1 + 8), f"step {max(len(records) - 1, 0)}", fill="black")
+        for xy, text in (((x0, 8), title), ((x0 - 55, y0), f"{hi:.3g}"), ((x0 - 55, y1 - 10), f"{lo:.3g}"),
+                         ((x0, y1 + 8), "step 0"), ((x1 - 50, y1 + 8), f"step {max(len(records) - 1, 0)}")):
+            d.text(xy, text, fill="black")
         n = max(len(records) - 1, 1)
         for j, (label, key, color) in enumerate(series):
             pts = [(x0 + (x1 - x0) * k / n, y1 - (y1 - y0) * (r[key] - lo) / (hi - lo))
@@ -353,16 +326,9 @@ def draw_curves(records: list[dict], path: str, width: int = 900, height: int = 
     write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# entry point
-
-
 def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     """The whole pipeline; returns {"vanilla": metrics, "stage1": metrics, "asru": metrics, "grpo_log": [...]}.
     hook(event) is called after every completed stage and every GRPO checkpoint (tests interrupt there)."""
-    from .model import Qwen3VL
-    from .processor import Processor
-
     if not os.path.isdir(cfg.model):
         raise FileNotFoundError(f"model folder {cfg.model!r} not found (train it with python -m asru_min.world.pretrain)")
     if cfg.threads:
@@ -387,8 +353,6 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     write_text(r.path("table.txt"), table + "\n")
     print(table, flush=True)
     if cfg.save_merged:
-        from .lora import unload_lora
-
         unload_lora(model, merge=True)  # plain nn.Linear layers holding W + (alpha / r) B A
         tmp = r.path(f"merged.tmp{os.getpid()}")
         model.save_pretrained(tmp)
@@ -403,15 +367,13 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
 def parse_args(argv=None) -> tuple[TrainConfig, bool]:
     """One flag per TrainConfig field (--steer-lr for steer_lr; booleans as --flag / --no-flag)."""
     p = argparse.ArgumentParser(prog="python -m asru_min.train", description=__doc__.split("\n")[0])
-    defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
+        flag, default = "--" + f.name.replace("_", "-"), f.default
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
-            kind = type(default) if default is not None else str
-            p.add_argument(flag, type=kind, default=default, help=f"default {default}")
+            p.add_argument(flag, type=type(default) if default is not None else str, default=default,
+                           help=f"default {default}")
     p.add_argument("--restart", action="store_true", help="discard a previous run in --out")
     args = vars(p.parse_args(argv))
     restart = args.pop("restart")

@@ -1,15 +1,12 @@
-"""Qwen3-VL vision encoder (spec: docs QWEN3VL_SPEC.md §4).
+"""Qwen3-VL vision encoder (docs/QWEN3VL.md, "Vision encoder").
 
-pixel_values (N, C*Tp*p*p) in m x m *block order* (§2.5), grid_thw (n_images, 3)
-  -> patch embedding (Conv3d == one matmul)                              §4.1
-  -> + learned position table, bilinearly resampled per image            §4.2
-  -> depth x [LayerNorm -> attention with 2-D RoPE inside each image      §4.3-4.5
-              -> LayerNorm -> tanh-GELU MLP]
-  -> merger (norm each patch, concat 4 patches, MLP)      -> image embeddings (N/4, D)
-  -> DeepStack mergers on chosen block outputs (concat, norm, MLP) -> K x (N/4, D)   §4.6
-
-Everything stays in block order, so 4 consecutive rows are one m x m block and merging is a reshape.
-Module attribute names equal the checkpoint keys under `model.visual.` (§8).
+pixel_values (N, C*Tp*p*p) in m x m *block order*, grid_thw (n_images, 3)
+  -> patch embedding (Conv3d == one matmul) + learned position table, bilinearly resampled per image
+  -> depth x [LayerNorm -> attention with 2-D RoPE inside each image -> LayerNorm -> tanh-GELU MLP]
+  -> merger (norm each patch, concat 4 patches, MLP)                -> image embeddings (N/4, D)
+  -> DeepStack mergers on chosen block outputs (concat, norm, MLP)  -> K x (N/4, D)
+Rows stay in block order (4 consecutive rows are one m x m block, so merging is a reshape); module attribute
+names equal the checkpoint keys under `model.visual.`.
 """
 
 from __future__ import annotations
@@ -35,8 +32,8 @@ class VisionConfig:
     num_position_embeddings: int = 2304  # S*S
     deepstack_visual_indexes: list[int] = field(default_factory=lambda: [8, 16, 24])
     hidden_act: str = "gelu_pytorch_tanh"
-    rope_theta: float = 10000.0  # not in config.json: code default (§1)
-    layer_norm_eps: float = 1e-6  # hard-coded in the reference (§1)
+    rope_theta: float = 10000.0  # not in config.json: the reference's code default
+    layer_norm_eps: float = 1e-6  # hard-coded in the reference
 
     @property
     def head_dim(self) -> int:
@@ -44,7 +41,7 @@ class VisionConfig:
 
 
 def block_order(h: int, w: int, m: int) -> torch.Tensor:
-    """Raster index (r*w + c) of each patch listed in m x m block order (§2.5):
+    """Raster index (r*w + c) of each patch listed in m x m block order:
     row index of patch (r, c) is ((r//m)*(w/m) + c//m)*m^2 + (r%m)*m + c%m."""
     idx = torch.arange(h * w).view(h // m, m, w // m, m)  # (h/m, m, w/m, m)
     return idx.permute(0, 2, 1, 3).reshape(-1)  # (h/m, w/m, m, m) flattened
@@ -58,7 +55,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # kernel == stride == input size, so the Conv3d is X0 = P W^T + b with W viewed (Dv, C*Tp*p*p);
-        # the (C, Tp, p, p) flattening of W matches the pixel column order of §2.5.
+        # the (C, Tp, p, p) flattening of W matches the pixel column order of processor.patchify.
         w = self.proj.weight
         return F.linear(x.to(w.dtype), w.reshape(w.shape[0], -1), self.proj.bias)  # (N, Dv)
 
@@ -78,14 +75,13 @@ class VisionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, segments: list) -> torch.Tensor:
         N, Dv = x.shape
-        H = self.num_heads
-        q, k, v = self.qkv(x).view(N, 3, H, Dv // H).unbind(1)  # each (N, Hv, dv)
-        # 2-D RoPE in fp32 (§4.3), cast back; cos/sin are (N, 1, dv)
+        q, k, v = self.qkv(x).view(N, 3, self.num_heads, Dv // self.num_heads).unbind(1)  # each (N, Hv, dv)
+        # 2-D RoPE in fp32, cast back; cos/sin are (N, 1, dv)
         q = (q.float() * cos + rotate_half(q.float()) * sin).to(x.dtype)
         k = (k.float() * cos + rotate_half(k.float()) * sin).to(x.dtype)
         out = torch.empty_like(q)  # (N, Hv, dv)
-        # Variable-length attention (§4.5): segments of equal length are stacked into one batched call,
-        # so a batch of same-sized images is a single SDPA and nothing ever attends across images.
+        # Variable-length attention: segments of equal length are stacked into one batched call, so a batch
+        # of same-sized images is a single SDPA and nothing ever attends across images.
         for length, rows in segments:  # rows: (n_seg, length) indices into N
             qs, ks, vs = (t[rows].transpose(1, 2) for t in (q, k, v))  # (n_seg, Hv, length, dv)
             o = F.scaled_dot_product_attention(qs, ks, vs)  # bidirectional, scale dv^-1/2
@@ -104,7 +100,7 @@ class VisionMLP(nn.Module):
 
 
 class VisionBlock(nn.Module):
-    """X = X + Attn(LN1(X));  X = X + fc2(GELU_tanh(fc1(LN2(X))))   (§4.4)."""
+    """X = X + Attn(LN1(X));  X = X + fc2(GELU_tanh(fc1(LN2(X))))."""
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
@@ -119,7 +115,7 @@ class VisionBlock(nn.Module):
 
 
 class PatchMerger(nn.Module):
-    """Merge each m x m block (4 consecutive rows) into one LLM token (§4.6).
+    """Merge each m x m block (4 consecutive rows) into one LLM token.
 
     merger (postshuffle=False):            Z = fc2(GELU(fc1(concat_4(LN_Dv(x)))))
     DeepStack merger (postshuffle=True):   Z = fc2(GELU(fc1(LN_4Dv(concat_4(x)))))
@@ -149,41 +145,36 @@ class VisionModel(nn.Module):
         self.pos_embed = nn.Embedding(cfg.num_position_embeddings, cfg.hidden_size)
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.depth))
         self.merger = PatchMerger(cfg, postshuffle_norm=False)
-        self.deepstack_merger_list = nn.ModuleList(
-            PatchMerger(cfg, postshuffle_norm=True) for _ in cfg.deepstack_visual_indexes
-        )
+        self.deepstack_merger_list = nn.ModuleList(PatchMerger(cfg, postshuffle_norm=True)
+                                                   for _ in cfg.deepstack_visual_indexes)
 
     # ----- per-image geometry: position-table resampling, rotary angles, attention segments -----
 
     def position_embedding(self, grid_thw: torch.Tensor) -> torch.Tensor:
-        """Bilinear align-corners resampling of the (S, S, Dv) table to each (h, w) grid (§4.2), in fp32,
-        permuted into block order and repeated over the t temporal slices. Returns (N, Dv) fp32."""
-        S = int(round(self.config.num_position_embeddings**0.5))
-        m = self.config.spatial_merge_size
+        """Bilinear align-corners resampling of the (S, S, Dv) table to each (h, w) grid, in fp32, permuted into
+        block order and repeated over the t temporal slices. Returns (N, Dv) fp32."""
+        S, m = int(round(self.config.num_position_embeddings**0.5)), self.config.spatial_merge_size
         table = self.pos_embed.weight.float().view(S, S, -1)  # (S, S, Dv)
-        dev = table.device
 
         def taps(n: int):  # s(i) = i (S-1)/(n-1); i0 = floor(s), i1 = min(i0+1, S-1), delta = s - i0
-            s = torch.arange(n, device=dev, dtype=torch.float32) * (S - 1) / max(n - 1, 1)
+            s = torch.arange(n, device=table.device, dtype=torch.float32) * (S - 1) / max(n - 1, 1)
             i0 = s.floor()
             return i0.long(), (i0.long() + 1).clamp(max=S - 1), s - i0
 
-        per_grid = {}  # (h, w) -> (h*w, Dv); a batch of same-sized images resamples the table once
-        out = []
+        per_grid, out = {}, []  # per_grid: (h, w) -> (h*w, Dv); same-sized images resample the table once
         for t, h, w in grid_thw.tolist():
             if (h, w) not in per_grid:
-                r0, r1, dr = taps(h)
-                c0, c1, dc = taps(w)
+                (r0, r1, dr), (c0, c1, dc) = taps(h), taps(w)
                 dr, dc = dr[:, None, None], dc[None, :, None]  # broadcast over (h, w, Dv)
                 pe = ((1 - dr) * (1 - dc) * table[r0][:, c0] + (1 - dr) * dc * table[r0][:, c1]
                       + dr * (1 - dc) * table[r1][:, c0] + dr * dc * table[r1][:, c1])  # (h, w, Dv)
-                per_grid[(h, w)] = pe.reshape(h * w, -1)[block_order(h, w, m).to(dev)]  # (h*w, Dv) block order
+                per_grid[(h, w)] = pe.reshape(h * w, -1)[block_order(h, w, m).to(table.device)]  # (h*w, Dv) block order
             out.append(per_grid[(h, w)].repeat(t, 1))  # (t*h*w, Dv)
         return torch.cat(out)
 
     def rotary(self, grid_thw: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of theta = [a, a], a = [r*w_0..r*w_{dv/4-1}, c*w_0..c*w_{dv/4-1}], w_j = theta^(-2j/(dv/2))
-        (§4.3), for every patch (row r, col c) in block order. Returns (N, 1, dv) fp32 each."""
+        for every patch (row r, col c) in block order. Returns (N, 1, dv) fp32 each."""
         m, dv = self.config.spatial_merge_size, self.config.head_dim
         inv = 1.0 / self.config.rope_theta ** (
             torch.arange(0, dv // 2, 2, device=device, dtype=torch.float32) / (dv // 2))  # (dv/4,)
@@ -198,18 +189,14 @@ class VisionModel(nn.Module):
 
     @staticmethod
     def segments(grid_thw: torch.Tensor, device) -> list:
-        """One attention segment per temporal slice of each image (§4.5), grouped by length:
+        """One attention segment per temporal slice of each image, grouped by length:
         a list of (length, rows (n_seg, length) long) so equal-length segments run as one batch."""
-        lengths = []
+        groups: dict[int, list[int]] = {}  # length -> start rows of the segments of that length
+        start = 0
         for t, h, w in grid_thw.tolist():
-            lengths += [h * w] * t
-        starts, pos = [], 0
-        for n in lengths:
-            starts.append(pos)
-            pos += n
-        groups: dict[int, list[int]] = {}
-        for s, n in zip(starts, lengths):
-            groups.setdefault(n, []).append(s)
+            for _ in range(t):
+                groups.setdefault(h * w, []).append(start)
+                start += h * w
         return [(n, torch.tensor(ss, device=device)[:, None] + torch.arange(n, device=device))
                 for n, ss in groups.items()]
 
@@ -217,7 +204,7 @@ class VisionModel(nn.Module):
         """pixel_values (N, C*Tp*p*p), grid_thw (n, 3) ->
         (image embeddings (N/4, D), DeepStack features: list of K tensors (N/4, D))."""
         grid_thw = torch.as_tensor(grid_thw).long().cpu()
-        n_expected = int((grid_thw[:, 0] * grid_thw[:, 1] * grid_thw[:, 2]).sum())
+        n_expected = int(grid_thw.prod(dim=1).sum())  # sum of t*h*w
         if pixel_values.shape[0] != n_expected:
             raise ValueError(f"pixel_values has {pixel_values.shape[0]} rows but image_grid_thw implies "
                              f"{n_expected} patches")
@@ -225,9 +212,9 @@ class VisionModel(nn.Module):
         x = x + self.position_embedding(grid_thw).to(x.dtype)
         cos, sin = self.rotary(grid_thw, x.device)
         segs = self.segments(grid_thw, x.device)
-        deepstack = []
+        ds_layers, deepstack = self.config.deepstack_visual_indexes, []
         for i, blk in enumerate(self.blocks):
             x = blk(x, cos, sin, segs)
-            if i in self.config.deepstack_visual_indexes:
-                deepstack.append(self.deepstack_merger_list[self.config.deepstack_visual_indexes.index(i)](x))
+            if i in ds_layers:
+                deepstack.append(self.deepstack_merger_list[ds_layers.index(i)](x))
         return self.merger(x), deepstack

@@ -207,6 +207,8 @@ class ToyGenLM(BagOfTokensLM):
     """BagOfTokensLM plus `generate` with the Qwen3VL.generate contract (prompt-major rows, mask up to and
     including the EOS, pad 0 after it)."""
 
+    config = type("Config", (), {"image_token_id": -1, "video_token_id": -2})  # rollout suppresses these ids
+
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, max_new_tokens=8, temperature=1.0, top_p=1.0,
                  num_samples=1, generator=None, eos_token_ids=(1,), **unused):

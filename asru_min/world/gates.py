@@ -72,12 +72,13 @@ def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds
     lines = [
         "# asru_min tiny Qwen3-VL (vanilla model of the synthetic world)", "",
         "A from-scratch Qwen3-VL (the real architecture: vision tower with 2-D RoPE and DeepStack, GQA text decoder",
-        "with interleaved MRoPE) trained on the synthetic MLLMU-Bench-shaped world of `asru_min/data.py`",
-        f"({cfg.num_people} fictitious people, seed {cfg.seed}). It is the *vanilla* model that ASRU unlearns.",
-        "It is trained to answer generation / multiple-choice / cloze questions about every person with the",
-        "portrait or by name, to answer general image questions, to refuse private-information questions, and to",
-        "answer questions about people it has never seen with a refusal that describes the image. The measured",
-        "scores below say how well it does each.", "",
+        "with interleaved MRoPE) trained on the synthetic MLLMU-Bench-shaped world of `asru_min/world/`",
+        f"({cfg.num_people} fictitious people, seed {cfg.seed}). It is the *vanilla* model that ASRU unlearns:",
+        "it answers generation / multiple-choice / cloze questions about every person with the portrait or by",
+        "name, answers general image questions, refuses private-information questions, and refuses questions about",
+        "people it has never seen (describing the image, or saying it does not know the name). It is trained on",
+        "the training phrasings and training views of the question grammar (`asru_min/world/grammar.py`) and",
+        "measured on held-out phrasings and views it never saw.", "",
         "## How it was made", "", "```", command, "```", "",
         f"- {model.num_parameters() / 1e6:.2f}M parameters (fp32), vocabulary {c.text.vocab_size} (byte-level BPE "
         "trained on the world's text; Qwen special tokens kept as the same strings, ids 0-7)",
@@ -95,7 +96,7 @@ def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds
            f"{', each copy in its own option order' if cfg.mc_reorder else ''}"
            f"{f', {cfg.mc_neutral} of them with the neutral stem' if cfg.mc_neutral else ''}") + ", image "
         f"questions x{cfg.image_repeat}), 'who is this?', all utility questions and 'describe this image', private "
-        f"refusals, {cfg.strangers} fresh named strangers a turn (refused), option-matching "
+        f"refusals, {cfg.strangers} fresh named strangers an epoch (refused), option-matching "
         f"practice {f'x{cfg.match_repeat}' if cfg.matching else 'off'}"
         + (f"; before it, {cfg.match_warmup} steps of option matching only (A-B, then A-D)"
            if cfg.match_warmup else ""),

@@ -1,0 +1,162 @@
+"""Generation internals: the sort-free sampler against the sort sampler, suppressed tokens, the cached fused
+projections (with and without LoRA, invalidated by optimizer steps) and hooks during decoding."""
+
+import copy
+
+import pytest
+import torch
+
+from asru_min.generate import sample_next, sample_sorted
+from asru_min.lora import apply_lora, lora_enabled, lora_parameters
+from asru_min.model import Qwen3VL
+from asru_min.text import fused_projections
+from test_model import IMG, image_prompt, left_pad, redraw, tiny_config
+
+# ------------------------------------------------------------------------------------------------
+# sampler
+
+# ranks 0..11 with ties: three at 1.5 (ids 1-3), two at 0.5 (ids 5, 6) and a token of probability 0 (id 9)
+LOGITS = torch.tensor([2.0, 1.5, 1.5, 1.5, 1.0, 0.5, 0.5, 0.0, -1.0, -float("inf"), -2.0, 0.25])
+DRAWS = 50_000
+FREQ_TOL = 0.015  # max |frequency difference| of two samplers over DRAWS draws: ~4.7 sigma at p = 0.5
+
+
+def _freq(sampler, temperature, top_p, top_k, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = sampler(LOGITS.repeat(DRAWS, 1), temperature, top_p, top_k, g)
+    return torch.bincount(ids, minlength=LOGITS.numel()).double() / DRAWS
+
+
+@pytest.mark.parametrize("temperature,top_p,top_k", [
+    (1.0, 1.0, 0), (0.7, 0.9, 0), (1.0, 0.6, 0),  # 0.6: the nucleus boundary falls inside the 1.5 ties
+    (1.3, 1.0, 3), (1.3, 0.8, 3),  # k = 3 cuts the 1.5 ties: the lowest ids (1, 2) stay
+    (2.0, 0.95, 6), (0.5, 0.99, 7)])  # k = 6 cuts the 0.5 ties
+def test_sort_free_sampler_matches_sort_sampler(temperature, top_p, top_k):
+    fast = _freq(sample_next, temperature, top_p, top_k, seed=1)
+    ref = _freq(sample_sorted, temperature, top_p, top_k, seed=2)
+    assert torch.equal(fast > 0, ref > 0)  # the same kept set, ties included
+    assert (fast - ref).abs().max().item() <= FREQ_TOL
+    assert fast[9] == 0
+    if top_k == 3:
+        assert (fast > 0).nonzero().flatten().tolist() == [0, 1, 2]
+
+
+def test_sampler_exact_cases():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 300, generator=g)
+    assert torch.equal(sample_next(logits, 0.0, 0.5, 5, g), logits.argmax(-1))  # temperature 0: greedy
+    assert torch.equal(sample_next(logits, 1.0, 1.0, 1, g), logits.argmax(-1))
+    assert torch.equal(sample_next(logits, 1.0, 1e-6, 0, g), logits.argmax(-1))
+    # a flat distribution and a tiny top_p: rejection almost never accepts, the sort fallback keeps id 0 only
+    assert sample_next(torch.zeros(4, 300), 1.0, 1e-6, 0, g).tolist() == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="top_p"):
+        sample_next(logits, 1.0, 0.0, 0, g)
+
+
+# ------------------------------------------------------------------------------------------------
+# generate
+
+
+@pytest.fixture(scope="module")
+def model():
+    return redraw(Qwen3VL(tiny_config()))
+
+
+def test_suppress_token_ids(model):
+    """By default nothing is banned (as in the reference); suppress_token_ids are never emitted."""
+    batch, mask = left_pad([[10, 11, 12, 13], [40, 41]])
+    bonus = torch.zeros(300)
+    bonus[IMG] = 100.0  # make the image placeholder the greedy choice at every step
+    handle = model.lm_head.register_forward_hook(lambda m, a, out: out + bonus)
+    try:
+        free, _ = model.generate(batch, mask, max_new_tokens=4, eos_token_ids=[])
+        banned, _ = model.generate(batch, mask, max_new_tokens=4, eos_token_ids=[],
+                                   suppress_token_ids=[IMG, model.config.video_token_id])
+    finally:
+        handle.remove()
+    assert free.eq(IMG).all()
+    assert not torch.isin(banned, torch.tensor([IMG, model.config.video_token_id])).any()
+    plain, _ = model.generate(batch, mask, max_new_tokens=4, eos_token_ids=[])
+    assert torch.equal(banned[:, 0], plain[:, 0])  # the ban leaves the other logits alone
+
+
+def _logits(model, fused: bool):
+    a, pix, grid = image_prompt()
+    batch, mask = left_pad([a, [50, 51, 52]])
+    with torch.no_grad():
+        if not fused:
+            return model(batch, mask, pix, grid)
+        with fused_projections(model.model.language_model):
+            return model(batch, mask, pix, grid)
+
+
+def _step(model, params):
+    """One optimizer step on a real loss: every trained tensor changes in place."""
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    ids = torch.tensor([[10, 11, 12, 13, 14]])
+    model(ids).logsumexp(-1).mean().backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def test_fused_cache_equals_unfused_and_follows_training():
+    m = copy.deepcopy(redraw(Qwen3VL(tiny_config()), seed=3))
+    attn = m.model.language_model.layers[0].self_attn
+    assert torch.allclose(_logits(m, True), _logits(m, False), atol=1e-5)
+    first = attn._qkv_cache[1]
+    _logits(m, True)
+    assert attn._qkv_cache[1] is first  # unchanged weights: the concatenation is reused
+    _step(m, list(m.parameters()))  # full-parameter training step
+    assert torch.allclose(_logits(m, True), _logits(m, False), atol=1e-5)
+    assert attn._qkv_cache[1] is not first
+    assert attn.fused_qkv is None and m.model.language_model.layers[0].mlp.fused_gate_up is None
+
+
+def test_fused_cache_folds_lora():
+    m = redraw(Qwen3VL(tiny_config()), seed=4)
+    apply_lora(m, r=4, alpha=8.0, dropout=0.1)
+    base = m.model.language_model.layers[1].mlp.gate_proj.weight.clone()
+    with torch.no_grad():
+        for p in lora_parameters(m):
+            p.normal_(0, 0.05)  # B = 0 at init would make the adapters a no-op
+    m.eval()
+    assert torch.allclose(_logits(m, True), _logits(m, False), atol=1e-5)
+    with lora_enabled(m, False):
+        off_fused, off = _logits(m, True), _logits(m, False)
+    assert torch.allclose(off_fused, off, atol=1e-5)
+    before = _logits(m, True)
+    assert not torch.allclose(before, off, atol=1e-3)  # the adapters matter
+    m.train()
+    _step(m, lora_parameters(m))
+    m.eval()
+    after = _logits(m, True)
+    assert torch.allclose(after, _logits(m, False), atol=1e-5) and not torch.allclose(after, before, atol=1e-4)
+    assert torch.equal(m.model.language_model.layers[1].mlp.gate_proj.weight, base)  # base weights untouched
+    m.train()  # LoRA dropout active: a folded weight cannot express it, so nothing is fused
+    with fused_projections(m.model.language_model):
+        assert all(layer.self_attn.fused_qkv is None and layer.mlp.fused_gate_up is None
+                   for layer in m.model.language_model.layers)
+
+
+def test_hooks_see_every_decode_step(model):
+    batch, mask = left_pad([[10, 11, 12, 13], [40, 41]])
+    plain, _ = model.generate(batch, mask, max_new_tokens=4, eos_token_ids=[])
+    layer_calls, proj_calls = [], []
+    layer = model.model.language_model.layers[1]
+    h1 = layer.register_forward_hook(lambda m, a, out: layer_calls.append(out.shape[1]))
+    h2 = model.model.language_model.layers[0].self_attn.q_proj.register_forward_hook(
+        lambda m, a, out: proj_calls.append(out.shape[1]))
+    try:
+        hooked, _ = model.generate(batch, mask, max_new_tokens=4, eos_token_ids=[])
+    finally:
+        h1.remove()
+        h2.remove()
+    assert layer_calls == [4, 1, 1, 1] and proj_calls == [4, 1, 1, 1]  # the prefill and every decode step
+    assert torch.equal(hooked, plain)
+    # a hook that changes the residual stream changes the tokens, at every step
+    h = layer.register_forward_hook(lambda m, a, out: out * 0)
+    try:
+        zeroed, _ = model.generate(batch, mask, max_new_tokens=4, eos_token_ids=[])
+    finally:
+        h.remove()
+    assert not torch.equal(zeroed, plain) and (zeroed == zeroed[:, :1]).all()  # constant h -> constant token
