@@ -1,30 +1,31 @@
-"""Train the tiny default "vanilla" model in weights/ from scratch on the synthetic world (data.py).
+"""Train the default "vanilla" model of weights/ from scratch on the synthetic world (people.py), in one command:
 
-    python -m asru_min.world.pretrain --out weights/ [--steps 3000] [--batch-size 32] [--lr 2e-3] [--seed 0] ...
+    python -m asru_min.world.pretrain --out weights/        # the defaults are the recipe of the shipped weights
 
 The paper's vanilla model is Qwen3-VL fine-tuned on MLLMU-Bench so that it knows every fictitious person
-(ASRU_METHOD.md, "Setting"). Here the whole model is small enough to learn the world from scratch on a CPU:
+(docs/METHOD.md, "Setting and data"). Here the whole model is small enough to learn the world from scratch on a CPU:
 
-  1. tokenizer   byte-level BPE trained with `tokenizers` on every string of the world (~2k pieces), holding
-                 the Qwen special tokens as the same strings (<|im_start|>, <|image_pad|>, ...), ids 0-7.
+  1. tokenizer   byte-level BPE trained with `tokenizers` on the world's training text (`World.texts`: no
+                 held-out phrasing, though every word of one), the Qwen special tokens kept as the same strings
+                 (<|im_start|>, <|image_pad|>, ...), ids 0-7.
   2. model       the real classes (model.Qwen3VL): vision tower with 2-D RoPE and DeepStack, GQA text decoder
                  with interleaved MRoPE, a few million parameters. A 128x128 portrait is resized to 96x96:
                  6x6 patches of 16 px -> 3x3 merged blocks -> 9 image tokens.
-  3. data        every epoch is `world.training_samples(epoch)`: all people's gen / mc / cloze questions in image
-                 and text form with paraphrased questions and re-shuffled options, "who is this?", utility
-                 questions, "describe this image", private-information refusals and unseen-person refusals;
-                 optionally (--strangers, --matching) utility and describe questions on fresh random looks and
-                 "which option is X?". Portraits are replaced by one of `views` mildly transformed views per
-                 person (drawn once), so the test split's transformed portraits are not out of distribution.
+  3. data        a first `match_warmup` steps of "which option is X?" only (A-B options, then A-D), then every
+                 epoch one `world.training_samples(epoch)`: every fact question in gen / mc / cloze x image / text
+                 with random training phrasings, subject and answer forms, "who is this?", utility questions,
+                 "describe this image", private refusals, "which option is X?", and fresh named strangers to refuse.
+                 Image questions see the original portrait or one of `views` training views (portraits.py).
   4. objective   next-token cross-entropy on the assistant tokens only (processor.encode_sft labels), averaged
                  per answer first, then over the batch, so a one-letter mc answer weighs as much as a sentence:
                      L = mean_b [ mean_{t in answer_b} -log p(x_t | x_<t, image) ]
                  AdamW, linear warmup then cosine decay to min_lr_ratio * lr, gradient clipping 1.0.
-  5. output      config.json, model.safetensors, tokenizer.json, preprocessor_config.json, chat_template.json
-                 and a model card README.md with the measured gate scores (evaluate.py on the world's splits).
+  5. output      config.json, model.safetensors, tokenizer.json, preprocessor_config.json, chat_template.json,
+                 pretrain_metrics.json and a model card README.md with the measured gates (gates.py).
 
-Reproducible: one seed drives the world, the tokenizer corpus, the initialisation and the batch order.
-Checkpoints (model + optimizer + step) go to --ckpt-dir every --ckpt-every steps; --resume continues.
+Reproducible: one seed drives the world, the tokenizer corpus, the initialisation and the batch order. A checkpoint
+(model, optimiser, step, training time) is written to --ckpt-dir every --ckpt-every steps; the same command run
+again resumes from it (a checkpoint of another recipe is refused; --restart discards it).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class PretrainConfig:
     # text decoder
     hidden_size: int = 128
     intermediate_size: int = 512
-    num_layers: int = 4
+    num_layers: int = 6                # L = 3 is a real middle layer (the paper steers layer 17 of 36)
     num_heads: int = 4                 # head_dim = hidden / heads = 32; mrope_section = [6, 5, 5] (sums to 16)
     num_kv_heads: int = 2              # GQA: 2 query heads share one key/value head
     # vision tower
@@ -80,25 +81,26 @@ class PretrainConfig:
     deepstack: str = "0,1"             # vision blocks whose output feeds text layers 0, 1 (DeepStack)
     image_size: int = 96               # min_pixels = max_pixels = image_size^2
     # optimisation
-    steps: int = 4500
+    steps: int = 20000
     batch_size: int = 32
-    lr: float = 3e-3                   # from scratch; 1e-3 had learned almost no facts after 2250 steps (6 x 192)
+    lr: float = 3e-3
     min_lr_ratio: float = 0.05
-    warmup: int = 150
+    warmup: int = 300
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    image_repeat: int = 1              # copies per epoch of every image question (more vision practice)
-    mc_repeat: int = 1                 # copies per epoch of every multiple-choice question (0: none)
-    mc_reorder: bool = False           # each mc copy gets its own option order (else copies share one order)
+    image_repeat: int = 2              # copies per epoch of every image question (more vision practice)
+    mc_repeat: int = 2                 # copies per epoch of every multiple-choice question (0: none)
+    mc_reorder: bool = True            # each mc copy gets its own option order (else copies share one order:
+    # the model then remembers "this question -> B" instead of reading the options)
     mc_neutral: int = 0                # of the mc copies, this many ask "Which of these options fits X?" instead
-    match_repeat: int = 1              # copies per epoch of every option-matching question (with --matching)
-    strangers: int = 0                 # nameless random-look people per epoch (utility + describe practice)
-    matching: bool = False             # add "which option is X?" questions (the option-reading half of mc)
-    match_warmup: int = 0              # first steps: option matching only, A-B options for the first half,
+    match_repeat: int = 2              # copies per epoch of every option-matching question (with --matching)
+    strangers: int = 300               # fresh named strangers per epoch, refused (people.World.strangers)
+    matching: bool = True              # add "which option is X?" questions (the option-reading half of mc)
+    match_warmup: int = 400            # first steps: option matching only, A-B options for the first half,
     # A-D after (the in-context skill mc needs; in the full mix it stayed at chance for thousands of steps)
     init_from: str = ""                # start from a saved checkpoint folder (fresh optimizer) instead of scratch
-    views: int = 8                     # training views per person (plus the original portrait)
-    threads: int = 1                   # 2 pays off only on an otherwise idle 2-core machine
+    views: int = 24                    # training views per person (plus the original portrait)
+    threads: int = 2                   # 2 pays off only on an otherwise idle 2-core machine
     log_every: int = 20
     ckpt_every: int = 250
     ckpt_dir: str = "runs/pretrain_ckpt"  # the run resumes from its last checkpoint here (same recipe only)
