@@ -1,15 +1,12 @@
-"""KV-cached generation for `Qwen3VL` and the token samplers.
+"""KV-cached generation for `Qwen3VL` and the token samplers (docs/QWEN3VL.md, "KV-cached generation").
 
     prefill:  one forward over the prompts (vision once), KV cache filled, logits of the last position
     copy:     the cache repeated G ways (row b*G + g is sample g of prompt b)
     decode:   per step: sample a token from the logits, feed it through the text decoder (L = 1)
 
-A decode step does only decode work: the positions and RoPE cos/sin of every step are computed once per call,
-the attention mask of a step is a view of the cache's preallocated key mask, and q/k/v and gate/up run as one
-matmul each on weights cached across calls (`text.fused_projections`, LoRA folded in).
-
-Sampling is sort-free (`sample_next`): top-k by a threshold from `torch.topk`, top-p by rejection. It draws
-from the same distribution as the sort-based reference sampler `sample_sorted` (tested by frequencies).
+A decode step does only decode work (RoPE and masks are prepared once per call; q/k/v and gate/up run fused,
+`text.fused_projections`). Sampling is sort-free (`sample_next`: top-k by a `torch.topk` threshold, top-p by
+rejection) and draws from the distribution of the sort-based reference `sample_sorted` (tested by frequencies).
 """
 
 from __future__ import annotations
@@ -19,10 +16,6 @@ import math
 import torch
 
 from .text import KVCache, fused_projections, mrope_cos_sin
-
-# ------------------------------------------------------------------------------------------------
-# samplers
-# ------------------------------------------------------------------------------------------------
 
 NUCLEUS_ROUNDS = 16  # rejection rounds before the remaining rows of a top-p draw fall back to the sort sampler
 
@@ -59,11 +52,11 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1
     if 0 < top_k < logits.shape[-1]:
         logits = logits.masked_fill(~_top_k_keep(logits, top_k), -math.inf)
     p = logits.softmax(-1)  # (B, V)
-    if top_p >= 1.0:
-        return _inverse_cdf(p, generator)
     out = _inverse_cdf(p, generator)
+    if top_p >= 1.0:
+        return out
     pending = (_mass_before(logits, p, out) >= top_p).nonzero().squeeze(1)  # rows whose draw is rejected
-    for _ in range(NUCLEUS_ROUNDS):  # redraw only the rejected rows (each round accepts with probability >= top_p)
+    for _ in range(NUCLEUS_ROUNDS):  # redraw only the rejected rows
         if len(pending) == 0:
             return out
         draw = _inverse_cdf(p[pending], generator)
@@ -105,51 +98,49 @@ def _inverse_cdf(p: torch.Tensor, generator: torch.Generator | None) -> torch.Te
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=p.shape[-1] - 1)
 
 
-# ------------------------------------------------------------------------------------------------
-# generation
-# ------------------------------------------------------------------------------------------------
-
-
-def generate(model, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, max_new_tokens=32,
-             temperature=0.0, top_p=1.0, top_k=0, num_samples=1, generator=None, eos_token_ids=None,
-             image_features=None, suppress_token_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`Qwen3VL.generate` (see there). inference_mode (no autograd bookkeeping at all) makes the many tiny
-    decode ops cheaper; the results are cloned outside it so callers get ordinary tensors they can feed to a
-    training forward."""
-    with torch.inference_mode():
-        tokens, mask = _generate(model, input_ids, attention_mask, pixel_values, image_grid_thw, max_new_tokens,
-                                 temperature, top_p, top_k, num_samples, generator, eos_token_ids, image_features,
-                                 suppress_token_ids)
-    return tokens.clone(), mask.clone()
-
-
-def _generate(model, input_ids, attention_mask, pixel_values, image_grid_thw, max_new_tokens, temperature, top_p,
-              top_k, num_samples, generator, eos_token_ids, image_features, suppress_token_ids):
-    text_cfg = model.config.text
+def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+             pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
+             max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+             num_samples: int = 1, generator: torch.Generator | None = None, eos_token_ids=None, image_features=None,
+             suppress_token_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`Qwen3VL.generate`: left-padded prompts (B, L) -> (tokens (B*G, T), mask (B*G, T)), G = num_samples,
+    T <= max_new_tokens. Each prompt is prefilled once (vision once; `image_features` from `encode_images` may
+    replace pixel_values), then the KV cache is copied G ways: row b*G + g is sample g of prompt b. mask is True
+    up to and including each row's EOS; later tokens are 0; decoding stops once every row has finished.
+    temperature 0 is greedy; otherwise softmax(logits / T) restricted to the top_k most likely tokens (if
+    top_k > 0), renormalised, then to the smallest most-likely set reaching top_p (nucleus).
+    `suppress_token_ids` are never emitted (e.g. image placeholders in GRPO rollouts, which a later forward
+    could not take); by default nothing is banned, as in the reference."""
+    text_cfg, dev, G = model.config.text, input_ids.device, num_samples
     B, L = input_ids.shape
     if L > text_cfg.max_position_embeddings:
         raise ValueError(f"prompt length {L} exceeds max_position_embeddings {text_cfg.max_position_embeddings}")
     T = min(max_new_tokens, text_cfg.max_position_embeddings - L)
     if eos_token_ids is None:
         eos_token_ids = model.config.eos_token_ids
-    elif isinstance(eos_token_ids, int):
-        eos_token_ids = [eos_token_ids]
-    dev, G = input_ids.device, num_samples
-    eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=dev)
+    eos = torch.tensor([eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids),
+                       dtype=torch.long, device=dev)
     tokens = torch.zeros(B * G, T, dtype=torch.long, device=dev)
     mask = torch.full((B * G, T), len(eos) == 0, dtype=torch.bool, device=dev)
     if T <= 0:
-        return tokens, mask
-    suppress = sorted(set(suppress_token_ids or []))
-
-    with fused_projections(model.model.language_model):  # q/k/v and gate/up as one matmul (cached weights)
+        return tokens.clone(), mask.clone()
+    suppress, lm = sorted(set(suppress_token_ids or [])), model.model.language_model
+    # inference_mode: no autograd bookkeeping, so the many tiny decode ops get cheaper; tokens and mask were
+    # allocated outside it, so the clones returned are ordinary tensors a training forward can use
+    with torch.inference_mode(), fused_projections(lm):
         cache = KVCache(text_cfg, B, L + T, model.dtype, dev)
         logits = model(input_ids, attention_mask, pixel_values, image_grid_thw, image_features=image_features,
                        cache=cache, logits_to_keep=1)[:, -1]  # (B, V)
         if G > 1:
             cache = cache.repeat_interleave(G)
             logits = logits.repeat_interleave(G, dim=0)  # (B*G, V)
-        step = DecodeSteps(model, cache, T - 1)
+        # every decoded token is real, so step t of row b has position seen_b + t + delta_b (T = H = W): cos/sin
+        # of all steps are computed once and the decoded keys' mask entries set once; step t's mask (B, 1, 1, S) is
+        # a view of the cache's key mask (None when no prompt had pads: one query sees every key)
+        pos = (cache.seen + cache.rope_deltas)[:, None] + torch.arange(T - 1, device=dev)  # (B*G, T-1)
+        cos, sin = mrope_cos_sin(pos, text_cfg, model.dtype)  # (B*G, T-1, 1, d)
+        cache.key_mask[:, cache.pos:cache.pos + T - 1] = True  # (cache.seen is left as is: this cache is private)
+        key_mask = cache.key_mask[:, None, None, :] if cache.has_pad else None  # (B*G, 1, 1, max_len)
         finished = torch.zeros(B * G, dtype=torch.bool, device=dev)
         for t in range(T):
             if suppress:
@@ -161,32 +152,8 @@ def _generate(model, input_ids, attention_mask, pixel_values, image_grid_thw, ma
                 finished = finished | torch.isin(nxt, eos)
             tokens[:, t] = nxt
             if t == T - 1 or bool(finished.all()):
-                return tokens[:, :t + 1], mask[:, :t + 1]
-            logits = step(nxt)
-    return tokens, mask
-
-
-class DecodeSteps:
-    """Feeds one token per row through the text decoder and the head, with a cache that holds the prefill.
-
-    Every decoded token is real, so step j (0-based) of row b has position seen_b + j + delta_b (T = H = W):
-    cos/sin for all `n_steps` are computed here once, (n, B, 1, 1, d). The decoded keys are all real: their
-    key-mask entries are set once, and step j's mask (B, 1, 1, S) is a view of the cache's key mask
-    (None when no prompt had pads: one query sees every key)."""
-
-    def __init__(self, model, cache: KVCache, n_steps: int):
-        self.model, self.cache, self.j = model, cache, 0
-        lm = model.model.language_model
-        pos = (cache.seen + cache.rope_deltas)[:, None] + torch.arange(n_steps, device=cache.k.device)  # (B, n)
-        cos, sin = mrope_cos_sin(pos, lm.config, model.dtype)  # (B, n, 1, d)
-        self.cos, self.sin = cos.transpose(0, 1)[:, :, None], sin.transpose(0, 1)[:, :, None]  # (n, B, 1, 1, d)
-        cache.key_mask[:, cache.pos:cache.pos + n_steps] = True  # (cache.seen is left as is: this cache is private)
-        self.key_mask = cache.key_mask[:, None, None, :] if cache.has_pad else None  # (B, 1, 1, max_len)
-
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B,) -> logits (B, V) of the next position."""
-        lm = self.model.model.language_model
-        mask = None if self.key_mask is None else self.key_mask[..., :self.cache.pos + 1]
-        h = lm(lm.embed_tokens(ids[:, None]), mask=mask, cache=self.cache, rope=(self.cos[self.j], self.sin[self.j]))
-        self.j += 1
-        return self.model.lm_head(h[:, -1])
+                break
+            step_mask = None if key_mask is None else key_mask[..., :cache.pos + 1]
+            h = lm(lm.embed_tokens(nxt[:, None]), mask=step_mask, cache=cache, rope=(cos[:, t:t + 1], sin[:, t:t + 1]))
+            logits = model.lm_head(h[:, -1])  # (B*G, V)
+    return tokens[:, :t + 1].clone(), mask[:, :t + 1].clone()

@@ -7,8 +7,7 @@ A starts Kaiming-uniform and B at zero, so at init the adapted model equals the 
   the adapters add `...q_proj.lora_A.weight` / `...q_proj.lora_B.weight`.
 - Adapters off (`lora_enabled(model, False)`) IS the reference policy for GRPO/NPO/KL: no second model copy.
 - Merging is only explicit (`.eval()` never merges, unlike loralib), so train/eval cannot change "adapters off".
-- `save_lora` / `load_lora` use PEFT's layout, so PEFT can load an adapter onto the Hugging Face Qwen3-VL, whose
-  module paths equal ours.
+- `save_lora` / `load_lora` use PEFT's layout, so PEFT loads our adapters onto the Hugging Face Qwen3-VL (same paths).
 """
 
 import json
@@ -109,51 +108,40 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for m in lora_modules(model).values() for p in (m.lora_A.weight, m.lora_B.weight)]
 
 
-def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
-    parent_path, _, leaf = path.rpartition(".")
-    return (model.get_submodule(parent_path) if parent_path else model), leaf
-
-
 def _install(model: nn.Module, paths: list[str], cfg: LoRAConfig) -> None:
-    """Freeze every parameter, wrap the nn.Linear at each path, record `cfg` as `model.lora_config`."""
     for p in model.parameters():
         p.requires_grad_(False)
     for path in paths:
-        parent, leaf = _parent(model, path)
+        parent_path, _, leaf = path.rpartition(".")
+        parent = model.get_submodule(parent_path)  # "" is the model itself
         linear = getattr(parent, leaf)
-        if isinstance(linear, LoRALinear):
-            raise ValueError(f"{path} already has a LoRA adapter")
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"{path} is a {type(linear).__name__}, not nn.Linear")
+        if isinstance(linear, LoRALinear) or not isinstance(linear, nn.Linear):
+            raise ValueError(f"{path} is a {type(linear).__name__}, not an nn.Linear without a LoRA adapter")
         setattr(parent, leaf, LoRALinear.from_linear(linear, cfg.r, cfg.alpha, cfg.dropout))
     model.lora_config = cfg
 
 
 def apply_lora(model: nn.Module, targets=TEXT_TARGETS, r: int = 16, alpha: float = 16.0, dropout: float = 0.05,
                layers=None, vision: bool = False, vision_targets=VISION_TARGETS) -> list[str]:
-    """Wrap the target nn.Linear layers of the text decoder (and of the vision tower if `vision`) in LoRALinear,
-    freeze every other parameter, and return the wrapped module paths.
-
-    targets: leaf names in the decoder layers (default: all seven linear maps, as the authors' fine-tuning);
-    layers: decoder layer indices to adapt (None = all). The settings are kept in `model.lora_config`."""
+    """Wrap the nn.Linear layers named `targets` in the decoder `layers` (None = all; default: all seven linear maps
+    of every layer, as the authors' fine-tuning), and `vision_targets` of the vision tower if `vision`, in LoRALinear;
+    freeze every other parameter. Returns the wrapped module paths; the settings are kept in `model.lora_config`."""
     if lora_modules(model):
         raise ValueError("model already has LoRA adapters")
     targets, vision_targets = tuple(targets), tuple(vision_targets)
-    layer_set = None if layers is None else {int(i) for i in layers}
+    layers = None if layers is None else sorted(int(i) for i in layers)
     paths = []
     for name, m in model.named_modules():
-        if not isinstance(m, nn.Linear):
-            continue
         leaf = name.rsplit(".", 1)[-1]
-        if name.startswith(TEXT_PREFIX) and leaf in targets:
-            if layer_set is None or int(name[len(TEXT_PREFIX):].split(".")[0]) in layer_set:
-                paths.append(name)
-        elif vision and name.startswith(VISION_PREFIX) and leaf in vision_targets:
+        in_text = name.startswith(TEXT_PREFIX) and leaf in targets and (
+            layers is None or int(name[len(TEXT_PREFIX):].split(".")[0]) in layers)  # the layer index after the prefix
+        in_vision = vision and name.startswith(VISION_PREFIX) and leaf in vision_targets
+        if isinstance(m, nn.Linear) and (in_text or in_vision):
             paths.append(name)
     if not paths:
         raise ValueError(f"no nn.Linear named {targets} under {TEXT_PREFIX}*")
-    _install(model, paths, LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=targets, vision=vision, paths=paths,
-                                      layers=None if layers is None else sorted(int(i) for i in layers)))
+    _install(model, paths, LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=targets, layers=layers, vision=vision,
+                                      paths=paths))
     return paths
 
 
@@ -209,8 +197,8 @@ def unload_lora(model: nn.Module, merge: bool = True) -> int:
         plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
         plain.weight, plain.bias = m.weight, m.bias
         plain.train(m.training)
-        parent, leaf = _parent(model, path)
-        setattr(parent, leaf, plain)
+        parent_path, _, leaf = path.rpartition(".")
+        setattr(model.get_submodule(parent_path), leaf, plain)
     if hasattr(model, "lora_config"):
         del model.lora_config
     return len(modules)
@@ -219,15 +207,12 @@ def unload_lora(model: nn.Module, merge: bool = True) -> int:
 # ---------------------------------------------------------------------------------------- PEFT-format files
 
 def save_lora(model: nn.Module, directory: str, base_model_name_or_path: str | None = None) -> None:
-    """Write `directory/adapter_model.safetensors` (keys `base_model.model.<path>.lora_{A,B}.weight`) and
-    `directory/adapter_config.json` in PEFT's format."""
+    """Write adapter_model.safetensors (keys `base_model.model.<path>.lora_{A,B}.weight`) and adapter_config.json."""
     modules = lora_modules(model)
-    if not modules:
-        raise ValueError("model has no LoRA adapters to save")
     if any(m.merged for m in modules.values()):
         raise RuntimeError("save_lora needs unmerged adapters (call unmerge_lora first)")
-    if len({m.r for m in modules.values()}) != 1 or len({m.lora_alpha for m in modules.values()}) != 1:
-        raise ValueError("save_lora supports one rank and alpha for all adapters")
+    if len({(m.r, m.lora_alpha) for m in modules.values()}) != 1:  # also for a model without adapters
+        raise ValueError("save_lora needs LoRA adapters, all with one rank and alpha")
     os.makedirs(directory, exist_ok=True)
     tensors = {f"{PEFT_PREFIX}{path}.{ab}.weight": getattr(m, ab).weight.detach().cpu().contiguous()
                for path, m in modules.items() for ab in ("lora_A", "lora_B")}
@@ -241,23 +226,19 @@ def save_lora(model: nn.Module, directory: str, base_model_name_or_path: str | N
     else:
         target_modules = "(" + "|".join(re.escape(p) for p in modules) + ")"
     m0 = next(iter(modules.values()))
-    config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
-        "r": m0.r, "lora_alpha": m0.lora_alpha,
-        "lora_dropout": m0.lora_dropout.p if isinstance(m0.lora_dropout, nn.Dropout) else 0.0,
-        "target_modules": target_modules, "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
-        "init_lora_weights": True, "use_rslora": False, "use_dora": False, "modules_to_save": None,
-    }
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
+              "r": m0.r, "lora_alpha": m0.lora_alpha,
+              "lora_dropout": m0.lora_dropout.p if isinstance(m0.lora_dropout, nn.Dropout) else 0.0,
+              "target_modules": target_modules, "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
+              "init_lora_weights": True, "use_rslora": False, "use_dora": False, "modules_to_save": None}
     with open(os.path.join(directory, ADAPTER_CONFIG), "w") as f:
         json.dump(config, f, indent=2)
 
 
 def load_lora(model: nn.Module, directory: str) -> list[str]:
-    """Load a PEFT-format LoRA adapter. If the model has no adapters yet, they are created on exactly the
-    module paths named in the file (with r / alpha / dropout from adapter_config.json); if it has some, the
-    paths and ranks must match. Returns the adapted module paths."""
-    weights_path = os.path.join(directory, ADAPTER_WEIGHTS)
-    config_path = os.path.join(directory, ADAPTER_CONFIG)
+    """Load a PEFT-format adapter. A model without adapters gets them on exactly the file's module paths (r / alpha /
+    dropout from adapter_config.json); one with adapters must match paths and ranks. Returns the adapted paths."""
+    weights_path, config_path = os.path.join(directory, ADAPTER_WEIGHTS), os.path.join(directory, ADAPTER_CONFIG)
     for p in (directory, weights_path, config_path):
         if not os.path.exists(p):
             raise FileNotFoundError(f"LoRA adapter: {p} not found")
@@ -279,11 +260,11 @@ def load_lora(model: nn.Module, directory: str) -> list[str]:
     existing = lora_modules(model)
     if not existing:
         paths = list(by_path)
-        r, alpha, dropout = int(config["r"]), float(config["lora_alpha"]), float(config.get("lora_dropout", 0.0))
         _install(model, paths, LoRAConfig(
-            r=r, alpha=alpha, dropout=dropout, targets=tuple(sorted({p.rsplit(".", 1)[-1] for p in paths})),
+            r=int(config["r"]), alpha=float(config["lora_alpha"]), dropout=float(config.get("lora_dropout", 0.0)),
+            targets=tuple(sorted({p.rsplit(".", 1)[-1] for p in paths})), paths=paths,
             layers=None if isinstance(config.get("target_modules"), list) else [],
-            vision=any(p.startswith(VISION_PREFIX) for p in paths), paths=paths))
+            vision=any(p.startswith(VISION_PREFIX) for p in paths)))
     elif set(existing) != set(by_path):
         missing, extra = sorted(set(existing) - set(by_path)), sorted(set(by_path) - set(existing))
         raise ValueError(f"adapter paths differ from the model's: missing in file {missing[:3]}, "

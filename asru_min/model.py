@@ -1,13 +1,12 @@
-"""Qwen3-VL glue (spec: docs QWEN3VL_SPEC.md §1, §5, §7, §8).
+"""Qwen3-VL glue (docs/QWEN3VL.md, "Glue"; "Checkpoint and config").
 
     pixel_values --VisionModel--> image rows (N/4, D) + DeepStack rows K x (N/4, D)
-    input_ids --embed--> E;  E[image placeholders] = image rows                    §5
-    3-D positions (T, H, W) over the real tokens (attention_mask == 1)             §7
-    TextModel(E, positions, DeepStack on visual positions) -> lm_head -> logits    §6
+    input_ids --embed--> E;  E[image placeholders] = image rows
+    3-D positions (T, H, W) over the real tokens (attention_mask == 1)
+    TextModel(E, positions, DeepStack on visual positions) -> lm_head -> logits
 
-Also: a KV-cached `generate` (one prefill per prompt, the cache copied G ways for a GRPO group) and
-checkpoint I/O whose tensor names are exactly the module paths (`model.visual.*`, `model.language_model.*`,
-`lm_head.weight`), so loading is one loop and files round-trip with the reference implementation.
+Also a KV-cached `generate` (loop in generate.py) and checkpoint I/O whose tensor names are exactly the module
+paths (`model.visual.*`, `model.language_model.*`, `lm_head.weight`), so files round-trip with the reference.
 """
 
 from __future__ import annotations
@@ -25,9 +24,9 @@ from . import generate as generation
 from .text import KVCache, TextConfig, TextModel
 from .vision import VisionConfig, VisionModel
 
-# ------------------------------------------------------------------------------------------------
-# Configuration
-# ------------------------------------------------------------------------------------------------
+META_INIT_PARAMS = 50_000_000  # from_pretrained builds models above this size on the meta device
+TOP_LEVEL_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
+                  "tie_word_embeddings")  # config.json keys outside text_config / vision_config
 
 
 def _fields(cls, d: dict) -> dict:
@@ -43,7 +42,7 @@ class Qwen3VLConfig:
     video_token_id: int = 151656
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
-    tie_word_embeddings: bool = False  # read at the top level of config.json (§10)
+    tie_word_embeddings: bool = False  # read at the top level of config.json
     dtype: str | None = None
 
     @classmethod
@@ -66,8 +65,7 @@ class Qwen3VLConfig:
             v["rope_theta"] = v["rope_parameters"]["rope_theta"]
         if "deepstack_visual_indexes" in v:
             v["deepstack_visual_indexes"] = list(v["deepstack_visual_indexes"])
-        top = {k: d[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
-                                 "vision_end_token_id", "tie_word_embeddings") if k in d}
+        top = {k: d[k] for k in TOP_LEVEL_KEYS if k in d}
         dtype = d.get("dtype") or d.get("torch_dtype") or t.get("dtype") or t.get("torch_dtype")
         return cls(text=TextConfig(**_fields(TextConfig, t)), vision=VisionConfig(**_fields(VisionConfig, v)),
                    dtype=dtype, **top)
@@ -84,10 +82,7 @@ class Qwen3VLConfig:
         v.pop("layer_norm_eps")  # hard-coded 1e-6 in the reference, not a config field
         v["model_type"] = "qwen3_vl_vision"
         out = {"architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl",
-               "image_token_id": self.image_token_id, "video_token_id": self.video_token_id,
-               "vision_start_token_id": self.vision_start_token_id,
-               "vision_end_token_id": self.vision_end_token_id,
-               "tie_word_embeddings": self.tie_word_embeddings, "text_config": t, "vision_config": v}
+               **{k: getattr(self, k) for k in TOP_LEVEL_KEYS}, "text_config": t, "vision_config": v}
         if self.dtype is not None:
             out["dtype"] = self.dtype
         return out
@@ -98,15 +93,9 @@ class Qwen3VLConfig:
         return [] if e is None else [e] if isinstance(e, int) else list(e)
 
 
-# ------------------------------------------------------------------------------------------------
-# 3-D positions (get_rope_index, §7), vectorised over the batch; pads may be anywhere in a row
-# ------------------------------------------------------------------------------------------------
-
-
 def rope_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_grid_thw: torch.Tensor | None,
                    image_token_id: int, merge: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions (3, B, L) and rope deltas (B,).
-
+    """Positions (3, B, L) and rope deltas (B,): the reference's get_rope_index, vectorised; pads anywhere.
     Over the real tokens of a row (pads skipped), with a running `cur`:
       text token:                    (cur, cur, cur), cur += 1
       image run, merged grid H'xW':  token (i, j) in raster order -> (cur, cur+i, cur+j); cur += max(H', W')
@@ -114,10 +103,9 @@ def rope_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_
     Pads get 0.  delta = max(position) + 1 - #real tokens (a decoded token s gets s + delta).
     Images are consumed in row-major order of their placeholder runs across the batch."""
     B, L = input_ids.shape
-    dev = input_ids.device
-    real = attention_mask.bool()
+    dev, real = input_ids.device, attention_mask.bool()
     is_img = (input_ids == image_token_id) & real
-    is_text = real & ~is_img
+    is_text = (real & ~is_img).long()
     # an image run starts where the previous *real* token (pads skipped) is not an image token
     idx = torch.arange(L, device=dev).expand(B, L)
     last_real = torch.where(real, idx, -1).cummax(dim=1).values  # (B, L) last real index <= l
@@ -129,8 +117,8 @@ def rope_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_
     if n_runs != n_grids:
         raise ValueError(f"found {n_runs} runs of image placeholder tokens but {n_grids} image grids")
 
-    text_before = is_text.long().cumsum(1) - is_text.long()  # exclusive count of real text tokens
-    base = text_before
+    base = is_text.cumsum(1) - is_text  # exclusive count of real text tokens
+    pos = base.expand(3, B, L)
     if n_runs:
         grid = image_grid_thw.to(dev).long()
         t, hm, wm = grid[:, 0], grid[:, 1] // merge, grid[:, 2] // merge
@@ -143,7 +131,7 @@ def rope_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_
         ext_at_start = torch.zeros(B, L, dtype=torch.long, device=dev)
         ext_at_start[run_start] = extent
         ext_before = ext_at_start.cumsum(1) - torch.where(is_img, extent[run_id], 0)  # earlier runs only
-        base = text_before + ext_before
+        base = base + ext_before
         img_excl = is_img.long().cumsum(1) - is_img.long()
         k = img_excl - img_excl[run_start][run_id]  # index of the token inside its run
         hw = (hm * wm)[run_id]
@@ -151,8 +139,6 @@ def rope_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_
         off_h = torch.where(is_img, (k // wm[run_id]) % hm[run_id], 0)
         off_w = torch.where(is_img, k % wm[run_id], 0)
         pos = torch.stack([base + off_t, base + off_h, base + off_w])
-    else:
-        pos = base.expand(3, B, L).clone()
     pos = torch.where(real, pos, 0)
     n_real = real.long().sum(1)
     deltas = torch.where(n_real > 0, pos.amax(dim=(0, 2)) + 1 - n_real, 0)
@@ -165,19 +151,14 @@ def attention_mask_4d(real_keys: torch.Tensor, q_len: int, past: int) -> torch.T
     S = past + q_len
     qi = torch.arange(past, S, device=real_keys.device)[:, None]
     kj = torch.arange(S, device=real_keys.device)[None, :]
-    causal = kj <= qi  # (q_len, S)
-    return (causal & real_keys[:, None, None, :S]) | (kj == qi)
-
-
-META_INIT_PARAMS = 50_000_000  # from_pretrained builds models above this size on the meta device
+    return ((kj <= qi) & real_keys[:, None, None, :S]) | (kj == qi)  # (causal & real key) | itself
 
 
 def checkpoint_shapes(cfg: Qwen3VLConfig) -> dict[str, tuple]:
-    """Every tensor of a checkpoint and its shape (spec §8); equals the module paths of `Qwen3VL`."""
-    v, t = cfg.vision, cfg.text
+    """Every tensor of a checkpoint and its shape; equals the module paths of `Qwen3VL`."""
+    v, t, p = cfg.vision, cfg.text, cfg.vision.patch_size
     Dv, I, D4 = v.hidden_size, v.intermediate_size, v.hidden_size * v.spatial_merge_size**2
-    out = {"model.visual.patch_embed.proj.weight": (Dv, v.in_channels, v.temporal_patch_size, v.patch_size,
-                                                    v.patch_size),
+    out = {"model.visual.patch_embed.proj.weight": (Dv, v.in_channels, v.temporal_patch_size, p, p),
            "model.visual.patch_embed.proj.bias": (Dv,),
            "model.visual.pos_embed.weight": (v.num_position_embeddings, Dv)}
     for i in range(v.depth):
@@ -211,11 +192,6 @@ def checkpoint_shapes(cfg: Qwen3VLConfig) -> dict[str, tuple]:
     return out
 
 
-# ------------------------------------------------------------------------------------------------
-# Model
-# ------------------------------------------------------------------------------------------------
-
-
 class Qwen3VLModel(nn.Module):
     """Container so that attribute paths equal checkpoint keys: model.visual.*, model.language_model.*."""
 
@@ -234,8 +210,6 @@ class Qwen3VL(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.language_model.embed_tokens.weight
 
-    # ----- helpers -----
-
     @property
     def device(self) -> torch.device:
         return self.lm_head.weight.device
@@ -252,19 +226,15 @@ class Qwen3VL(nn.Module):
         """-> (image_embeds (N/4, D), DeepStack features: list of K x (N/4, D)); rows in image order."""
         return self.model.visual(pixel_values.to(self.dtype), image_grid_thw)
 
-    # ----- forward -----
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
                 image_features=None, cache: KVCache | None = None, logits_to_keep: int = 0) -> torch.Tensor:
         """Logits (B, L, V) (or the last `logits_to_keep` positions).
-
         attention_mask (B, L): 1 real, 0 pad, pads anywhere. With a cache, it covers the new input_ids only
         (a mask over cache.pos + L columns is also accepted; its last L columns are used).
         The first call on an empty cache is the prefill (3-D positions, rope deltas stored in the cache);
         later calls are decode steps: a real token with s real tokens before it gets position s + delta."""
-        cfg = self.config
-        B, L = input_ids.shape
+        cfg, L = self.config, input_ids.shape[1]
         past = 0 if cache is None else cache.pos
         if past + L > cfg.text.max_position_embeddings:
             raise ValueError(f"sequence length {past + L} exceeds max_position_embeddings "
@@ -274,9 +244,7 @@ class Qwen3VL(nn.Module):
         if attention_mask is not None and attention_mask.shape[1] == past + L and past > 0:
             attention_mask = attention_mask[:, past:]
         all_real = attention_mask is None or bool(attention_mask.all())
-        if attention_mask is None:
-            attention_mask = torch.ones(B, L, dtype=torch.long, device=input_ids.device)
-        real = attention_mask.bool()
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
 
         emb = self.model.language_model.embed_tokens(input_ids)  # (B, L, D)
         visual_pos_mask, deepstack = None, None
@@ -291,46 +259,33 @@ class Qwen3VL(nn.Module):
                 embeds, deepstack = image_features
                 if image_grid_thw is None:
                     raise ValueError("image_features need image_grid_thw for the 3-D positions")
-                m2 = cfg.vision.spatial_merge_size ** 2
-                n_grid = int(torch.as_tensor(image_grid_thw).prod(-1).sum()) // m2
+                n_grid = int(torch.as_tensor(image_grid_thw).prod(-1).sum()) // cfg.vision.spatial_merge_size ** 2
                 if not (n_placeholders == embeds.shape[0] == n_grid):
                     raise ValueError(f"{n_placeholders} image placeholder tokens in input_ids, but the images give "
                                      f"{embeds.shape[0]} feature rows (image_grid_thw implies {n_grid})")
                 if past > 0:
                     raise ValueError("images must be in the first (prefill) call of a cached forward")
-                vis_idx = img_mask.nonzero(as_tuple=True)  # row-major, like masked_scatter
-                emb = emb.index_put(vis_idx, embeds.to(emb.dtype))
+                emb = emb.index_put(img_mask.nonzero(as_tuple=True), embeds.to(emb.dtype))  # row-major (masked_scatter)
                 visual_pos_mask = img_mask
             elif n_placeholders:
                 raise ValueError(f"input_ids contain {n_placeholders} image placeholder tokens but no images "
                                  f"were given")
 
-        # positions and attention mask
         if past == 0:
             grid = None if image_features is None else torch.as_tensor(image_grid_thw)
-            pos, deltas = rope_positions(input_ids, attention_mask, grid, cfg.image_token_id,
-                                         cfg.vision.spatial_merge_size)
+            pos, deltas = rope_positions(input_ids, real, grid, cfg.image_token_id, cfg.vision.spatial_merge_size)
             if cache is not None:
-                cache.rope_deltas = deltas
-                cache.seen = real.long().sum(1)
-                cache.has_pad = not all_real
+                cache.rope_deltas, cache.seen = deltas, real.long().sum(1)
         else:  # text tokens after the prefill: T = H = W = (real tokens before it) + delta, as (B, L)
-            s = cache.seen[:, None] + (torch.arange(L, device=input_ids.device) if all_real
-                                       else real.long().cumsum(1) - 1)
-            pos = s + cache.rope_deltas[:, None]
-            if not all_real:
-                pos = torch.where(real, pos, 0)
-            cache.seen = cache.seen + (L if all_real else real.long().sum(1))
+            pos = torch.where(real, cache.seen[:, None] + real.long().cumsum(1) - 1 + cache.rope_deltas[:, None], 0)
+            cache.seen = cache.seen + real.long().sum(1)
+        mask = None  # plain causal, or one decode query with no pad keys: it sees every key
         if cache is not None:
             cache.key_mask[:, past:past + L] = real
             cache.has_pad = cache.has_pad or not all_real
-            if L == 1 and not cache.has_pad:
-                mask = None  # one query, no pad keys: it sees every key
-            else:
+            if L > 1 or cache.has_pad:
                 mask = attention_mask_4d(cache.key_mask, L, past)
-        elif all_real:
-            mask = None  # plain causal
-        else:
+        elif not all_real:
             mask = attention_mask_4d(real, L, 0)
 
         h = self.model.language_model(emb, pos, mask, cache, visual_pos_mask, deepstack)
@@ -338,31 +293,10 @@ class Qwen3VL(nn.Module):
             h = h[:, -logits_to_keep:]
         return self.lm_head(h)
 
-    # ----- generation -----
-
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
-                 max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-                 num_samples: int = 1, generator: torch.Generator | None = None,
-                 eos_token_ids=None, image_features=None, suppress_token_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded prompts (B, L) -> (tokens (B*G, T), mask (B*G, T)), G = num_samples, T <= max_new_tokens.
-
-        Each prompt is prefilled once (vision runs once), then the KV cache is copied G ways: row b*G + g is
-        sample g of prompt b. mask is True on generated tokens up to and including each row's EOS; later
-        tokens are 0. Decoding stops early once every row has finished. `image_features` (from
-        `encode_images`) may replace pixel_values. temperature 0 is greedy; otherwise softmax(logits / T)
-        restricted to the top_k most likely tokens (if top_k > 0), renormalised, then to the smallest set of
-        most likely tokens whose probability reaches top_p (nucleus). `suppress_token_ids` are never emitted
-        (e.g. image/video placeholders in GRPO rollouts: a response holding one could not be fed back through
-        forward); by default nothing is banned, as in the reference. The loop is in asru_min/generate.py."""
-        return generation.generate(self, input_ids, attention_mask, pixel_values, image_grid_thw, max_new_tokens,
-                                   temperature, top_p, top_k, num_samples, generator, eos_token_ids, image_features,
-                                   suppress_token_ids)
-
-    # ----- checkpoint I/O -----
+    generate = generation.generate  # model.generate(input_ids, ...): the KV-cached sampling loop in generate.py
 
     def checkpoint_keys(self) -> dict[str, tuple]:
-        """{checkpoint key: shape} for this config (spec §8); a tied model has no lm_head.weight.
+        """{checkpoint key: shape} for this config; a tied model has no lm_head.weight.
         Built from the config, not from state_dict(), so parameters attached later (e.g. LoRA) never count."""
         return checkpoint_shapes(self.config)
 
@@ -372,8 +306,7 @@ class Qwen3VL(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        sd = self.state_dict()
-        keys = self.checkpoint_keys()
+        sd, keys = self.state_dict(), self.checkpoint_keys()
         missing = [k for k in keys if k not in sd]
         if missing:
             raise ValueError(f"cannot save: the model has no tensors for {missing[:10]}")
@@ -396,12 +329,9 @@ class Qwen3VL(nn.Module):
         if not cfg_file.is_file():
             raise FileNotFoundError(f"config.json not found in {path}")
         config = Qwen3VLConfig.from_dict(json.loads(cfg_file.read_text()))
-        index = path / "model.safetensors.index.json"
-        if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            files = [path / f for f in files]
-        else:
-            files = [path / "model.safetensors"]
+        index, files = path / "model.safetensors.index.json", [path / "model.safetensors"]
+        if index.is_file():  # sharded
+            files = [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
         for f in files:
             if not f.is_file():
                 raise FileNotFoundError(f"weights file not found: {f}")
@@ -409,8 +339,7 @@ class Qwen3VL(nn.Module):
         for f in files:
             try:
                 with safe_open(str(f), framework="pt", device="cpu") as sf:
-                    for k in sf.keys():
-                        tensors[k] = sf.get_tensor(k)
+                    tensors.update({k: sf.get_tensor(k) for k in sf.keys()})
             except Exception as e:  # safetensors raises its own error type for bad headers / truncated data
                 raise ValueError(f"cannot read safetensors file {f} (truncated or corrupt?): {e}") from e
 

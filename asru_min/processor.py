@@ -7,12 +7,9 @@ its default torchvision backend differs by +-1 on a few resized pixels.
            --rescale, normalize--> float32 (3, h', w') --patchify--> (gh*gw, 3*Tp*p*p) rows, grid [1, gh, gw]
     texts  --expand the i-th <|image_pad|> to t*gh*gw/m^2 copies--> tokenize --> left-pad --> ids, attention_mask
 
-`apply_chat_template` renders the *Instruct* template (also for thinking checkpoints) in plain Python: a first
-system message, user / assistant turns, image items in user turns, `add_generation_prompt`, `add_vision_id`.
-Anything else (tools, videos, a later system message, unknown roles or items) raises ValueError.
+`apply_chat_template` renders the *Instruct* template (also for thinking checkpoints) in plain Python; tools, videos,
+a later system message, unknown roles or items raise ValueError.
 """
-
-from __future__ import annotations
 
 import json
 import math
@@ -54,12 +51,11 @@ class ImageProcessorConfig:
     def from_dict(cls, d: dict) -> "ImageProcessorConfig":
         """From a preprocessor_config.json dict; accepts `size.{shortest,longest}_edge`, the legacy
         `size.{min,max}_pixels`, and top-level `min_pixels` / `max_pixels` (which win, as in the reference)."""
-        for flag in ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb"):
-            if d.get(flag, True) is False:
-                raise ValueError(f"preprocessor_config.json sets {flag}=false; only the default pipeline is supported")
+        off = [f for f in ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb") if d.get(f, True) is False]
         size = d.get("size") or {}
-        if not isinstance(size, dict):
-            raise ValueError(f"preprocessor_config.json: `size` must be a dict, got {size!r}")
+        if off or not isinstance(size, dict):
+            raise ValueError(f"preprocessor_config.json: only the default pipeline with a dict `size` is supported "
+                             f"(got {off} set to false, size {size!r})")
         c = cls()
         min_px = size.get("shortest_edge", size.get("min_pixels", c.min_pixels))
         max_px = size.get("longest_edge", size.get("max_pixels", c.max_pixels))
@@ -72,7 +68,6 @@ class ImageProcessorConfig:
                    rescale_factor=float(d.get("rescale_factor", c.rescale_factor)))
 
     def to_dict(self) -> dict:
-        """The fields in preprocessor_config.json layout (pixel bounds under `size`)."""
         return {"patch_size": self.patch_size, "temporal_patch_size": self.temporal_patch_size,
                 "merge_size": self.merge_size, "image_mean": list(self.image_mean), "image_std": list(self.image_std),
                 "size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
@@ -101,8 +96,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """RGB, with any transparency composited over opaque white (a plain convert("RGB") keeps the hidden colour)."""
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -116,11 +110,8 @@ def smart_resize(height: int, width: int, factor: int = 32, min_pixels: int = 65
 
     The float operations keep the reference's order (two successive divisions) so edge cases round alike.
     """
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image must have positive height and width, got {height}x{width}")
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"absolute aspect ratio must be at most 200, got {max(height, width) / min(height, width)}"
-                         f" for a {height}x{width} image")
+    if min(height, width) <= 0 or max(height, width) / min(height, width) > 200:
+        raise ValueError(f"image must have positive sides and an aspect ratio of at most 200, got {height}x{width}")
     h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt((height * width) / max_pixels)
@@ -163,8 +154,7 @@ def preprocess_image(image, config: ImageProcessorConfig) -> tuple[np.ndarray, t
 
 
 def preprocess_images(images: list, config: ImageProcessorConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images -> pixel_values (sum of gh*gw, C*Tp*p*p) float32 (rows concatenated in image order) and
-    image_grid_thw (n_images, 3) long."""
+    """Images -> pixel_values (sum of gh*gw, C*Tp*p*p) float32, rows in image order; image_grid_thw (n, 3) long."""
     if len(images) == 0:
         raise ValueError("preprocess_images needs at least one image")
     rows, grids = zip(*(preprocess_image(im, config) for im in images))
@@ -174,54 +164,42 @@ def preprocess_images(images: list, config: ImageProcessorConfig) -> tuple[torch
 
 # ----------------------------------------------------------------------------------------- chat template
 
-def _render_content(content, role: str, n_images: int, add_vision_id: bool) -> tuple[str, int]:
-    """Message content (a str, or a list of items joined with nothing between them) -> (text, images so far).
-    Image items (user turns only) become IMAGE_PLACEHOLDER, prefixed by `Picture k: ` when add_vision_id."""
-    if isinstance(content, str):
-        return content, n_images
-    if not isinstance(content, list):
-        raise ValueError(f"{role} message content must be a str or a list of items, got {type(content).__name__}")
-    parts = []
-    for item in content:
-        if not isinstance(item, dict):
-            raise ValueError(f"{role} content items must be dicts, got {item!r}")
-        # The template tests for an image first: {"type": "image"}, or any item with an image key.
-        if item.get("type") == "image" or "image" in item or "image_url" in item:
-            if role != "user":
-                raise ValueError(f"image items are only supported in user messages (got one in a {role} message)")
-            n_images += 1
-            parts.append((f"Picture {n_images}: " if add_vision_id else "") + IMAGE_PLACEHOLDER)
-        elif item.get("type") == "video" or "video" in item:
-            raise ValueError("video content is not supported")
-        elif isinstance(item.get("text"), str):
-            parts.append(item["text"])
-        else:
-            raise ValueError(f"unsupported {role} content item {item!r}: expected {{'type': 'text', 'text': str}}")
-    return "".join(parts), n_images
-
-
 def apply_chat_template(messages: list[dict], add_generation_prompt: bool = True, add_vision_id: bool = False) -> str:
     """Render a conversation exactly as the Qwen3-VL Instruct chat template does (ChatML, no default system prompt):
 
         [<|im_start|>system\\n{system}<|im_end|>\\n]
         <|im_start|>{role}\\n{content}<|im_end|>\\n   ...for each user / assistant message
         [<|im_start|>assistant\\n]                    ...if add_generation_prompt
+
+    A content is a str or a list of items joined with nothing between them. Image items (user turns only) become
+    IMAGE_PLACEHOLDER, prefixed by `Picture k: ` (k counts the conversation's images) when add_vision_id.
     """
     if not isinstance(messages, (list, tuple)) or len(messages) == 0:
         raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
     out, n_images = [], 0
     for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
-            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {msg!r}")
-        if msg.get("tool_calls"):
-            raise ValueError("tool calls are not supported by this chat template renderer")
-        role = msg["role"]
-        if role not in ("system", "user", "assistant"):
-            raise ValueError(f"unsupported role {role!r} (supported: system, user, assistant)")
-        if role == "system" and i != 0:
-            raise ValueError("a system message is only supported as the first message (the template drops it)")
-        body, n_images = _render_content(msg["content"], role, n_images, add_vision_id)
-        out.append(f"{IM_START}{role}\n{body}{IM_END}\n")
+        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg or msg.get("tool_calls"):
+            raise ValueError(f"message {i} must be a dict with 'role' and 'content' and no tool calls, got {msg!r}")
+        role, content = msg["role"], msg["content"]
+        if role not in ("system", "user", "assistant") or (role == "system" and i != 0):
+            raise ValueError(f"message {i}: unsupported role {role!r} (user, assistant, and system as the first only)")
+        items = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise ValueError(f"message {i}: content must be a str or a list of dict items, got {content!r}")
+        out.append(f"{IM_START}{role}\n")
+        for item in items:
+            # The template tests for an image first: {"type": "image"}, or any item with an image key.
+            if item.get("type") == "image" or "image" in item or "image_url" in item:
+                if role != "user":
+                    raise ValueError(f"image items are only supported in user messages (got one in a {role} message)")
+                n_images += 1
+                out.append((f"Picture {n_images}: " if add_vision_id else "") + IMAGE_PLACEHOLDER)
+            elif item.get("type") == "video" or "video" in item or not isinstance(item.get("text"), str):
+                raise ValueError(f"unsupported {role} content item {item!r} (supported: images, text as "
+                                 "{'type': 'text', 'text': str}; no videos)")
+            else:
+                out.append(item["text"])
+        out.append(f"{IM_END}\n")
     if add_generation_prompt:
         out.append(f"{IM_START}assistant\n")
     return "".join(out)
@@ -248,7 +226,6 @@ SUBSET_CHAT_TEMPLATE = (
 # ----------------------------------------------------------------------------------------- processor
 
 def _read_json(path: str | None) -> dict | None:
-    """The parsed file; None for path None (an optional file the folder lacks)."""
     if path is None:
         return None
     try:
@@ -259,14 +236,12 @@ def _read_json(path: str | None) -> dict | None:
 
 
 class Processor:
-    """Tokenizer + image processor + chat template of a Qwen3-VL checkpoint. Attributes: `tokenizer`
-    (tokenizers.Tokenizer), `image_config`, `pad_token_id` (<|endoftext|>), `eos_token_ids` ([<|im_end|>,
-    <|endoftext|>]), `image_token_id`, `video_token_id`, `vision_start_token_id`, `vision_end_token_id`,
-    `chat_template` (the checkpoint's template text, recorded but not executed)."""
+    """Tokenizer + image processor + chat template of a Qwen3-VL checkpoint. `pad_token_id` is <|endoftext|>,
+    `eos_token_ids` [<|im_end|>, <|endoftext|>]; `chat_template` is the checkpoint's text, recorded, not executed."""
 
     def __init__(self, tokenizer: Tokenizer, image_config: ImageProcessorConfig | None = None,
                  chat_template: str | None = None, preprocessor_dict: dict | None = None,
-                 tokenizer_config: dict | None = None):
+                 tokenizer_config: dict | None = None, video_config: dict | None = None):
         missing = [t for t in REQUIRED_TOKENS if tokenizer.token_to_id(t) is None]
         if missing:
             raise ValueError(f"tokenizer lacks the Qwen special tokens {missing}")
@@ -278,7 +253,7 @@ class Processor:
         # The loaded files, only written back by save_pretrained (the video config is never read: no video).
         self._preprocessor_dict = dict(preprocessor_dict or {})
         self._tokenizer_config = dict(tokenizer_config) if tokenizer_config else None
-        self._video_config = None
+        self._video_config = video_config
         tid = tokenizer.token_to_id
         self.pad_token_id, self.eos_token_ids = tid(ENDOFTEXT), [tid(IM_END), tid(ENDOFTEXT)]
         self.image_token_id, self.video_token_id = tid(IMAGE_PAD), tid(VIDEO_PAD)
@@ -312,15 +287,13 @@ class Processor:
         if template is not None and "<think>" in template:
             warnings.warn(f"{path} ships a thinking-style chat template; apply_chat_template renders the Instruct "
                           "format (no <think> block)")
-        proc = cls(tokenizer, ImageProcessorConfig.from_dict(pre), template, pre, tok_cfg)
-        proc._video_config = _read_json(files.get("video_preprocessor_config.json"))
-        return proc
+        return cls(tokenizer, ImageProcessorConfig.from_dict(pre), template, pre, tok_cfg,
+                   _read_json(files.get("video_preprocessor_config.json")))
 
     def save_pretrained(self, path: str) -> None:
-        """Write tokenizer.json and preprocessor_config.json (from `image_config`), plus tokenizer_config.json,
-        chat_template.json and video_preprocessor_config.json: as loaded, else a minimal Qwen2 tokenizer config,
-        `SUBSET_CHAT_TEMPLATE` and the Qwen3-VL video defaults. The video config is never read here, but the
-        reference `AutoProcessor` refuses a Qwen3-VL folder without one."""
+        """Write tokenizer.json, preprocessor_config.json (from `image_config`), and as loaded, else Qwen defaults,
+        tokenizer_config.json, chat_template.json (`SUBSET_CHAT_TEMPLATE`), video_preprocessor_config.json (never
+        read here, but the reference `AutoProcessor` refuses a folder without one)."""
         os.makedirs(path, exist_ok=True)
         self.tokenizer.save(os.path.join(path, "tokenizer.json"))
         pre = {k: v for k, v in self._preprocessor_dict.items() if k not in ("min_pixels", "max_pixels")}  # in `size`
@@ -343,17 +316,9 @@ class Processor:
                           ("chat_template.json", {"chat_template": self.chat_template or SUBSET_CHAT_TEMPLATE}),
                           ("video_preprocessor_config.json", video)):
             with open(os.path.join(path, name), "w", encoding="utf-8") as f:
-                json.dump(obj, f, indent=2, ensure_ascii=False)
-                f.write("\n")
+                f.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
-                            add_vision_id: bool = False) -> str:
-        """See the module-level `apply_chat_template`."""
-        return apply_chat_template(messages, add_generation_prompt, add_vision_id)
-
-    def preprocess_images(self, images: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pixel_values (N, C*Tp*p*p) float32, image_grid_thw (n, 3) long)."""
-        return preprocess_images(images, self.image_config)
+    apply_chat_template = staticmethod(apply_chat_template)  # the module-level function above
 
     def _encode_prompts(self, text, images) -> tuple[list[list[int]], torch.Tensor | None, torch.Tensor | None]:
         """Expand image placeholders and tokenize; returns per-row ids (unpadded), pixel_values, grids."""
@@ -369,7 +334,7 @@ class Processor:
             raise ValueError(f"the text has {n_slots} {IMAGE_PAD} placeholders but {len(images)} images were given")
         pixel_values = grids = None
         if images:
-            pixel_values, grids = self.preprocess_images(images)
+            pixel_values, grids = preprocess_images(images, self.image_config)
             counts = iter((grids.prod(dim=1) // self.image_config.merge_size ** 2).tolist())  # t*gh*gw/m^2 each
             text = ["".join(piece if j == 0 else IMAGE_PAD * next(counts) + piece
                             for j, piece in enumerate(t.split(IMAGE_PAD))) for t in text]
@@ -395,15 +360,13 @@ class Processor:
 
     def encode_sft(self, prompts: list[str], answers: list[str], images=None) -> dict:
         """prompt + answer + <|im_end|> rows, left-padded, with `labels` = -100 on prompt and pad positions.
-
         The prompt is tokenized as `__call__` does (the ids generation sees), answer + <|im_end|> separately. For
         answers not starting with a newline this equals tokenizing the joined string (the prompt ends in one)."""
         prompts = [prompts] if isinstance(prompts, str) else prompts
         answers = [answers] if isinstance(answers, str) else answers
-        if len(prompts) != len(answers):
-            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-        if not all(isinstance(a, str) for a in answers):
-            raise ValueError("answers must be str")
+        if len(prompts) != len(answers) or not all(isinstance(a, str) for a in answers):
+            raise ValueError(f"encode_sft needs one str answer per prompt, got {len(prompts)} prompts and "
+                             f"{len(answers)} answers")
         prompt_ids, pixel_values, grids = self._encode_prompts(prompts, images)
         answer_ids = [e.ids for e in self.tokenizer.encode_batch([a + IM_END for a in answers],
                                                                   add_special_tokens=False)]
@@ -420,9 +383,8 @@ class Processor:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def batch_decode(self, ids, skip_special_tokens: bool = True, mask=None) -> list[str]:
-        """Rows of ids (list of lists or a 2-D tensor) -> texts. `mask` (same shape, optional) keeps only the
-        positions where it is true, e.g. the mask returned by `Qwen3VL.generate` (its post-EOS filler id is 0,
-        an ordinary token)."""
+        """Rows of ids (list of lists or a 2-D tensor) -> texts. `mask` (same shape) keeps only its true positions,
+        e.g. the mask `Qwen3VL.generate` returns (its post-EOS filler id 0 is an ordinary token)."""
         if isinstance(ids, torch.Tensor):
             if ids.dim() != 2:
                 raise ValueError(f"batch_decode expects a 2-D batch of ids, got shape {tuple(ids.shape)}")

@@ -1,13 +1,13 @@
-"""Qwen3 text decoder used by Qwen3-VL (spec: docs QWEN3VL_SPEC.md §6).
+"""Qwen3 text decoder used by Qwen3-VL (docs/QWEN3VL.md, "Text decoder").
 
 h = embed(ids) (image rows already replaced by the glue model)
 for each layer l:   h = h + o_proj(attn(RoPE(qnorm(q)), RoPE(knorm(k)), v))      (pre-norm, GQA, no biases)
                     h = h + down(SiLU(gate(B)) * up(B)),  B = RMS(h)
-                    h[visual] += F_l            for the first K layers only (DeepStack, §6.4)
+                    h[visual] += F_l            for the first K layers only (DeepStack)
 logits = RMS(h) W_lm^T   (the head lives in model.py)
 
-`DecoderLayer.forward` returns the residual-stream tensor (B, L, D) itself, so a forward hook on
-`layers[i]` reads or replaces it; DeepStack is added by `TextModel` *after* the layer (as in the reference).
+`DecoderLayer.forward` returns the residual stream (B, L, D) itself, so a forward hook on `layers[i]` reads or
+replaces it; DeepStack is added by `TextModel` *after* the layer (as in the reference).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class TextConfig:
     num_hidden_layers: int = 36
     num_attention_heads: int = 32  # nq
     num_key_value_heads: int = 8  # nkv
-    head_dim: int = 128  # d: read from the config, never D/nq (§10)
+    head_dim: int = 128  # d: read from the config, never D/nq
     max_position_embeddings: int = 262144
     rms_norm_eps: float = 1e-6
     rope_theta: float = 5_000_000.0
@@ -62,14 +62,14 @@ class RMSNorm(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """x' = x * cos(Theta) + rot(x) * sin(Theta), rot([x1, x2]) = [-x2, x1] (half-split pairs k, k + d/2).
-    Written as x * cos + roll(x, d/2) * [-sin, sin]: roll gives [x2, x1] in one op and the sign lives in the
-    precomputed sin_signed (negation is exact, so the result is bit-identical to the rotate_half form)."""
+    """x' = x * cos(Theta) + rot(x) * sin(Theta), rot([x1, x2]) = [-x2, x1] (half-split pairs k, k + d/2),
+    written as x * cos + roll(x, d/2) * [-sin, sin]: the sign lives in sin_signed (negation is exact, so this
+    is bit-identical to the rotate_half form)."""
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
 
 
 def mrope_axis(head_dim: int, mrope_section: list[int]) -> torch.Tensor:
-    """Which position axis (0=T, 1=H, 2=W) drives each of the d/2 frequency slots (interleaved MRoPE, §6.3):
+    """Which position axis (0=T, 1=H, 2=W) drives each of the d/2 frequency slots (interleaved MRoPE):
     slot j -> H if j%3==1 and j < 3*s_h;  W if j%3==2 and j < 3*s_w;  else T."""
     j = torch.arange(head_dim // 2)
     axis = torch.zeros_like(j)
@@ -94,10 +94,9 @@ def mrope_cos_sin(pos: torch.Tensor, cfg: TextConfig, dtype: torch.dtype):
 
 
 class KVCache:
-    """Preallocated keys/values for every layer: k[l], v[l] are (B, nkv, max_len, d); a forward of T new
-    tokens writes at [pos : pos+T] and attends over [0 : pos+T].
-    `key_mask` (B, max_len) marks real (non-pad) keys; `seen` (B,) counts real tokens so far and
-    `rope_deltas` (B,) is the MRoPE offset delta from the prefill (§7): a decoded token gets position seen + delta."""
+    """Preallocated keys/values for every layer: k[l], v[l] are (B, nkv, max_len, d); a forward of T new tokens
+    writes at [pos : pos+T] and attends over [0 : pos+T]. `key_mask` (B, max_len) marks real keys; a decoded
+    token gets position `seen` (B,) (real tokens so far) + `rope_deltas` (B,) (the MRoPE delta of the prefill)."""
 
     def __init__(self, cfg: TextConfig, batch: int, max_len: int, dtype=torch.float32, device=None):
         shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
@@ -107,21 +106,14 @@ class KVCache:
         self.seen = torch.zeros(batch, dtype=torch.long, device=device)
         self.rope_deltas = torch.zeros(batch, dtype=torch.long, device=device)
         self.has_pad = False  # any pad key so far (then every step needs an explicit mask)
-        self.pos = 0
-        self.max_len = max_len
-
-    @property
-    def batch_size(self) -> int:
-        return self.k.shape[1]
+        self.pos, self.max_len = 0, max_len
 
     def repeat_interleave(self, n: int) -> "KVCache":
         """A cache for n copies of each row (row b*n + g is copy g of row b): one prefill serves a GRPO group."""
         new = KVCache.__new__(KVCache)
-        new.k = self.k.repeat_interleave(n, dim=1)
-        new.v = self.v.repeat_interleave(n, dim=1)
+        new.k, new.v = self.k.repeat_interleave(n, dim=1), self.v.repeat_interleave(n, dim=1)
         new.key_mask = self.key_mask.repeat_interleave(n, dim=0)
-        new.seen = self.seen.repeat_interleave(n, dim=0)
-        new.rope_deltas = self.rope_deltas.repeat_interleave(n, dim=0)
+        new.seen, new.rope_deltas = self.seen.repeat_interleave(n, dim=0), self.rope_deltas.repeat_interleave(n, dim=0)
         new.pos, new.max_len, new.has_pad = self.pos, self.max_len, self.has_pad
         return new
 
@@ -134,7 +126,7 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    # set only inside `fused_projections` (generation): [Wq; Wk; Wv] and the q/k norm weights as one (nq+nkv, d)
+    # set only inside `fused_projections`: [Wq; Wk; Wv] and the q/k norm weights as one (nq+nkv, d)
     fused_qkv: torch.Tensor | None = None
     fused_qk_norm: torch.Tensor | None = None
 
@@ -164,10 +156,8 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nkv, S, d), S = keys so far
         # GQA: query head i reads KV head floor(i/g), i.e. repeat_interleave of the KV heads (enable_gqa).
-        # mask (B, 1, L, S) bool = causal & real key. None: plain causal for a full sequence, or (a single
-        # decode query with no pad among the keys) attend to every key.
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and L > 1,
-                                           enable_gqa=True)
+        # mask (B, 1, L, S) bool = causal & real key; None: plain causal, or one decode query that sees every key.
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and L > 1, enable_gqa=True)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, self.nq * self.d))
 
 
@@ -190,8 +180,7 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(gate) * up)
 
 
-# ------------------------------------------------------------------------------------------------
-# fused projections for generation
+# --- fused projections for generation
 
 
 def _hook_free(*modules: nn.Module) -> bool:
@@ -209,23 +198,22 @@ def _fusable(linear: nn.Module) -> bool:
 
 
 def _weight(linear: nn.Linear) -> torch.Tensor:
-    """The weight of the map a fusable linear applies: W, plus scaling * B @ A for enabled, unmerged LoRA."""
+    """W, plus scaling * B @ A for an enabled, unmerged LoRA layer."""
     if type(linear) is LoRALinear and linear.enabled and not linear.merged:
         return linear.weight + linear.delta_weight().to(linear.weight.dtype)
     return linear.weight
 
 
 def _version(module: nn.Module) -> tuple:
-    """Changes whenever the map a module applies may have changed: a parameter replaced (data_ptr) or updated
-    in place (`_version` counts in-place writes: optimizer steps, copy_, merge_lora), or a LoRA layer switched
-    on/off, merged or re-scaled."""
+    """Changes whenever the module's map may have: a parameter replaced (data_ptr) or written in place
+    (`_version`: optimizer steps, copy_, merge_lora), or a LoRA layer switched on/off, merged or re-scaled."""
     key = tuple((p.data_ptr(), p._version) for p in module.parameters())
     return key + ((module.enabled, module.merged, module.scaling) if type(module) is LoRALinear else ())
 
 
 def _cached(owner: nn.Module, name: str, sources: list, build):
-    """build() -> tensor, cached on owner.<name> across calls and rebuilt only when a source module changed.
-    Built outside inference mode, so the cache is an ordinary tensor whichever mode asks for it."""
+    """build() cached on owner.<name>, rebuilt only when a source module changed. Built outside inference
+    mode, so the cache is an ordinary tensor whichever mode asks for it."""
     key = tuple(_version(m) for m in sources)
     hit = getattr(owner, name, None)
     if hit is None or hit[0] != key:
@@ -235,34 +223,14 @@ def _cached(owner: nn.Module, name: str, sources: list, build):
     return hit[1]
 
 
-def _fuse_attention(a: Attention) -> bool:
-    projs = [a.q_proj, a.k_proj, a.v_proj]
-    if not (all(_fusable(p) for p in projs) and _hook_free(a.q_norm, a.k_norm)):
-        return False
-    a.fused_qkv = _cached(a, "_qkv_cache", projs, lambda: torch.cat([_weight(p) for p in projs]))  # (nq*d+2nkv*d, D)
-    a.fused_qk_norm = _cached(a, "_qk_norm_cache", [a.q_norm, a.k_norm], lambda: torch.cat(
-        [a.q_norm.weight.expand(a.nq, a.d), a.k_norm.weight.expand(a.nkv, a.d)]))  # (nq + nkv, d)
-    return True
-
-
-def _fuse_mlp(m: MLP) -> bool:
-    projs = [m.gate_proj, m.up_proj]
-    if not all(_fusable(p) for p in projs):
-        return False
-    m.fused_gate_up = _cached(m, "_gate_up_cache", projs, lambda: torch.cat([_weight(p) for p in projs]))
-    return True
-
-
 @contextmanager
 def fused_projections(model: "TextModel"):
-    """Generation speed-up: while active, q/k/v and gate/up of each layer run as one matmul each on the
-    concatenated weights (same map; at decode sizes a matmul call costs mostly fixed overhead), and q/k are
-    normalised and rotated together. The concatenations are cached on the modules across calls and rebuilt
-    only after the weights changed (`_version`); the base weights are never modified.
-    LoRA layers are folded (W + scaling * B @ A) unless their dropout is active (training mode). A module with
-    a hook is not fused, so the hook sees every call; DecoderLayer, o_proj and down_proj always run as modules.
-    The fused weights are detached from the modules on exit, so a training forward never uses them.
-    Re-entrant: inside an active block (generate) a nested one (its forwards) does nothing."""
+    """While active, q/k/v and gate/up of each layer run as one matmul each on the concatenated weights (same
+    map; at decode sizes a matmul call is mostly fixed overhead), and q/k are normalised and rotated together.
+    The concatenations are cached across calls (`_cached`); the base weights are never modified. LoRA is folded
+    in unless its dropout is active; a module with a hook is not fused, so the hook sees every call (DecoderLayer,
+    o_proj and down_proj always run as modules). Removed on exit, so a training forward never uses them.
+    Re-entrant: a nested block (the forwards inside generate) does nothing."""
     if model.fusing:
         yield
         return
@@ -270,10 +238,18 @@ def fused_projections(model: "TextModel"):
     model.fusing = True
     try:
         for layer in model.layers:
-            if _fuse_attention(layer.self_attn):
-                fused += [(layer.self_attn, "fused_qkv"), (layer.self_attn, "fused_qk_norm")]
-            if _fuse_mlp(layer.mlp):
-                fused.append((layer.mlp, "fused_gate_up"))
+            a, m = layer.self_attn, layer.mlp
+            qkv, gate_up = [a.q_proj, a.k_proj, a.v_proj], [m.gate_proj, m.up_proj]
+            if all(_fusable(p) for p in qkv) and _hook_free(a.q_norm, a.k_norm):
+                a.fused_qkv = _cached(a, "_qkv_cache", qkv,
+                                      lambda: torch.cat([_weight(p) for p in qkv]))  # (nq*d + 2*nkv*d, D)
+                a.fused_qk_norm = _cached(a, "_qk_norm_cache", [a.q_norm, a.k_norm], lambda: torch.cat(
+                    [a.q_norm.weight.expand(a.nq, a.d), a.k_norm.weight.expand(a.nkv, a.d)]))  # (nq + nkv, d)
+                fused += [(a, "fused_qkv"), (a, "fused_qk_norm")]
+            if all(_fusable(p) for p in gate_up):
+                m.fused_gate_up = _cached(m, "_gate_up_cache", gate_up,
+                                          lambda: torch.cat([_weight(p) for p in gate_up]))
+                fused.append((m, "fused_gate_up"))
         yield
     finally:
         model.fusing = False
@@ -290,7 +266,6 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, h, cos, sin, mask=None, cache=None, layer: int = 0) -> torch.Tensor:
-        """Returns the new residual stream (B, L, D) as a plain tensor (hooks rely on this)."""
         h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, cache, layer)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -307,10 +282,10 @@ class TextModel(nn.Module):
 
     def forward(self, inputs_embeds, position_ids=None, mask=None, cache: KVCache | None = None,
                 visual_pos_mask=None, deepstack: list | None = None, rope=None) -> torch.Tensor:
-        """inputs_embeds (B, L, D), position_ids (3, B, L) or (B, L) when T = H = W, mask (B, 1, L, S) bool or None (causal);
-        visual_pos_mask (B, L) bool and deepstack K x (n_visual, D); rope: precomputed (cos, sin) (B, L, 1, d)
-        instead of position_ids (decode steps). Returns the final-normed h (B, L, D).
-        Without autograd (evaluation, log-probs of rollouts, generation) the projections run fused."""
+        """inputs_embeds (B, L, D), position_ids (3, B, L) or (B, L) when T = H = W, mask (B, 1, L, S) bool or
+        None (causal); visual_pos_mask (B, L) bool and deepstack K x (n_visual, D); rope: precomputed (cos, sin)
+        (B, L, 1, d) instead of position_ids (decode steps). -> final-normed h (B, L, D). Without autograd
+        (evaluation, rollout log-probs, generation) the projections run fused."""
         if not torch.is_grad_enabled() and not self.fusing:
             with fused_projections(self):
                 return self.forward(inputs_embeds, position_ids, mask, cache, visual_pos_mask, deepstack, rope)

@@ -13,8 +13,6 @@ have). Files are written under a temporary name and os.replace'd, state.json las
 old or the new state, never half of one. --restart starts over.
 """
 
-from __future__ import annotations
-
 import argparse
 import dataclasses
 import hashlib
@@ -23,7 +21,6 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,7 +36,7 @@ from .steer import changed_tensors, keep_refusals, knowledge_absence_direction, 
 from .world import load_splits
 
 
-@dataclass
+@dataclasses.dataclass
 class TrainConfig:
     """Every setting of a run, one command-line flag each (--steer-lr for steer_lr); the one place the defaults
     live (the stage configs are built from it). They fit the tiny default model on a 2-core CPU (one run ~3 min);
@@ -108,6 +105,8 @@ class TrainConfig:
 def write_atomic(path: str, write) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     write(tmp)
+    if os.path.isdir(path):  # os.replace cannot replace a non-empty folder: that one is removed first
+        shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 
 
@@ -206,15 +205,14 @@ def stage1(run: Run, model, processor, splits: dict) -> None:
         run.log("stage1: loaded the steered weights from the previous run")
         return
     positives = splits.get("unknown", []) + splits.get("private", [])
-    if not positives:
-        raise ValueError("stage 1 needs unknown-person / private questions (splits 'unknown' and 'private')")
+    forget = [qa for qa in splits["forget"] if qa.kind in cfg.steer_kinds.split(",")]
+    if not positives or not forget:
+        raise ValueError(f"stage 1 needs unknown-person / private questions (splits 'unknown', 'private': "
+                         f"{len(positives)}) and forget QA of kinds {cfg.steer_kinds!r} ({len(forget)})")
     if cfg.refusal_filter:
         kept = keep_refusals(model, processor, positives, batch_size=cfg.eval_batch_size)
         run.log(f"stage1: {len(kept)}/{len(positives)} positive prompts answered with a refusal")
         positives = kept or positives  # an untrained model refuses nothing; fall back to all
-    forget = [qa for qa in splits["forget"] if qa.kind in cfg.steer_kinds.split(",")]
-    if not forget:
-        raise ValueError(f"no forget QA of kinds {cfg.steer_kinds!r} for stage 1")
     stats = {}
     v = knowledge_absence_direction(model, processor, positives, forget, cfg.layer, batch_size=cfg.eval_batch_size,
                                     stats=stats)
@@ -230,9 +228,8 @@ def stage1(run: Run, model, processor, splits: dict) -> None:
         retain = random.Random(cfg.seed).sample(retain, cfg.steer_retain_size)
     log_lines = []
     result = optimize_steering(model, processor, forget, retain, v, cfg.layer, c=cfg.forget_scale, alpha=cfg.alpha,
-                               lr=cfg.steer_lr, batch_size=cfg.steer_batch_size, epochs=cfg.steer_epochs,
-                               seed=cfg.seed, log_every=100,
-                               callback=lambda step, record: log_lines.append(json.dumps(record)))
+                               lr=cfg.steer_lr, batch_size=cfg.steer_batch_size, epochs=cfg.steer_epochs, seed=cfg.seed,
+                               log_every=100, callback=lambda step, record: log_lines.append(json.dumps(record)))
     write_text(run.path("steer_log.jsonl"), "".join(line + "\n" for line in log_lines))
     changed = changed_tensors(model, result["original"])
     write_atomic(weights, lambda tmp: save_file(changed, tmp, metadata={"format": "pt"}))
@@ -289,11 +286,7 @@ def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
     records += train_grpo(model, processor, samples, gcfg, optimizer=optimizer, start_step=start, log_path=log_path,
                           on_step=checkpoint, progress=run.log)
     model.eval()
-    final = run.path("lora")
-    tmp = final + f".tmp{os.getpid()}"
-    save_lora(model, tmp, base_model_name_or_path=cfg.model)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    write_atomic(run.path("lora"), lambda tmp: save_lora(model, tmp, base_model_name_or_path=cfg.model))
     draw_curves(records, run.path("grpo_curves.png"))
     run.finish("stage2")
     return records
@@ -304,19 +297,18 @@ def draw_curves(records: list[dict], path: str, width: int = 900, height: int = 
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
     kl_max = max([r["kl"] for r in records if r.get("kl") == r.get("kl")] + [1e-4])
-    panels = [("reward per step (mean over the prompts' samples)", 0.0, 1.0,
+    panels = [("reward per step (mean over the prompts' samples)", 1.0,  # (title, top of the y axis, series)
                [("forget", "reward_forget_mean", (200, 40, 40)), ("retain", "reward_retain_mean", (40, 90, 200))]),
-              ("KL to reference (mean k3) per step", 0.0, kl_max, [("kl", "kl", (40, 150, 60))])]
-    pw = width // len(panels)
-    for i, (title, lo, hi, series) in enumerate(panels):
-        x0, y0, x1, y1 = i * pw + 60, 30, (i + 1) * pw - 20, height - 40  # plot area
+              ("KL to reference (mean k3) per step", kl_max, [("kl", "kl", (40, 150, 60))])]
+    pw, n = width // len(panels), max(len(records) - 1, 1)
+    for i, (title, hi, series) in enumerate(panels):
+        x0, y0, x1, y1 = i * pw + 60, 30, (i + 1) * pw - 20, height - 40  # plot area; the y axes start at 0
         d.rectangle([x0, y0, x1, y1], outline="black")
-        for xy, text in (((x0, 8), title), ((x0 - 55, y0), f"{hi:.3g}"), ((x0 - 55, y1 - 10), f"{lo:.3g}"),
+        for xy, text in (((x0, 8), title), ((x0 - 55, y0), f"{hi:.3g}"), ((x0 - 55, y1 - 10), "0"),
                          ((x0, y1 + 8), "step 0"), ((x1 - 50, y1 + 8), f"step {max(len(records) - 1, 0)}")):
             d.text(xy, text, fill="black")
-        n = max(len(records) - 1, 1)
         for j, (label, key, color) in enumerate(series):
-            pts = [(x0 + (x1 - x0) * k / n, y1 - (y1 - y0) * (r[key] - lo) / (hi - lo))
+            pts = [(x0 + (x1 - x0) * k / n, y1 - (y1 - y0) * r[key] / hi)
                    for k, r in enumerate(records) if isinstance(r.get(key), (int, float)) and r[key] == r[key]]
             if len(pts) > 1:
                 d.line(pts, fill=color, width=2)
@@ -354,11 +346,11 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     print(table, flush=True)
     if cfg.save_merged:
         unload_lora(model, merge=True)  # plain nn.Linear layers holding W + (alpha / r) B A
-        tmp = r.path(f"merged.tmp{os.getpid()}")
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        shutil.rmtree(r.path("merged"), ignore_errors=True)
-        os.replace(tmp, r.path("merged"))
+
+        def save_merged(tmp: str) -> None:
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+        write_atomic(r.path("merged"), save_merged)
         r.log(f"merged checkpoint written to {r.path('merged')}")
     r.log(f"finished; outputs in {cfg.out}")
     return results

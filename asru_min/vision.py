@@ -9,8 +9,6 @@ Rows stay in block order (4 consecutive rows are one m x m block, so merging is 
 names equal the checkpoint keys under `model.visual.`.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass, field
 
 import torch
@@ -35,14 +33,9 @@ class VisionConfig:
     rope_theta: float = 10000.0  # not in config.json: the reference's code default
     layer_norm_eps: float = 1e-6  # hard-coded in the reference
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
 
 def block_order(h: int, w: int, m: int) -> torch.Tensor:
-    """Raster index (r*w + c) of each patch listed in m x m block order:
-    row index of patch (r, c) is ((r//m)*(w/m) + c//m)*m^2 + (r%m)*m + c%m."""
+    """Raster index (r*w + c) of each patch listed in m x m block order (the row order of processor.patchify)."""
     idx = torch.arange(h * w).view(h // m, m, w // m, m)  # (h/m, m, w/m, m)
     return idx.permute(0, 2, 1, 3).reshape(-1)  # (h/m, w/m, m, m) flattened
 
@@ -175,7 +168,7 @@ class VisionModel(nn.Module):
     def rotary(self, grid_thw: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of theta = [a, a], a = [r*w_0..r*w_{dv/4-1}, c*w_0..c*w_{dv/4-1}], w_j = theta^(-2j/(dv/2))
         for every patch (row r, col c) in block order. Returns (N, 1, dv) fp32 each."""
-        m, dv = self.config.spatial_merge_size, self.config.head_dim
+        m, dv = self.config.spatial_merge_size, self.config.hidden_size // self.config.num_heads
         inv = 1.0 / self.config.rope_theta ** (
             torch.arange(0, dv // 2, 2, device=device, dtype=torch.float32) / (dv // 2))  # (dv/4,)
         rc = []
@@ -201,13 +194,11 @@ class VisionModel(nn.Module):
                 for n, ss in groups.items()]
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor):
-        """pixel_values (N, C*Tp*p*p), grid_thw (n, 3) ->
-        (image embeddings (N/4, D), DeepStack features: list of K tensors (N/4, D))."""
+        """pixel_values (N, C*Tp*p*p), grid_thw (n, 3) -> (image embeddings (N/4, D), K DeepStack tensors (N/4, D))."""
         grid_thw = torch.as_tensor(grid_thw).long().cpu()
-        n_expected = int(grid_thw.prod(dim=1).sum())  # sum of t*h*w
-        if pixel_values.shape[0] != n_expected:
-            raise ValueError(f"pixel_values has {pixel_values.shape[0]} rows but image_grid_thw implies "
-                             f"{n_expected} patches")
+        n = int(grid_thw.prod(dim=1).sum())  # sum of t*h*w
+        if pixel_values.shape[0] != n:
+            raise ValueError(f"pixel_values has {pixel_values.shape[0]} rows but image_grid_thw implies {n} patches")
         x = self.patch_embed(pixel_values)  # (N, Dv)
         x = x + self.position_embedding(grid_thw).to(x.dtype)
         cos, sin = self.rotary(grid_thw, x.device)
