@@ -332,3 +332,15 @@ def test_an_interrupted_run_resumes_to_the_same_weights(world, tokenizer, tmp_pa
               tokenizer=tokenizer)
     train(tiny_config(steps=1, ckpt_every=2, ckpt_dir=str(tmp_path / "b"), lr=5e-3, restart=True), world,
           log=lambda m: None, tokenizer=tokenizer)                           # --restart starts over instead
+
+
+def test_a_few_steps_of_the_default_recipe_lower_the_loss(world, tokenizer):
+    """The recipe's defaults (6-layer decoder, option-matching warm-up, reordered mc copies, look-alike
+    strangers, training views) on a small world and a few steps: the run goes through both streams and its
+    loss falls."""
+    cfg = PretrainConfig(num_people=20, steps=12, warmup=2, match_warmup=4, strangers=6, views=2, threads=1,
+                         log_every=1000, ckpt_every=0, eval=False, vocab_size=1024)
+    assert cfg.num_layers == 6 and cfg.matching and cfg.mc_reorder and cfg.image_repeat == 2
+    model, _, losses, _ = train(cfg, world, log=lambda m: None, tokenizer=tokenizer)
+    assert model.config.text.num_hidden_layers == 6 and len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
