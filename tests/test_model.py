@@ -74,7 +74,7 @@ def close(a, b, tol=1e-4):
 
 
 def test_rope_positions_spec_example():
-    # spec §7: [t,t,vs, 6 x img (2x3 merged), ve,t,vs, 1 x img (1x1), ve,t,t], plus a left-padded text row
+    # 3-D positions (docs/QWEN3VL.md, "Glue"): [t,t,vs, 6 x img (2x3 merged), ve,t,vs, 1 x img (1x1), ve,t,t], plus a left-padded text row
     ids = [10, 11, VS] + [IMG] * 6 + [VE, 12, VS, IMG, VE, 13, 14]
     text = [20, 21, 22, 23]
     batch, mask = left_pad([ids, text])

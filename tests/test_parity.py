@@ -6,7 +6,7 @@ mrope [8,4,4], padded vocab, legacy 4.57 config), PNG images, and the reference'
 strings, logits, positions, vision features, greedy tokens and bf16 top-1 tokens. This file never imports
 transformers: it only compares asru_min with the recorded numbers.
 
-Tolerances (QWEN3VL_SPEC.md section 9): pixel_values <= 1e-6; grids, ids, strings and greedy tokens exact;
+Tolerances (docs/QWEN3VL.md, "Parity gotchas"): pixel_values <= 1e-6; grids, ids, strings and greedy tokens exact;
 fp32 logits max |delta| <= 1e-4; cached decoding == uncached forward <= 1e-4.
 """
 
