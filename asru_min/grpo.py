@@ -44,6 +44,7 @@ class GRPOConfig:
     epochs: int  # passes over the boundary set
     clip_low: float
     clip_high: float
+    dual_clip: float  # bound of -pg for negative advantages (0: off)
     kl_coef: float
     lr: float
     weight_decay: float
@@ -111,17 +112,21 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, clip_low: float, clip_high: float, kl_coef: float) -> tuple[torch.Tensor, dict]:
+                mask: torch.Tensor, clip_low: float, clip_high: float, kl_coef: float,
+                dual_clip: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Clipped GRPO surrogate with the k3 KL penalty. Per token t of response i (tensors (N, T); advantages (N,)
     broadcast over tokens, or (N, T); mask True on every response token including the EOS):
 
         ratio = exp(logp - old_logp)
         pg    = -min(ratio * A_i, clip(ratio, 1 - clip_low, 1 + clip_high) * A_i)
+        pg    = min(pg, -dual_clip * A_i)  where A_i < 0 (dual clip, if dual_clip > 0: a response the policy now
+                                          makes far likelier than when it was sampled cannot push pg up unboundedly)
         k3    = exp(ref_logp - logp) - (ref_logp - logp) - 1          (>= 0, unbiased for KL(pi || ref))
         loss  = token_mean_mask(pg + kl_coef * k3)
 
     Returns (loss, stats): pg_loss, kl (mean k3), clip_frac (tokens where the clipped term is the active one),
-    clip_low_frac / clip_high_frac (ratio below / above the range), ratio_mean."""
+    clip_low_frac / clip_high_frac (ratio below / above the range), dual_clip_frac (tokens the dual clip bounds),
+    ratio_mean. With one on-policy update per rollout the ratio is exactly 1 and no clip acts."""
     if not (logp.shape == old_logp.shape == ref_logp.shape == mask.shape):
         raise ValueError(f"shape mismatch: logp {tuple(logp.shape)}, old {tuple(old_logp.shape)}, "
                          f"ref {tuple(ref_logp.shape)}, mask {tuple(mask.shape)}")
@@ -131,6 +136,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tens
     ratio = torch.exp(logp - old_logp)
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     pg = -torch.minimum(ratio * advantages, clipped * advantages)
+    dual = (advantages < 0) & (pg > -dual_clip * advantages) & (dual_clip > 0)  # (N, T)
+    pg = torch.where(dual, -dual_clip * advantages, pg)
     log_ref_ratio = ref_logp - logp
     k3 = torch.exp(log_ref_ratio) - log_ref_ratio - 1.0
     loss = masked_mean(pg + kl_coef * k3, mask)
@@ -140,6 +147,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tens
                  "clip_frac": masked_mean(clip_active.float(), mask).item(),
                  "clip_low_frac": masked_mean((ratio < 1.0 - clip_low).float(), mask).item(),
                  "clip_high_frac": masked_mean((ratio > 1.0 + clip_high).float(), mask).item(),
+                 "dual_clip_frac": masked_mean((dual & mask).float(), mask).item(),
                  "ratio_mean": masked_mean(ratio, mask).item()}
     return loss, stats
 
@@ -304,7 +312,8 @@ def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, param
         logp, resp = rows_logprobs(model, ro, r, cfg, image_chunks=chunks)
         old_logp = logp.detach() if on_policy else old[tuple(r)]
         ref_logp = ref[tuple(r)] if cfg.kl_coef > 0 else logp.detach()
-        loss, st = policy_loss(logp, old_logp, ref_logp, advantages[r], resp, cfg.clip_low, cfg.clip_high, cfg.kl_coef)
+        loss, st = policy_loss(logp, old_logp, ref_logp, advantages[r], resp, cfg.clip_low, cfg.clip_high, cfg.kl_coef,
+                               cfg.dual_clip)
         steps_done += optimizer_step(loss, params, optimizer, cfg.grad_clip)
         stats.append(st)
         losses.append(loss.item())

@@ -87,6 +87,7 @@ class TrainConfig:
     grpo_epochs: int = 3  # paper: 6 (over 400 samples); 3 x 384 / 8 = 144 steps
     clip_low: float = 0.2
     clip_high: float = 0.3
+    dual_clip: float = 3.0  # release (verl clip_ratio_c); acts only off-policy (mini-batches / ppo_epochs)
     kl_coef: float = 0.1
     grpo_lr: float = 2e-3  # paper: 1e-6 with full fine-tuning; LoRA on the tiny model needs far more
     weight_decay: float = 0.01
@@ -97,8 +98,9 @@ class TrainConfig:
         return GRPOConfig(group_size=self.group_size, temperature=self.temperature, top_p=self.top_p,
                           max_new_tokens=self.max_new_tokens, prompts_per_step=self.prompts_per_step,
                           mini_batch_size=self.mini_batch_size, ppo_epochs=self.ppo_epochs, epochs=self.grpo_epochs,
-                          clip_low=self.clip_low, clip_high=self.clip_high, kl_coef=self.kl_coef, lr=self.grpo_lr,
-                          weight_decay=self.weight_decay, grad_clip=self.grad_clip, seed=self.seed)
+                          clip_low=self.clip_low, clip_high=self.clip_high, dual_clip=self.dual_clip,
+                          kl_coef=self.kl_coef, lr=self.grpo_lr, weight_decay=self.weight_decay,
+                          grad_clip=self.grad_clip, seed=self.seed)
 
 
 # --- atomic files: write(tmp) then os.replace(tmp, path), so readers see the old file or the new one, never half

@@ -523,3 +523,19 @@ def test_step_without_forget_prompts_logs_strict_json(tmp_path):
     assert record["reward_forget_mean"] is None and record["refusal_rate_forget"] is None
     assert record["reward_retain_mean"] is not None
     assert "reward forget - " in lines[0] and "refusal f/r -/" in lines[0]
+
+
+def test_dual_clip_bounds_negative_advantage_terms_by_hand():
+    """A_i < 0 and ratio 5: the clipped surrogate would give pg = -min(5 A, 1.3 A) = -5 A = 5; the dual clip with
+    c = 3 bounds it at -3 A = 3. Positive advantages and ratios inside [0.8, 3] are untouched."""
+    ratios = torch.tensor([[5.0, 2.0, 0.5]])
+    logp = torch.log(ratios)
+    old = torch.zeros_like(logp)
+    mask = torch.ones_like(logp, dtype=torch.bool)
+    for adv, expected, frac in ((-1.0, [3.0, 2.0, 0.8], 1 / 3), (1.0, [-1.3, -1.3, -0.5], 0.0)):
+        a = torch.tensor([adv])
+        loss, st = policy_loss(logp, old, logp.clone(), a, mask, 0.2, 0.3, 0.0, dual_clip=3.0)
+        assert loss.item() == pytest.approx(sum(expected) / 3, abs=1e-6)
+        assert st["dual_clip_frac"] == pytest.approx(frac)
+    loss, st = policy_loss(logp, old, logp.clone(), torch.tensor([-1.0]), mask, 0.2, 0.3, 0.0)   # off by default
+    assert loss.item() == pytest.approx((5.0 + 2.0 + 0.8) / 3, abs=1e-6) and st["dual_clip_frac"] == 0.0
