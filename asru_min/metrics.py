@@ -62,13 +62,13 @@ def rouge_l(pred: str, ref: str) -> float:
     return _f1(lcs_length(p, r), len(p), len(r))
 
 
-def bleu(pred: str, ref: str, max_n: int = 4) -> float:
-    """Sentence BLEU-4 against one reference: BLEU = BP * exp((1 / max_n) * sum_n log p_n).
+def bleu(pred: str, ref: str, max_n: int = 4, epsilon: float = 0.1) -> float:
+    """Sentence BLEU-4 against one reference: BLEU = BP * exp((1 / max_n) * sum_n log p_n), as NLTK's
+    sentence_bleu with smoothing method 1 (checked by tests/fixtures/make_metric_reference.py).
 
-    p_n = clipped n-gram matches / n-grams in pred; for n >= 2 smoothed "add-one" (Lin & Och 2004) as
-    (matches + 1) / (total + 1), so one missing 4-gram does not zero a short sentence; p_1 is not smoothed, so
-    a prediction with no word of the reference scores 0. BP = 1 if c > r else exp(1 - r / c), c and r the
-    token lengths of pred and ref.
+    p_n = clipped n-gram matches / n-grams in pred (at least 1); a p_n with no match becomes epsilon / that
+    count, so one missing 4-gram does not zero a short sentence, but a prediction with no word of the reference
+    scores 0. BP = 1 if c > r else exp(1 - r / c), c and r the token lengths of pred and ref.
     """
     p, r = tokens(pred), tokens(ref)
     if not p or not r:
@@ -76,10 +76,10 @@ def bleu(pred: str, ref: str, max_n: int = 4) -> float:
     log_sum = 0.0
     for n in range(1, max_n + 1):
         pn, rn = _ngrams(p, n), _ngrams(r, n)
-        matches, total = sum((pn & rn).values()), sum(pn.values())
+        matches, total = sum((pn & rn).values()), max(1, sum(pn.values()))
         if n == 1 and matches == 0:
             return 0.0
-        log_sum += math.log(matches / total) if n == 1 else math.log((matches + 1) / (total + 1))
+        log_sum += math.log((matches or epsilon) / total)
     bp = 1.0 if len(p) > len(r) else math.exp(1.0 - len(r) / len(p))
     return bp * math.exp(log_sum / max_n)
 

@@ -51,11 +51,11 @@ def test_rouge_l_hand_computed():
 
 
 def test_bleu_hand_computed():
-    # p1 = 5/6, p2 = (3+1)/(5+1), p3 = (1+1)/(4+1), p4 = (0+1)/(3+1), equal lengths -> BP = 1
-    # product = 5/6 * 2/3 * 2/5 * 1/4 = 1/18
-    assert bleu(CAT_PRED, CAT_REF) == pytest.approx((1 / 18) ** 0.25)
-    # all precisions 1 (smoothed empty 3-/4-grams: (0+1)/(0+1)); c=2 < r=6 -> BP = exp(1 - 6/2)
-    assert bleu("the cat", "the cat sat on the mat") == pytest.approx(math.exp(-2))
+    # p1 = 5/6, p2 = 3/5, p3 = 1/4, p4 = no match of 3 -> 0.1/3 (smoothing method 1); equal lengths -> BP = 1
+    # product = 5/6 * 3/5 * 1/4 * 0.1/3 = 1/240
+    assert bleu(CAT_PRED, CAT_REF) == pytest.approx((1 / 240) ** 0.25)
+    # p1 = p2 = 1; no 3- or 4-grams at all: 0.1 / 1 each; c=2 < r=6 -> BP = exp(1 - 6/2)
+    assert bleu("the cat", "the cat sat on the mat") == pytest.approx(0.01 ** 0.25 * math.exp(-2))
     assert bleu(CAT_REF, CAT_REF) == pytest.approx(1.0)
     assert bleu("dog", "the cat") == 0.0  # no unigram match: unsmoothed p1 = 0
     assert bleu("", "the cat") == 0.0
@@ -166,3 +166,18 @@ def test_generation_quality_loop_cutoff_empty():
     empty = generation_quality("", "Paris", VISIBLE, QUESTION)
     assert empty["naturalness"] == 0.0 and empty["contextual_refusal"] == 0.0
     assert empty["score"] == pytest.approx(1 / 3)  # only "nothing leaked"
+
+
+def test_rouge_and_bleu_equal_rouge_score_and_nltk_on_the_committed_reference():
+    """tests/fixtures/metric_reference.json holds rouge-score's ROUGE-1/2/L F1 and NLTK's sentence BLEU-4
+    (smoothing method 1) of 66 sentence pairs (made by tests/fixtures/make_metric_reference.py, by hand)."""
+    import json
+    from pathlib import Path
+
+    rows = json.loads((Path(__file__).parent / "fixtures" / "metric_reference.json").read_text())
+    assert len(rows) == 66
+    for r in rows:
+        assert rouge_n(r["pred"], r["ref"], 1) == pytest.approx(r["rouge1"], abs=1e-12), r
+        assert rouge_n(r["pred"], r["ref"], 2) == pytest.approx(r["rouge2"], abs=1e-12), r
+        assert rouge_l(r["pred"], r["ref"]) == pytest.approx(r["rougeL"], abs=1e-12), r
+        assert bleu(r["pred"], r["ref"]) == pytest.approx(r["bleu"], abs=1e-12), r
