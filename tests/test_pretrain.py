@@ -344,3 +344,16 @@ def test_a_few_steps_of_the_default_recipe_lower_the_loss(world, tokenizer):
     model, _, losses, _ = train(cfg, world, log=lambda m: None, tokenizer=tokenizer)
     assert model.config.text.num_hidden_layers == 6 and len(losses) == 12
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
+
+
+def test_strangers_ramp_up_over_the_first_epochs(world):
+    from asru_min.world.pretrain import batch_stream, make_views
+
+    stream = batch_stream(world, make_views(world, 0, 0), 64, 0, strangers=4, stranger_ramp=2)
+    per_epoch = {}
+    while True:
+        epoch, batch = next(stream)
+        if epoch == 3:
+            break
+        per_epoch.setdefault(epoch, set()).update(q.person for q in batch if q.person.startswith("stranger"))
+    assert [len(per_epoch.get(e, ())) for e in range(3)] == [0, 2, 4]

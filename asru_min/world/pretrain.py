@@ -95,8 +95,11 @@ class PretrainConfig:
     mc_neutral: int = 0                # of the mc copies, this many ask "Which of these options fits X?" instead
     match_repeat: int = 2              # copies per epoch of every option-matching question (with --matching)
     strangers: int = 300               # fresh named strangers per epoch, refused (people.World.strangers)
+    stranger_ramp: int = 12            # epochs over which the strangers per epoch rise from 0 to `strangers`:
+    # the known people's facts first (with 300 from the start, 30 % of the data, the model refused everyone and
+    # had learned no fact after 3000 steps), then the boundary between known and look-alike faces
     matching: bool = True              # add "which option is X?" questions (the option-reading half of mc)
-    match_warmup: int = 400            # first steps: option matching only, A-B options for the first half,
+    match_warmup: int = 0              # first steps: option matching only, A-B options for the first half,
     # A-D after (the in-context skill mc needs; in the full mix it stayed at chance for thousands of steps)
     init_from: str = ""                # start from a saved checkpoint folder (fresh optimizer) instead of scratch
     views: int = 24                    # training views per person (plus the original portrait)
@@ -196,6 +199,7 @@ def make_views(world: World, n_views: int, seed: int) -> dict[str, list]:
 
 def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_repeat: int = 1,
                  mc_repeat: int = 1, strangers: int = 0, matching: bool = False, mc_reorder: bool = False,
+                 stranger_ramp: int = 0,
                  match_repeat: int = 1, mc_neutral: int = 0):
     """Endless (epoch, list[QA]) batches: each epoch a fresh `training_samples` (image questions repeated
     image_repeat times, mc questions mc_repeat times), portraits swapped for a random view; within windows of
@@ -211,7 +215,8 @@ def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_re
     while True:
         rng = random.Random(f"batches/{seed}/{epoch}")
         samples = []
-        for qa in world.training_samples(seed=seed * 1000 + epoch, strangers=strangers, matching=matching):
+        n_strangers = strangers if epoch >= stranger_ramp else strangers * epoch // stranger_ramp
+        for qa in world.training_samples(seed=seed * 1000 + epoch, strangers=n_strangers, matching=matching):
             n = ((image_repeat if qa.image is not None else 1) * (mc_repeat if qa.kind == "mc" else 1)
                  * (match_repeat if qa.kind == "match" else 1))
             if n == 0:                                         # --mc-repeat 0: a run without multiple choice
@@ -313,7 +318,8 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
     stream = itertools.chain(
         match_warmup_stream(world, cfg.batch_size, cfg.seed, cfg.match_warmup),
         batch_stream(world, views, cfg.batch_size, cfg.seed, cfg.image_repeat, cfg.mc_repeat,
-                     cfg.strangers, cfg.matching, cfg.mc_reorder, cfg.match_repeat, cfg.mc_neutral))
+                     cfg.strangers, cfg.matching, cfg.mc_reorder, cfg.stranger_ramp, cfg.match_repeat,
+                     cfg.mc_neutral))
     for _ in range(start):                     # replay the batch order up to the resumed step
         next(stream)
     losses: list[float] = []
