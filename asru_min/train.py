@@ -230,7 +230,8 @@ def stage1(run: Run, model, processor, splits: dict, positives: list) -> None:
                 params[name].copy_(t.to(params[name].dtype))
         run.log("stage1: loaded the steered weights from the previous run")
         return
-    forget = [qa for qa in splits["forget"] if qa.kind in cfg.steer_kinds.split(",")]
+    forget = [qa for qa in splits["forget"] if qa.kind in cfg.steer_kinds.split(",")
+              and (cfg.protocol != "release" or qa.image is not None)]  # release: image questions only
     if not positives or not forget:
         raise ValueError(f"stage 1 needs positive questions ({len(positives)}) and forget QA of kinds "
                          f"{cfg.steer_kinds!r} ({len(forget)})")
