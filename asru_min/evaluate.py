@@ -2,13 +2,14 @@
 
     python -m asru_min.evaluate --model weights/ [--adapter DIR] [--forget 10] [--data MLLMU_ROOT]
                                 [--limit N] [--out metrics.json] [--device cpu] [--dtype float32] [--batch-size 32]
+                                [--protocol plain|release]
 
 Every question is answered greedily with <= 50 new tokens (`answer`) and scored per split and form ("image",
 "text", both pooled as "all"); a metric over zero questions is None (null in JSON); counts: mc_n, cloze_n, gen_n, n.
 forget / retain hold the canonical questions; test / retain_test ask about the same people in other words (held-out
 phrasings; in the synthetic world also held-out views of the portraits).
 
-    forget / retain / test / retain_test
+    forget / retain / test / retain_test / real (MLLMU-Bench's celebrities)
                              mc_acc: the first letter A-D is the correct one; cloze_acc: the ground truth appears
                              in the answer (case-insensitive, whole words); over generation answers: rouge1, rouge2,
                              rougeL (F1) and bleu (sentence BLEU-4) against `qa.answer`, refusal_rate
@@ -19,7 +20,10 @@ phrasings; in the synthetic world also held-out views of the portraits).
     utility                  acc (ground truth in the answer, as cloze), refusal_rate
     private / unknown        refusal_rate (private facts nobody was trained on / people never seen; on request)
 
-Unlearning effectiveness = forget / test scores fall; utility = retain and utility scores stay.
+Unlearning effectiveness = forget / test scores fall; utility = retain, real and utility scores stay.
+--protocol release asks and parses the release's way (`data.with_protocol`): image questions only, its
+instructions, one in-context example for mc and cloze, mc = the first character when the text before the first
+":" is a letter A-D, cloze = the ground truth as a case-insensitive substring.
 """
 
 from __future__ import annotations
@@ -33,15 +37,14 @@ import time
 
 import torch
 
-from .data import qa_batch
+from .data import LETTERS, with_protocol, qa_batch
 from .metrics import bleu, contains_truth, generation_quality, is_refusal, leaks, rouge_l, rouge_n
 
-QA_SPLITS = ("forget", "test", "retain", "retain_test")  # mc / cloze / gen questions about people
+QA_SPLITS = ("forget", "test", "retain", "retain_test", "real")  # mc / cloze / gen questions about people
 QUALITY_SPLITS = ("forget", "test")  # generation quality is judged where the model should refuse
 EVAL_SPLITS = QA_SPLITS + ("utility", "private")  # the default grid
 ALL_SPLITS = EVAL_SPLITS + ("unknown",)
 FORMS = ("image", "text")
-LETTERS = "ABCD"
 
 
 def _form(qa) -> str:
@@ -101,6 +104,12 @@ def mc_letter(text: str) -> str:
     return m.group(1).upper() if m else ""
 
 
+def release_letter(text: str) -> str:
+    """The release's parse: the first character, when the text before the first ":" is a letter A-D ("B",
+    "b: Lima"), else "" ("B. Lima" and "The answer is B" score wrong)."""
+    return text[0].upper() if text and text.split(":")[0].upper() in tuple(LETTERS) else ""
+
+
 def correct_letter(qa) -> str:
     """The correct option of a multiple-choice QA: the letter in `qa.answer` ("B" or "B. a nurse") when it
     points at `ground_truth` in `options` (or there are no options), else the position of `ground_truth`."""
@@ -122,11 +131,14 @@ def _truth(qa) -> str:
 
 
 def score_people_questions(qas: list, preds: list[str], finished: list[bool] | None = None,
-                           quality: bool = False) -> dict:
-    """The forget / test / retain metrics (module docstring) of one group of questions and their answers."""
+                           quality: bool = False, protocol: str = "plain") -> dict:
+    """The forget / test / retain / real metrics (module docstring) of one group of questions and answers;
+    `protocol` "release" parses mc and cloze answers the release's way."""
     finished = finished if finished is not None else [None] * len(qas)
-    mc = [mc_letter(p) == correct_letter(qa) for qa, p in zip(qas, preds) if qa.kind == "mc"]
-    cloze = [contains_truth(p, _truth(qa)) for qa, p in zip(qas, preds) if qa.kind == "cloze"]
+    letter = release_letter if protocol == "release" else mc_letter
+    found = (lambda p, t: t.lower() in p.lower()) if protocol == "release" else contains_truth
+    mc = [letter(p) == correct_letter(qa) for qa, p in zip(qas, preds) if qa.kind == "mc"]
+    cloze = [found(p, _truth(qa)) for qa, p in zip(qas, preds) if qa.kind == "cloze"]
     gen = [(qa, p, f) for qa, p, f in zip(qas, preds, finished) if qa.kind == "gen"]
     out = {"mc_acc": _mean(mc), "mc_n": len(mc), "cloze_acc": _mean(cloze), "cloze_n": len(cloze), "gen_n": len(gen),
            "rouge1": _mean([rouge_n(p, qa.answer, 1) for qa, p, _ in gen]),
@@ -154,7 +166,8 @@ def score_private(qas: list, preds: list[str]) -> dict:
     return {"refusal_rate": _mean([is_refusal(p) for p in preds]), "n": len(qas)}
 
 
-def score_split(name: str, qas: list, preds: list[str], finished: list[bool] | None = None) -> dict:
+def score_split(name: str, qas: list, preds: list[str], finished: list[bool] | None = None,
+                protocol: str = "plain") -> dict:
     """{form: metrics} for one split, forms "image", "text" and "all" (both pooled)."""
     if len(qas) != len(preds):
         raise ValueError(f"split {name!r}: {len(qas)} questions but {len(preds)} answers")
@@ -164,7 +177,7 @@ def score_split(name: str, qas: list, preds: list[str], finished: list[bool] | N
         keep = [i for i, qa in enumerate(qas) if form == "all" or _form(qa) == form]
         q, p, f = [qas[i] for i in keep], [preds[i] for i in keep], [finished[i] for i in keep]
         if name in QA_SPLITS:
-            out[form] = score_people_questions(q, p, f, quality=name in QUALITY_SPLITS)
+            out[form] = score_people_questions(q, p, f, quality=name in QUALITY_SPLITS, protocol=protocol)
         elif name == "utility":
             out[form] = score_utility(q, p)
         else:
@@ -190,8 +203,10 @@ def limit_split(qas: list, limit: int | None) -> list:
 
 def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new_tokens: int = 50,
                    limit: int | None = None, verbose: bool = True, num_examples: int = 3,
-                   answer_fn=None, names: tuple[str, ...] = EVAL_SPLITS) -> dict:
-    """Answer and score the splits `names` present in `splits` (`limit`: see `limit_split`). Returns {split: {form:
+                   answer_fn=None, names: tuple[str, ...] = EVAL_SPLITS, protocol: str = "plain",
+                   seed: int = 0) -> dict:
+    """Answer and score the splits `names` present in `splits` (`limit`: see `limit_split`), asked under
+    `protocol` (`data.with_protocol`; in-context examples from the retain split, drawn with `seed`). Returns {split: {form:
     metrics}}, "examples": {split: [{"question", "answer", "ground_truth", "form", "prediction"}, ...]} (the first
     `num_examples` generation / utility / private answers) and "meta": {"max_new_tokens", "limit", "seconds"}.
     `answer_fn` (tests pass a fake) is called like `answer(..., progress=, return_finished=True)`."""
@@ -202,18 +217,19 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
     if bad:
         raise ValueError(f"cannot evaluate splits {bad}; known: {ALL_SPLITS}")
     for name in names:
-        qas = limit_split(splits.get(name, []), limit)
+        qas = limit_split(with_protocol(splits.get(name, []), protocol, splits.get("retain", []), seed), limit)
         if not qas:
             continue
         log = (lambda msg, name=name: print(f"[evaluate] {name}: {msg}", file=sys.stderr, flush=True)) \
             if verbose else None
         preds, finished = answer_fn(model, processor, qas, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                     progress=log, return_finished=True)
-        results[name] = score_split(name, qas, preds, finished)
+        results[name] = score_split(name, qas, preds, finished, protocol)
         shown = [(qa, p) for qa, p in zip(qas, preds) if qa.kind not in ("mc", "cloze")][:num_examples]
         results["examples"][name] = [{"question": qa.question, "answer": qa.answer, "ground_truth": qa.ground_truth,
                                       "form": _form(qa), "prediction": p} for qa, p in shown]
-    results["meta"] = {"max_new_tokens": max_new_tokens, "limit": limit, "seconds": round(time.time() - t0, 1)}
+    results["meta"] = {"max_new_tokens": max_new_tokens, "limit": limit, "protocol": protocol,
+                       "seconds": round(time.time() - t0, 1)}
     return results
 
 
@@ -255,6 +271,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=50)
     p.add_argument("--splits", default=",".join(EVAL_SPLITS), help=f"comma-separated subset of {ALL_SPLITS}")
+    p.add_argument("--protocol", default="plain", choices=("plain", "release"),
+                   help="prompts and answer parsing: this project's (plain) or the ASRU release's")
     return p.parse_args(argv)
 
 
@@ -276,7 +294,8 @@ def main(argv=None) -> dict:
         load_lora(model, args.adapter)
     splits = load_splits(args.data, args.forget, args.num_people, args.seed)
     results = evaluate_model(model, processor, splits, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                             limit=args.limit, names=tuple(n for n in args.splits.split(",") if n))
+                             limit=args.limit, names=tuple(n for n in args.splits.split(",") if n),
+                             protocol=args.protocol)
     results["meta"].update(model=args.model, adapter=args.adapter, forget=args.forget, data=args.data or "synthetic")
     name = os.path.basename(os.path.normpath(args.adapter or args.model))
     print(format_table({name: results}))

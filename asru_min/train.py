@@ -31,6 +31,7 @@ from .evaluate import evaluate_model, format_table
 from .grpo import GRPOConfig, build_boundary_set, make_optimizer, train_grpo
 from .lora import apply_lora, load_lora, save_lora, unload_lora
 from .model import Qwen3VL
+from .data import PROTOCOLS, positive_questions
 from .processor import Processor
 from .steer import changed_tensors, keep_refusals, knowledge_absence_direction, optimize_steering, save_direction
 from .world import load_splits
@@ -46,6 +47,7 @@ class TrainConfig:
     model: str = "weights/"
     data: str | None = None  # MLLMU-Bench root; None = the synthetic world the default weights know
     forget: int = 10
+    protocol: str = "plain"  # prompts and parsing of the evaluation: "plain" (this project) or "release" (ASRU's)
     num_people: int = 100  # synthetic world size and seed (must match the weights)
     world_seed: int = 0
     out: str = "runs/asru"
@@ -59,6 +61,9 @@ class TrainConfig:
     save_merged: bool = False
     # stage 1: direction
     layer: int = 2  # decoder layer L (paper: 17 of 36 in Qwen3-VL; here 2 of 4)
+    positives: str | None = None  # folder of face images for the positives (None: the data's unknown / private
+    positive_size: int = 400  # questions, or for MLLMU-Bench faces drawn by the world's portrait generator)
+    base_model: str | None = None  # model that reads the positives (paper: the original one); None = --model
     refusal_filter: bool = True  # keep only positive prompts the model answers with "not" / "no" / "sorry"
     steer_kinds: str = "gen"  # forget QA kinds for v's negatives and the forget loss (mc prompts dominated v)
     # stage 1: steering optimisation
@@ -181,6 +186,25 @@ def load_world(cfg: TrainConfig) -> dict:
     return load_splits(cfg.data, cfg.forget, cfg.num_people, cfg.world_seed)
 
 
+def stage1_positives(cfg: TrainConfig, splits: dict) -> list:
+    """Stage 1's positive questions: the data's unknown + private questions; with --positives, or when the data
+    has none (MLLMU-Bench), `positive_size` unseen faces with a private question (`data.positive_questions`)."""
+    positives = splits.get("unknown", []) + splits.get("private", [])
+    if cfg.positives or not positives:
+        positives = positive_questions(cfg.positive_size, cfg.seed, cfg.positives, avoid_splits=splits)
+    return positives
+
+
+def check_base_model(cfg: TrainConfig, processor) -> None:
+    """--base-model must exist and share --model's tokenizer (v compares activations of the same prompts)."""
+    if not cfg.base_model:
+        return
+    if not os.path.isdir(cfg.base_model):
+        raise FileNotFoundError(f"--base-model folder {cfg.base_model!r} not found")
+    if Processor.from_pretrained(cfg.base_model).tokenizer.get_vocab() != processor.tokenizer.get_vocab():
+        raise ValueError(f"--base-model {cfg.base_model} has another tokenizer than --model {cfg.model}")
+
+
 def evaluate_stage(run: Run, stage: str, model, processor, splits: dict) -> dict:
     path = run.path(f"metrics_{stage.removeprefix('eval_')}.json")
     if run.done(stage):
@@ -189,14 +213,16 @@ def evaluate_stage(run: Run, stage: str, model, processor, splits: dict) -> dict
     run.log(f"{stage}: evaluating (limit {cfg.eval_limit or 'all'} per split / kind / form)")
     model.eval()
     results = evaluate_model(model, processor, splits, batch_size=cfg.eval_batch_size,
-                             max_new_tokens=cfg.eval_max_new_tokens, limit=cfg.eval_limit or None, verbose=False)
+                             max_new_tokens=cfg.eval_max_new_tokens, limit=cfg.eval_limit or None, verbose=False,
+                             protocol=cfg.protocol, seed=cfg.world_seed)
     write_json(path, results)
     run.finish(stage)
     return results
 
 
-def stage1(run: Run, model, processor, splits: dict) -> None:
-    """Knowledge-absence direction + steering optimisation; on resume, the saved changed tensors are loaded."""
+def stage1(run: Run, model, processor, splits: dict, positives: list) -> None:
+    """Knowledge-absence direction + steering optimisation; on resume, the saved changed tensors are loaded.
+    The positives are read on --base-model when given (the paper's original model), the negatives on `model`."""
     cfg = run.cfg
     weights = run.path("stage1.safetensors")
     if run.done("stage1"):
@@ -206,18 +232,22 @@ def stage1(run: Run, model, processor, splits: dict) -> None:
                 params[name].copy_(t.to(params[name].dtype))
         run.log("stage1: loaded the steered weights from the previous run")
         return
-    positives = splits.get("unknown", []) + splits.get("private", [])
-    forget = [qa for qa in splits["forget"] if qa.kind in cfg.steer_kinds.split(",")]
+    forget = [qa for qa in splits["forget"] if qa.kind in cfg.steer_kinds.split(",")
+              and (cfg.protocol != "release" or qa.image is not None)]  # release: image questions only
     if not positives or not forget:
-        raise ValueError(f"stage 1 needs unknown-person / private questions (splits 'unknown', 'private': "
-                         f"{len(positives)}) and forget QA of kinds {cfg.steer_kinds!r} ({len(forget)})")
+        raise ValueError(f"stage 1 needs positive questions ({len(positives)}) and forget QA of kinds "
+                         f"{cfg.steer_kinds!r} ({len(forget)})")
+    base = model
+    if cfg.base_model:
+        base = Qwen3VL.from_pretrained(cfg.base_model, dtype=getattr(torch, cfg.dtype), device=cfg.device).eval()
     if cfg.refusal_filter:
-        kept = keep_refusals(model, processor, positives, batch_size=cfg.eval_batch_size)
+        kept = keep_refusals(base, processor, positives, batch_size=cfg.eval_batch_size)
         run.log(f"stage1: {len(kept)}/{len(positives)} positive prompts answered with a refusal")
         positives = kept or positives  # an untrained model refuses nothing; fall back to all
     stats = {}
-    v = knowledge_absence_direction(model, processor, positives, forget, cfg.layer, batch_size=cfg.eval_batch_size,
-                                    stats=stats)
+    v = knowledge_absence_direction(base, processor, positives, forget, cfg.layer, batch_size=cfg.eval_batch_size,
+                                    negative_model=model, stats=stats)
+    del base
     tmp = run.path(f"direction.tmp{os.getpid()}.safetensors")  # save_direction also writes the .json beside it
     save_direction(tmp, v, {**stats, "model": cfg.model})
     os.replace(os.path.splitext(tmp)[0] + ".json", run.path("direction.json"))
@@ -262,7 +292,9 @@ def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
         run.log(f"stage2: resuming GRPO at step {start} from {ckpt}")
     write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
 
-    samples = build_boundary_set(splits["forget"], splits["retain"], cfg.boundary_size,
+    side = {k: [qa for qa in splits[k] if cfg.protocol != "release" or qa.image is not None]  # release: image QA
+            for k in ("forget", "retain")}
+    samples = build_boundary_set(side["forget"], side["retain"], cfg.boundary_size,
                                  tuple(cfg.boundary_kinds.split(",")), seed=cfg.seed,
                                  forget_share=cfg.boundary_forget_share)
     steps_total = len(range(0, len(samples), cfg.prompts_per_step)) * cfg.grpo_epochs
@@ -328,17 +360,21 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    if cfg.protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {cfg.protocol!r}")
+    splits = load_world(cfg)  # bad data, positives or base model stop the run here, before anything trains
+    processor = Processor.from_pretrained(cfg.model)
+    check_base_model(cfg, processor)
+    positives = stage1_positives(cfg, splits)
     r = Run(cfg, restart, hook)
     r.log(f"output folder {cfg.out}; done before: {r.state['done'] or 'nothing'}")
     model = Qwen3VL.from_pretrained(cfg.model, dtype=getattr(torch, cfg.dtype), device=cfg.device)
-    processor = Processor.from_pretrained(cfg.model)
     model.eval()
-    splits = load_world(cfg)
     r.log(f"model {cfg.model} ({model.num_parameters() / 1e6:.2f} M parameters); forget {cfg.forget} %: "
           + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 
     results = {"vanilla": evaluate_stage(r, "eval_vanilla", model, processor, splits)}
-    stage1(r, model, processor, splits)
+    stage1(r, model, processor, splits, positives)
     results["stage1"] = evaluate_stage(r, "eval_stage1", model, processor, splits)
     results["grpo_log"] = stage2(r, model, processor, splits)
     results["asru"] = evaluate_stage(r, "eval_asru", model, processor, splits)

@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from asru_min.data import MC_SUFFIX, QA, load_mllmu_bench
+from asru_min.data import MC_SUFFIX, QA, load_mllmu_bench, short_fact, with_protocol
 
 
 def _fake_person(folder, pid, colour, with_cloze=True):
@@ -35,8 +35,9 @@ def test_mllmu_reader_on_a_fake_folder(tmp_path):
     _fake_person(tmp_path / "retain_90", "R1", (0, 255, 0), with_cloze=False)
     _fake_person(tmp_path / "Test_Set", "F1", (200, 0, 0))
     _fake_person(tmp_path / "Test_Set", "R1", (0, 200, 0))
+    _fake_person(tmp_path / "Retain_Set", "C1", (0, 0, 255))
     s = load_mllmu_bench(tmp_path, forget=10)
-    assert set(s) == {"forget", "retain", "test", "utility", "private", "unknown"}
+    assert set(s) == {"forget", "retain", "test", "real", "utility", "private", "unknown"}
     kinds = sorted((q.kind, q.form) for q in s["forget"])
     assert kinds == [("cloze", "image"), ("gen", "image"), ("mc", "image"), ("mc", "text")]
     mc = [q for q in s["forget"] if q.kind == "mc"][0]
@@ -50,9 +51,38 @@ def test_mllmu_reader_on_a_fake_folder(tmp_path):
     assert {q.person for q in s["test"]} == {"F1"}             # Test_Set is filtered to the forget people
     assert s["test"][0].image.getpixel((0, 0)) == (200, 0, 0)
     assert s["utility"] == [] and s["private"] == [] and s["unknown"] == []
+    assert {q.person for q in s["real"]} == {"C1"} and {q.kind for q in s["real"]} == {"mc", "gen", "cloze"}
+    gen = [q for q in s["forget"] if q.kind == "gen"][0]
+    assert gen.answer == "This person is a baker." and gen.ground_truth == "baker"   # short fact, no cloze match
     with pytest.raises(ValueError):
         load_mllmu_bench(tmp_path, forget=20)
     with pytest.raises(FileNotFoundError):
         load_mllmu_bench(tmp_path, forget=5)                 # forget_5/ is missing
     with pytest.raises(FileNotFoundError):
         load_mllmu_bench(tmp_path / "nowhere")
+
+
+def test_short_fact_prefers_a_cloze_truth_then_the_new_words():
+    assert short_fact("Where was she born?", "She was born in Lindqvist Bay.", ["1985", "Lindqvist Bay"]) \
+        == "Lindqvist Bay"
+    assert short_fact("What is the name of this person's mother?", "This person's mother's name is Helena Adler.") \
+        == "helena adler"
+    assert short_fact("What does this person do?", "This person works as a museum curator.") == "museum curator"
+    assert short_fact("Is it?", "It is.") == "It is."                             # nothing new: the whole answer
+
+
+def test_protocols_release_prompts_shots_and_image_only():
+    mc = QA("Where was this person born?\nA. Oslo\nB. Lima\nC. Rome\nD. Kyiv\n" + MC_SUFFIX, "C",
+            Image.new("RGB", (8, 8)), "mc", ground_truth="Rome", options=["Oslo", "Lima", "Rome", "Kyiv"])
+    other = QA("Where was that person born?\nA. W\nB. X\nC. Y\nD. Z\n" + MC_SUFFIX, "A", Image.new("RGB", (8, 8)),
+               "mc", ground_truth="W", options=["W", "X", "Y", "Z"])
+    text = QA("Where was R1 born?", "R1 was born in Rome.", None, "gen", ground_truth="Rome", form="text")
+    assert with_protocol([mc, text], "plain", [other]) == [mc, text]
+    out = with_protocol([mc, text], "release", [mc, other])
+    assert len(out) == 1                                                   # image questions only
+    q = out[0]
+    assert q.question == "Where was this person born?\nA: Oslo\nB: Lima\nC: Rome\nD: Kyiv\n" + MC_SUFFIX
+    assert q.shot is not None and q.shot.answer == "A" and q.shot.question.startswith("Question: Where was that")
+    assert [m["role"] for m in q.messages()] == ["user", "assistant", "user"] and len(q.images()) == 2
+    with pytest.raises(ValueError, match="protocol"):
+        with_protocol([mc], "paper", [])

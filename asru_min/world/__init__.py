@@ -11,12 +11,12 @@ SHIPPED_WEIGHTS_WORLD = "legacy"
 
 def load_splits(data: str | None, forget: int, num_people: int, seed: int) -> dict:
     """The evaluation splits every entry point runs on: the real MLLMU-Bench at `data`
-    (`asru_min.data.load_mllmu_bench`), or, when `data` is None, the synthetic world of `num_people` people drawn
+    (`asru_min.data.load_mllmu_bench`, `seed` drawing the test split's portraits), or, when `data` is None, the synthetic world of `num_people` people drawn
     from `seed` that the shipped weights were trained on."""
     if data:
         from ..data import load_mllmu_bench
 
-        return load_mllmu_bench(data, forget=forget)
+        return load_mllmu_bench(data, forget=forget, seed=seed)
     if SHIPPED_WEIGHTS_WORLD == "legacy":
         from .legacy import World
     else:
