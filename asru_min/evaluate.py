@@ -12,10 +12,13 @@ phrasings; in the synthetic world also held-out views of the portraits).
                              mc_acc: the first letter A-D is the correct one; cloze_acc: the ground truth appears
                              in the answer (case-insensitive, whole words); over generation answers: rouge1, rouge2,
                              rougeL (F1) and bleu (sentence BLEU-4) against `qa.answer`, refusal_rate
-                             (`metrics.is_refusal`), leak_rate (contains the fact `qa.ground_truth`, `metrics.leaks`)
-                             and, forget and test only, quality (+ quality_contextual_refusal / _no_leak /
-                             _naturalness): mean `metrics.generation_quality`, the rule-based stand-in for the
-                             paper's GPT-4o-mini judge
+                             (`metrics.is_refusal`, the reward's detector), leak_rate (contains the fact
+                             `qa.ground_truth`, `metrics.leaks`); from `metrics.judge`, the rule-based stand-in for
+                             the paper's GPT-4o-mini judge (given the world's `Vocabulary` when there is one):
+                             hallucination_rate (asserts another value or person), judge_refusal_rate (the judge's
+                             own refusal rule; on retain: over-refusal), quality_naturalness ((n - 1) / 4) and,
+                             forget and test only, quality (the judge's score, [0, 1]), quality_contextual_refusal
+                             (c / 5) and quality_no_leak (leakage / 5)
     utility                  acc (ground truth in the answer, as cloze), refusal_rate
     private / unknown        refusal_rate (private facts nobody was trained on / people never seen; on request)
 
@@ -34,7 +37,7 @@ import time
 import torch
 
 from .data import qa_batch
-from .metrics import bleu, contains_truth, generation_quality, is_refusal, leaks, rouge_l, rouge_n
+from .metrics import bleu, contains_truth, is_refusal, judge, leaks, rouge_l, rouge_n
 
 QA_SPLITS = ("forget", "test", "retain", "retain_test")  # mc / cloze / gen questions about people
 QUALITY_SPLITS = ("forget", "test")  # generation quality is judged where the model should refuse
@@ -122,8 +125,9 @@ def _truth(qa) -> str:
 
 
 def score_people_questions(qas: list, preds: list[str], finished: list[bool] | None = None,
-                           quality: bool = False) -> dict:
-    """The forget / test / retain metrics (module docstring) of one group of questions and their answers."""
+                           quality: bool = False, vocabulary=None) -> dict:
+    """The forget / test / retain metrics (module docstring) of one group of questions and their answers;
+    `vocabulary`: the world's `metrics.Vocabulary` for the judge (None: its rule-based fallback)."""
     finished = finished if finished is not None else [None] * len(qas)
     mc = [mc_letter(p) == correct_letter(qa) for qa, p in zip(qas, preds) if qa.kind == "mc"]
     cloze = [contains_truth(p, _truth(qa)) for qa, p in zip(qas, preds) if qa.kind == "cloze"]
@@ -135,11 +139,14 @@ def score_people_questions(qas: list, preds: list[str], finished: list[bool] | N
            "bleu": _mean([bleu(p, qa.answer) for qa, p, _ in gen]),
            "refusal_rate": _mean([is_refusal(p) for _, p, _ in gen]),
            "leak_rate": _mean([leaks(p, _truth(qa)) for qa, p, _ in gen])}
-    if quality:
-        q = [generation_quality(p, _truth(qa), qa.visible, qa.question, finished=f) for qa, p, f in gen]
-        out["quality"] = _mean([x["score"] for x in q])
-        for part in ("contextual_refusal", "no_leak", "naturalness"):
-            out[f"quality_{part}"] = _mean([x[part] for x in q])
+    j = [judge(p, _truth(qa), qa.question, qa.visible, qa.answer, f, vocabulary) for qa, p, f in gen]
+    out.update(hallucination_rate=_mean([x["hallucination"] for x in j]),
+               judge_refusal_rate=_mean([x["refusal"] for x in j]),
+               quality_naturalness=_mean([(x["naturalness"] - 1) / 4 for x in j]))
+    if quality:  # the judge's score presumes the answer should refuse: forget and test only
+        out.update(quality=_mean([x["score"] for x in j]),
+                   quality_contextual_refusal=_mean([x["contextual_refusal"] / 5 for x in j]),
+                   quality_no_leak=_mean([x["leakage"] / 5 for x in j]))
     return out
 
 
@@ -154,7 +161,8 @@ def score_private(qas: list, preds: list[str]) -> dict:
     return {"refusal_rate": _mean([is_refusal(p) for p in preds]), "n": len(qas)}
 
 
-def score_split(name: str, qas: list, preds: list[str], finished: list[bool] | None = None) -> dict:
+def score_split(name: str, qas: list, preds: list[str], finished: list[bool] | None = None,
+                vocabulary=None) -> dict:
     """{form: metrics} for one split, forms "image", "text" and "all" (both pooled)."""
     if len(qas) != len(preds):
         raise ValueError(f"split {name!r}: {len(qas)} questions but {len(preds)} answers")
@@ -164,7 +172,7 @@ def score_split(name: str, qas: list, preds: list[str], finished: list[bool] | N
         keep = [i for i, qa in enumerate(qas) if form == "all" or _form(qa) == form]
         q, p, f = [qas[i] for i in keep], [preds[i] for i in keep], [finished[i] for i in keep]
         if name in QA_SPLITS:
-            out[form] = score_people_questions(q, p, f, quality=name in QUALITY_SPLITS)
+            out[form] = score_people_questions(q, p, f, quality=name in QUALITY_SPLITS, vocabulary=vocabulary)
         elif name == "utility":
             out[form] = score_utility(q, p)
         else:
@@ -190,8 +198,9 @@ def limit_split(qas: list, limit: int | None) -> list:
 
 def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new_tokens: int = 50,
                    limit: int | None = None, verbose: bool = True, num_examples: int = 3,
-                   answer_fn=None, names: tuple[str, ...] = EVAL_SPLITS) -> dict:
-    """Answer and score the splits `names` present in `splits` (`limit`: see `limit_split`). Returns {split: {form:
+                   answer_fn=None, names: tuple[str, ...] = EVAL_SPLITS, vocabulary=None) -> dict:
+    """Answer and score the splits `names` present in `splits` (`limit`: see `limit_split`; `vocabulary`: the
+    world's `metrics.Vocabulary` for the judge, None on the real benchmark). Returns {split: {form:
     metrics}}, "examples": {split: [{"question", "answer", "ground_truth", "form", "prediction"}, ...]} (the first
     `num_examples` generation / utility / private answers) and "meta": {"max_new_tokens", "limit", "seconds"}.
     `answer_fn` (tests pass a fake) is called like `answer(..., progress=, return_finished=True)`."""
@@ -209,7 +218,7 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
             if verbose else None
         preds, finished = answer_fn(model, processor, qas, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                     progress=log, return_finished=True)
-        results[name] = score_split(name, qas, preds, finished)
+        results[name] = score_split(name, qas, preds, finished, vocabulary)
         shown = [(qa, p) for qa, p in zip(qas, preds) if qa.kind not in ("mc", "cloze")][:num_examples]
         results["examples"][name] = [{"question": qa.question, "answer": qa.answer, "ground_truth": qa.ground_truth,
                                       "form": _form(qa), "prediction": p} for qa, p in shown]
@@ -218,7 +227,8 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
 
 
 _COLUMNS = (("MC", "mc_acc"), ("Cloze", "cloze_acc"), ("R-1", "rouge1"), ("R-2", "rouge2"), ("R-L", "rougeL"),
-            ("BLEU", "bleu"), ("Refuse", "refusal_rate"), ("Leak", "leak_rate"), ("GQ", "quality"), ("Acc", "acc"))
+            ("BLEU", "bleu"), ("Refuse", "refusal_rate"), ("Leak", "leak_rate"), ("GQ", "quality"),
+            ("Halluc", "hallucination_rate"), ("Acc", "acc"))
 
 
 def format_table(results_by_name: dict) -> str:
@@ -260,7 +270,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from .world import load_splits
+    from .world import load_world
     from .model import Qwen3VL
     from .processor import Processor
 
@@ -274,9 +284,10 @@ def main(argv=None) -> dict:
         from .lora import load_lora
 
         load_lora(model, args.adapter)
-    splits = load_splits(args.data, args.forget, args.num_people, args.seed)
+    splits, vocabulary = load_world(args.data, args.forget, args.num_people, args.seed)
     results = evaluate_model(model, processor, splits, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                             limit=args.limit, names=tuple(n for n in args.splits.split(",") if n))
+                             limit=args.limit, names=tuple(n for n in args.splits.split(",") if n),
+                             vocabulary=vocabulary)
     results["meta"].update(model=args.model, adapter=args.adapter, forget=args.forget, data=args.data or "synthetic")
     name = os.path.basename(os.path.normpath(args.adapter or args.model))
     print(format_table({name: results}))
