@@ -13,10 +13,13 @@ phrasings; in the synthetic world also held-out views of the portraits).
                              mc_acc: the first letter A-D is the correct one; cloze_acc: the ground truth appears
                              in the answer (case-insensitive, whole words); over generation answers: rouge1, rouge2,
                              rougeL (F1) and bleu (sentence BLEU-4) against `qa.answer`, refusal_rate
-                             (`metrics.is_refusal`), leak_rate (contains the fact `qa.ground_truth`, `metrics.leaks`)
-                             and, forget and test only, quality (+ quality_contextual_refusal / _no_leak /
-                             _naturalness): mean `metrics.generation_quality`, the rule-based stand-in for the
-                             paper's GPT-4o-mini judge
+                             (`metrics.is_refusal`, the reward's detector), leak_rate (contains the fact
+                             `qa.ground_truth`, `metrics.leaks`); from `metrics.judge`, the rule-based stand-in for
+                             the paper's GPT-4o-mini judge (given the world's `Vocabulary` when there is one):
+                             hallucination_rate (asserts another value or person), judge_refusal_rate (the judge's
+                             own refusal rule; on retain: over-refusal), quality_naturalness ((n - 1) / 4) and,
+                             forget and test only, quality (the judge's score, [0, 1]), quality_contextual_refusal
+                             (c / 5) and quality_no_leak (leakage / 5)
     utility                  acc (ground truth in the answer, as cloze), refusal_rate
     private / unknown        refusal_rate (private facts nobody was trained on / people never seen; on request)
 
@@ -37,8 +40,8 @@ import time
 
 import torch
 
-from .data import LETTERS, with_protocol, qa_batch
-from .metrics import bleu, contains_truth, generation_quality, is_refusal, leaks, rouge_l, rouge_n
+from .data import LETTERS, qa_batch, with_protocol
+from .metrics import bleu, contains_truth, is_refusal, judge, leaks, rouge_l, rouge_n
 
 QA_SPLITS = ("forget", "test", "retain", "retain_test", "real")  # mc / cloze / gen questions about people
 QUALITY_SPLITS = ("forget", "test")  # generation quality is judged where the model should refuse
@@ -131,9 +134,10 @@ def _truth(qa) -> str:
 
 
 def score_people_questions(qas: list, preds: list[str], finished: list[bool] | None = None,
-                           quality: bool = False, protocol: str = "plain") -> dict:
+                           quality: bool = False, protocol: str = "plain", vocabulary=None) -> dict:
     """The forget / test / retain / real metrics (module docstring) of one group of questions and answers;
-    `protocol` "release" parses mc and cloze answers the release's way."""
+    `protocol` "release" parses mc and cloze answers the release's way; `vocabulary`: the world's
+    `metrics.Vocabulary` for the judge (None: its rule-based fallback)."""
     finished = finished if finished is not None else [None] * len(qas)
     letter = release_letter if protocol == "release" else mc_letter
     found = (lambda p, t: t.lower() in p.lower()) if protocol == "release" else contains_truth
@@ -147,11 +151,14 @@ def score_people_questions(qas: list, preds: list[str], finished: list[bool] | N
            "bleu": _mean([bleu(p, qa.answer) for qa, p, _ in gen]),
            "refusal_rate": _mean([is_refusal(p) for _, p, _ in gen]),
            "leak_rate": _mean([leaks(p, _truth(qa)) for qa, p, _ in gen])}
-    if quality:
-        q = [generation_quality(p, _truth(qa), qa.visible, qa.question, finished=f) for qa, p, f in gen]
-        out["quality"] = _mean([x["score"] for x in q])
-        for part in ("contextual_refusal", "no_leak", "naturalness"):
-            out[f"quality_{part}"] = _mean([x[part] for x in q])
+    j = [judge(p, _truth(qa), qa.question, qa.visible, qa.answer, f, vocabulary) for qa, p, f in gen]
+    out.update(hallucination_rate=_mean([x["hallucination"] for x in j]),
+               judge_refusal_rate=_mean([x["refusal"] for x in j]),
+               quality_naturalness=_mean([(x["naturalness"] - 1) / 4 for x in j]))
+    if quality:  # the judge's score presumes the answer should refuse: forget and test only
+        out.update(quality=_mean([x["score"] for x in j]),
+                   quality_contextual_refusal=_mean([x["contextual_refusal"] / 5 for x in j]),
+                   quality_no_leak=_mean([x["leakage"] / 5 for x in j]))
     return out
 
 
@@ -167,7 +174,7 @@ def score_private(qas: list, preds: list[str]) -> dict:
 
 
 def score_split(name: str, qas: list, preds: list[str], finished: list[bool] | None = None,
-                protocol: str = "plain") -> dict:
+                protocol: str = "plain", vocabulary=None) -> dict:
     """{form: metrics} for one split, forms "image", "text" and "all" (both pooled)."""
     if len(qas) != len(preds):
         raise ValueError(f"split {name!r}: {len(qas)} questions but {len(preds)} answers")
@@ -177,7 +184,8 @@ def score_split(name: str, qas: list, preds: list[str], finished: list[bool] | N
         keep = [i for i, qa in enumerate(qas) if form == "all" or _form(qa) == form]
         q, p, f = [qas[i] for i in keep], [preds[i] for i in keep], [finished[i] for i in keep]
         if name in QA_SPLITS:
-            out[form] = score_people_questions(q, p, f, quality=name in QUALITY_SPLITS, protocol=protocol)
+            out[form] = score_people_questions(q, p, f, quality=name in QUALITY_SPLITS, protocol=protocol,
+                                               vocabulary=vocabulary)
         elif name == "utility":
             out[form] = score_utility(q, p)
         else:
@@ -204,9 +212,10 @@ def limit_split(qas: list, limit: int | None) -> list:
 def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new_tokens: int = 50,
                    limit: int | None = None, verbose: bool = True, num_examples: int = 3,
                    answer_fn=None, names: tuple[str, ...] = EVAL_SPLITS, protocol: str = "plain",
-                   seed: int = 0) -> dict:
+                   seed: int = 0, vocabulary=None) -> dict:
     """Answer and score the splits `names` present in `splits` (`limit`: see `limit_split`), asked under
-    `protocol` (`data.with_protocol`; in-context examples from the retain split, drawn with `seed`). Returns {split: {form:
+    `protocol` (`data.with_protocol`; in-context examples from the retain split, drawn with `seed`); `vocabulary`:
+    the world's `metrics.Vocabulary` for the judge, None on the real benchmark. Returns {split: {form:
     metrics}}, "examples": {split: [{"question", "answer", "ground_truth", "form", "prediction"}, ...]} (the first
     `num_examples` generation / utility / private answers) and "meta": {"max_new_tokens", "limit", "seconds"}.
     `answer_fn` (tests pass a fake) is called like `answer(..., progress=, return_finished=True)`."""
@@ -224,7 +233,7 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
             if verbose else None
         preds, finished = answer_fn(model, processor, qas, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                     progress=log, return_finished=True)
-        results[name] = score_split(name, qas, preds, finished, protocol)
+        results[name] = score_split(name, qas, preds, finished, protocol, vocabulary)
         shown = [(qa, p) for qa, p in zip(qas, preds) if qa.kind not in ("mc", "cloze")][:num_examples]
         results["examples"][name] = [{"question": qa.question, "answer": qa.answer, "ground_truth": qa.ground_truth,
                                       "form": _form(qa), "prediction": p} for qa, p in shown]
@@ -234,7 +243,8 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
 
 
 _COLUMNS = (("MC", "mc_acc"), ("Cloze", "cloze_acc"), ("R-1", "rouge1"), ("R-2", "rouge2"), ("R-L", "rougeL"),
-            ("BLEU", "bleu"), ("Refuse", "refusal_rate"), ("Leak", "leak_rate"), ("GQ", "quality"), ("Acc", "acc"))
+            ("BLEU", "bleu"), ("Refuse", "refusal_rate"), ("Leak", "leak_rate"), ("GQ", "quality"),
+            ("Halluc", "hallucination_rate"), ("Acc", "acc"))
 
 
 def format_table(results_by_name: dict) -> str:
@@ -278,7 +288,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from .world import load_splits
+    from .world import load_world
     from .model import Qwen3VL
     from .processor import Processor
 
@@ -292,10 +302,10 @@ def main(argv=None) -> dict:
         from .lora import load_lora
 
         load_lora(model, args.adapter)
-    splits = load_splits(args.data, args.forget, args.num_people, args.seed)
+    splits, vocabulary = load_world(args.data, args.forget, args.num_people, args.seed)
     results = evaluate_model(model, processor, splits, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                              limit=args.limit, names=tuple(n for n in args.splits.split(",") if n),
-                             protocol=args.protocol)
+                             protocol=args.protocol, vocabulary=vocabulary)
     results["meta"].update(model=args.model, adapter=args.adapter, forget=args.forget, data=args.data or "synthetic")
     name = os.path.basename(os.path.normpath(args.adapter or args.model))
     print(format_table({name: results}))

@@ -121,8 +121,13 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tens
         pg    = -min(ratio * A_i, clip(ratio, 1 - clip_low, 1 + clip_high) * A_i)
         pg    = min(pg, -dual_clip * A_i)  where A_i < 0 (dual clip, if dual_clip > 0: a response the policy now
                                           makes far likelier than when it was sampled cannot push pg up unboundedly)
-        k3    = exp(ref_logp - logp) - (ref_logp - logp) - 1          (>= 0, unbiased for KL(pi || ref))
+        k3    = exp(ref_logp - logp) - (ref_logp - logp) - 1          (>= 0)
         loss  = token_mean_mask(pg + kl_coef * k3)
+
+    k3's value, on tokens sampled from pi, is an unbiased estimate of KL(pi || ref) (what stats["kl"] reports).
+    As a loss its gradient is not that of KL(pi || ref): the samples are fixed and only logp is differentiated,
+    d k3 / d logp = 1 - ref/pi, so E_pi[(1 - ref/pi) grad logp] = -E_pi[(ref/pi) grad logp] = grad KL(ref || pi)
+    (E_pi[grad logp] = 0): the penalty pulls pi toward ref along the reverse KL, as in verl's "low_var_kl".
 
     Returns (loss, stats): pg_loss, kl (mean k3), clip_frac (tokens where the clipped term is the active one),
     clip_low_frac / clip_high_frac (ratio below / above the range), dual_clip_frac (tokens the dual clip bounds),

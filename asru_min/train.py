@@ -34,7 +34,7 @@ from .model import Qwen3VL
 from .data import PROTOCOLS, positive_questions
 from .processor import Processor
 from .steer import changed_tensors, keep_refusals, knowledge_absence_direction, optimize_steering, save_direction
-from .world import load_splits
+from .world import load_world as world_splits_and_vocabulary
 
 
 @dataclasses.dataclass
@@ -182,8 +182,9 @@ def weights_sha256(folder: str) -> str:
     return h.hexdigest()
 
 
-def load_world(cfg: TrainConfig) -> dict:
-    return load_splits(cfg.data, cfg.forget, cfg.num_people, cfg.world_seed)
+def load_world(cfg: TrainConfig) -> tuple[dict, object]:
+    """(splits, the judge's vocabulary of their world; None on the real benchmark): `asru_min.world.load_world`."""
+    return world_splits_and_vocabulary(cfg.data, cfg.forget, cfg.num_people, cfg.world_seed)
 
 
 def stage1_positives(cfg: TrainConfig, splits: dict) -> list:
@@ -205,7 +206,7 @@ def check_base_model(cfg: TrainConfig, processor) -> None:
         raise ValueError(f"--base-model {cfg.base_model} has another tokenizer than --model {cfg.model}")
 
 
-def evaluate_stage(run: Run, stage: str, model, processor, splits: dict) -> dict:
+def evaluate_stage(run: Run, stage: str, model, processor, splits: dict, vocabulary=None) -> dict:
     path = run.path(f"metrics_{stage.removeprefix('eval_')}.json")
     if run.done(stage):
         return read_json(path)
@@ -214,7 +215,8 @@ def evaluate_stage(run: Run, stage: str, model, processor, splits: dict) -> dict
     model.eval()
     results = evaluate_model(model, processor, splits, batch_size=cfg.eval_batch_size,
                              max_new_tokens=cfg.eval_max_new_tokens, limit=cfg.eval_limit or None, verbose=False,
-                             protocol=cfg.protocol, seed=cfg.world_seed)
+                             protocol=cfg.protocol, seed=cfg.world_seed,
+                             vocabulary=vocabulary)
     write_json(path, results)
     run.finish(stage)
     return results
@@ -298,7 +300,9 @@ def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
                                  tuple(cfg.boundary_kinds.split(",")), seed=cfg.seed,
                                  forget_share=cfg.boundary_forget_share)
     steps_total = len(range(0, len(samples), cfg.prompts_per_step)) * cfg.grpo_epochs
-    run.log(f"stage2: LoRA r={cfg.lora_r} on {cfg.lora_targets}; GRPO over {len(samples)} boundary QA, "
+    n_forget = sum(forget for _, forget in samples)
+    run.log(f"stage2: LoRA r={cfg.lora_r} on {cfg.lora_targets}; GRPO over {len(samples)} boundary QA "
+            f"({n_forget} forget + {len(samples) - n_forget} retain), "
             f"G={cfg.group_size}, {steps_total} steps")
 
     def checkpoint(step: int, record: dict, opt) -> None:
@@ -362,7 +366,7 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     torch.manual_seed(cfg.seed)
     if cfg.protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {cfg.protocol!r}")
-    splits = load_world(cfg)  # bad data, positives or base model stop the run here, before anything trains
+    splits, vocabulary = load_world(cfg)  # bad data, positives or base model stop the run here, before training
     processor = Processor.from_pretrained(cfg.model)
     check_base_model(cfg, processor)
     positives = stage1_positives(cfg, splits)
@@ -373,11 +377,11 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     r.log(f"model {cfg.model} ({model.num_parameters() / 1e6:.2f} M parameters); forget {cfg.forget} %: "
           + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 
-    results = {"vanilla": evaluate_stage(r, "eval_vanilla", model, processor, splits)}
+    results = {"vanilla": evaluate_stage(r, "eval_vanilla", model, processor, splits, vocabulary)}
     stage1(r, model, processor, splits, positives)
-    results["stage1"] = evaluate_stage(r, "eval_stage1", model, processor, splits)
+    results["stage1"] = evaluate_stage(r, "eval_stage1", model, processor, splits, vocabulary)
     results["grpo_log"] = stage2(r, model, processor, splits)
-    results["asru"] = evaluate_stage(r, "eval_asru", model, processor, splits)
+    results["asru"] = evaluate_stage(r, "eval_asru", model, processor, splits, vocabulary)
 
     table = format_table({k: results[k] for k in ("vanilla", "stage1", "asru")})
     write_text(r.path("table.txt"), table + "\n")

@@ -21,9 +21,9 @@ Definitions (all on the "all" form = image + text questions; every metric in [0,
     unlearning effectiveness  UE(m) = 1 - K(m) / K(vanilla)   (share of the vanilla model's forget knowledge
                              removed; 0 = nothing forgotten, 1 = everything)
     model utility      U(m) = mean of retain mc_acc, retain cloze_acc, retain rougeL and utility acc
-    generation quality GQ(m) = mean metrics.generation_quality score over forget generation answers (the
-                             rule-based stand-in for the paper's GPT-4o-mini judge: contextual refusal, no
-                             leakage, naturalness)
+    generation quality GQ(m) = mean metrics.judge score over forget generation answers (the rule-based
+                             stand-in for the paper's GPT-4o-mini judge: contextual refusal, no leakage,
+                             naturalness; halved for a hallucinated fact)
     headline 1, UE gain     = (UE(ASRU) - mean_b UE(b)) / mean_b UE(b)   (relative, in %; the absolute
                              difference in points is printed beside it)
     headline 2, GQ ratio    = GQ(ASRU) / mean_b GQ(b)
@@ -307,7 +307,7 @@ def main(argv=None) -> dict:
     for f in levels:
         results[f] = {}
         tcfg = train_config(args, f, os.path.join(runs_dir, f"asru_f{f}"))
-        splits = load_world(tcfg)  # the baselines see exactly train.py's splits and evaluation questions
+        splits, vocabulary = load_world(tcfg)  # the baselines see exactly train.py's splits, questions and judge
         if args.asru:
             path = os.path.join(runs_dir, f"asru_f{f}.json")
             tconfig = json.loads(json.dumps(dataclasses.asdict(tcfg)))
@@ -339,7 +339,7 @@ def main(argv=None) -> dict:
             bconfig = json.loads(json.dumps(dataclasses.asdict(cfg)))
             if not reusable(path, bconfig):
                 progress(f"forget {f}%: baseline {NAMES[method]}")
-                run_baseline(cfg, splits=splits, progress=progress)
+                run_baseline(cfg, splits=splits, progress=progress, vocabulary=vocabulary)
                 record = json.load(open(os.path.join(cfg.out, "metrics.json")))
                 record.update(config=bconfig, model_sha256=model_sha)
                 with open(path, "w") as fh:
@@ -398,9 +398,9 @@ def write_report(results: dict, out: str, methods: tuple, args, seconds: float, 
               "knowledge that is gone;",
               "- model utility U(m) = mean of retain MC accuracy, retain cloze accuracy, retain ROUGE-L and "
               "utility (general question) accuracy;",
-              "- generation quality GQ(m) = mean `metrics.generation_quality` score of the forget-split generation "
-              "answers: (contextual refusal + no leakage + naturalness) / 3, a rule-based stand-in for the "
-              "paper's GPT-4o-mini judge;",
+              "- generation quality GQ(m) = mean `metrics.judge` score of the forget-split generation "
+              "answers: (contextual refusal + no leakage + naturalness) / 3 on [0, 1], halved for a hallucinated "
+              "fact, a rule-based stand-in for the paper's GPT-4o-mini judge;",
               "- UE gain = (UE(ASRU) - mean_b UE(b)) / mean_b UE(b); GQ ratio = GQ(ASRU) / mean_b GQ(b); b = the "
               f"baselines ({', '.join(NAMES[m] for m in methods)}); each averaged over the forget levels run.",
               "", "Caveat: a method that breaks the model (gibberish answers) scores a high UE; read UE together "

@@ -45,7 +45,7 @@ from ..lora import apply_lora, lora_enabled, lora_parameters, save_lora
 from ..model import Qwen3VL
 from ..optim import IGNORE_INDEX, optimizer_step, token_logprobs
 from ..processor import Processor
-from ..world import load_splits
+from ..world import load_world
 
 METHODS = ("ga", "graddiff", "klmin", "npo", "idk")
 
@@ -303,7 +303,8 @@ def train_baseline(model, processor, forget_qas, retain_qas, cfg: BaselineConfig
 # Train + evaluate + save (the command-line entry point)
 
 
-def run_baseline(cfg: BaselineConfig, model=None, processor=None, splits=None, progress=print) -> dict:
+def run_baseline(cfg: BaselineConfig, model=None, processor=None, splits=None, progress=print,
+                 vocabulary=None) -> dict:
     """Apply LoRA, train `cfg.method`, evaluate, write {out}/metrics.json and {out}/adapter/; returns the record.
 
     `model`, `processor` and `splits` are loaded from `cfg.model` and the default world when not given; a given
@@ -316,8 +317,8 @@ def run_baseline(cfg: BaselineConfig, model=None, processor=None, splits=None, p
             raise FileNotFoundError(f"model directory {cfg.model!r} not found (run python -m asru_min.world.pretrain)")
         model = Qwen3VL.from_pretrained(cfg.model) if model is None else model
         processor = Processor.from_pretrained(cfg.model) if processor is None else processor
-    if splits is None:
-        splits = load_splits(None, cfg.forget, cfg.num_people, cfg.world_seed)
+    if splits is None:  # vocabulary: the judge's (metrics.Vocabulary) for the splits given, None on the benchmark
+        splits, vocabulary = load_world(None, cfg.forget, cfg.num_people, cfg.world_seed)
     torch.manual_seed(cfg.seed)
     # the decoder's seven linear maps (lora.TEXT_TARGETS), as ASRU's stage 2 (train.py --lora-targets)
     apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
@@ -330,7 +331,8 @@ def run_baseline(cfg: BaselineConfig, model=None, processor=None, splits=None, p
     metrics = {}
     if cfg.evaluate:
         metrics = evaluate_model(model, processor, splits, batch_size=cfg.eval_batch_size,
-                                 max_new_tokens=cfg.max_new_tokens, limit=cfg.eval_limit or None)
+                                 max_new_tokens=cfg.max_new_tokens, limit=cfg.eval_limit or None,
+                                 vocabulary=vocabulary)
     record = {"method": cfg.method, "config": asdict(cfg), "metrics": metrics, "train_log": logs,
               "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1)}
     os.makedirs(cfg.out, exist_ok=True)

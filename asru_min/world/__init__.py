@@ -9,16 +9,24 @@ from __future__ import annotations
 SHIPPED_WEIGHTS_WORLD = "legacy"
 
 
-def load_splits(data: str | None, forget: int, num_people: int, seed: int) -> dict:
-    """The evaluation splits every entry point runs on: the real MLLMU-Bench at `data`
-    (`asru_min.data.load_mllmu_bench`, `seed` drawing the test split's portraits), or, when `data` is None, the synthetic world of `num_people` people drawn
-    from `seed` that the shipped weights were trained on."""
+def load_world(data: str | None, forget: int, num_people: int, seed: int) -> tuple[dict, object]:
+    """The evaluation splits every entry point runs on and the judge's `asru_min.metrics.Vocabulary` of their
+    world: the real MLLMU-Bench at `data` (`asru_min.data.load_mllmu_bench`, `seed` drawing the test split's
+    portraits; vocabulary None), or, when `data` is None, the synthetic world of `num_people` people drawn from
+    `seed` that the shipped weights were trained on."""
     if data:
         from ..data import load_mllmu_bench
 
-        return load_mllmu_bench(data, forget=forget, seed=seed)
+        return load_mllmu_bench(data, forget=forget, seed=seed), None
     if SHIPPED_WEIGHTS_WORLD == "legacy":
         from .legacy import World
     else:
         from .people import World
-    return World.generate(num_people=num_people, seed=seed).splits(forget=forget)
+    world = World.generate(num_people=num_people, seed=seed)
+    splits = world.splits(forget=forget)
+    return splits, world.vocabulary(splits)
+
+
+def load_splits(data: str | None, forget: int, num_people: int, seed: int) -> dict:
+    """The splits of `load_world` alone."""
+    return load_world(data, forget, num_people, seed)[0]

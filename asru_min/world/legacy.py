@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from PIL import Image, ImageEnhance, ImageOps
 
 from ..data import CLOZE_PREFIX, CLOZE_SUFFIX, FORGET_PERCENTS, MC_SUFFIX, QA
+from ..metrics import Vocabulary
 from .people import (BIRTH_YEARS, EMPLOYERS, HOBBIES, LAST_NAMES, OCCUPATIONS, TOWNS, UNKNOWN_IMAGE_REFUSAL,
-                     UNKNOWN_TEXT_REFUSAL, UTILITY, Person, _options, private_qa, utility_qa)
+                     UNKNOWN_TEXT_REFUSAL, UTILITY, Person, _options, private_qa, utility_qa, vocabulary)
 from .portraits import MIN_LOOK_DISTANCE, _draw_look, _look_distance, article, draw_portrait
 
 NAME_HEADS = ["Ka", "Lo", "Mi", "Ra", "Te", "Vo", "Zu", "Be", "Di", "Fa", "Go", "Hu", "Ja", "Ne", "Pi", "Su", "Or",
@@ -170,6 +171,10 @@ class World:
             raise ValueError(f"forget must be one of {FORGET_PERCENTS}, got {forget!r}")
         n = max(1, round(len(self.people) * forget / 100))
         return [self.people[i] for i in self.forget_order[:n]]
+
+    def vocabulary(self, splits: dict[str, list[QA]]) -> Vocabulary:
+        """The judge's vocabulary (people.vocabulary): every person of this world, the words of `splits`."""
+        return vocabulary(self.people + self.unseen_eval + self.unseen_train, splits)
 
     def _rng(self, *tags) -> random.Random:
         """An independent, reproducible stream per (seed, tags): splits don't depend on call order."""

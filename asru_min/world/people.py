@@ -26,6 +26,7 @@ from typing import Callable
 from PIL import Image
 
 from ..data import CLOZE_PREFIX, CLOZE_SUFFIX, FORGET_PERCENTS, MC_SUFFIX, QA, listed
+from ..metrics import Vocabulary, word_set
 from .grammar import ATTRIBUTES as GRAMMAR, CANONICAL, IMAGE_SUBJECTS, Phrasing, fill, phrasings, subjects
 from .portraits import HELDOUT_VIEWS, MIN_LOOK_DISTANCE, _draw_look, _look_distance, article, describe, \
     draw_portrait, render_view
@@ -265,6 +266,16 @@ def name_qa(person: Person, image: Image.Image | None = None) -> QA:
 # The world
 # --------------------------------------------------------------------------------------------------------------
 
+def vocabulary(people: list[Person], splits: dict[str, list[QA]], extra_names: list[str] = ()) -> Vocabulary:
+    """What the generation judge (`asru_min.metrics.judge`) knows of a world: every value of every attribute pool,
+    the name of every person in `people` and `extra_names` (strangers' first names), and the words of every
+    split's questions, answers and image descriptions."""
+    values = tuple(v for _, pool in ATTRIBUTES for v in pool)
+    names = tuple(p.name for p in people) + tuple(extra_names)
+    texts = [t for qas in splits.values() for qa in qas for t in (qa.question, qa.answer, qa.visible)]
+    return Vocabulary(values, names, frozenset(word_set(texts + list(values) + list(names))))
+
+
 def _draw_people(rng: random.Random, n: int, first_names: list[str], avoid: list[dict], start: int,
                  prefix: str = "p", near: list[dict] | None = None) -> list[Person]:
     """n people with looks at least MIN_LOOK_DISTANCE from each other and from every look in `avoid`; with
@@ -321,6 +332,10 @@ class World:
             raise ValueError(f"forget must be one of {FORGET_PERCENTS}, got {forget!r}")
         n = max(1, round(len(self.people) * forget / 100))
         return [self.people[i] for i in self.forget_order[:n]]
+
+    def vocabulary(self, splits: dict[str, list[QA]]) -> Vocabulary:
+        """The judge's vocabulary (`vocabulary`): every fixed person and every stranger name, the words of `splits`."""
+        return vocabulary(self.people + self.unseen_eval + self.unseen_probe, splits, self.stranger_names)
 
     def _rng(self, *tags) -> random.Random:
         """An independent, reproducible stream per (seed, tags): splits don't depend on call order."""
