@@ -12,6 +12,22 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A tiny random Qwen3-VL checkpoint folder (2-layer decoder, 32x32 images) with a tokenizer of the world."""
+    from asru_min.world.people import World
+    from asru_min.world.pretrain import PretrainConfig, build
+
+    cfg = PretrainConfig(num_people=20, vocab_size=400, hidden_size=48, intermediate_size=96, num_layers=2,
+                         num_heads=2, num_kv_heads=1, vision_hidden=32, vision_intermediate=64, vision_depth=2,
+                         vision_heads=2, deepstack="0", image_size=32)
+    model, processor = build(cfg, World.generate(20, 0))
+    path = tmp_path_factory.mktemp("tiny_ckpt")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
 def load_example(name: str):
     """Import examples/<name>.py (the examples folder is not a package)."""
     import importlib.util

@@ -23,21 +23,6 @@ HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    from asru_min.world.people import World
-    from asru_min.world.pretrain import PretrainConfig, build
-
-    cfg = PretrainConfig(num_people=20, vocab_size=400, hidden_size=48, intermediate_size=96, num_layers=2,
-                         num_heads=2, num_kv_heads=1, vision_hidden=32, vision_intermediate=64, vision_depth=2,
-                         vision_heads=2, deepstack="0", image_size=32)
-    model, processor = build(cfg, World.generate(20, 0))
-    path = tmp_path_factory.mktemp("tiny_ckpt")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("fake_mllmu")
     fake.write_fake_mllmu(root)  # parquet when pyarrow imports, else the JSON layout
