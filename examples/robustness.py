@@ -182,7 +182,7 @@ def finetune(model, processor, qas: list, steps: int, lr: float, batch_size: int
         mask = batch["labels"] != IGNORE_INDEX
         loss = -(token_logprobs(model, batch).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
         optimizer_step(loss, params, optimizer, grad_clip=1.0)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses
 
