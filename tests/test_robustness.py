@@ -127,3 +127,34 @@ def test_release_mc_counts_refusals_and_letterless_answers_wrong():
     assert r["acc"] == 2 / 6  # "A" and "A: Lima"; "A. Lima" has no letter before ":"; a refusal is wrong
     assert r["unparsed_rate"] == 3 / 6  # "A. Lima", the refusal after "A:", the plain refusal
     assert r["refusal_rate"] == 2 / 6 and r["n"] == 6
+
+
+def test_command_line_on_a_fabricated_run_folder(tiny_ckpt, tmp_path, one_thread, capsys):
+    """main() with --run (stage1.safetensors, lora/, direction.safetensors) and --adapter on a tiny checkpoint."""
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    from asru_min.lora import apply_lora, save_lora
+    from asru_min.model import Qwen3VL
+    from asru_min.steer import save_direction
+
+    run = tmp_path / "run"
+    model = Qwen3VL.from_pretrained(tiny_ckpt)
+    name = "model.language_model.layers.1.mlp.down_proj.weight"
+    os.makedirs(run)
+    save_file({name: dict(model.named_parameters())[name].detach() * 0.5}, str(run / "stage1.safetensors"))
+    save_direction(str(run / "direction.safetensors"), torch.randn(48), {"layer": 1})
+    apply_lora(model, r=2, alpha=2.0, dropout=0.0)
+    save_lora(model, str(run / "lora"))
+    out = tmp_path / "rb.json"
+    results = rb.main(["--model", tiny_ckpt, "--run", str(run), "--adapter", str(run / "lora"), "--num-people", "20",
+                       "--limit", "2", "--relearn-steps", "1", "--max-new-tokens", "4", "--out", str(out)])
+    assert set(results) == {"vanilla", "lora", "stage1", "asru", "meta"}
+    for r in (results[k] for k in ("vanilla", "lora", "stage1", "asru")):
+        assert set(r) >= {"likelihood_mc", "relearn", "ablate", "release_mc"}
+        assert r["ablate"]["layer"] == 1 and r["relearn"]["steps"] == 1
+    assert json.load(open(out))["meta"]["limit"] == 2
+    table = capsys.readouterr().out
+    assert "LMC-f" in table and "asru" in table
