@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import random
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -366,16 +367,20 @@ def _positive_faces(n: int, seed: int, folder: str | None, avoid: set) -> list:
         files = sorted(p for p in Path(folder).iterdir() if p.is_file()) if Path(folder).is_dir() else []
         faces = []
         for p in files:
+            if len(faces) == n:
+                break
             try:
-                faces.append((p, Image.open(p).convert("RGB")))
+                img = Image.open(p).convert("RGB")
             except Exception:
                 continue
-        if not faces:
-            raise ValueError(f"--positives {folder}: no readable image")
-        for p, img in faces:
             if image_key(img) in avoid:
                 raise ValueError(f"--positives: {p} is also an image of an evaluated split")
-        return [img for _, img in faces[:n]]
+            faces.append(img)
+        if not faces:
+            raise ValueError(f"--positives {folder}: no readable image")
+        if len(faces) < n:
+            warnings.warn(f"--positives {folder}: {len(faces)} readable images, fewer than --positive-size {n}")
+        return faces
     from .world.portraits import _draw_look, draw_portrait
 
     rng, faces = random.Random(f"{seed}/positives"), []

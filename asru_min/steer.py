@@ -232,3 +232,17 @@ def changed_tensors(model: nn.Module, original: dict[str, torch.Tensor]) -> dict
         if not torch.equal(now.cpu(), before.to(now.dtype).cpu()):
             out[name] = now.cpu().contiguous().clone()
     return out
+
+
+def load_changed_tensors(model: nn.Module, path: str) -> list[str]:
+    """Inverse of saving `changed_tensors`: copy the tensors of a safetensors file (e.g. a run's
+    stage1.safetensors) into the model's parameters of the same names; returns their names."""
+    params = dict(model.named_parameters())
+    tensors = load_file(path)
+    missing = [n for n in tensors if n not in params]
+    if missing:
+        raise ValueError(f"{path}: tensors {missing[:3]} are not parameters of the model")
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t.to(params[n].dtype))
+    return list(tensors)

@@ -189,10 +189,13 @@ def _hook_free(*modules: nn.Module) -> bool:
 
 def _fusable(linear: nn.Module) -> bool:
     """A bias-free, hook-free nn.Linear, or such a LoRALinear whose dropout is inactive (eval mode or p = 0):
-    then its map is x -> x W'^T with one weight W' (`_weight`)."""
+    then its map is x -> x W'^T with one weight W' (`_weight`). An active adapter on a bf16 / fp16 weight is not
+    folded: W + s B A rounded to 16 bits loses most of a small adapter's effect (its A, B are kept in float32)."""
     if linear.bias is not None or not _hook_free(linear):
         return False
     if type(linear) is LoRALinear:
+        if linear.enabled and not linear.merged and linear.weight.dtype != torch.float32:
+            return False
         return not (linear.training and isinstance(linear.lora_dropout, nn.Dropout))
     return type(linear) is nn.Linear
 

@@ -25,15 +25,16 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .evaluate import evaluate_model, format_table
-from .grpo import GRPOConfig, build_boundary_set, make_optimizer, train_grpo
+from .grpo import GRPOConfig, build_boundary_set, make_optimizer, step_schedule, train_grpo
 from .lora import apply_lora, load_lora, save_lora, unload_lora
 from .model import Qwen3VL
 from .data import PROTOCOLS, positive_questions
 from .processor import Processor
-from .steer import changed_tensors, keep_refusals, knowledge_absence_direction, optimize_steering, save_direction
+from .steer import (changed_tensors, keep_refusals, knowledge_absence_direction, load_changed_tensors,
+                    optimize_steering, save_direction)
 from .world import load_world as world_splits_and_vocabulary
 
 
@@ -228,10 +229,7 @@ def stage1(run: Run, model, processor, splits: dict, positives: list) -> None:
     cfg = run.cfg
     weights = run.path("stage1.safetensors")
     if run.done("stage1"):
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, t in load_file(weights).items():
-                params[name].copy_(t.to(params[name].dtype))
+        load_changed_tensors(model, weights)
         run.log("stage1: loaded the steered weights from the previous run")
         return
     forget = [qa for qa in splits["forget"] if qa.kind in cfg.steer_kinds.split(",")
@@ -299,7 +297,7 @@ def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
     samples = build_boundary_set(side["forget"], side["retain"], cfg.boundary_size,
                                  tuple(cfg.boundary_kinds.split(",")), seed=cfg.seed,
                                  forget_share=cfg.boundary_forget_share)
-    steps_total = len(range(0, len(samples), cfg.prompts_per_step)) * cfg.grpo_epochs
+    steps_total = len(step_schedule(len(samples), gcfg))
     n_forget = sum(forget for _, forget in samples)
     run.log(f"stage2: LoRA r={cfg.lora_r} on {cfg.lora_targets}; GRPO over {len(samples)} boundary QA "
             f"({n_forget} forget + {len(samples) - n_forget} retain), "
@@ -364,6 +362,8 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    if cfg.ckpt_every < 1:
+        raise ValueError(f"--ckpt-every must be >= 1 (GRPO steps between checkpoints), got {cfg.ckpt_every}")
     if cfg.protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {cfg.protocol!r}")
     splits, vocabulary = load_world(cfg)  # bad data, positives or base model stop the run here, before training

@@ -39,7 +39,6 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 
 from asru_min.data import qa_batch, question_stem, with_protocol  # noqa: E402
 from asru_min.evaluate import answer, correct_letter, limit_split, release_letter  # noqa: E402
@@ -48,7 +47,7 @@ from asru_min.lora import apply_lora, load_lora, lora_modules, lora_parameters, 
 from asru_min.metrics import is_refusal, leaks, normalize  # noqa: E402
 from asru_min.optim import optimizer_step, token_logprobs  # noqa: E402
 from asru_min.processor import IGNORE_INDEX  # noqa: E402
-from asru_min.steer import load_direction  # noqa: E402
+from asru_min.steer import load_changed_tensors, load_direction  # noqa: E402
 
 
 def _log(msg: str) -> None:
@@ -293,19 +292,6 @@ def format_table(results: dict) -> str:
     return "\n".join(lines + [legend])
 
 
-def load_stage1(model, path: str) -> list[str]:
-    """Copy the tensors of a run's stage1.safetensors into the model's parameters of the same names."""
-    params = dict(model.named_parameters())
-    tensors = load_file(path)
-    missing = [n for n in tensors if n not in params]
-    if missing:
-        raise ValueError(f"{path}: tensors {missing[:3]} are not parameters of the model")
-    with torch.no_grad():
-        for n, t in tensors.items():
-            params[n].copy_(t.to(params[n].dtype))
-    return list(tensors)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python examples/robustness.py", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="weights/", help="the vanilla checkpoint directory")
@@ -359,7 +345,7 @@ def main(argv=None) -> dict:
     if args.run:
         def stage1():
             m = copy.deepcopy(vanilla)
-            load_stage1(m, os.path.join(args.run, "stage1.safetensors"))
+            load_changed_tensors(m, os.path.join(args.run, "stage1.safetensors"))
             return m.eval()
 
         def asru():

@@ -71,7 +71,9 @@ def score(model, processor, sets: dict, args) -> dict:
 @torch.no_grad()
 def last_token_activations(model, processor, qas: list, layer: int, batch_size: int) -> torch.Tensor:
     """(N, D) float64: layer `layer`'s output at the last prompt token of every question."""
-    rows = [run_to_layer(model, qa_batch(processor, qas[s : s + batch_size], with_answers=False), layer)[0][:, -1]
+    device = next(model.parameters()).device
+    rows = [run_to_layer(model, qa_batch(processor, qas[s : s + batch_size], with_answers=False, device=device),
+                         layer)[0][:, -1]
             for s in range(0, len(qas), batch_size)]
     return torch.cat(rows).double().cpu()
 

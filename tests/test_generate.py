@@ -160,3 +160,20 @@ def test_hooks_see_every_decode_step(model):
     finally:
         h.remove()
     assert not torch.equal(zeroed, plain) and (zeroed == zeroed[:, :1]).all()  # constant h -> constant token
+
+
+def test_lora_on_a_bf16_model_is_not_folded():
+    """W + s B A rounded to bf16 would lose a small adapter's effect; such layers run as modules (A, B in float32),
+    so the no-grad (fused) forward gives exactly the training forward's logits."""
+    m = redraw(Qwen3VL(tiny_config()), seed=5).to(torch.bfloat16)
+    apply_lora(m, r=4, alpha=8.0, dropout=0.0)
+    with torch.no_grad():
+        for p in lora_parameters(m):
+            p.normal_(0, 1e-3)  # a small, early adapter
+    m.eval()
+    ids = torch.tensor([[10, 11, 12, 13, 14]])
+    with torch.no_grad():
+        fused = m(ids)
+        with fused_projections(m.model.language_model):
+            assert all(layer.self_attn.fused_qkv is None for layer in m.model.language_model.layers)
+    assert torch.equal(fused, m(ids).detach())

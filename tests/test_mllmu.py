@@ -102,7 +102,8 @@ def test_positives_are_unseen_faces_never_in_a_split(bench, tmp_path):
     for i in range(3):
         Image.new("RGB", (40, 40), (10 * i, 0, 0)).save(folder / f"{i}.png")
     (folder / "notes.txt").write_text("not an image")
-    assert len(positive_questions(400, folder=str(folder))) == 3
+    with pytest.warns(UserWarning, match="fewer than --positive-size 400"):
+        assert len(positive_questions(400, folder=str(folder))) == 3
     s["forget"][0].image.save(folder / "3.png")                         # a forget portrait is no positive
     with pytest.raises(ValueError, match="3.png is also an image of an evaluated split"):
         positive_questions(400, folder=str(folder), avoid_splits=s)

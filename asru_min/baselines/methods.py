@@ -19,7 +19,7 @@ Notation (all sums over *answer tokens* only, i.e. positions whose label is not 
 | npo      | -(2/beta) E_forget[log sigmoid(-beta (logp_theta - logp_ref))] + w * NLL_retain |
 | idk      | NLL(forget question, refusal answer) + w * NLL_retain                      |
 
-Set-up shared with ASRU's stage 2: LoRA r=16, alpha=16, dropout 0.05 (see `BaselineConfig`), AdamW, the loss on
+Set-up as ASRU's stage 2 (LoRA r=16, alpha=16 on the seven linear maps; dropout 0.05 here, 0 in stage 2), AdamW, the loss on
 answer tokens only. The authors' release trains the baselines with batch 4 for 4 epochs at lr 2e-5 (GA, GradDiff,
 KL-Min) and 1e-5 (NPO); see `PAPER_LR` and `LR_SCALE` for how those numbers are scaled to the tiny default model.
 
@@ -175,7 +175,7 @@ class BaselineConfig:
     model: str = "weights"  # directory with config.json, model.safetensors and the tokenizer
     out: str = ""  # default: runs/baselines/{method}_f{forget}
     seed: int = 0
-    world_seed: int = 0  # the default world (data.World.generate(num_people=100, seed=0))
+    world_seed: int = 0  # the default world (asru_min.world.load_world, 100 people, seed 0)
     num_people: int = 100
     lr: float = 0.0  # 0 -> PAPER_LR[method] * LR_SCALE
     epochs: int = 4

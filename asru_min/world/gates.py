@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..model import Qwen3VL
 from ..processor import Processor
 from .people import World
+
+if TYPE_CHECKING:
+    from .pretrain import PretrainConfig
 
 
 GATE_SPLITS = ("forget", "retain", "test", "retain_test", "utility", "private", "unknown")
@@ -91,7 +96,7 @@ def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds
         f"- {cfg.steps} steps x batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine to "
         f"{cfg.min_lr_ratio} x lr), weight decay {cfg.weight_decay}, clip {cfg.grad_clip}; loss on assistant "
         f"tokens, mean per answer; {cfg.views} training views per portrait",
-        f"- data per epoch: every fact question in gen / mc / cloze x image / text form ("
+        "- data per epoch: every fact question in gen / mc / cloze x image / text form ("
         + ("no mc" if cfg.mc_repeat == 0 else f"mc x{cfg.mc_repeat}"
            f"{', each copy in its own option order' if cfg.mc_reorder else ''}"
            f"{f', {cfg.mc_neutral} of them with the neutral stem' if cfg.mc_neutral else ''}") + ", image "

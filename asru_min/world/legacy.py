@@ -1,6 +1,6 @@
 """The world the shipped weights/ were trained on (before the question grammar): kept only so that those
 weights are evaluated on the people and questions they know. Pretraining always uses the grammar world
-(people.py); `asru_min.world.load_splits` picks this one while SHIPPED_WEIGHTS_WORLD says so. Remove this file
+(people.py); `asru_min.world.load_world` picks this one while SHIPPED_WEIGHTS_WORLD says so. Remove this file
 when weights trained on the grammar world ship.
 
 Differences from people.py: four fixed question templates per attribute (the test split uses the fourth, whose

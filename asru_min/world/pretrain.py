@@ -11,10 +11,11 @@ The paper's vanilla model is Qwen3-VL fine-tuned on MLLMU-Bench so that it knows
   2. model       the real classes (model.Qwen3VL): vision tower with 2-D RoPE and DeepStack, GQA text decoder
                  with interleaved MRoPE, a few million parameters. A 128x128 portrait is resized to 96x96:
                  6x6 patches of 16 px -> 3x3 merged blocks -> 9 image tokens.
-  3. data        a first `match_warmup` steps of "which option is X?" only (A-B options, then A-D), then every
+  3. data        (optionally, --match-warmup N: N steps of "which option is X?" only, A-B then A-D options) every
                  epoch one `world.training_samples(epoch)`: every fact question in gen / mc / cloze x image / text
                  with random training phrasings, subject and answer forms, "who is this?", utility questions,
-                 "describe this image", private refusals, "which option is X?", and fresh named strangers to refuse.
+                 "describe this image", private refusals, "which option is X?", and fresh named strangers to refuse
+                 (their number ramped up over the first `stranger_ramp` epochs).
                  Image questions see the original portrait or one of `views` training views (portraits.py).
   4. objective   next-token cross-entropy on the assistant tokens only (processor.encode_sft labels), averaged
                  per answer first, then over the batch, so a one-letter mc answer weighs as much as a sentence:
@@ -45,7 +46,7 @@ from pathlib import Path
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from ..data import QA, qa_batch
+from ..data import qa_batch
 from ..model import Qwen3VL, Qwen3VLConfig
 from ..optim import optimizer_step, token_logprobs
 from ..processor import (ENDOFTEXT, IGNORE_INDEX, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
@@ -129,7 +130,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = 2048) -> Tokenizer:
     return tok
 
 
-def tokenizer_corpus(world: World, processor_like_template=None) -> list[str]:
+def tokenizer_corpus(world: World) -> list[str]:
     """Every question and answer of the world, also rendered in the chat template (so "user\\n",
     "assistant\\n" and the image placeholder context are in the corpus)."""
     from ..processor import apply_chat_template
