@@ -80,7 +80,7 @@ class TrainConfig:
     boundary_kinds: str = "gen"  # the reward reads free text: generation QA only
     lora_r: int = 16
     lora_alpha: float = 16.0
-    lora_dropout: float = 0.0  # rollouts and old log-probs run in eval mode, updates in train mode: same policy only at 0
+    lora_dropout: float = 0.0  # rollouts, old log-probs: eval mode; updates: train mode; same policy only at 0
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     # stage 2: GRPO
     group_size: int = 8  # G

@@ -19,8 +19,8 @@ Notation (all sums over *answer tokens* only, i.e. positions whose label is not 
 | npo      | -(2/beta) E_forget[log sigmoid(-beta (logp_theta - logp_ref))] + w * NLL_retain |
 | idk      | NLL(forget question, refusal answer) + w * NLL_retain                      |
 
-Set-up as ASRU's stage 2 (LoRA r=16, alpha=16 on the seven linear maps; dropout 0.05 here, 0 in stage 2), AdamW, the loss on
-answer tokens only. The authors' release trains the baselines with batch 4 for 4 epochs at lr 2e-5 (GA, GradDiff,
+Set-up as ASRU's stage 2 (LoRA r=16, alpha=16 on the seven linear maps; dropout 0.05 here, 0 in stage 2),
+AdamW, the loss on answer tokens only. The authors' release trains the baselines with batch 4 for 4 epochs at lr 2e-5 (GA, GradDiff,
 KL-Min) and 1e-5 (NPO); see `PAPER_LR` and `LR_SCALE` for how those numbers are scaled to the tiny default model.
 
 Run:  python -m asru_min.baselines --method npo --forget 10 --out runs/baselines/npo_f10
