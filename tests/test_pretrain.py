@@ -357,3 +357,24 @@ def test_strangers_ramp_up_over_the_first_epochs(world):
             break
         per_epoch.setdefault(epoch, set()).update(q.person for q in batch if q.person.startswith("stranger"))
     assert [len(per_epoch.get(e, ())) for e in range(3)] == [0, 2, 4]
+
+
+def test_strangers_are_seen_through_training_views_like_known_people(world):
+    """With stranger_views, a stranger's image questions show its portrait through training views (an original
+    portrait then says nothing about who is known); without, always the original."""
+    from asru_min.world.pretrain import batch_stream, make_views
+
+    views = make_views(world, 4, 0)
+    for on in (False, True):
+        stream = batch_stream(world, views, 64, 0, strangers=6, stranger_views=on)
+        by_person: dict = {}
+        while True:
+            epoch, batch = next(stream)
+            if epoch > 0:
+                break
+            for q in batch:
+                if q.person.startswith("stranger") and q.image is not None:
+                    by_person.setdefault(q.person, set()).add(q.image.tobytes())
+        assert len(by_person) == 6
+        distinct = sum(len(v) for v in by_person.values())
+        assert (distinct > 6) == on, (on, distinct)       # several different images per stranger only with views

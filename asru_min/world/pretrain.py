@@ -104,6 +104,8 @@ class PretrainConfig:
     # A-D after (the in-context skill mc needs; in the full mix it stayed at chance for thousands of steps)
     init_from: str = ""                # start from a saved checkpoint folder (fresh optimizer) instead of scratch
     views: int = 24                    # training views per person (plus the original portrait)
+    stranger_views: bool = True        # strangers' images through training views too: with their original
+    # portraits only, "untransformed portrait" meant "stranger", and the model refused known people's originals
     threads: int = 2                   # 2 pays off only on an otherwise idle 2-core machine
     log_every: int = 20
     ckpt_every: int = 250
@@ -200,7 +202,7 @@ def make_views(world: World, n_views: int, seed: int) -> dict[str, list]:
 
 def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_repeat: int = 1,
                  mc_repeat: int = 1, strangers: int = 0, matching: bool = False, mc_reorder: bool = False,
-                 stranger_ramp: int = 0,
+                 stranger_ramp: int = 0, stranger_views: bool = False,
                  match_repeat: int = 1, mc_neutral: int = 0):
     """Endless (epoch, list[QA]) batches: each epoch a fresh `training_samples` (image questions repeated
     image_repeat times, mc questions mc_repeat times), portraits swapped for a random view; within windows of
@@ -212,6 +214,7 @@ def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_re
     ("Which of these options fits X?", data.neutral_mc): answering them needs the options and the person, not
     the wording."""
     names = {p.pid: p.name for p in world.people}
+    n_views = max((len(v) - 1 for v in views.values()), default=0)
     epoch = 0
     while True:
         rng = random.Random(f"batches/{seed}/{epoch}")
@@ -232,8 +235,11 @@ def batch_stream(world: World, views: dict, batch_size: int, seed: int, image_re
         if image_repeat > 1 or mc_repeat > 1 or (matching and match_repeat > 1):   # spread the copies out
             rng.shuffle(samples)
         for qa in samples:
-            if qa.image is not None and qa.person in views:   # strangers keep their one fresh portrait
+            if qa.image is not None and qa.person in views:
                 qa.image = rng.choice(views[qa.person])
+            elif qa.image is not None and stranger_views and n_views:  # a stranger, seen like the known people
+                k = rng.randrange(n_views + 1)                 # 0: its original portrait
+                qa.image = qa.image if k == 0 else render_view(qa.image, rng.choice(TRAIN_VIEWS))
         window = batch_size * 16
         batches = []
         for i in range(0, len(samples), window):
@@ -319,8 +325,8 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
     stream = itertools.chain(
         match_warmup_stream(world, cfg.batch_size, cfg.seed, cfg.match_warmup),
         batch_stream(world, views, cfg.batch_size, cfg.seed, cfg.image_repeat, cfg.mc_repeat,
-                     cfg.strangers, cfg.matching, cfg.mc_reorder, cfg.stranger_ramp, cfg.match_repeat,
-                     cfg.mc_neutral))
+                     cfg.strangers, cfg.matching, cfg.mc_reorder, cfg.stranger_ramp, cfg.stranger_views,
+                     cfg.match_repeat, cfg.mc_neutral))
     for _ in range(start):                     # replay the batch order up to the resumed step
         next(stream)
     losses: list[float] = []
