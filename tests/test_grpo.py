@@ -539,3 +539,41 @@ def test_dual_clip_bounds_negative_advantage_terms_by_hand():
         assert st["dual_clip_frac"] == pytest.approx(frac)
     loss, st = policy_loss(logp, old, logp.clone(), torch.tensor([-1.0]), mask, 0.2, 0.3, 0.0)   # off by default
     assert loss.item() == pytest.approx((5.0 + 2.0 + 0.8) / 3, abs=1e-6) and st["dual_clip_frac"] == 0.0
+
+
+def test_one_rollout_two_minibatches_live_ratio_and_clip(monkeypatch):
+    """ppo_epochs=1, two mini-batches per rollout (the release's mode): the first update is on-policy (ratio
+    exactly 1), the second sees the policy the first one moved (ratio != 1), and the clipped term is active on
+    exactly the tokens outside the trust region on the side its advantage pushes (A > 0: ratio > 1 + clip_high;
+    A < 0: ratio < 1 - clip_low)."""
+    import contextlib
+
+    import asru_min.grpo as grpo
+
+    seen = []
+    real = grpo.policy_loss
+
+    def recording(logp, old_logp, ref_logp, advantages, mask, *args):
+        seen.append((torch.exp(logp - old_logp).detach(), advantages.detach(), mask.bool()))
+        return real(logp, old_logp, ref_logp, advantages, mask, *args)
+
+    monkeypatch.setattr(grpo, "policy_loss", recording)
+    samples = [(ToyQA("abd", "x"), True), (ToyQA("ggh", "y"), False)]
+    cfg = grpo_config(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=1,
+                      mini_batch_size=4, ppo_epochs=1, lr=0.5, kl_coef=0.0, seed=5)
+    reward = lambda response, truth, forget: float(response.count("c")) / 4  # noqa: E731
+    model = ToyGenLM()
+    params = [p for p in model.parameters() if p.requires_grad]
+    record = grpo.grpo_step(model, ToyProcessor(), samples, cfg, grpo.make_optimizer(params, cfg), params, 0,
+                            reward_fn=reward, reference=contextlib.nullcontext)
+    assert record["optimizer_steps"] == 2 and len(seen) == 2
+    (r1, _, m1), (r2, a2, m2) = seen
+    assert torch.equal(r1[m1], torch.ones_like(r1[m1]))
+    assert (r2[m2] - 1).abs().max() > 1e-3
+    a2 = a2.unsqueeze(1).expand_as(r2)
+    outside = ((a2 > 0) & (r2 > 1 + cfg.clip_high)) | ((a2 < 0) & (r2 < 1 - cfg.clip_low))
+    clipped = r2.clamp(1 - cfg.clip_low, 1 + cfg.clip_high)
+    active = (clipped * a2 < r2 * a2) & m2
+    assert torch.equal(active, outside & m2)
+    assert outside[m2].any(), "lr 0.5 should push some token out of the trust region"
+    assert record["clip_frac"] > 0
