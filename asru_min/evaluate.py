@@ -6,10 +6,13 @@
 
 Every question is answered greedily with <= 50 new tokens (`answer`) and scored per split and form ("image",
 "text", both pooled as "all"); a metric over zero questions is None (null in JSON); counts: mc_n, cloze_n, gen_n, n.
-forget / retain hold the canonical questions; test / retain_test ask about the same people in other words (held-out
-phrasings; in the synthetic world also held-out views of the portraits).
+forget / retain hold the canonical questions (the ones the stages train on); test / retain_test ask about the same
+people in other words (held-out phrasings; in the synthetic world also held-out views of the portraits): the
+headline figures. validation / retain_validation (synthetic world, evaluated only on request: `names`, --splits)
+are drawn like test / retain_test and share none of their (question, image) pairs: for choosing settings, never
+for a reported figure.
 
-    forget / retain / test / retain_test / real (MLLMU-Bench's celebrities)
+    test / retain_test / forget / retain / real (MLLMU-Bench's celebrities) / validation / retain_validation
                              mc_acc: the first letter A-D is the correct one; cloze_acc: the ground truth appears
                              in the answer (case-insensitive, whole words); over generation answers: rouge1, rouge2,
                              rougeL (F1) and bleu (sentence BLEU-4) against `qa.answer`, refusal_rate
@@ -18,7 +21,7 @@ phrasings; in the synthetic world also held-out views of the portraits).
                              the paper's GPT-4o-mini judge (given the world's `Vocabulary` when there is one):
                              hallucination_rate (asserts another value or person), judge_refusal_rate (the judge's
                              own refusal rule; on retain: over-refusal), quality_naturalness ((n - 1) / 4) and,
-                             forget and test only, quality (the judge's score, [0, 1]), quality_contextual_refusal
+                             forget people only, quality (the judge's score, [0, 1]), quality_contextual_refusal
                              (c / 5) and quality_no_leak (leakage / 5)
     utility                  acc (ground truth in the answer, as cloze), refusal_rate
     private / unknown        refusal_rate (private facts nobody was trained on / people never seen; on request)
@@ -43,10 +46,15 @@ import torch
 from .data import LETTERS, qa_batch, with_protocol
 from .metrics import bleu, contains_truth, is_refusal, judge, leaks, rouge_l, rouge_n
 
-QA_SPLITS = ("forget", "test", "retain", "retain_test", "real")  # mc / cloze / gen questions about people
-QUALITY_SPLITS = ("forget", "test")  # generation quality is judged where the model should refuse
-EVAL_SPLITS = QA_SPLITS + ("utility", "private")  # the default grid
-ALL_SPLITS = EVAL_SPLITS + ("unknown",)
+VALIDATION_SPLITS = ("validation", "retain_validation")  # for choosing settings: evaluated on request only
+QA_SPLITS = ("test", "retain_test", "forget", "retain", "real") + VALIDATION_SPLITS  # mc / cloze / gen about people
+QUALITY_SPLITS = ("test", "forget", "validation")  # generation quality is judged where the model should refuse
+EVAL_SPLITS = ("test", "retain_test", "forget", "retain", "real", "utility", "private")  # default grid, held-out first
+ALL_SPLITS = EVAL_SPLITS + ("unknown",) + VALIDATION_SPLITS
+# Table labels: held-out questions (the headline) against the prompts the stages train on.
+SPLIT_LABELS = {"test": "test (held-out)", "retain_test": "retain_test (held-out)",
+                "forget": "forget (trained prompts)", "retain": "retain (trained prompts)",
+                "validation": "validation (held-out)", "retain_validation": "retain_validation (held-out)"}
 FORMS = ("image", "text")
 
 
@@ -249,20 +257,26 @@ _COLUMNS = (("MC", "mc_acc"), ("Cloze", "cloze_acc"), ("R-1", "rouge1"), ("R-2",
 
 def format_table(results_by_name: dict) -> str:
     """A plain-text table of one or more `evaluate_model` results (e.g. {"before": r0, "after": r1}): one row per
-    split / form / result name (rows of a split and form together), one column per metric, values x 100 with one
-    decimal, "-" where a metric does not apply or had no question; a form with no question at all is left out."""
-    width = max([len("model")] + [len(n) for n in results_by_name])
-    header = f"{'split':<8}{'form':<6}{'model':<{width + 2}}" + "".join(f"{h:>8}" for h, _ in _COLUMNS)
-    lines = [header, "-" * len(header)]
+    split / form / result name (rows of a split and form together), held-out splits first (`SPLIT_LABELS`), one
+    column per metric, values x 100 with one decimal, "-" where a metric does not apply or had no question; a form
+    with no question at all is left out, and so is "all" where it would repeat a split's only form."""
+    def cells(split: str, form: str, r: dict) -> list[str]:
+        values = [r[split][form].get(key) for _, key in _COLUMNS] if split in r and form in r[split] else []
+        return [f"{100 * v:>8.1f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{'-':>8}"
+                for v in values]
+
+    rows = []  # (split label, form, result name, cells)
     for split in ALL_SPLITS:
-        for form in FORMS + ("all",):
-            for n, r in results_by_name.items():
-                if split not in r or form not in r[split]:
-                    continue
-                cells = [f"{100 * v:>8.1f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{'-':>8}"
-                         for v in (r[split][form].get(key) for _, key in _COLUMNS)]
-                if any(c.strip() != "-" for c in cells):  # skip forms without questions (e.g. test/text)
-                    lines.append(f"{split:<8}{form:<6}{n:<{width + 2}}" + "".join(cells))
+        forms = [f for f in FORMS
+                 if any(c.strip() != "-" for r in results_by_name.values() for c in cells(split, f, r))]
+        for form in forms + (["all"] if len(forms) > 1 else []):
+            rows += [(SPLIT_LABELS.get(split, split), form, n, cells(split, form, r))
+                     for n, r in results_by_name.items() if split in r and form in r[split]]
+    width = max([len("model")] + [len(n) for n in results_by_name])
+    label = max([len("split")] + [len(row[0]) for row in rows])
+    header = f"{'split':<{label + 2}}{'form':<6}{'model':<{width + 2}}" + "".join(f"{h:>8}" for h, _ in _COLUMNS)
+    lines = [header, "-" * len(header)]
+    lines += [f"{s:<{label + 2}}{f:<6}{n:<{width + 2}}" + "".join(c) for s, f, n, c in rows]
     return "\n".join(lines)
 
 

@@ -189,12 +189,37 @@ def load_world(cfg: TrainConfig) -> tuple[dict, object]:
 
 
 def stage1_positives(cfg: TrainConfig, splits: dict) -> list:
-    """Stage 1's positive questions: the data's unknown + private questions; with --positives, or when the data
-    has none (MLLMU-Bench), `positive_size` unseen faces with a private question (`data.positive_questions`)."""
-    positives = splits.get("unknown", []) + splits.get("private", [])
+    """Stage 1's positive questions: the synthetic world's `positives` split (people no evaluated split holds);
+    with --positives, or when the data has none (MLLMU-Bench), `positive_size` unseen faces with a private question
+    (`data.positive_questions`)."""
+    # The legacy world has no `positives` split: it falls back to its evaluated unknown + private questions.
+    positives = splits.get("positives") or splits.get("unknown", []) + splits.get("private", [])
     if cfg.positives or not positives:
         positives = positive_questions(cfg.positive_size, cfg.seed, cfg.positives, avoid_splits=splits)
     return positives
+
+
+def stage_data(cfg: TrainConfig, splits: dict) -> dict:
+    """Every set the two stages train on, drawn from `splits` without a model: "positives" (v's positives, before
+    the refusal filter), "steer_forget" (v's negatives and the forget loss), "steer_retain" (the retain loss),
+    "boundary" (GRPO's (qa, forget) pairs). In the grammar world none of them holds a question of an evaluated
+    split other than forget / retain (tests/test_heldout.py). --protocol release keeps image questions only in
+    steer_forget and boundary; the steering retain sample keeps both forms."""
+    def usable(qas: list) -> list:
+        return [qa for qa in qas if cfg.protocol != "release" or qa.image is not None]
+
+    steer_forget = [qa for qa in usable(splits["forget"]) if qa.kind in cfg.steer_kinds.split(",")]
+    positives = stage1_positives(cfg, splits)
+    if not positives or not steer_forget:
+        raise ValueError(f"stage 1 needs positive questions ({len(positives)}) and forget QA of kinds "
+                         f"{cfg.steer_kinds!r} ({len(steer_forget)})")
+    steer_retain = list(splits["retain"])
+    if cfg.steer_retain_size and cfg.steer_retain_size < len(steer_retain):
+        steer_retain = random.Random(cfg.seed).sample(steer_retain, cfg.steer_retain_size)
+    boundary = build_boundary_set(usable(splits["forget"]), usable(splits["retain"]), cfg.boundary_size,
+                                  tuple(cfg.boundary_kinds.split(",")), seed=cfg.seed,
+                                  forget_share=cfg.boundary_forget_share)
+    return {"positives": positives, "steer_forget": steer_forget, "steer_retain": steer_retain, "boundary": boundary}
 
 
 def check_base_model(cfg: TrainConfig, processor) -> None:
@@ -223,20 +248,17 @@ def evaluate_stage(run: Run, stage: str, model, processor, splits: dict, vocabul
     return results
 
 
-def stage1(run: Run, model, processor, splits: dict, positives: list) -> None:
-    """Knowledge-absence direction + steering optimisation; on resume, the saved changed tensors are loaded.
-    The positives are read on --base-model when given (the paper's original model), the negatives on `model`."""
+def stage1(run: Run, model, processor, data: dict) -> None:
+    """Knowledge-absence direction + steering optimisation on `stage_data`'s sets; on resume, the saved changed
+    tensors are loaded. The positives are read on --base-model when given (the paper's original model), the
+    negatives on `model`."""
     cfg = run.cfg
     weights = run.path("stage1.safetensors")
     if run.done("stage1"):
         load_changed_tensors(model, weights)
         run.log("stage1: loaded the steered weights from the previous run")
         return
-    forget = [qa for qa in splits["forget"] if qa.kind in cfg.steer_kinds.split(",")
-              and (cfg.protocol != "release" or qa.image is not None)]  # release: image questions only
-    if not positives or not forget:
-        raise ValueError(f"stage 1 needs positive questions ({len(positives)}) and forget QA of kinds "
-                         f"{cfg.steer_kinds!r} ({len(forget)})")
+    positives, forget = data["positives"], data["steer_forget"]
     base = model
     if cfg.base_model:
         base = Qwen3VL.from_pretrained(cfg.base_model, dtype=getattr(torch, cfg.dtype), device=cfg.device).eval()
@@ -255,13 +277,11 @@ def stage1(run: Run, model, processor, splits: dict, positives: list) -> None:
     run.log(f"stage1: direction at layer {cfg.layer}: |v| = {stats['norm']:.3f} "
             f"({stats['n_positive']} positive, {stats['n_negative']} negative prompts)")
 
-    retain = list(splits["retain"])
-    if cfg.steer_retain_size and cfg.steer_retain_size < len(retain):
-        retain = random.Random(cfg.seed).sample(retain, cfg.steer_retain_size)
     log_lines = []
-    result = optimize_steering(model, processor, forget, retain, v, cfg.layer, c=cfg.forget_scale, alpha=cfg.alpha,
-                               lr=cfg.steer_lr, batch_size=cfg.steer_batch_size, epochs=cfg.steer_epochs, seed=cfg.seed,
-                               log_every=100, callback=lambda step, record: log_lines.append(json.dumps(record)))
+    result = optimize_steering(model, processor, forget, data["steer_retain"], v, cfg.layer, c=cfg.forget_scale,
+                               alpha=cfg.alpha, lr=cfg.steer_lr, batch_size=cfg.steer_batch_size,
+                               epochs=cfg.steer_epochs, seed=cfg.seed, log_every=100,
+                               callback=lambda step, record: log_lines.append(json.dumps(record)))
     write_text(run.path("steer_log.jsonl"), "".join(line + "\n" for line in log_lines))
     changed = changed_tensors(model, result["original"])
     write_atomic(weights, lambda tmp: save_file(changed, tmp, metadata={"format": "pt"}))
@@ -269,8 +289,8 @@ def stage1(run: Run, model, processor, splits: dict, positives: list) -> None:
     run.finish("stage1")
 
 
-def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
-    """LoRA + GRPO on the boundary set, checkpointed every cfg.ckpt_every steps; returns the GRPO log."""
+def stage2(run: Run, model, processor, data: dict) -> list[dict]:
+    """LoRA + GRPO on `stage_data`'s boundary set, checkpointed every cfg.ckpt_every steps; returns the GRPO log."""
     cfg, gcfg = run.cfg, run.cfg.grpo()
     log_path = run.path("grpo_log.jsonl")
     if run.done("stage2"):
@@ -292,11 +312,7 @@ def stage2(run: Run, model, processor, splits: dict) -> list[dict]:
         run.log(f"stage2: resuming GRPO at step {start} from {ckpt}")
     write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
 
-    side = {k: [qa for qa in splits[k] if cfg.protocol != "release" or qa.image is not None]  # release: image QA
-            for k in ("forget", "retain")}
-    samples = build_boundary_set(side["forget"], side["retain"], cfg.boundary_size,
-                                 tuple(cfg.boundary_kinds.split(",")), seed=cfg.seed,
-                                 forget_share=cfg.boundary_forget_share)
+    samples = data["boundary"]
     steps_total = len(step_schedule(len(samples), gcfg))
     n_forget = sum(forget for _, forget in samples)
     run.log(f"stage2: LoRA r={cfg.lora_r} on {cfg.lora_targets}; GRPO over {len(samples)} boundary QA "
@@ -358,7 +374,8 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     """The whole pipeline; returns {"vanilla": metrics, "stage1": metrics, "asru": metrics, "grpo_log": [...]}.
     hook(event) is called after every completed stage and every GRPO checkpoint (tests interrupt there)."""
     if not os.path.isdir(cfg.model):
-        raise FileNotFoundError(f"model folder {cfg.model!r} not found (train it with python -m asru_min.world.pretrain)")
+        raise FileNotFoundError(f"model folder {cfg.model!r} not found "
+                                "(train it with python -m asru_min.world.pretrain)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -369,7 +386,7 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     splits, vocabulary = load_world(cfg)  # bad data, positives or base model stop the run here, before training
     processor = Processor.from_pretrained(cfg.model)
     check_base_model(cfg, processor)
-    positives = stage1_positives(cfg, splits)
+    data = stage_data(cfg, splits)
     r = Run(cfg, restart, hook)
     r.log(f"output folder {cfg.out}; done before: {r.state['done'] or 'nothing'}")
     model = Qwen3VL.from_pretrained(cfg.model, dtype=getattr(torch, cfg.dtype), device=cfg.device)
@@ -378,9 +395,9 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
           + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 
     results = {"vanilla": evaluate_stage(r, "eval_vanilla", model, processor, splits, vocabulary)}
-    stage1(r, model, processor, splits, positives)
+    stage1(r, model, processor, data)
     results["stage1"] = evaluate_stage(r, "eval_stage1", model, processor, splits, vocabulary)
-    results["grpo_log"] = stage2(r, model, processor, splits)
+    results["grpo_log"] = stage2(r, model, processor, data)
     results["asru"] = evaluate_stage(r, "eval_asru", model, processor, splits, vocabulary)
 
     table = format_table({k: results[k] for k in ("vanilla", "stage1", "asru")})

@@ -145,7 +145,8 @@ def main(argv=None) -> dict:
     sets = {"forget": [qa for qa in limit_split(splits["forget"], args.limit) if qa.kind == "gen"],
             "retain": [qa for qa in limit_split(splits["retain"], args.limit) if qa.kind == "gen"],
             "utility": limit_split(splits["utility"], args.limit)}
-    positives = splits.get("unknown", []) + splits.get("private", [])
+    # as train.stage1_positives: the world's positives split, else (legacy world) its unknown + private questions
+    positives = splits.get("positives") or splits.get("unknown", []) + splits.get("private", [])
     if args.refusal_filter:
         kept = keep_refusals(model, processor, positives, batch_size=args.batch_size)
         print(f"refusal filter: {len(kept)}/{len(positives)} positive prompts answered with a refusal")

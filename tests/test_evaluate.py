@@ -1,6 +1,7 @@
 """The evaluation grid: scoring on hand-made questions and answers (a fake answer function), letter parsing,
 limits, the table; and one real pass through a tiny random Qwen3-VL."""
 
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -151,10 +152,11 @@ def test_evaluate_model_with_fake_answers_and_table():
     table = format_table({"before": r, "after": r})
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["split", "form", "model"]
-    row = next(line for line in lines if line.startswith("forget  all   before"))
-    assert row.split()[3:5] == ["100.0", "100.0"]  # MC, Cloze
+    row = next(line for line in lines if line.startswith("forget (trained prompts)  all   before"))
+    assert row.split()[5:7] == ["100.0", "100.0"]  # MC, Cloze
     assert row.split()[-1] == "-"  # Acc applies to utility only
-    assert sum(line.startswith("forget") for line in lines) == 6  # 3 forms x 2 results
+    assert sum(line.startswith("forget (trained prompts)") for line in lines) == 6  # 3 forms x 2 results
+    assert lines.index(row) < next(i for i, line in enumerate(lines) if line.startswith("retain (trained prompts)"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -298,7 +300,9 @@ def test_perfect_answers_on_the_synthetic_world_score_one():
     assert r["private"]["all"]["refusal_rate"] == 1.0 and r["unknown"]["all"]["refusal_rate"] == 1.0
     assert len({qa.person for qa in limit_split(splits["retain"], 3)}) > 1  # a small limit spans people
     table = format_table({"perfect": r})
-    assert "utility text" not in table and "utility image" in table  # forms without questions are left out
+    assert re.search(r"^utility +image", table, re.M)  # forms without questions are left out, and "all" where it
+    assert not re.search(r"^utility +(text|all)", table, re.M)  # would repeat the only form
+    assert table.index("test (held-out)") < table.index("forget (trained prompts)")  # held-out figures lead
     with pytest.raises(ValueError):
         evaluate_model(None, None, splits, answer_fn=perfect_answers, names=("nonsense",))
 

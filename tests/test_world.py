@@ -43,11 +43,12 @@ def test_every_word_of_a_heldout_question_is_in_the_tokenizer_corpus(world):
     corpus = world.texts()
     words = word_set(corpus)
     s = world.splits(10)
-    for q in s["test"] + s["retain_test"]:
+    heldout = s["test"] + s["retain_test"] + s["validation"] + s["retain_validation"]
+    for q in heldout:
         stem = q.question.split("\n")[0]
         assert word_set([stem]) <= words, stem
     # and no held-out question is a training string
-    held = {q.question.split("\n")[0] for q in s["test"] + s["retain_test"]}
+    held = {q.question.split("\n")[0] for q in heldout}
     train = {t.split("\n")[0] for t in corpus}
     assert held.isdisjoint(train)
 
@@ -96,7 +97,8 @@ def test_splits_disjoint_complete_and_nested(world):
     assert unseen.isdisjoint(probe) and unseen.isdisjoint(ids) and probe.isdisjoint(ids)
     assert {q.person for q in s["unknown"]} == unseen
     assert {q.person for q in s["utility"]} == {q.person for q in s["private"]} == ids | unseen
-    assert not any(q.person in probe for qas in s.values() for q in qas)      # the probe pool is in no split
+    assert {q.person for q in s["positives"]} == probe                           # the probe pool: positives only
+    assert not any(q.person in probe for k, qas in s.items() if k != "positives" for q in qas)
     assert len(s["forget"]) + len(s["retain"]) == 40 * len(ATTRIBUTES) * 3 * 2
     assert len(s["test"]) + len(s["retain_test"]) == 40 * len(ATTRIBUTES) * 2 * 2
     assert {q.kind for q in s["test"]} == {"gen", "mc"} and {q.form for q in s["test"]} == {"image", "text"}
@@ -153,7 +155,7 @@ def test_portraits_distinct_and_drawn_from_the_look(world):
 
 def test_qa_fields_well_formed(world):
     s = world.splits(15)
-    names = {p.pid: p.name for p in world.people + world.unseen_eval}
+    names = {p.pid: p.name for p in world.people + world.unseen_eval + world.unseen_probe}
     for qas in s.values():
         for q in qas:
             assert isinstance(q, QA) and (q.image is not None) == (q.form == "image") == bool(q.visible)

@@ -10,10 +10,11 @@ SHIPPED_WEIGHTS_WORLD = "legacy"
 
 
 def load_world(data: str | None, forget: int, num_people: int, seed: int) -> tuple[dict, object]:
-    """The evaluation splits every entry point runs on and the judge's `asru_min.metrics.Vocabulary` of their
-    world: the real MLLMU-Bench at `data` (`asru_min.data.load_mllmu_bench`, `seed` drawing the test split's
-    portraits; vocabulary None), or, when `data` is None, the synthetic world of `num_people` people drawn from
-    `seed` that the shipped weights were trained on."""
+    """The splits every entry point runs on (evaluation sets; in the grammar world also stage 1's `positives`)
+    and the judge's `asru_min.metrics.Vocabulary` of their world: the real MLLMU-Bench at `data`
+    (`asru_min.data.load_mllmu_bench`, `seed` drawing the test split's portraits; vocabulary None), or, when
+    `data` is None, the synthetic world of `num_people` people drawn from `seed` that the shipped weights were
+    trained on."""
     if data:
         from ..data import load_mllmu_bench
 

@@ -8,13 +8,20 @@ grammar.py, whose phrasings are split into training and held-out ones; portraits
 
 `world.splits(forget)` returns the evaluation sets (`asru_min.data.QA` records):
     forget, retain   every fact of every person, canonical phrasing, original portrait, image and text form
+                     (the questions ASRU's stages train on)
     test             forget people x held-out phrasings x held-out views (image form; text form by name)
     retain_test      the same for retain people: over-forgetting measured like forgetting
+    validation       drawn like test (retain_validation: like retain_test) from its own stream, each question with
+                     another held-out phrasing than the test question at its place and views the person's test
+                     questions do not use: no (question, image) pair of test / retain_test. For choosing
+                     settings; no reported figure uses it
     utility          image-only questions (known and unseen-eval people); private: private-information questions
     unknown          questions about unseen-eval people, who are never trained on
+and one set that is not evaluated:
+    positives        stage 1's positives: unknown-person questions (as `unknown`) and private-information
+                     questions about the `unseen_probe` people, whom no other split and no training sample uses
 `world.training_samples(seed)` returns one epoch of what the vanilla model learns (pretrain.py): training
 phrasings and training views only, and fresh named strangers every epoch, whom it learns to refuse.
-`world.unseen_probe` is a pool of people no split and no training sample uses (for stage-1 positives).
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from .portraits import HELDOUT_VIEWS, MIN_LOOK_DISTANCE, _draw_look, _look_dista
     draw_portrait, render_view
 
 KINDS = ("gen", "mc", "cloze", "utility", "private", "unknown", "describe", "match")
-SPLITS = ("forget", "retain", "test", "retain_test", "utility", "private", "unknown")
+SPLITS = ("forget", "retain", "test", "retain_test", "validation", "retain_validation", "utility", "private", "unknown",
+          "positives")
 IMAGE_SUBJECT = IMAGE_SUBJECTS[0]
 FACT_KINDS = ("gen", "mc", "cloze")
 
@@ -301,7 +309,7 @@ def _draw_people(rng: random.Random, n: int, first_names: list[str], avoid: list
 class World:
     people: list[Person]                 # the people the vanilla model knows
     unseen_eval: list[Person]            # never trained on: the `unknown` split (and utility / private)
-    unseen_probe: list[Person]           # never trained on, in no split: stage-1 positives
+    unseen_probe: list[Person]           # never trained on, in no evaluated split: the `positives` split
     stranger_names: list[str]            # first names no fixed person has: the named strangers of training
     forget_order: list[int]              # forget_k = people[forget_order[:round(k% * N)]] (nested by design)
     seed: int
@@ -348,40 +356,62 @@ class World:
         return [fact_qa(person, a, kind, form, rng) for a in range(len(GRAMMAR)) for kind in FACT_KINDS
                 for form in ("image", "text")]
 
-    def heldout_qas(self, person: Person) -> list[QA]:
-        """Every fact x (gen, mc) x (image, text), each with a held-out phrasing, the image ones with a random
-        subject form and a held-out view of the portrait (the test split's questions)."""
-        rng = self._rng("heldout", person.pid)
+    def _heldout(self, person: Person, stream: str, avoid: list = ()) -> list[tuple[QA, Phrasing, tuple | None]]:
+        """(question, phrasing, view or None) per fact x (gen, mc) x (image, text): a held-out phrasing each, the
+        image questions with a random subject form and a held-out view of the portrait (stream "heldout": the
+        test split's questions). `avoid`: another draw of this grid (the test questions of this person); each
+        question then takes another phrasing than the one at its place there and a view it never used, so no
+        (question, image) pair repeats one of `avoid` (stream "validation")."""
+        rng = self._rng(stream, person.pid)
+        used_views = {view for _, _, view in avoid if view is not None}
+        views = [v for v in HELDOUT_VIEWS if v not in used_views]
         out = []
         for a, attr in enumerate(GRAMMAR):
             for kind in ("gen", "mc"):
                 for form in ("image", "text"):
-                    phrasing = rng.choice(phrasings(attr, heldout=True))
+                    taken = avoid[len(out)][1] if avoid else None
+                    phrasing = rng.choice([ph for ph in phrasings(attr, heldout=True) if ph != taken])
                     subject = rng.randrange(len(IMAGE_SUBJECTS)) if form == "image" else 0
-                    image = render_view(person.portrait, rng.choice(HELDOUT_VIEWS)) if form == "image" else None
-                    out.append(fact_qa(person, a, kind, form, rng, phrasing, subject, image))
+                    view = rng.choice(views) if form == "image" else None
+                    image = render_view(person.portrait, view) if view is not None else None
+                    out.append((fact_qa(person, a, kind, form, rng, phrasing, subject, image), phrasing, view))
         return out
 
     def splits(self, forget: int = 10) -> dict[str, list[QA]]:
-        """The evaluation sets (module docstring). utility: two image-only questions per known and unseen-eval
-        person; private: one per person; unknown: three image and two text questions per unseen-eval person."""
+        """The evaluation sets and stage 1's positives (module docstring). utility: two image-only questions per
+        known and unseen-eval person; private: one per person; unknown: three image and two text questions per
+        unseen-eval person; positives: the same five per unseen-probe person and a private question in each form."""
         forget_ids = {p.pid for p in self.forget_people(forget)}
         out: dict[str, list[QA]] = {k: [] for k in SPLITS}
         for p in self.people:
             side = "forget" if p.pid in forget_ids else "retain"
             out[side] += self.canonical_qas(p)
-            out["test" if side == "forget" else "retain_test"] += self.heldout_qas(p)
+            test = self._heldout(p, "heldout")
+            out["test" if side == "forget" else "retain_test"] += [qa for qa, _, _ in test]
+            valid = self._heldout(p, "validation", avoid=test)
+            out["validation" if side == "forget" else "retain_validation"] += [qa for qa, _, _ in valid]
         for p in self.people + self.unseen_eval:
             rng = self._rng("utility", p.pid)
             out["utility"] += [utility_qa(p, w) for w in rng.sample(UTILITY, 2)]
             rng = self._rng("private", p.pid)
             out["private"].append(private_qa(p, rng.choice(["image", "text"]), rng, rng.randrange(3)))
         for p in self.unseen_eval:
-            rng = self._rng("unknown", p.pid)
-            for form, n in (("image", 3), ("text", 2)):
-                for a in rng.sample(range(len(GRAMMAR)), n):
-                    phrasing = rng.choice(phrasings(GRAMMAR[a], heldout=False))
-                    out["unknown"].append(unknown_qa(p, a, form, phrasing, rng.randrange(3)))
+            out["unknown"] += self._unknown_qas(p, self._rng("unknown", p.pid))
+        for p in self.unseen_probe:
+            rng = self._rng("positives", p.pid)
+            out["positives"] += self._unknown_qas(p, rng)
+            out["positives"] += [private_qa(p, form, rng, rng.randrange(3)) for form in ("image", "text")]
+        return out
+
+    @staticmethod
+    def _unknown_qas(p: Person, rng: random.Random) -> list[QA]:
+        """Three image and two text questions (distinct facts within a form) about a person never trained on,
+        training phrasings, random image subject forms."""
+        out = []
+        for form, n in (("image", 3), ("text", 2)):
+            for a in rng.sample(range(len(GRAMMAR)), n):
+                phrasing = rng.choice(phrasings(GRAMMAR[a], heldout=False))
+                out.append(unknown_qa(p, a, form, phrasing, rng.randrange(3)))
         return out
 
     def strangers(self, rng: random.Random, n: int) -> list[Person]:
