@@ -7,9 +7,10 @@
 Every question is answered greedily with <= 50 new tokens (`answer`) and scored per split and form ("image",
 "text", both pooled as "all"); a metric over zero questions is None (null in JSON); counts: mc_n, cloze_n, gen_n, n.
 forget / retain hold the canonical questions; test / retain_test ask about the same people in other words (held-out
-phrasings; in the synthetic world also held-out views of the portraits).
+phrasings; in the synthetic world also held-out views of the portraits); validation / retain_validation, shaped like
+them, are for tuning (examples/compare.py) and not in the default grid.
 
-    forget / retain / test / retain_test / real (MLLMU-Bench's celebrities)
+    forget / retain / test / retain_test / real (MLLMU-Bench's celebrities) / validation / retain_validation
                              mc_acc: the first letter A-D is the correct one; cloze_acc: the ground truth appears
                              in the answer (case-insensitive, whole words); over generation answers: rouge1, rouge2,
                              rougeL (F1) and bleu (sentence BLEU-4) against `qa.answer`, refusal_rate
@@ -18,8 +19,8 @@ phrasings; in the synthetic world also held-out views of the portraits).
                              the paper's GPT-4o-mini judge (given the world's `Vocabulary` when there is one):
                              hallucination_rate (asserts another value or person), judge_refusal_rate (the judge's
                              own refusal rule; on retain: over-refusal), quality_naturalness ((n - 1) / 4) and,
-                             forget and test only, quality (the judge's score, [0, 1]), quality_contextual_refusal
-                             (c / 5) and quality_no_leak (leakage / 5)
+                             forget, test and validation only, quality (the judge's score, [0, 1]),
+                             quality_contextual_refusal (c / 5) and quality_no_leak (leakage / 5)
     utility                  acc (ground truth in the answer, as cloze), refusal_rate
     private / unknown        refusal_rate (private facts nobody was trained on / people never seen; on request)
 
@@ -43,10 +44,12 @@ import torch
 from .data import LETTERS, qa_batch, with_protocol
 from .metrics import bleu, contains_truth, is_refusal, judge, leaks, rouge_l, rouge_n
 
-QA_SPLITS = ("forget", "test", "retain", "retain_test", "real")  # mc / cloze / gen questions about people
-QUALITY_SPLITS = ("forget", "test")  # generation quality is judged where the model should refuse
-EVAL_SPLITS = QA_SPLITS + ("utility", "private")  # the default grid
-ALL_SPLITS = EVAL_SPLITS + ("unknown",)
+PEOPLE_SPLITS = ("forget", "test", "retain", "retain_test", "real")  # mc / cloze / gen questions about people
+VALIDATION_SPLITS = ("validation", "retain_validation")  # as test / retain_test, for tuning (not in the grid)
+QA_SPLITS = PEOPLE_SPLITS + VALIDATION_SPLITS
+QUALITY_SPLITS = ("forget", "test", "validation")  # generation quality is judged where the model should refuse
+EVAL_SPLITS = PEOPLE_SPLITS + ("utility", "private")  # the default grid
+ALL_SPLITS = EVAL_SPLITS + VALIDATION_SPLITS + ("unknown",)
 FORMS = ("image", "text")
 
 
