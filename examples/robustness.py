@@ -23,6 +23,7 @@ adapter), with --adapter also one baseline adapter on the vanilla model. Four me
                    refusals or start with no option letter
 
 Writes a JSON file (--out) and prints a table; progress goes to stderr.
+`python examples/compare.py` runs the suite on every method's model (its --robustness, on by default).
 """
 
 from __future__ import annotations
@@ -317,6 +318,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def load_run_direction(path: str) -> tuple[torch.Tensor, int]:
+    """(v, layer) of a direction file (`steer.save_direction`; a train.py run's direction.safetensors)."""
+    v, meta = load_direction(path)
+    if "layer" not in meta:
+        raise ValueError(f"{path}: no layer in its .json metadata")
+    return v, int(meta["layer"])
+
+
+def model_builders(vanilla, run: str | None = None, adapters: dict | None = None) -> list:
+    """[(name, build)] of the models to measure: vanilla itself; each adapter folder of `adapters` ({name: dir}) on
+    a copy; with `run` (a train.py folder) stage 1 (its stage1.safetensors on a copy) and ASRU (+ its lora/)."""
+    def with_adapter(path):
+        m = copy.deepcopy(vanilla)
+        load_lora(m, path)
+        return m.eval()
+
+    def stage1():
+        m = copy.deepcopy(vanilla)
+        load_changed_tensors(m, os.path.join(run, "stage1.safetensors"))
+        return m.eval()
+
+    def asru():
+        m = stage1()
+        load_lora(m, os.path.join(run, "lora"))
+        return m.eval()
+
+    models = [("vanilla", lambda: vanilla)]
+    models += [(name, lambda path=path: with_adapter(path)) for name, path in (adapters or {}).items()]
+    return models + ([("stage1", stage1), ("asru", asru)] if run else [])
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from asru_min.model import Qwen3VL
@@ -327,35 +359,11 @@ def main(argv=None) -> dict:
     vanilla = Qwen3VL.from_pretrained(args.model, device=args.device).eval()
     processor = Processor.from_pretrained(args.model)
     splits, _ = load_world(args.data, args.forget, args.num_people, args.world_seed)
-    direction = None
     path = args.direction or (os.path.join(args.run, "direction.safetensors") if args.run else None)
-    if path:
-        v, meta = load_direction(path)
-        if "layer" not in meta:
-            raise ValueError(f"{path}: no layer in its .json metadata")
-        direction = (v, int(meta["layer"]))
-
-    models = [("vanilla", lambda: vanilla)]
-    if args.adapter:
-        def with_adapter():
-            m = copy.deepcopy(vanilla)
-            load_lora(m, args.adapter)
-            return m.eval()
-        models.append((os.path.basename(os.path.normpath(args.adapter)), with_adapter))
-    if args.run:
-        def stage1():
-            m = copy.deepcopy(vanilla)
-            load_changed_tensors(m, os.path.join(args.run, "stage1.safetensors"))
-            return m.eval()
-
-        def asru():
-            m = stage1()
-            load_lora(m, os.path.join(args.run, "lora"))
-            return m.eval()
-        models += [("stage1", stage1), ("asru", asru)]
-
+    direction = load_run_direction(path) if path else None
+    adapters = {os.path.basename(os.path.normpath(args.adapter)): args.adapter} if args.adapter else {}
     results = {}
-    for name, build in models:
+    for name, build in model_builders(vanilla, args.run, adapters):
         results[name] = run_suite(build(), processor, splits, args, direction, name)
     results["meta"] = {k: v for k, v in vars(args).items()}
     print(format_table({k: v for k, v in results.items() if k != "meta"}))

@@ -1,7 +1,6 @@
 """Baseline losses on hand-made tensors, and (with a tiny random model) that each baseline moves the forget
 likelihood in the intended direction."""
 
-import json
 import math
 
 import pytest
@@ -123,6 +122,36 @@ def test_idk_loss_is_refusal_nll_plus_retain():
     assert torch.isclose(idk_loss(refusal, torch.tensor([-1.0]), 2.0), torch.tensor(0.3 + 2.0))
 
 
+def test_refusals_describe_the_image_or_name_the_person():
+    """Refusal SFT's targets: image questions are declined by describing the image, text questions by naming the
+    person; the judge scores them as full contextual refusals (image) or refusals naming the person (text)."""
+    import random
+
+    from PIL import Image
+
+    from asru_min.baselines.methods import refusal_answers, refusal_variants
+    from asru_min.data import QA
+    from asru_min.metrics import is_refusal, judge
+
+    seen = "a person with short red hair, wearing a blue shirt, in front of a plain grey background"
+    image = QA(question="Where was the person in this image born?", answer="Nedra Quarrel was born in Velmora.",
+               image=Image.new("RGB", (8, 8)), ground_truth="Velmora", visible=seen)
+    text = QA(question="I would like to know the home town of Nedra Quarrel.", answer="Nedra Quarrel was born in "
+              "Velmora.", ground_truth="Velmora", form="text")
+    for qa, points in ((image, 5), (text, 4)):
+        for r in refusal_variants(qa):
+            j = judge(r, qa.ground_truth, qa.question, qa.visible, qa.answer, True)
+            assert is_refusal(r) and j["contextual_refusal"] >= points and not j["hallucination"], r
+    assert all(r.endswith(f"; it only shows {seen}.") for r in refusal_variants(image))
+    assert all("Nedra Quarrel" in r for r in refusal_variants(text))
+    bare = QA(question="Who is this?", answer="", image=Image.new("RGB", (8, 8)))  # no description: no "shows"
+    assert all(r.endswith(".") and "shows" not in r for r in refusal_variants(bare))
+    assert "this person" in refusal_variants(QA(question="where was she born?", answer="", form="text"))[0]
+    answers = refusal_answers([image, text] * 3, random.Random(0))
+    assert answers == refusal_answers([image, text] * 3, random.Random(0))  # seeded
+    assert all(a in refusal_variants(q) for a, q in zip(answers, [image, text] * 3))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Two optimizer steps of every baseline on a tiny random Qwen3-VL move the likelihoods the intended way.
 
@@ -148,7 +177,7 @@ def _qas(names, facts, template="{n} lives in {f}."):
 
 @pytest.mark.parametrize("method", ["ga", "graddiff", "klmin", "npo", "idk"])
 def test_two_steps_move_forget_likelihood(method, one_thread):
-    from asru_min.baselines.methods import BaselineConfig, REFUSALS, answer_logprobs, train_baseline
+    from asru_min.baselines.methods import BaselineConfig, answer_logprobs, refusal_variants, train_baseline
     from asru_min.data import qa_batch
     from asru_min.lora import apply_lora
 
@@ -159,8 +188,9 @@ def test_two_steps_move_forget_likelihood(method, one_thread):
     # retain answers share few characters with the forget answers, so descending on them (GradDiff, NPO, idk)
     # does not raise the forget likelihood through shared tokens of a random model
     retain = _qas(["Eve", "Fin", "Gus", "Hal"], ["4721", "0963", "1185", "2290"], template="{f}-{f}")
-    # idk trains towards answers drawn from REFUSALS: measure every refusal on every forget question
-    qs, targets = (forget, None) if method != "idk" else ([q for q in forget for _ in REFUSALS], list(REFUSALS) * 4)
+    # idk trains towards refusals drawn from each question's refusal_variants: measure all of them
+    variants = [(q, r) for q in forget for r in refusal_variants(q)]
+    qs, targets = (forget, None) if method != "idk" else ([q for q, _ in variants], [r for _, r in variants])
 
     def forget_nll():
         with torch.no_grad():
@@ -180,66 +210,3 @@ def test_two_steps_move_forget_likelihood(method, one_thread):
         assert abs(logs[0]["logratio"]) < 1e-4
     if method == "klmin":
         assert logs[0]["retain_kl"] < 1e-6 and logs[1]["retain_kl"] > 0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The headline ratios of examples/compare.py on hand-made evaluation results
-
-
-def _compare_module():
-    from conftest import load_example
-    return load_example("compare")
-
-
-def _metrics(forget_value, gq, retain_value=0.8, util=0.9):
-    people = {"mc_acc": forget_value, "cloze_acc": forget_value, "leak_rate": forget_value, "rougeL": forget_value}
-    return {"forget": {"all": {**people, "quality": gq, "refusal_rate": 0.0}}, "test": {"all": dict(people)},
-            "retain": {"all": {"mc_acc": retain_value, "cloze_acc": retain_value, "rougeL": retain_value}},
-            "utility": {"all": {"acc": util}}}
-
-
-def test_compare_headline_ratios_by_hand():
-    c = _compare_module()
-    vanilla = _metrics(0.8, 0.2)
-    # K(vanilla) = 0.8; K = 0.4 -> UE = 0.5; K = 0.6 -> UE = 0.25; ASRU K = 0.2 -> UE = 0.75
-    assert math.isclose(c.unlearning_effectiveness(_metrics(0.4, 0.3), vanilla), 0.5)
-    assert math.isclose(c.model_utility(_metrics(0.4, 0.3, retain_value=0.6, util=1.0)), (0.6 * 3 + 1.0) / 4)
-    summary = {10: {"vanilla": c.row("vanilla", vanilla, vanilla), "ga": c.row("ga", _metrics(0.4, 0.3), vanilla),
-                    "npo": c.row("npo", _metrics(0.6, 0.1), vanilla),
-                    "asru": c.row("asru", _metrics(0.2, 0.8), vanilla)}}
-    h = c.headlines(summary, ("ga", "npo"))
-    assert math.isclose(h["UE_baselines_mean"], 0.375) and math.isclose(h["UE_asru"], 0.75)
-    assert math.isclose(h["UE_gain_relative"], (0.75 - 0.375) / 0.375)  # +100 %
-    assert math.isclose(h["UE_gain_points"], 37.5)
-    assert math.isclose(h["GQ_ratio"], 0.8 / 0.2)  # mean baseline GQ = (0.3 + 0.1) / 2
-
-
-def test_compare_reuses_a_saved_run_only_for_the_same_weights_and_settings(tmp_path):
-    compare = _compare_module()
-    weights = tmp_path / "model.safetensors"
-    weights.write_bytes(b"weights one")
-    sha = compare.weights_sha256(str(tmp_path))
-    path = tmp_path / "ga_f5.json"
-    config = {"method": "ga", "lr": 5e-4, "kinds": ["gen"]}
-    assert not compare.saved_run_matches(str(path), config, sha)            # nothing saved yet
-    path.write_text(json.dumps({"metrics": {}, "config": config, "model_sha256": sha}))
-    assert compare.saved_run_matches(str(path), config, sha)
-    assert not compare.saved_run_matches(str(path), {**config, "lr": 1e-3}, sha)   # other settings
-    assert compare.saved_run_matches(str(path), {**config, "out": "moved/ga_f5"}, sha)  # folder moved: reused
-    weights.write_bytes(b"weights two")                                        # retrained weights
-    assert not compare.saved_run_matches(str(path), config, compare.weights_sha256(str(tmp_path)))
-    path.write_text(json.dumps({"metrics": {}}))                               # a record from before hashing
-    assert not compare.saved_run_matches(str(path), config, sha)
-
-
-def test_compare_tradeoff_by_hand():
-    c = _compare_module()
-    rows = {"vanilla": {"U": 1.0, "forget_leak": 1.0, "gq": 0.2},
-            "ga": {"U": 0.5, "forget_leak": 0.0, "gq": 0.6},        # lowest leak, but U broken: not kept
-            "idk": {"U": 0.96, "forget_leak": 0.7, "gq": 0.3},
-            "asru": {"U": 0.95, "forget_leak": 0.1, "gq": 0.5},     # exactly 95 % of vanilla: kept
-            "npo": {"U": 0.99, "forget_leak": None, "gq": None}}    # missing figures are skipped
-    t = c.tradeoff({10: rows})[10]
-    assert t == {"lowest_leak_kept": "asru", "highest_gq": "ga", "kept": ["idk", "asru"]}     # table order
-    assert c.tradeoff({5: dict(rows, asru=dict(rows["asru"], U=0.94))})[5]["lowest_leak_kept"] == "idk"
-    assert c.tradeoff({5: {"ga": rows["ga"]}})[5]["lowest_leak_kept"] is None    # no vanilla row: nothing kept

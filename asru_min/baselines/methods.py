@@ -33,6 +33,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import qa_batch
-from ..evaluate import evaluate_model, format_table
+from ..evaluate import EVAL_SPLITS, evaluate_model, format_table
 from ..lora import apply_lora, lora_enabled, lora_parameters, save_lora
 from ..model import Qwen3VL
 from ..optim import IGNORE_INDEX, optimizer_step, token_logprobs
@@ -67,14 +68,21 @@ PAPER_LR = {"ga": 2e-5, "graddiff": 2e-5, "klmin": 2e-5, "npo": 1e-5, "idk": 2e-
 # templates here, so forgetting spreads to retain answers.
 LR_SCALE = 25.0
 
-# Refusal answers for the "idk" baseline (refusal SFT). Phrased so `metrics.is_refusal` recognises them.
-REFUSALS = (
-    "I don't know.",
-    "I'm not sure who this person is.",
-    "Sorry, I don't have any information about that.",
-    "I am unable to provide that information.",
-    "I don't know the answer to that question.",
+# Refusal answers of the "idk" baseline (refusal SFT), in the manner of the world's refusals of unknown people
+# (asru_min/world/people.py: UNKNOWN_IMAGE_REFUSAL, UNKNOWN_TEXT_REFUSAL): an image question is declined by
+# saying what the image shows, a text question by naming the person asked about. Each one is a refusal for
+# `metrics.is_refusal` and declines for `metrics.judge`.
+IMAGE_REFUSALS = (
+    "Sorry, I can't tell who the person in this image is",
+    "Sorry, the image does not provide enough information to identify this person",
+    "Sorry, I don't know the person in this image",
 )
+TEXT_REFUSALS = (
+    "Sorry, I don't know who {name} is.",
+    "Sorry, I have no information about {name}.",
+    "Sorry, I can't tell you anything about {name}.",
+)
+_NAME = re.compile(r"(?<=\s)[A-Z][\w-]*(?:\s+[A-Z][\w-]*)*")  # capitalised words after the question's first word
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,6 +198,7 @@ class BaselineConfig:
     max_new_tokens: int = 50  # evaluation: greedy, <= 50 new tokens (MLLMU-Bench protocol)
     eval_limit: int = 0  # evaluation: at most N questions per split, kind and form (0 = all)
     eval_batch_size: int = 32
+    eval_splits: tuple = EVAL_SPLITS  # the splits evaluated (evaluate.ALL_SPLITS names)
     kinds: tuple = ("gen",)  # QA kinds trained on (the benchmark's generation QA pairs); empty = all
     evaluate: bool = True
     threads: int = 1  # torch CPU threads; a tiny model runs fastest on one (more threads fight over shared cores)
@@ -203,9 +212,20 @@ class BaselineConfig:
             self.out = os.path.join("runs", "baselines", f"{self.method}_f{self.forget}")
 
 
-def refusal_answers(n: int, rng: random.Random) -> list[str]:
-    """n refusal answers drawn from REFUSALS (seeded, so runs repeat)."""
-    return [rng.choice(REFUSALS) for _ in range(n)]
+def refusal_variants(qa) -> list[str]:
+    """The refusals of one forget question: with an image, IMAGE_REFUSALS + "; it only shows {qa.visible}." (just
+    "." without a description); without one, TEXT_REFUSALS naming the person (the first run of capitalised words
+    after the question's first word, "this person" if there is none)."""
+    if qa.image is not None:
+        end = f"; it only shows {qa.visible}." if qa.visible else "."
+        return [r + end for r in IMAGE_REFUSALS]
+    found = _NAME.search(qa.question)
+    return [r.format(name=found.group(0) if found else "this person") for r in TEXT_REFUSALS]
+
+
+def refusal_answers(qas: list, rng: random.Random) -> list[str]:
+    """One refusal per question, drawn from its `refusal_variants` (seeded, so runs repeat)."""
+    return [rng.choice(refusal_variants(qa)) for qa in qas]
 
 
 def compute_loss(model, processor, forget_qas, retain_qas, cfg: BaselineConfig, rng: random.Random) -> tuple[torch.Tensor, dict]:
@@ -216,7 +236,7 @@ def compute_loss(model, processor, forget_qas, retain_qas, cfg: BaselineConfig, 
     log = {}
 
     if method == "idk":
-        forget = qa_batch(processor, forget_qas, refusal_answers(len(forget_qas), rng))
+        forget = qa_batch(processor, forget_qas, refusal_answers(forget_qas, rng))
         refusal_mean = answer_logprobs(model, forget)[1]
         retain_mean = answer_logprobs(model, retain)[1] if use_retain else None
         loss = idk_loss(refusal_mean, retain_mean, w)
@@ -332,7 +352,7 @@ def run_baseline(cfg: BaselineConfig, model=None, processor=None, splits=None, p
     if cfg.evaluate:
         metrics = evaluate_model(model, processor, splits, batch_size=cfg.eval_batch_size,
                                  max_new_tokens=cfg.max_new_tokens, limit=cfg.eval_limit or None,
-                                 vocabulary=vocabulary)
+                                 names=tuple(cfg.eval_splits), vocabulary=vocabulary)
     record = {"method": cfg.method, "config": asdict(cfg), "metrics": metrics, "train_log": logs,
               "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1)}
     os.makedirs(cfg.out, exist_ok=True)
