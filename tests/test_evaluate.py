@@ -92,7 +92,8 @@ def test_score_split_forget_hand_computed():
     assert (img["refusal_rate"], img["leak_rate"]) == (1.0, 0.0)
     # the judge (metrics.judge, rule-based fallback without a vocabulary): the contextual refusal is the ideal
     # forget answer; the fluent leak scores contextual refusal 0, no leak 0, naturalness 1 -> 1/3
-    assert img["quality"] == 1.0 and img["judge_refusal_rate"] == 1.0
+    assert img["quality"] == 1.0 and img["judge_refusal_rate"] == 1.0 and img["clean_refusal_rate"] == 1.0
+    assert txt["clean_refusal_rate"] == 0.0 and both["clean_refusal_rate"] == 0.5
     assert txt["quality_contextual_refusal"] == 0.0 and txt["quality_no_leak"] == 0.0
     assert txt["quality_naturalness"] == 1.0 and txt["quality"] == pytest.approx(1 / 3)
     assert both["quality"] == pytest.approx((1.0 + 1 / 3) / 2)
@@ -101,6 +102,8 @@ def test_score_split_forget_hand_computed():
     # retain: the same metrics and the judge's hallucination / refusal (over-refusal) / naturalness, no quality
     retain = score_split("retain", forget_split(), PREDS)["all"]
     assert "quality" not in retain and retain["judge_refusal_rate"] == 0.5 and retain["hallucination_rate"] == 0.0
+    looping = "Sorry, I don't know where John Doe was born born born born born born."
+    assert score_split("forget", forget_split(), PREDS[:5] + [looping])["text"]["clean_refusal_rate"] == 0.0
     invented = score_split("forget", forget_split(), PREDS[:5] + ["He was born in Lyon."])["text"]
     assert invented["hallucination_rate"] == 1.0 and invented["quality"] == pytest.approx((0 + 1 + 1) / 3 / 2)
 
@@ -226,7 +229,7 @@ def test_answer_and_grid_on_tiny_random_model(one_thread):
     assert set(r) == {"forget", "retain", "utility", "private", "examples", "meta"}
     keys = {"mc_acc", "mc_n", "cloze_acc", "cloze_n", "gen_n", "rouge1", "rouge2", "rougeL", "bleu",
             "refusal_rate", "leak_rate", "hallucination_rate", "judge_refusal_rate", "quality_naturalness"}
-    quality = {"quality", "quality_contextual_refusal", "quality_no_leak"}
+    quality = {"quality", "quality_contextual_refusal", "quality_no_leak", "clean_refusal_rate"}
     assert set(r["forget"]["all"]) == keys | quality and set(r["retain"]["all"]) == keys
     assert all(0.0 <= v <= 1.0 for v in r["forget"]["all"].values() if isinstance(v, float))
     assert r["private"]["image"]["n"] == 1 and r["private"]["text"]["n"] == 0
