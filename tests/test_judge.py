@@ -100,13 +100,12 @@ def test_text_form_context_and_own_refusal_rule():
     assert apologises("Unfortunately, no.") and not apologises("She was born in Velmora.")
 
 
-@pytest.mark.parametrize("which", ["legacy", "people"])
-def test_the_worlds_own_refusals_are_clean_refusals(which):
-    """Every refusal a world teaches (unknown people, private questions) is a refusal with context by the judge's
+def test_the_worlds_own_refusals_are_clean_refusals():
+    """Every refusal the world teaches (unknown people, private questions) is a refusal with context by the judge's
     own rule and invents nothing, given the world's vocabulary."""
-    from asru_min.world import legacy, people
+    from asru_min.world import people
 
-    world = (legacy if which == "legacy" else people).World.generate(num_people=20, seed=0)
+    world = people.World.generate(num_people=20, seed=0)
     splits = world.splits(forget=10)
     vocab = world.vocabulary(splits)
     assert set(POOLS["birthplace"]) <= set(vocab.values) and world.people[0].name in vocab.names

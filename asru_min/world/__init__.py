@@ -4,10 +4,6 @@ skip this folder."""
 
 from __future__ import annotations
 
-# Which world the shipped weights/ know: "legacy" (legacy.py) until weights trained on the grammar world
-# (people.py) ship, then "grammar".
-SHIPPED_WEIGHTS_WORLD = "legacy"
-
 
 def load_world(data: str | None, forget: int, num_people: int, seed: int) -> tuple[dict, object]:
     """The splits every entry point runs on (evaluation sets; in the grammar world also stage 1's `positives`)
@@ -19,10 +15,8 @@ def load_world(data: str | None, forget: int, num_people: int, seed: int) -> tup
         from ..data import load_mllmu_bench
 
         return load_mllmu_bench(data, forget=forget, seed=seed), None
-    if SHIPPED_WEIGHTS_WORLD == "legacy":
-        from .legacy import World
-    else:
-        from .people import World
+    from .people import World
+
     world = World.generate(num_people=num_people, seed=seed)
     splits = world.splits(forget=forget)
     return splits, world.vocabulary(splits)
