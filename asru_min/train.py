@@ -192,8 +192,7 @@ def stage1_positives(cfg: TrainConfig, splits: dict) -> list:
     """Stage 1's positive questions: the synthetic world's `positives` split (people no evaluated split holds);
     with --positives, or when the data has none (MLLMU-Bench), `positive_size` unseen faces with a private question
     (`data.positive_questions`)."""
-    # The legacy world has no `positives` split: it falls back to its evaluated unknown + private questions.
-    positives = splits.get("positives") or splits.get("unknown", []) + splits.get("private", [])
+    positives = splits.get("positives", [])
     if cfg.positives or not positives:
         positives = positive_questions(cfg.positive_size, cfg.seed, cfg.positives, avoid_splits=splits)
     return positives

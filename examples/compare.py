@@ -7,10 +7,9 @@
    evaluated on the generation questions of the two validation splits only (`validation`: forget people x
    held-out phrasings x held-out views; `retain_validation`: the same for retain people; TUNE_LIMIT questions per
    split and form); `choose_setting` (the rule, in its docstring) picks one point per baseline. ASRU is not
-   tuned here: its settings are TrainConfig's defaults (asru_min/train.py), chosen on the validation split by the
-   project's lead; a grid of train.py runs (~5 min each) does not fit the budget. Tuning needs the validation
-   splits: the legacy world of the shipped weights/ has none, so there compare stops with a message unless
-   --no-tune is given (every baseline then runs at lr = the paper's lr x --lr-scale for --baseline-epochs).
+   tuned here: its settings are TrainConfig's defaults (asru_min/train.py), chosen on the same validation
+   splits; a grid of train.py runs (~5 min each) does not fit the budget. Tuning needs the validation
+   splits: MLLMU-Bench has none, so there compare stops with a message unless --no-tune is given (every baseline then runs at lr = the paper's lr x --lr-scale for --baseline-epochs).
 2. Final runs: the chosen setting of every method, for every seed and forget level: train.py (vanilla, stage 1,
    ASRU, with --train-set overrides) and the five baselines from the vanilla weights, all evaluated alike
    (evaluate.EVAL_SPLITS, greedy, <= 50 new tokens, --eval-limit questions per split / kind / form).
@@ -444,8 +443,8 @@ def validation_splits(splits: dict) -> dict:
     naming what is missing."""
     missing = [n for n in VALIDATION if not splits.get(n)]
     if missing:
-        raise ValueError(f"the splits have no {' / '.join(missing)} questions (neither the legacy world of the "
-                         "shipped weights/ nor MLLMU-Bench has a validation split): tuning needs them; pass "
+        raise ValueError(f"the splits have no {' / '.join(missing)} questions (MLLMU-Bench has no validation "
+                         "split): tuning needs them; pass "
                          "--no-tune to run every baseline at its default setting, or use weights of the grammar "
                          "world")
     return {n: [qa for qa in splits[n] if qa.kind == "gen"] for n in VALIDATION}

@@ -7,7 +7,8 @@ direction v_L, then
       answer the questions without hooks (the weights are restored afterwards),
 
 and print, per layer and setting, the refusal rate and leak rate on forget questions and the accuracy and refusal
-rate on retain questions and general (utility) questions. A good L makes forget questions refused while retain
+rate on retain questions and general (utility) questions. Forget / retain questions are the validation splits
+(held-out phrasings and views; no reported figure uses them) where the data has them, else forget / retain. A good L makes forget questions refused while retain
 and utility answers stay as they were.
 
     python examples/sweep_layer.py --model weights/ [--scales 1,3] [--optimize --c 1,3 --steer-lr 1e-3]
@@ -36,7 +37,7 @@ from asru_min.hooks import add_direction, decoder_layers, run_to_layer  # noqa: 
 from asru_min.metrics import contains_truth, is_refusal, leaks  # noqa: E402
 from asru_min.model import Qwen3VL  # noqa: E402
 from asru_min.processor import Processor  # noqa: E402
-from asru_min.train import TrainConfig  # noqa: E402
+from asru_min.train import TrainConfig, stage1_positives  # noqa: E402
 from asru_min.world import load_splits  # noqa: E402
 from asru_min.steer import (  # noqa: E402
     keep_refusals, knowledge_absence_direction, optimize_steering,
@@ -141,12 +142,15 @@ def main(argv=None) -> dict:
     processor = Processor.from_pretrained(args.model)
     splits = load_splits(args.data, args.forget, args.num_people, args.seed)
 
-    # evaluation sets: generation questions (where refusing is a visible behaviour) + general questions
-    sets = {"forget": [qa for qa in limit_split(splits["forget"], args.limit) if qa.kind == "gen"],
-            "retain": [qa for qa in limit_split(splits["retain"], args.limit) if qa.kind == "gen"],
+    # evaluation sets: generation questions (where refusing is a visible behaviour) + general questions; the
+    # validation splits (held-out questions no reported figure uses) where the data has them, so the layer is not
+    # chosen on the prompts steering trains on nor on the test split
+    held = "validation" if splits.get("validation") else "forget"
+    sets = {"forget": [qa for qa in limit_split(splits[held], args.limit) if qa.kind == "gen"],
+            "retain": [qa for qa in limit_split(splits[f"retain_{held}" if held != "forget" else "retain"],
+                                                args.limit) if qa.kind == "gen"],
             "utility": limit_split(splits["utility"], args.limit)}
-    # as train.stage1_positives: the world's positives split, else (legacy world) its unknown + private questions
-    positives = splits.get("positives") or splits.get("unknown", []) + splits.get("private", [])
+    positives = stage1_positives(TrainConfig(), splits)  # as train.py: people no evaluated split holds
     if args.refusal_filter:
         kept = keep_refusals(model, processor, positives, batch_size=args.batch_size)
         print(f"refusal filter: {len(kept)}/{len(positives)} positive prompts answered with a refusal")
@@ -163,7 +167,7 @@ def main(argv=None) -> dict:
     n_layers = len(decoder_layers(model))
     layers = list(range(n_layers)) if args.layers == "all" else [int(x) for x in args.layers.split(",")]
     scales = [float(x) for x in args.scales.split(",") if x.strip()]
-    print(f"model {args.model}: {n_layers} decoder layers; eval forget {len(sets['forget'])} / retain "
+    print(f"model {args.model}: {n_layers} decoder layers; eval ({held} splits) forget {len(sets['forget'])} / retain "
           f"{len(sets['retain'])} / utility {len(sets['utility'])} questions; direction from {len(positives)} "
           f"positive and {len(negatives)} negative prompts", flush=True)
 

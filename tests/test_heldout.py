@@ -120,9 +120,7 @@ def test_stage_data_is_deterministic_and_needs_no_model(world, splits):
 
 def test_positives_fall_back_without_a_positives_split(splits):
     cfg = TrainConfig()
-    legacy = {k: v for k, v in splits.items() if k != "positives"}      # the legacy world has no such split
     assert stage1_positives(cfg, splits) == splits["positives"]
-    assert stage1_positives(cfg, legacy) == legacy["unknown"] + legacy["private"]
     bench = {k: splits[k] for k in ("forget", "retain", "test")}          # MLLMU-Bench: drawn faces
     drawn = stage1_positives(TrainConfig(positive_size=5), bench)
     assert len(drawn) == 5 and all(q.kind == "unknown" and q.form == "image" for q in drawn)
