@@ -2,7 +2,7 @@
 
     python examples/benchmark_model.py [--threads N] [--repeats R] [--shapes default,large]
 
-Shapes: "default" is the project's default model (text 128 hidden, 4 layers, 4/2 heads, vocab 2048; vision 64
+Shapes: "default" is the project's default model (text 128 hidden, 6 layers, 4/2 heads, vocab 2048; vision 64
 hidden, depth 3; 96x96 images = 9 image tokens); "large" is a ~20 M parameter one (text 384 hidden, 9 layers,
 vocab 4096). Per shape, on the same weights saved with `save_pretrained` and loaded into transformers'
 `Qwen3VLForConditionalGeneration` (attn_implementation="sdpa", fp32) in the same run:
@@ -39,10 +39,10 @@ N_GEN = 64  # new tokens per generate sample
 
 
 def small_config() -> Qwen3VLConfig:
-    """The shape of the project's default model (asru_min/world/pretrain.py): text 128 hidden, 4 layers, 4/2 heads,
+    """The shape of the project's default model (asru_min/world/pretrain.py): text 128 hidden, 6 layers, 4/2 heads,
     vocab 2048; vision 64 hidden, depth 3, 2 heads; 96x96 images = 6x6 patches = 9 LLM tokens."""
     return Qwen3VLConfig(
-        text=TextConfig(vocab_size=2048, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+        text=TextConfig(vocab_size=2048, hidden_size=128, intermediate_size=512, num_hidden_layers=6,
                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
                         rope_theta=10000.0, mrope_section=[6, 5, 5], eos_token_id=[EOS], bos_token_id=BOS),
         vision=VisionConfig(depth=3, hidden_size=64, intermediate_size=256, num_heads=2, out_hidden_size=128,
