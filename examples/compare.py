@@ -38,14 +38,11 @@ retain_test, trained prompts = forget with retain):
     mean ± std    over seeds; std is the sample standard deviation (n - 1), 0 for one seed
 The headline figures are the held-out ones; the trained-prompt ones stand beside them.
 
-Budget, from timings measured on the 2-core machine (one torch thread, nice 15, a pretraining run on the other
-core, so a run got 65-100 % of a core; the grammar world's 6-layer stand-in weights, 2.3 M parameters): train.py
-on the default 293 s (192 s CPU); a final baseline run with the full evaluation 37-40 s (GA 4 epochs, refusal SFT
-8 epochs); a tuning run 5-39 s; the robustness suite 11-15 s per model. The default, tuning 19 runs (~5 min) +
-3 levels x 3 seeds x (train.py ~44 min + 5 baselines ~28 min) + robustness of 8 models (~2 min), comes to about
-80 min so measured (about 55 min of CPU time, i.e. on an idle machine). --quick (forget 10 %, seed 0, the first
-two points of each grid, 5 tuning and 20 evaluation questions per split and form, a 5-question robustness suite
-with 5 relearning steps) took 7.7 min.
+Budget, measured on the 2-core machine with the shipped weights (one torch thread per process; results/): the
+runs' own times add up to 49.5 min: tuning 20 runs 3.5 min (1-26 s each), 9 train.py runs 31.5 min (169-229 s),
+45 final baseline runs 13.2 min (7-48 s), the robustness suite of 8 models 1.3 min (9-10 s each). --quick (forget
+10 %, seed 0, the first two points of each grid, 5 tuning and 20 evaluation questions per split and form, a
+5-question robustness suite with 5 relearning steps) took 7.7 min on the earlier stand-in weights.
 """
 
 from __future__ import annotations
@@ -139,7 +136,7 @@ METRIC_OF = {  # table key -> (split, evaluate_model key)
     "test_leak": ("test", "leak_rate"), "test_refusal": ("test", "refusal_rate"),
     "test_halluc": ("test", "hallucination_rate"), "test_gq": ("test", "quality"), "test_mc": ("test", "mc_acc"),
     "retain_test_answer": ("retain_test", "leak_rate"), "retain_test_mc": ("retain_test", "mc_acc"),
-    "utility_acc": ("utility", "acc"),
+    "retain_test_rouge": ("retain_test", "rougeL"), "utility_acc": ("utility", "acc"),
     "forget_leak": ("forget", "leak_rate"), "forget_refusal": ("forget", "refusal_rate"),
     "forget_halluc": ("forget", "hallucination_rate"), "forget_gq": ("forget", "quality"),
     "forget_mc": ("forget", "mc_acc"), "forget_cloze": ("forget", "cloze_acc"),
@@ -216,23 +213,28 @@ def headlines(rows: dict, baselines: tuple, split: str) -> dict:
 
 
 def tradeoff(summary: dict, keep: float = KEEP) -> dict:
-    """Per forget level, on the held-out split: among the methods whose mean U stays >= `keep` x vanilla's, the one
-    with the lowest mean test leak; and the method with the highest mean test GQ (vanilla excluded from both)."""
+    """Per forget level, on the held-out split: among the methods whose mean U stays >= `keep` x vanilla's, those
+    with the lowest mean test leak; and those with the highest mean test GQ (vanilla excluded from both). Ties are
+    all listed, in table order (a name must not break a tie)."""
+    def in_order(methods):
+        return sorted(methods, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
+
     out = {}
     for f, rows in summary.items():
         mean = {m: {k: v["mean"] for k, v in r.items()} for m, r in rows.items()}
         u0 = mean.get("vanilla", {}).get("U_test")
-        kept = [(r["test_leak"], m) for m, r in mean.items() if m != "vanilla" and u0 and r["U_test"] is not None
-                and r["test_leak"] is not None and r["U_test"] >= keep * u0]
-        gq = [(r["test_gq"], m) for m, r in mean.items() if m != "vanilla" and r["test_gq"] is not None]
-        out[f] = {"lowest_leak_kept": min(kept)[1] if kept else None, "highest_gq": max(gq)[1] if gq else None,
-                  "kept": sorted((m for _, m in kept), key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))}
+        kept = {m: r["test_leak"] for m, r in mean.items() if m != "vanilla" and u0 and r["U_test"] is not None
+                and r["test_leak"] is not None and r["U_test"] >= keep * u0}
+        gq = {m: r["test_gq"] for m, r in mean.items() if m != "vanilla" and r["test_gq"] is not None}
+        out[f] = {"lowest_leak_kept": in_order(m for m, v in kept.items() if v == min(kept.values())),
+                  "highest_gq": in_order(m for m, v in gq.items() if v == max(gq.values())), "kept": in_order(kept)}
     return out
 
 
 HELDOUT_COLUMNS = (("Test leak", "test_leak"), ("Test refuse", "test_refusal"), ("Test halluc", "test_halluc"),
                    ("Test GQ", "test_gq"), ("Test MC", "test_mc"), ("Retain-test answered", "retain_test_answer"),
-                   ("Retain-test MC", "retain_test_mc"), ("Utility acc", "utility_acc"), ("UE", "UE_test"),
+                   ("Retain-test MC", "retain_test_mc"), ("Retain-test ROUGE-L", "retain_test_rouge"),
+                   ("Utility acc", "utility_acc"), ("UE", "UE_test"),
                    ("U", "U_test"))
 TRAINED_COLUMNS = (("Forget leak", "forget_leak"), ("Forget refuse", "forget_refusal"),
                    ("Forget halluc", "forget_halluc"), ("Forget GQ", "forget_gq"), ("Forget MC", "forget_mc"),
@@ -331,7 +333,7 @@ def draw_chart(summary: dict, path: str, width: int = 1100, height: int = 440) -
 
 # Seconds one run of each kind took when measured (module docstring); the ETA uses them until runs of that kind
 # have been timed in this invocation.
-ESTIMATE_SECONDS = {"vanilla": 5, "tune": 16, "asru": 293, "baseline": 37, "robustness": 15}
+ESTIMATE_SECONDS = {"vanilla": 5, "tune": 11, "asru": 210, "baseline": 18, "robustness": 10}
 
 
 class Progress:
@@ -340,6 +342,7 @@ class Progress:
 
     def __init__(self, planned: dict):
         self.left, self.spent, self.t0 = dict(planned), {}, time.time()
+        self.run_seconds = 0.0  # the saved times of every run of this report, reused or made now
 
     def __call__(self, msg: str) -> None:
         print(f"[compare {time.time() - self.t0:7.1f}s] {msg}", flush=True)
@@ -372,7 +375,9 @@ def cached(path: str, config: dict, model_sha: str, make, progress: Progress, ki
     if saved_run_matches(path, config, model_sha):
         progress.done(kind, None, label)
         with open(path) as fh:
-            return json.load(fh)
+            record = json.load(fh)
+        progress.run_seconds += record.get("seconds", 0.0)
+        return record
     if os.path.exists(path):
         progress(f"{label}: saved from other weights or settings; running it again")
     progress(f"{label}: running")
@@ -382,6 +387,7 @@ def cached(path: str, config: dict, model_sha: str, make, progress: Progress, ki
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as fh:
         json.dump(record, fh, indent=1, default=str)
+    progress.run_seconds += record["seconds"]
     progress.done(kind, record["seconds"], label)
     return record
 
@@ -506,14 +512,17 @@ def robustness_suite(args, records: dict, splits: dict, model_sha: str, runs_dir
     asru = records.get("asru")
     run_dir = asru["config"]["out"] if asru else None
     adapters = {m: os.path.join(r["config"]["out"], "adapter") for m, r in records.items() if m != "asru"}
-    direction = rb.load_run_direction(os.path.join(run_dir, "direction.safetensors")) if run_dir else None
+    def suite(build, name):  # the run folders are read only when a suite runs: saved suites need none of them
+        direction = rb.load_run_direction(os.path.join(run_dir, "direction.safetensors")) if run_dir else None
+        return rb.run_suite(build(), processor, splits, rargs, direction, name)
+
     out = {}
     for name, build in rb.model_builders(vanilla, run_dir, adapters):
         source = records[name]["config"] if name in records else asru["config"] if name != "vanilla" else None
         config = {"suite": _json(vars(rargs)), "of": source, "direction_of": asru and asru["config"]}
         out[name] = cached(os.path.join(runs_dir, f"robustness_{name}.json"), config, model_sha,
-                           lambda: rb.run_suite(build(), processor, splits, rargs, direction, name), progress,
-                           "robustness", f"robustness: {NAMES.get(name, name)}")
+                           lambda build=build, name=name: suite(build, name), progress, "robustness",
+                           f"robustness: {NAMES.get(name, name)}")
     return out
 
 
@@ -587,11 +596,12 @@ def main(argv=None) -> dict:
             robust_splits = splits
     robust = robustness_suite(args, robust_records, robust_splits, model_sha, runs_dir, progress) \
         if args.robustness else None
-    return write_report(results, out, methods, args, settings, tuning, robust, robust_at, time.time() - progress.t0)
+    return write_report(results, out, methods, args, settings, tuning, robust, robust_at, time.time() - progress.t0,
+                        progress.run_seconds)
 
 
 def write_report(results: dict, out: str, methods: tuple, args, settings: dict, tuning: dict | None,
-                 robust: dict | None, robust_at: tuple, seconds: float) -> dict:
+                 robust: dict | None, robust_at: tuple, seconds: float, run_seconds: float = 0.0) -> dict:
     rows = {f: {m: {s: row(metrics, by_method.get("vanilla", {}).get(s, {})) for s, metrics in by_seed.items()}
                 for m, by_seed in by_method.items()} for f, by_method in results.items()}
     summary = summarise(rows)
@@ -601,8 +611,9 @@ def write_report(results: dict, out: str, methods: tuple, args, settings: dict, 
     lines = ["# ASRU vs. tuned unlearning baselines", "",
              f"Model `{args.model}`; seeds {', '.join(map(str, seeds))}; forget levels "
              f"{', '.join(f'{f} %' for f in results)}; evaluation limit {args.eval_limit} questions per split / "
-             f"kind / form, greedy, <= 50 new tokens; {'quick run' if args.quick else 'full run'}; this invocation "
-             f"{seconds / 60:.1f} min (runs saved by an earlier one are reused). All numbers in %, mean ± std over "
+             f"kind / form, greedy, <= 50 new tokens; {'quick run' if args.quick else 'full run'}; the runs took "
+             f"{run_seconds / 60:.1f} min in all (the sum of their saved times), this invocation {seconds / 60:.1f} "
+             f"min (runs saved by an earlier one are reused). All numbers in %, mean ± std over "
              f"the seeds. Produced by `{command}`.", "",
              "## Headline ratios (held-out test split, judge score)", ""]
     for split, title in (("test", "held-out (test: forget people, held-out phrasings and views)"),
@@ -618,7 +629,9 @@ def write_report(results: dict, out: str, methods: tuple, args, settings: dict, 
               "forget: the trained prompts);",
               "- unlearning effectiveness UE(m) = 1 - K(m) / K(vanilla);",
               "- utility U(m) = mean of the same four on the retain people's split (retain_test beside test, "
-              "retain beside forget) and utility accuracy (general image questions);",
+              "retain beside forget) and utility accuracy (general image questions); its ROUGE-L scores the wording "
+              "of the reference sentence, not the fact, so a method fine-tuned on the retain answers gains there "
+              "(the held-out table shows it beside the share of answers that give the fact);",
               "- generation quality GQ(m) = mean `metrics.judge` score of the split's generation answers: "
               "(contextual refusal + no leakage + naturalness) / 3 on [0, 1], halved for a hallucinated fact "
               "(a rule-based stand-in for the paper's GPT-4o-mini judge);",
@@ -635,8 +648,8 @@ def write_report(results: dict, out: str, methods: tuple, args, settings: dict, 
     for f in trade:
         t, mean = trade[f], summary[f]
         low, top = t["lowest_leak_kept"], t["highest_gq"]
-        low_s = f"{NAMES[low]} ({_pm(mean[low]['test_leak'])})" if low else "-"
-        top_s = f"{NAMES[top]} ({_pm(mean[top]['test_gq'])})" if top else "-"
+        low_s = ", ".join(f"{NAMES[m]} ({_pm(mean[m]['test_leak'])})" for m in low) or "-"
+        top_s = ", ".join(f"{NAMES[m]} ({_pm(mean[m]['test_gq'])})" for m in top) or "-"
         lines.append(f"| {f} % | {', '.join(NAMES[m] for m in t['kept']) or 'none'} | {low_s} | {top_s} |")
     lines.append("")
     for f in summary:
@@ -660,7 +673,7 @@ def write_report(results: dict, out: str, methods: tuple, args, settings: dict, 
               "tradeoff": {str(f): t for f, t in trade.items()}, "settings": settings, "tuning": tuning,
               "robustness": robust and {k: {c: v.get(c) for c in ("likelihood_mc", "relearn", "ablate", "release_mc")}
                                         for k, v in robust.items()},
-              "train_set": args.train_set, "seconds": round(seconds, 1)}
+              "train_set": args.train_set, "seconds": round(seconds, 1), "run_seconds": round(run_seconds, 1)}
     with open(os.path.join(out, "summary.json"), "w") as fh:
         json.dump(_json(report), fh, indent=1)
     draw_chart(summary, os.path.join(out, "chart.png"))

@@ -203,7 +203,9 @@ def relearn(model, processor, forget: list, retain: list, steps: int = 30, lr: f
            "before": gen_scores(model, processor, held, eval_batch_size, max_new_tokens)}
     for name, data in (("forget", train), ("retain", control)):
         attacked = copy.deepcopy(model)
-        fresh_adapters(attacked)
+        with torch.random.fork_rng(devices=[]):  # the adapters' init from `seed`, whatever ran before
+            torch.manual_seed(seed)
+            fresh_adapters(attacked)
         losses = finetune(attacked, processor, data, steps, lr, batch_size, seed)
         out[f"after_{name}"] = gen_scores(attacked, processor, held, eval_batch_size, max_new_tokens)
         out[f"loss_{name}"] = [losses[0], losses[-1]] if losses else []

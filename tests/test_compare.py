@@ -3,6 +3,7 @@ of saved runs, and the tuning path end to end on a tiny checkpoint."""
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -96,8 +97,11 @@ def test_tradeoff_by_hand():
             "asru": s(U_test=0.95, test_leak=0.1, test_gq=0.5),     # exactly 95 % of vanilla: kept
             "npo": s(U_test=0.99, test_leak=None, test_gq=None)}    # missing figures are skipped
     t = c.tradeoff({10: rows})[10]
-    assert t == {"lowest_leak_kept": "asru", "highest_gq": "ga", "kept": ["idk", "asru"]}  # table order
-    assert c.tradeoff({5: {"ga": rows["ga"]}})[5]["lowest_leak_kept"] is None  # no vanilla row: nothing kept
+    assert t == {"lowest_leak_kept": ["asru"], "highest_gq": ["ga"], "kept": ["idk", "asru"]}  # table order
+    assert c.tradeoff({5: {"ga": rows["ga"]}})[5]["lowest_leak_kept"] == []  # no vanilla row: nothing kept
+    rows["idk"] = s(U_test=0.96, test_leak=0.1, test_gq=0.6)  # ties: both named, in table order, not by name
+    assert c.tradeoff({10: rows})[10] == {"lowest_leak_kept": ["idk", "asru"], "highest_gq": ["ga", "idk"],
+                                          "kept": ["idk", "asru"]}
 
 
 def test_reuses_a_saved_run_only_for_the_same_weights_and_settings(tmp_path):
@@ -164,5 +168,7 @@ def test_tuning_seeds_and_robustness_end_to_end_then_all_reused(tiny_ckpt, tmp_p
     monkeypatch.setattr(c, "run_baseline", nothing_runs)
     monkeypatch.setattr(c, "evaluate_model", nothing_runs)
     monkeypatch.setattr(robustness, "run_suite", nothing_runs)
+    for folder in [p for d in (runs, runs / "tune") for p in d.iterdir() if p.is_dir() and p.name != "tune"]:
+        shutil.rmtree(folder)  # only the JSON records are kept (as in results/): they alone rebuild the report
     again = c.main(argv)
     assert again["summary"] == out["summary"] and again["tuning"] == out["tuning"]

@@ -48,6 +48,21 @@ def test_relearn_recovers_nothing_the_model_never_knew(one_thread):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the attack used a copy
 
 
+def test_relearn_does_not_depend_on_what_ran_before(one_thread):
+    """The attack's fresh adapters are drawn from its own seed, so the same model gives the same figures whether it
+    is attacked first or after other models (robustness.py runs several in one process)."""
+    rng = random.Random(1)
+    forget, retain = people_qas("f", 4, rng), people_qas("r", 4, rng)
+    processor = tiny_processor()
+    model = tiny_model(processor).eval()
+    outs = []
+    for global_seed in (0, 123):
+        torch.manual_seed(global_seed)
+        outs.append(rb.relearn(model, processor, forget, retain, steps=3, lr=1e-2, batch_size=2, max_new_tokens=6,
+                               eval_batch_size=8))
+    assert outs[0]["loss_forget"] == outs[1]["loss_forget"] and outs[0]["loss_retain"] == outs[1]["loss_retain"]
+
+
 def test_ablate_measures_under_the_hook_only(one_thread, monkeypatch):
     processor = tiny_processor()
     model = tiny_model(processor).eval()
