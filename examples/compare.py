@@ -9,7 +9,8 @@
    split and form); `choose_setting` (the rule, in its docstring) picks one point per baseline. ASRU is not
    tuned here: its settings are TrainConfig's defaults (asru_min/train.py), chosen on the same validation
    splits; a grid of train.py runs (~5 min each) does not fit the budget. Tuning needs the validation
-   splits: MLLMU-Bench has none, so there compare stops with a message unless --no-tune is given (every baseline then runs at lr = the paper's lr x --lr-scale for --baseline-epochs).
+   splits: MLLMU-Bench has none, so there compare stops with a message unless --no-tune is given (every
+   baseline then runs at lr = the paper's lr x --lr-scale for --baseline-epochs).
 2. Final runs: the chosen setting of every method, for every seed and forget level: train.py (vanilla, stage 1,
    ASRU, with --train-set overrides) and the five baselines from the vanilla weights, all evaluated alike
    (evaluate.EVAL_SPLITS, greedy, <= 50 new tokens, --eval-limit questions per split / kind / form).
@@ -132,8 +133,10 @@ def _mean(xs):
 
 PAIRS = {"test": "retain_test", "forget": "retain"}  # forget-people split -> the retain-people split beside it
 KNOWLEDGE = ("mc_acc", "cloze_acc", "leak_rate", "rougeL")
-METRIC_OF = {  # table key -> (split, evaluate_model key)
+METRIC_OF = {  # table key -> (split, evaluate_model key[, form; default "all"])
     "test_leak": ("test", "leak_rate"), "test_refusal": ("test", "refusal_rate"),
+    "test_clean_image": ("test", "clean_refusal_rate", "image"),
+    "test_clean_text": ("test", "clean_refusal_rate", "text"),
     "test_halluc": ("test", "hallucination_rate"), "test_gq": ("test", "quality"), "test_mc": ("test", "mc_acc"),
     "retain_test_answer": ("retain_test", "leak_rate"), "retain_test_mc": ("retain_test", "mc_acc"),
     "retain_test_rouge": ("retain_test", "rougeL"), "utility_acc": ("utility", "acc"),
@@ -163,7 +166,7 @@ def unlearning_effectiveness(m: dict, vanilla: dict, split: str) -> float | None
 
 def row(m: dict, vanilla: dict) -> dict:
     """The numbers of one table row of one run (vanilla: the vanilla model's metrics of the same seed and level)."""
-    out = {key: _get(m, split, k) for key, (split, k) in METRIC_OF.items()}
+    out = {key: _get(m, *where) for key, where in METRIC_OF.items()}
     for split in PAIRS:
         out[f"K_{split}"] = knowledge(m, split)
         out[f"UE_{split}"] = unlearning_effectiveness(m, vanilla, split)
@@ -231,7 +234,9 @@ def tradeoff(summary: dict, keep: float = KEEP) -> dict:
     return out
 
 
-HELDOUT_COLUMNS = (("Test leak", "test_leak"), ("Test refuse", "test_refusal"), ("Test halluc", "test_halluc"),
+HELDOUT_COLUMNS = (("Test leak", "test_leak"), ("Test refuse", "test_refusal"),
+                   ("Test clean refusal image", "test_clean_image"), ("Test clean refusal text", "test_clean_text"),
+                   ("Test halluc", "test_halluc"),
                    ("Test GQ", "test_gq"), ("Test MC", "test_mc"), ("Retain-test answered", "retain_test_answer"),
                    ("Retain-test MC", "retain_test_mc"), ("Retain-test ROUGE-L", "retain_test_rouge"),
                    ("Utility acc", "utility_acc"), ("UE", "UE_test"),
@@ -635,6 +640,8 @@ def write_report(results: dict, out: str, methods: tuple, args, settings: dict, 
               "- generation quality GQ(m) = mean `metrics.judge` score of the split's generation answers: "
               "(contextual refusal + no leakage + naturalness) / 3 on [0, 1], halved for a hallucinated fact "
               "(a rule-based stand-in for the paper's GPT-4o-mini judge);",
+              "- clean refusal = the share of answers the judge scores contextual refusal >= 4 (declines, naming "
+              "what is asked or whom, nothing leaked or invented) and naturalness >= 4 (well-formed), per form;",
               "- UE gain = (UE(ASRU) - mean_b UE(b)) / |mean_b UE(b)|, GQ ratio = GQ(ASRU) / mean_b GQ(b), b over "
               f"the baselines ({', '.join(NAMES[m] for m in methods)}); per seed with UE and GQ averaged over the "
               "forget levels, then mean ± std (sample std, n - 1) over the seeds.",
