@@ -41,7 +41,8 @@ The headline figures are the held-out ones; the trained-prompt ones stand beside
 
 Budget, measured on the 2-core machine with the shipped weights (one torch thread per process; results/): the
 runs' own times add up to 49.5 min: tuning 20 runs 3.5 min (1-26 s each), 9 train.py runs 31.5 min (169-229 s),
-45 final baseline runs 13.2 min (7-48 s), the robustness suite of 8 models 1.3 min (9-10 s each). --quick (forget
+45 final baseline runs 13.2 min (7-48 s), the robustness suite of 8 models 1.3 min (9-10 s each); one invocation
+from an empty folder took 50.6 min wall and wrote the same 82 records (times aside). --quick (forget
 10 %, seed 0, the first two points of each grid, 5 tuning and 20 evaluation questions per split and form, a
 5-question robustness suite with 5 relearning steps) took 6.9 min.
 """
