@@ -8,8 +8,8 @@ direction v_L, then
 
 and print, per layer and setting, the refusal rate and leak rate on forget questions and the accuracy and refusal
 rate on retain questions and general (utility) questions. Forget / retain questions are the validation splits
-(held-out phrasings and views; no reported figure uses them) where the data has them, else forget / retain. A good L makes forget questions refused while retain
-and utility answers stay as they were.
+(held-out phrasings and views; no reported figure uses them) where the data has them, else forget / retain. A
+good L makes forget questions refused while retain and utility answers stay as they were.
 
     python examples/sweep_layer.py --model weights/ [--scales 1,3] [--optimize --c 1,3 --steer-lr 1e-3]
                                    [--refusal-filter] [--limit 20] [--out sweep.json]
@@ -145,10 +145,9 @@ def main(argv=None) -> dict:
     # evaluation sets: generation questions (where refusing is a visible behaviour) + general questions; the
     # validation splits (held-out questions no reported figure uses) where the data has them, so the layer is not
     # chosen on the prompts steering trains on nor on the test split
-    held = "validation" if splits.get("validation") else "forget"
+    held, held_retain = ("validation", "retain_validation") if splits.get("validation") else ("forget", "retain")
     sets = {"forget": [qa for qa in limit_split(splits[held], args.limit) if qa.kind == "gen"],
-            "retain": [qa for qa in limit_split(splits[f"retain_{held}" if held != "forget" else "retain"],
-                                                args.limit) if qa.kind == "gen"],
+            "retain": [qa for qa in limit_split(splits[held_retain], args.limit) if qa.kind == "gen"],
             "utility": limit_split(splits["utility"], args.limit)}
     positives = stage1_positives(TrainConfig(), splits)  # as train.py: people no evaluated split holds
     if args.refusal_filter:
