@@ -134,10 +134,10 @@ def device_problem(device: str) -> str | None:
     return None
 
 
-def validate_settings(cfg: TrainConfig, model_config: Qwen3VLConfig) -> None:
-    """Check the run's settings against the model's config.json and this machine before any work (no data, no
-    weights read); raise one SettingsError listing every bad setting as "--flag value: must be ...".
-    One line per check: (field, holds, what it must be)."""
+def validate_settings(cfg: TrainConfig, model_config: Qwen3VLConfig, base_config: Qwen3VLConfig | None = None) -> None:
+    """Check the run's settings against the model's config.json (and --base-model's), and this machine, before any
+    work (no data, no weights read); raise one SettingsError listing every bad setting as "--flag value: must be
+    ...". One line per check: (field, holds, what it must be)."""
     layers, max_len = model_config.text.num_hidden_layers, model_config.text.max_position_embeddings
     device = device_problem(cfg.device)
 
@@ -157,7 +157,10 @@ def validate_settings(cfg: TrainConfig, model_config: Qwen3VLConfig) -> None:
         ("eval_batch_size", cfg.eval_batch_size >= 1, ">= 1"),
         ("eval_max_new_tokens", 1 <= cfg.eval_max_new_tokens < max_len, f"in [1, {max_len}) (max_position_embeddings)"),
         ("layer", 0 <= cfg.layer < layers, f"a decoder layer of the model: 0 <= layer < {layers}"),
-        ("positives", cfg.positives is None or os.path.isdir(cfg.positives), "an existing folder of face images"),
+        ("base_model", base_config is None or (base_config.text.hidden_size == model_config.text.hidden_size
+                                               and cfg.layer < base_config.text.num_hidden_layers),
+         f"a model with --model's hidden size {model_config.text.hidden_size} and a layer {cfg.layer} (v compares "
+         "their activations)"),
         ("positive_size", cfg.positive_size >= 1, ">= 1"),
         ("steer_kinds", kinds(cfg.steer_kinds), f"comma-separated QA kinds out of {QA_KINDS}"),
         ("forget_scale", finite(cfg.forget_scale) and cfg.forget_scale > 0, "finite and > 0"),
@@ -465,7 +468,10 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     if not os.path.isdir(cfg.model):
         raise FileNotFoundError(f"model folder {cfg.model!r} not found "
                                 "(train it with python -m asru_min.world.pretrain)")
-    validate_settings(cfg, Qwen3VLConfig.from_pretrained(cfg.model))  # config.json only: refuses MoE / other models
+    # config.json only (refuses MoE / other models); a missing --base-model folder is reported by check_base_model
+    base_config = Qwen3VLConfig.from_pretrained(cfg.base_model) if cfg.base_model and os.path.isdir(cfg.base_model) \
+        else None
+    validate_settings(cfg, Qwen3VLConfig.from_pretrained(cfg.model), base_config)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

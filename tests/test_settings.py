@@ -40,7 +40,6 @@ BAD = [
     ("eval_batch_size", 0, ">= 1"),
     ("eval_max_new_tokens", 0, "in [1, 8192)"),
     ("eval_max_new_tokens", 8192, "in [1, 8192)"),
-    ("positives", "/no/such/folder", "existing folder"),
     ("positive_size", 0, ">= 1"),
     ("steer_kinds", "gen,essay", "QA kinds"),
     ("steer_kinds", "", "QA kinds"),
@@ -102,6 +101,17 @@ def test_every_bad_setting_listed_at_once(model_config):
     assert all(f"--{f} " in str(err.value) for f in ("layer", "group-size", "top-p"))
 
 
+def test_base_model_must_match_the_model(model_config):
+    """v compares --base-model's activations with --model's at --layer: same hidden size, that layer present."""
+    other = Qwen3VLConfig.from_pretrained(REPO / "tests" / "fixtures" / "qwen3vl_tiny_a")  # hidden 64, 2 layers
+    validate_settings(GOOD, model_config, model_config)
+    with pytest.raises(SettingsError, match="--base-model .*hidden size 48"):
+        validate_settings(dataclasses.replace(GOOD, base_model="a"), model_config, other)
+    shallow = dataclasses.replace(model_config, text=dataclasses.replace(model_config.text, num_hidden_layers=1))
+    with pytest.raises(SettingsError, match="--base-model .*a layer 1"):
+        validate_settings(dataclasses.replace(GOOD, base_model="a"), model_config, shallow)
+
+
 def test_cuda_without_cuda(monkeypatch, model_config):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SettingsError, match="--device 'cuda': must be usable here; CUDA is not available"):
@@ -145,3 +155,12 @@ def test_command_line_fails_fast_with_the_message(tmp_path):
     assert "--layer 9: must be a decoder layer of the model: 0 <= layer < 6" in res.stderr
     assert "Traceback" not in res.stderr and "[train" not in res.stdout
     assert not out.exists()
+
+
+def test_evaluate_refuses_a_missing_device_before_loading(monkeypatch):
+    from asru_min import evaluate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train.Qwen3VL, "from_pretrained", lambda *a, **k: pytest.fail("weights read"))
+    with pytest.raises(ValueError, match="--device 'cuda': CUDA is not available"):
+        evaluate.main(["--model", str(TINY), "--device", "cuda"])
