@@ -158,7 +158,7 @@ def test_bad_input_stops_before_training(tiny_ckpt, tmp_path):
 
     def fails(match, root=data, **kw):
         with pytest.raises((ValueError, FileNotFoundError), match=match):
-            run(TrainConfig(**{**dict(model=tiny_ckpt, data=str(root), out=str(out)), **kw}))
+            run(TrainConfig(**{**dict(model=tiny_ckpt, data=str(root), out=str(out), layer=1), **kw}))
         assert not out.exists()                                          # nothing ran, no run folder
     fails("must be one of", forget=20)
     fails("faces: no readable image", positives=str(tmp_path / "faces"))  # missing folder
