@@ -117,6 +117,11 @@ class KVCache:
         new.pos, new.max_len, new.has_pad = self.pos, self.max_len, self.has_pad
         return new
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` (n,), in that order: rows that finished decoding leave the cache."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self.key_mask, self.seen, self.rope_deltas = self.key_mask[rows], self.seen[rows], self.rope_deltas[rows]
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, nkv, T, d) at [pos : pos+T]; return all keys/values so far (B, nkv, pos+T, d)."""
         T, keys, values = k.shape[2], self.k[layer], self.v[layer]

@@ -1,5 +1,6 @@
-"""Generation internals: the sort-free sampler against the sort sampler, suppressed tokens, the cached fused
-projections (with and without LoRA, invalidated by optimizer steps) and hooks during decoding."""
+"""Generation internals: the sort-free sampler against the sort sampler, per-prompt sampling streams, finished
+rows leaving the decode batch, suppressed tokens, the fused projections (with and without LoRA) and hooks during
+decoding."""
 
 import copy
 
@@ -60,6 +61,58 @@ def test_sampler_exact_cases():
 @pytest.fixture(scope="module")
 def model():
     return redraw(Qwen3VL(tiny_config()))
+
+
+def _sampled(model, eos, compact, streams=None):
+    """4 prompts (one with an image, left pads) x 3 samples at temperature 1.5, top-p 0.9, top-k 50, one stream
+    per prompt."""
+    a, pix, grid = image_prompt()
+    batch, mask = left_pad([a, [50, 51, 52, 53], [70, 71], [20, 21, 22, 23, 24]])
+    streams = streams or [torch.Generator().manual_seed(100 + i) for i in range(4)]
+    return model.generate(batch, mask, pix, grid, max_new_tokens=12, temperature=1.5, top_p=0.9, top_k=50,
+                          num_samples=3, generator=streams, eos_token_ids=eos, compact=compact)
+
+
+def test_finished_rows_leave_the_batch_with_the_same_tokens(model):
+    """Rows that emit EOS at different steps leave the decode batch (the batch shrinks); every row's tokens equal
+    the lockstep run's and, up to its EOS, the tokens it samples when nothing ever finishes."""
+    free, _ = _sampled(model, [], compact=True)
+    eos = [int(free[0, 2]), int(free[4, 5]), int(free[7, 8]), int(free[10, 1])]  # rows finish at different steps
+    sizes = []
+    handle = model.model.language_model.layers[0].register_forward_hook(lambda m, a, out: sizes.append(out.shape[0]))
+    try:
+        compact, compact_mask = _sampled(model, eos, compact=True)
+        n_compact = len(sizes)
+        lockstep, lockstep_mask = _sampled(model, eos, compact=False)
+    finally:
+        handle.remove()
+    assert torch.equal(compact, lockstep) and torch.equal(compact_mask, lockstep_mask)
+    stops = []
+    for r in range(free.shape[0]):
+        hits = torch.isin(free[r], torch.tensor(eos)).nonzero()
+        stop = int(hits[0]) + 1 if len(hits) else free.shape[1]
+        stops.append(stop)
+        assert compact_mask[r].sum().item() == stop and torch.equal(compact[r, :stop], free[r, :stop])
+        assert compact[r, stop:].eq(0).all()
+    assert len(set(stops)) >= 4 and max(stops) == free.shape[1]  # several finishing steps, one row never finishes
+    decode_sizes = sizes[1:n_compact]  # after the prefill (4 prompts): one forward per decode step
+    assert decode_sizes[0] == 12 and decode_sizes[-1] < decode_sizes[0]
+    assert decode_sizes == sorted(decode_sizes, reverse=True)
+    assert sizes[n_compact + 1:] == [12] * (len(sizes) - n_compact - 1)  # lockstep keeps every row
+
+
+def test_a_prompts_samples_depend_only_on_its_stream(model):
+    """With one generator per prompt, a prompt's samples are the same alone or beside other prompts."""
+    both, _ = _sampled(model, [], compact=True)
+    a, pix, grid = image_prompt()
+    alone, _ = model.generate(torch.tensor([a]), None, pix, grid, max_new_tokens=12, temperature=1.5, top_p=0.9,
+                              top_k=50, num_samples=3, generator=[torch.Generator().manual_seed(100)], eos_token_ids=[])
+    assert torch.equal(alone, both[:3])
+    text, _ = model.generate(torch.tensor([[70, 71]]), None, max_new_tokens=12, temperature=1.5, top_p=0.9, top_k=50,
+                             num_samples=3, generator=[torch.Generator().manual_seed(102)], eos_token_ids=[])
+    assert torch.equal(text, both[6:9])
+    with pytest.raises(ValueError, match="one per prompt"):
+        _sampled(model, [], compact=True, streams=[torch.Generator()])
 
 
 def test_suppress_token_ids(model):
