@@ -118,9 +118,14 @@ class KVCache:
         return new
 
     def keep_rows(self, rows: torch.Tensor) -> None:
-        """Keep only batch rows `rows` (n,), in that order: rows that finished decoding leave the cache."""
-        self.k, self.v = self.k[:, rows], self.v[:, rows]
-        self.key_mask, self.seen, self.rope_deltas = self.key_mask[rows], self.seen[rows], self.rope_deltas[rows]
+        """Keep only batch rows `rows` (n,), in that order (rows that finished decoding leave the cache): they are
+        moved to the front of the buffers in place, copying only the positions written so far."""
+        n, used = len(rows), self.pos
+        self.k[:, :n, :, :used] = self.k[:, rows, :, :used]
+        self.v[:, :n, :, :used] = self.v[:, rows, :, :used]
+        self.key_mask[:n] = self.key_mask[rows]  # (decode steps' entries are set ahead of time)
+        self.k, self.v, self.key_mask = self.k[:, :n], self.v[:, :n], self.key_mask[:n]
+        self.seen, self.rope_deltas = self.seen[rows], self.rope_deltas[rows]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, nkv, T, d) at [pos : pos+T]; return all keys/values so far (B, nkv, pos+T, d)."""
