@@ -6,7 +6,7 @@
               emits EOS leaves the batch (its cache row dropped)
 
 A decode step does only decode work (RoPE and masks are prepared once per call; q/k/v and gate/up run fused,
-`text.fused_projections`). Sampling is sort-free (`sample_next`: top-k by a `torch.topk` threshold, top-p by
+`fused_projections`, for the duration of the call only). Sampling is sort-free (`sample_next`: top-k by a `torch.topk` threshold, top-p by
 rejection) and draws from the distribution of the sort-based reference `sample_sorted` (tested by frequencies).
 
 Random numbers: at every step each row takes `UNIFORMS_PER_STEP` uniforms from its stream (finished rows too,
@@ -18,10 +18,14 @@ nor on when other rows finish.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from .text import KVCache, fused_projections, mrope_cos_sin
+from .lora import LoRALinear
+from .text import KVCache, TextModel, apply_rope, mrope_cos_sin, rms_norm
 
 NUCLEUS_ROUNDS = 16  # rejection rounds before the remaining rows of a top-p draw fall back to the sort sampler
 UNIFORMS_PER_STEP = NUCLEUS_ROUNDS + 2  # per row and step: the first draw, the redraws, the sort fallback's draw
@@ -110,6 +114,81 @@ def _inverse_cdf(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     cumulative mass exceeds u * total (torch.multinomial is ~20x slower at these sizes)."""
     cdf = p.cumsum(-1)
     return torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True).squeeze(-1).clamp(max=p.shape[-1] - 1)
+
+
+# --- fused projections: the decode step's speed-up, active only while `generate` runs
+
+
+def _hook_free(*modules: nn.Module) -> bool:
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _fusable(linear: nn.Module) -> bool:
+    """A bias-free, hook-free nn.Linear, or such a LoRALinear whose dropout is inactive (eval mode or p = 0):
+    then its map is x -> x W'^T with one weight W' (`_weight`). An active adapter on a bf16 / fp16 weight is not
+    folded: W + s B A rounded to 16 bits loses most of a small adapter's effect (its A, B are kept in float32)."""
+    if linear.bias is not None or not _hook_free(linear):
+        return False
+    if type(linear) is LoRALinear:
+        if linear.enabled and not linear.merged and linear.weight.dtype != torch.float32:
+            return False
+        return not (linear.training and isinstance(linear.lora_dropout, nn.Dropout))
+    return type(linear) is nn.Linear
+
+
+def _weight(linear: nn.Linear) -> torch.Tensor:
+    """W, plus scaling * B @ A for an enabled, unmerged LoRA layer."""
+    if type(linear) is LoRALinear and linear.enabled and not linear.merged:
+        return linear.weight + linear.delta_weight().to(linear.weight.dtype)
+    return linear.weight
+
+
+def _fused_attention(attn, w_qkv: torch.Tensor, w_qk_norm: torch.Tensor):
+    """`Attention.forward` with q/k/v as one matmul on w_qkv = [Wq; Wk; Wv] (nq*d + 2*nkv*d, D), and q, k
+    normalised (w_qk_norm: the q and k norm weights per head, (nq + nkv, d)) and rotated together."""
+    nq, nkv, d = attn.nq, attn.nkv, attn.d
+
+    def forward(x, cos, sin, mask, cache=None, layer=0):
+        B, L, _ = x.shape
+        qkv = F.linear(x, w_qkv).view(B, L, nq + 2 * nkv, d)
+        qk = rms_norm(qkv[:, :, :nq + nkv], w_qk_norm, attn.q_norm.eps)
+        q, k = apply_rope(qk, cos, sin).split([nq, nkv], dim=2)
+        return attn.attend(q, k, qkv[:, :, nq + nkv:], mask, cache, layer)
+    return forward
+
+
+def _fused_mlp(mlp, w_gate_up: torch.Tensor):
+    """`MLP.forward` with gate and up as one matmul on w_gate_up = [W_gate; W_up] (2 I, D)."""
+    def forward(x):
+        gate, up = F.linear(x, w_gate_up).chunk(2, dim=-1)
+        return mlp.down_proj(F.silu(gate) * up)
+    return forward
+
+
+@contextmanager
+def fused_projections(lm: TextModel):
+    """While active, q/k/v and gate/up of each layer run as one matmul each on the concatenated weights (same
+    map; at decode sizes a matmul call is mostly fixed overhead), and q/k are normalised and rotated together:
+    the layer's attention and MLP get a fused `forward` for the duration of the block. The concatenations are
+    built on entry (LoRA folded in unless its dropout is active) and dropped on exit, so nothing stays on the
+    model; the base weights are never modified. A module with a hook is not fused, so the hook sees every call
+    (DecoderLayer, o_proj and down_proj always run as modules)."""
+    patched = []
+    try:
+        for layer in lm.layers:
+            a, m = layer.self_attn, layer.mlp
+            qkv, gate_up = [a.q_proj, a.k_proj, a.v_proj], [m.gate_proj, m.up_proj]
+            if all(_fusable(p) for p in qkv) and _hook_free(a.q_norm, a.k_norm):
+                w_norm = torch.cat([a.q_norm.weight.expand(a.nq, a.d), a.k_norm.weight.expand(a.nkv, a.d)])
+                a.forward = _fused_attention(a, torch.cat([_weight(p) for p in qkv]), w_norm)
+                patched.append(a)
+            if all(_fusable(p) for p in gate_up):
+                m.forward = _fused_mlp(m, torch.cat([_weight(p) for p in gate_up]))
+                patched.append(m)
+        yield
+    finally:
+        for module in patched:
+            del module.forward  # back to the class's forward; the fused weights go with it
 
 
 def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -7,10 +7,9 @@ import copy
 import pytest
 import torch
 
-from asru_min.generate import sample_next, sample_sorted
+from asru_min.generate import fused_projections, sample_next, sample_sorted
 from asru_min.lora import apply_lora, lora_enabled, lora_parameters
 from asru_min.model import Qwen3VL
-from asru_min.text import fused_projections
 from test_model import IMG, image_prompt, left_pad, redraw, tiny_config
 
 # ------------------------------------------------------------------------------------------------
@@ -152,17 +151,23 @@ def _step(model, params):
     opt.zero_grad()
 
 
-def test_fused_cache_equals_unfused_and_follows_training():
-    m = copy.deepcopy(redraw(Qwen3VL(tiny_config()), seed=3))
-    attn = m.model.language_model.layers[0].self_attn
+def _fused(module) -> bool:
+    """The module runs a fused forward (set by `fused_projections` on the instance)."""
+    return "forward" in vars(module)
+
+
+def test_fused_equals_unfused_and_is_dropped_after_generation():
+    m = redraw(Qwen3VL(tiny_config()), seed=3)
     assert torch.allclose(_logits(m, True), _logits(m, False), atol=1e-5)
-    first = attn._qkv_cache[1]
-    _logits(m, True)
-    assert attn._qkv_cache[1] is first  # unchanged weights: the concatenation is reused
-    _step(m, list(m.parameters()))  # full-parameter training step
+    _step(m, list(m.parameters()))  # full-parameter training step: the next generation fuses the new weights
     assert torch.allclose(_logits(m, True), _logits(m, False), atol=1e-5)
-    assert attn._qkv_cache[1] is not first
-    assert attn.fused_qkv is None and m.model.language_model.layers[0].mlp.fused_gate_up is None
+    lm = m.model.language_model
+    with fused_projections(lm):
+        assert all(_fused(layer.self_attn) and _fused(layer.mlp) for layer in lm.layers)
+    m.generate(torch.tensor([[10, 11, 12]]), max_new_tokens=3, eos_token_ids=[])
+    for copy_ in (m, copy.deepcopy(m)):  # nothing of the fused weights stays on the model or in a copy of it
+        assert not any(_fused(module) for module in copy_.modules())
+        assert not any(isinstance(v, torch.Tensor) for module in copy_.modules() for v in vars(module).values())
 
 
 def test_fused_cache_folds_lora():
@@ -187,8 +192,7 @@ def test_fused_cache_folds_lora():
     assert torch.equal(m.model.language_model.layers[1].mlp.gate_proj.weight, base)  # base weights untouched
     m.train()  # LoRA dropout active: a folded weight cannot express it, so nothing is fused
     with fused_projections(m.model.language_model):
-        assert all(layer.self_attn.fused_qkv is None and layer.mlp.fused_gate_up is None
-                   for layer in m.model.language_model.layers)
+        assert not any(_fused(layer.self_attn) or _fused(layer.mlp) for layer in m.model.language_model.layers)
 
 
 def test_hooks_see_every_decode_step(model):
@@ -225,8 +229,7 @@ def test_lora_on_a_bf16_model_is_not_folded():
             p.normal_(0, 1e-3)  # a small, early adapter
     m.eval()
     ids = torch.tensor([[10, 11, 12, 13, 14]])
-    with torch.no_grad():
+    with torch.no_grad(), fused_projections(m.model.language_model):
+        assert not any(_fused(layer.self_attn) for layer in m.model.language_model.layers)
         fused = m(ids)
-        with fused_projections(m.model.language_model):
-            assert all(layer.self_attn.fused_qkv is None for layer in m.model.language_model.layers)
     assert torch.equal(fused, m(ids).detach())
