@@ -388,3 +388,23 @@ def test_input_errors(model):
         model(too_long)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model.generate(too_long, max_new_tokens=2)
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.compile
+
+
+def test_forward_compiles():
+    """The no-grad forward and the training forward run under torch.compile (eager backend: the tracing without
+    code generation) and give the uncompiled logits and gradients."""
+    m = redraw(Qwen3VL(tiny_config()), seed=7)
+    batch, mask = left_pad([[10, 11, 12, 13, 14], [40, 41]])
+    compiled = torch.compile(m, backend="eager")
+    with torch.no_grad():
+        assert torch.allclose(compiled(batch, mask), m(batch, mask), atol=1e-6)
+    grads = []
+    for fn in (compiled, m):
+        m.zero_grad()
+        fn(batch, mask).logsumexp(-1).mean().backward()
+        grads.append([p.grad.clone() for p in m.model.language_model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
