@@ -408,3 +408,31 @@ def test_forward_compiles():
         fn(batch, mask).logsumexp(-1).mean().backward()
         grads.append([p.grad.clone() for p in m.model.language_model.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+# ------------------------------------------------------------------------------------------------
+# grouped-query attention in the form CUDA's fused kernels take
+
+
+@pytest.mark.parametrize("nq,nkv", [(4, 2), (6, 1), (4, 4)])
+@pytest.mark.parametrize("L", [1, 7])
+def test_grouped_attention_fused_kernel_form_equals_plain(nq, nkv, L):
+    """With a padding mask, the fused-kernel form (decode: query heads folded into queries; longer: K/V expanded)
+    equals today's SDPA call with enable_gqa and the written-out definition, float32."""
+    from asru_min.model import attention_mask_4d
+    from asru_min.text import grouped_attention, sdpa_backend
+
+    g = torch.Generator().manual_seed(nq * 10 + L)
+    B, d, past = 3, 16, 5
+    S = past + L
+    q, k, v = (torch.randn(B, n, m, d, generator=g) for n, m in ((nq, L), (nkv, S), (nkv, S)))
+    real = torch.ones(B, S, dtype=torch.bool)
+    real[0, :3], real[1, 2] = False, False  # left pads and a pad in the middle
+    mask = attention_mask_4d(real, L, past)  # (B, 1, L, S)
+    plain = grouped_attention(q, k, v, mask, fused_kernel_form=False)
+    fused = grouped_attention(q, k, v, mask, fused_kernel_form=True)
+    kk, vv = k.repeat_interleave(nq // nkv, 1), v.repeat_interleave(nq // nkv, 1)
+    scores = (q @ kk.transpose(-1, -2) / d ** 0.5).masked_fill(~mask, -torch.inf)
+    definition = scores.softmax(-1) @ vv
+    assert (fused - plain).abs().max() <= 1e-6 and (plain - definition).abs().max() <= 1e-5
+    assert sdpa_backend(q, k, v, mask) == "cpu"
