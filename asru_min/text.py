@@ -152,8 +152,8 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and L > 1,
                                               enable_gqa=g > 1)
     if L == 1:
-        o = F.scaled_dot_product_attention(q.view(B, nq // g, g, d), k, v, attn_mask=mask)  # (B, nkv, g, d)
-        return o.view(B, nq, 1, d)
+        o = F.scaled_dot_product_attention(q.reshape(B, nq // g, g, d), k, v, attn_mask=mask)  # (B, nkv, g, d)
+        return o.reshape(B, nq, 1, d)
     return F.scaled_dot_product_attention(q, k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1),
                                           attn_mask=mask)
 
