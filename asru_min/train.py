@@ -186,6 +186,7 @@ def validate_settings(cfg: TrainConfig, model_config: Qwen3VLConfig, base_config
         ("max_new_tokens", 1 <= cfg.max_new_tokens < max_len, f"in [1, {max_len}) (max_position_embeddings)"),
         ("prompts_per_step", cfg.prompts_per_step >= 1, ">= 1"),
         ("mini_batch_size", cfg.mini_batch_size >= 0, ">= 0 (0 = the whole rollout batch)"),
+        ("rollout_batch", cfg.rollout_batch >= 0, ">= 0 (0 = all prompts of a step in one generation call)"),
         ("ppo_epochs", cfg.ppo_epochs >= 1, ">= 1"),
         ("grpo_epochs", cfg.grpo_epochs >= 1, ">= 1"),
         ("clip_low", finite(cfg.clip_low) and 0 <= cfg.clip_low < 1, "in [0, 1) (the ratio's floor 1 - clip_low > 0)"),

@@ -66,6 +66,7 @@ BAD = [
     ("max_new_tokens", 0, "in [1, 8192)"),
     ("prompts_per_step", 0, ">= 1"),
     ("mini_batch_size", -1, ">= 0"),
+    ("rollout_batch", -1, ">= 0"),
     ("ppo_epochs", 0, ">= 1"),
     ("grpo_epochs", 0, ">= 1"),
     ("clip_low", 1.0, "in [0, 1)"),
