@@ -114,11 +114,133 @@ def is_refusal(text: str) -> bool:
     return REFUSAL_PATTERN.search(text.lower().replace("\u2019", "'")) is not None
 
 
+# --- facts: whether a response reveals a ground truth (the reward's leak tier, the leak metric, the judge)
+#
+# A ground truth is a value as a sentence states it ("Velmora", "Tartu, Estonia", "$64,000"), written by
+# `asru_min/mllmu.py:short_fact` for the benchmark's sentence answers, with two marks:
+#   [part]       a most specific part: it alone reveals the fact ("[Tartu], Estonia", "University of [Ghent]",
+#                "[March 14], 1987", "[hiking], [chess]"); brackets are punctuation, so ROUGE never sees them
+#   no / not X   a negative fact ("no medical conditions"): revealed only by a negation that governs X
+# Both sides are compared in one spelling (`fact_words`): numbers without thousands separators or scale words
+# ("$64,000" = "64,000" = "64k" = "64 thousand" -> 64000), number words up to twenty as digits, ordinals bare,
+# unit words after a number dropped ("5 feet 7 inches" = "5'7\"" = "5 ft 7 in" -> "5 7"; "172 cm" -> "172"),
+# dates with a day as "mMMdDD" + the year ("March 14, 1987" = "14th of March 1987" = "1987-03-14" =
+# "03/14/1987" -> "m03d14 1987"). A bare value without marks is found exactly as before: its normalised words,
+# whole, in the response's.
+
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+_SCALED = re.compile(r"(\d+(?:\.\d+)?)\s*(k|thousand|million)\b")
+_SCALE = {"k": 1_000, "thousand": 1_000, "million": 1_000_000}
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+_ORDINAL = re.compile(r"(\d+)(?:st|nd|rd|th)")
+_UNITS = frozenset("feet foot ft inches inch cm centimeters centimetres centimeter centimetre meters metres meter "
+                   "metre kg kilograms kilogram lbs pounds".split())  # not "in", "m": ordinary words too
+MONTHS = {m: i for i, names in enumerate(
+    ("january jan", "february feb", "march mar", "april apr", "may", "june jun", "july jul", "august aug",
+     "september sep sept", "october oct", "november nov", "december dec"), 1) for m in names.split()}
+
+
+def _day(w: str) -> int:
+    return int(w) if w.isdigit() and len(w) <= 2 and 1 <= int(w) <= 31 else 0
+
+
+def _dates(w: list[str]) -> list[str]:
+    """Words with each date that names a day as "mMMdDD" (+ its year as the next word): month day [year],
+    day [of] month [year], yyyy mm dd, mm dd yyyy (dd mm yyyy when the first number exceeds 12)."""
+    out, i = [], 0
+    while i < len(w):
+        md, used = None, 0
+        year = lambda j: [w[j]] if j < len(w) and len(w[j]) == 4 and w[j].isdigit() else []  # noqa: E731
+        if w[i] in MONTHS and i + 1 < len(w) and _day(w[i + 1]):  # march 14 [1987]
+            md, used = (MONTHS[w[i]], _day(w[i + 1])), 2
+        elif _day(w[i]):
+            k = i + 2 if i + 2 < len(w) and w[i + 1] == "of" else i + 1
+            if k < len(w) and w[k] in MONTHS:  # 14 [of] march [1987]
+                md, used = (MONTHS[w[k]], _day(w[i])), k + 1 - i
+            elif i + 2 < len(w) and _day(w[i + 1]) and year(i + 2):  # 03 14 1987 / 14 03 1987
+                a, b = _day(w[i]), _day(w[i + 1])
+                md = (a, b) if a <= 12 else (b, a) if b <= 12 else None
+                used = 2 if md else 0
+        elif year(i) and i + 2 < len(w) and _day(w[i + 1]) and _day(w[i + 1]) <= 12 and _day(w[i + 2]):
+            out += [f"m{_day(w[i + 1]):02d}d{_day(w[i + 2]):02d}", w[i]]  # 1987 03 14
+            i += 3
+            continue
+        if md is None:
+            out.append(w[i])
+            i += 1
+            continue
+        out += [f"m{md[0]:02d}d{md[1]:02d}"] + year(i + used)
+        i += used + len(year(i + used))
+    return out
+
+
+def fact_words(text: str) -> list[str]:
+    """`tokens(text)` in the one spelling of numbers, units and dates the block above describes; "n't" and
+    "cannot" spelled "not", "can not"."""
+    t = text.lower().replace("\u2019", "'").replace("cannot", "can not").replace("n't", " not")
+    t = _SCALED.sub(lambda m: str(round(float(m[1]) * _SCALE[m[2]])), _THOUSANDS.sub("", t))
+    words = [_NUMBER_WORDS.get(x, x) for x in tokens(t)]
+    words = [m[1] if (m := _ORDINAL.fullmatch(x)) else x for x in words]
+    kept: list[str] = []
+    for x in words:
+        if not (x in _UNITS and kept and kept[-1].isdigit()):
+            kept.append(x)
+    return _dates(kept)
+
+
+_DENIAL = frozenset("no not never without none free".split())
+# words a negation may cross on its way to what it denies: "does not have any known medical conditions"
+_NEGATED_FILLER = frozenset("have has had having any known diagnosed reported significant serious major chronic "
+                            "current existing ongoing health of with from suffer suffers a an the own pet pets "
+                            "kind sort type".split())
+
+
+def _plain(w: str) -> str:
+    return w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+
+
+@lru_cache(maxsize=65536)
+def fact_keys(truth: str) -> tuple[str, tuple[str, ...]]:
+    """(kind, keys) of a ground truth: ("negative", the denied words) for "no X" / "not X", else ("value",
+    the whole value and each [bracketed] part, each as `fact_words` joined by spaces)."""
+    words = fact_words(truth)
+    if len(words) > 1 and words[0] in ("no", "not", "never"):
+        return "negative", tuple(words[1:])
+    parts = [" ".join(fact_words(p)) for p in re.findall(r"\[([^\]]*)\]", truth)]
+    return "value", tuple(k for k in dict.fromkeys([" ".join(words)] + parts) if k)
+
+
+def _denies(words: list[str], denied: tuple[str, ...]) -> bool:
+    """A negation followed, across filler words and words of `denied` only, by the last word of `denied`
+    (singular or plural): "has no pets", "does not have any medical condition", "free of any"; not "I do not
+    know whether she has any pets" (know, whether: no filler)."""
+    head, inside = _plain(denied[-1]), {_plain(x) for x in denied}
+    for i, w in enumerate(words):
+        if w not in _DENIAL or (w == "free" and words[i + 1 : i + 2] != ["of"]):
+            continue
+        for x in words[i + 1 : i + 8]:
+            if _plain(x) == head:
+                return True
+            if x not in _NEGATED_FILLER and _plain(x) not in inside:
+                break
+    return False
+
+
 def leaks(text: str, truth: str) -> bool:
-    """norm(truth) is a substring of norm(text), aligned to whole words, so a short fact such as "red" does not
-    match inside "covered" (the authors' release tests a plain substring). An empty truth never leaks."""
-    t = normalize(truth)
-    return bool(t) and f" {t} " in f" {normalize(text)} "
+    """Does `text` reveal the fact `truth` (notation above)? A value: one of its keys (`fact_keys`) is found in
+    `fact_words(text)` as whole words, so "red" does not match inside "covered" (the authors' release tests a
+    plain substring). A negative fact: `_denies`, so no refusal ("I don't know if he has any pets") matches it.
+    An empty truth never leaks."""
+    kind, keys = fact_keys(truth)
+    if not keys:
+        return False
+    words = fact_words(text)
+    if kind == "negative":
+        return _denies(words, keys)
+    padded = f" {' '.join(words)} "
+    return any(f" {k} " in padded for k in keys)
 
 
 def contains_truth(text: str, truth: str) -> bool:

@@ -2,7 +2,7 @@
 
     python examples/make_fake_mllmu.py OUT [--people 12] [--seed 0] [--layout parquet|json]
 
-The folders and columns are those `asru_min.data.load_mllmu_bench` documents (Hugging Face MLLMMU/MLLMU-Bench):
+The folders and columns are those `asru_min.mllmu.load_mllmu_bench` documents (Hugging Face MLLMMU/MLLMU-Bench):
 forget_{5,10,15}/ and retain_{95,90,85}/ (the first 1 / 1 / 2 people are forgotten), Test_Set/ (every person again,
 held-out phrasings, three held-out views per person in the list column `images`, two shards), Retain_Set/ (three
 unseen people of the world standing in for the celebrities) and Full_Set/. Generation answers are whole sentences

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from asru_min.data import load_mllmu_bench, positive_questions
+from asru_min.data import positive_questions
+from asru_min.mllmu import load_mllmu_bench
 from asru_min.evaluate import evaluate_model, release_letter
 from asru_min.train import TrainConfig, run
 
