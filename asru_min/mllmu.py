@@ -27,43 +27,46 @@ from .metrics import MONTHS
 #
 # A generation ground truth is a sentence: "This person was born in Tartu, Estonia." Its fact is what it says
 # beyond its question: not the subject ("this person", "the individual", the name the question gives), not
-# function words, not the frame's verbs and nouns ("born", "educated", "works as", "resides in", "salary") nor
-# unit words ("tall"). The rows' `biography` is not read: the sentence holds the value, the JSON layout and the
-# release's training split have no biography, and a profile's wording can differ from the sentence's.
+# function words, not the frame's verbs and nouns ("born", "educated", "works as", "resides in", "salary"),
+# hedges ("about") nor unit words ("tall"). The rows' `biography` is not read: the sentence holds the value, the
+# JSON layout and the release's training split have no biography, and a profile's wording can differ from the
+# sentence's. The cloze ground truths are not read either: a person's clozes ask other questions too, so the
+# longest one found in a sentence can be another fact of it.
 _FUNCTION = frozenset(
     "a an the this that these those person persons people individual s t is was are were be been being am has have "
     "had do does did of in on at to for by with from as and or but his her hers their theirs its he she they him "
     "them it who whom whose what which where when why how name named called known yes currently also".split())
 _FRAME = frozenset("""born birth birthplace hometown native originally comes come came hails raised date birthday
-    lives live living resides reside residing resident residence based located settled home
+    lives live living resides reside residing resident residence based located settled
     educated education studied study attended graduated graduate holds hold earned received degree alma mater
-    works work working worked employed employment job occupation profession career serves employs
-    salary annual annually earns earn makes income year yearly per paid
+    works work working worked employed employment job occupation profession career serves employs runs run
+    salary annual annually earns earn makes income year yearly per paid earnings amount amounts dollars euros usd
+    approximately about around roughly nearly estimated
     tall height stands measures measuring
     father mother parent parents dad mom
-    pet pets owns own
+    pet pets owns own keeps
     favorite favourite food dish meal cuisine enjoys enjoy enjoyed likes like loves love prefers eating eat eats
     hobby hobbies pastime pastimes free time leisure spare interests interest activities activity doing playing plays
+    go goes include includes spends weekends weekend practices
     medical condition conditions diagnosed suffers suffer health
     gender identifies sex""".split())
 _NEGATIONS = frozenset("not no never none without".split())
 _DENIED_FILLER = frozenset("any known have has own owns significant diagnosed reported".split())
-# capitalised words that name a kind of place or body, not which one: "University of [Ghent]", "[Ghent] University"
+# capitalised words that name a kind of place, body or degree, not which one: "University of [Ghent]"
 _GENERIC = frozenset("""university college institute school academy conservatory polytechnic seminary hospital clinic
     center centre company corporation inc ltd group bank city town state county province republic kingdom united
-    states technology arts art sciences science the of and for high middle secondary national international royal
-    faculty department""".split())
+    states technology arts art sciences science music design the of and for high middle secondary national
+    international royal faculty department phd mba bachelor master doctorate dr""".split())
 _QUALIFIERS = frozenset("""retired former freelance local professional self-employed part-time full-time senior
-    junior head chief certified licensed amateur avid successful""".split())
-_LIST_QUESTION = re.compile(r"hobb|pastime|free time|interests|activit|enjoy|conditions", re.IGNORECASE)
+    junior head chief certified licensed amateur avid successful chronic mild severe seasonal""".split())
+_PREPOSITIONS = frozenset("at for in with from on of".split())
+_LIST_QUESTION = re.compile(r"hobb|pastime|free time|fun\b|interests|activit|enjoy|conditions|pets", re.IGNORECASE)
 _WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 _MONTH = "|".join(sorted(MONTHS, key=len, reverse=True))
-_DATE_FORMS = (  # (pattern, (month group, day group, year group)); months by name or number
-    (re.compile(rf"\b({_MONTH})\.? (\d{{1,2}})(?:st|nd|rd|th)?,? (\d{{4}})\b", re.IGNORECASE), (1, 2, 3)),
-    (re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)? (?:of )?({_MONTH})\.?,? (\d{{4}})\b", re.IGNORECASE), (2, 1, 3)),
-    (re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"), (2, 3, 1)),
-    (re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4})\b"), (1, 2, 3)),
-)
+_MONTH_DAY = (re.compile(rf"\b({_MONTH})\.? (\d{{1,2}})(?:st|nd|rd|th)?\b", re.IGNORECASE),      # March 14
+              re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)? (?:of )?({_MONTH})\b", re.IGNORECASE))  # 14th of March
+_NUMERIC_DATE = (re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"), re.compile(r"\b(\d{1,2})[/.](\d{1,2})[/.](\d{4})\b"))
+_YEAR = re.compile(r"\b\d{4}\b")
 _MONTH_NAMES = ("January February March April May June July August September October November "
                 "December").split()
 
@@ -75,16 +78,21 @@ def _base(word: str) -> str:
 
 
 def _date(value: str) -> str | None:
-    """"[Month D], YYYY" for a value that holds a date with a day (the day and month are its specific part)."""
-    for pattern, (m, d, y) in _DATE_FORMS:
-        if found := pattern.search(value):
-            month, day = found[m], int(found[d])
-            month = int(month) if month.isdigit() else MONTHS[month.lower()]
-            if month > 12:  # 14/03/1987: the day first
-                month, day = day, month
-            if 1 <= month <= 12 and 1 <= day <= 31:
-                return f"[{_MONTH_NAMES[month - 1]} {day}], {found[y]}"
-    return None
+    """"[Month D], YYYY" (or "[Month D]") for a value that names a day: its day and month are the specific part.
+    Numeric dates: yyyy-mm-dd, mm/dd/yyyy, dd/mm/yyyy or dd.mm.yyyy when the first number exceeds 12."""
+    month = day = None
+    if found := _MONTH_DAY[0].search(value):
+        month, day = MONTHS[found[1].lower()], int(found[2])
+    elif found := _MONTH_DAY[1].search(value):
+        month, day = MONTHS[found[2].lower()], int(found[1])
+    elif found := _NUMERIC_DATE[0].search(value):
+        month, day = int(found[2]), int(found[3])
+    elif found := _NUMERIC_DATE[1].search(value):
+        month, day = (int(found[1]), int(found[2])) if int(found[1]) <= 12 else (int(found[2]), int(found[1]))
+    if month is None or not (1 <= month <= 12 and 1 <= day <= 31):
+        return None
+    year = _YEAR.search(value)
+    return f"[{_MONTH_NAMES[month - 1]} {day}]" + (f", {year[0]}" if year else "")
 
 
 def _span(text: str, skip) -> str:
@@ -97,75 +105,99 @@ def _span(text: str, skip) -> str:
     return text[start - (start > 0 and text[start - 1] in "$\u20ac\u00a3"):kept[-1].end()]
 
 
-def _marked(value: str, name_asked: bool) -> str:
-    """`value` with its most specific part in brackets: the first part of a comma hierarchy ("[Tartu],
-    Estonia"); in it, each run of capitalised words that are not generic ("University of [Ghent]", "cat named
-    [Biscuit]"; a person's name asked: its last word, "Elena [Marchetti]"); without capitals, the head before a
-    preposition ("[nurse] at a local hospital") or the words after a qualifier ("retired [schoolteacher]")."""
-    first, sep, rest = value.partition(", ")  # not "64,000"
-    words = list(_WORD.finditer(first))
+def _proper_runs(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each run of capitalised words that are not generic ("Trinity College Dublin" -> Trinity,
+    Dublin)."""
     runs, run = [], []
-    for m in words:
+    for m in _WORD.finditer(text):
         if m[0][0].isupper() and m[0].lower() not in _GENERIC:
             run.append(m)
         elif run:
-            runs, run = runs + [run], []
-    runs += [run] if run else []
+            runs, run = runs + [(run[0].start(), run[-1].end())], []
+    return runs + ([(run[0].start(), run[-1].end())] if run else [])
+
+
+def _bracket(text: str, spans: list[tuple[int, int]]) -> str:
+    out, end = "", 0
+    for a, b in spans:
+        out, end = out + f"{text[end:a]}[{text[a:b]}]", b
+    return out + text[end:]
+
+
+def _marked(value: str, name_asked: bool) -> str:
+    """`value` with its most specific part in brackets:
+    - what follows "named" / "called" ("cat named [Biscuit]");
+    - the first part of a hierarchy, parts split by ", " or " in " before a capital ("[Tartu], Estonia",
+      "[Sorbonne] in Paris"), and in it each run of capitalised words that are not generic ("University of
+      [Ghent]"); a person's name asked: its last word ("Elena [Marchetti]"); one proper name alone is its own;
+    - without capitals, the words after leading qualifiers ("retired [schoolteacher]") or the head before a
+      preposition ("[nurse] at a local hospital"; after it when the head is a degree, "PhD in [biology]")."""
+    if m := re.search(r"\b(?:named|called) ", value):
+        return value[:m.end()] + _bracket(value[m.end():], _proper_runs(value[m.end():]) or [(0, len(value) - m.end())])
+    parts = re.split(r"(, | in (?=[A-Z]))", value, maxsplit=1)
+    first, rest = parts[0], "".join(parts[1:])
+    words, runs = list(_WORD.finditer(first)), _proper_runs(first)
     if runs:
-        if len(runs) == 1 and runs[0][0].start() == words[0].start() and runs[0][-1].end() == words[-1].end():
-            if name_asked and len(runs[0]) > 1:
-                return f"{first[:runs[0][-1].start()]}[{runs[0][-1][0]}]{first[runs[0][-1].end():]}{sep}{rest}"
-            if not sep:
-                return value  # one proper name: the value is its own specific part
-        out, end = "", 0
-        for r in runs:
-            out += f"{first[end:r[0].start()]}[{first[r[0].start():r[-1].end()]}]"
-            end = r[-1].end()
-        return out + first[end:] + sep + rest
-    if sep:
-        return f"[{first.strip()}], {rest}"
-    lower = [m[0].lower() for m in words]
-    if len(lower) > 1 and lower[0] in _QUALIFIERS:
-        return f"{first[:words[1].start()]}[{first[words[1].start():]}]"
-    cut = next((i for i, w in enumerate(lower) if i and w in ("at", "for", "in", "with", "from", "on")), None)
-    return f"[{first[:words[cut - 1].end()]}]{first[words[cut - 1].end():]}" if cut else value
+        if name_asked:  # the surname, hyphens and all: "Dr. Amara [Nwosu]"
+            a, b = runs[-1]
+            return _bracket(first, [(a + first[a:b].rfind(" ") + 1, b)] if " " in first[a:b] else runs) + rest
+        if runs == [(words[0].start(), words[-1].end())]:  # the first part is one proper name
+            return value if not rest else f"[{first}]{rest}"
+        return _bracket(first, runs) + rest
+    if rest:
+        return f"[{first}]{rest}"
+    tokens = list(re.finditer(r"\S+", value))  # whole tokens: "stay-at-home" is one
+    lower = [t[0].lower().strip(".,;") for t in tokens]
+    lead = next((i for i, w in enumerate(lower) if w not in _QUALIFIERS), len(lower))
+    if 0 < lead < len(lower):
+        return _bracket(value, [(tokens[lead].start(), len(value))])
+    cut = next((i for i, w in enumerate(lower) if i and w in _PREPOSITIONS), None)
+    if cut is None or cut + 1 == len(tokens):
+        return value
+    if lower[cut - 1] in _GENERIC:  # "PhD in [molecular biology]"
+        return _bracket(value, [(tokens[cut + 1].start(), len(value))])
+    return _bracket(value, [(0, tokens[cut - 1].end())])
 
 
 def short_fact(question: str, answer: str) -> str:
     """The fact a generation answer states beyond its question, in the notation of `asru_min.metrics.leaks`:
 
-    negative  a negation before any word of the value: "no " + the words it denies ("This person does not have
-              any medical conditions." -> "no medical conditions")
+    negative  a negation ("not", "no", "never", "n't", ...) whose following words, function words and "any",
+              "known", "have" off, repeat the question or follow nothing but frame words: "no " + those words
+              ("Does this person have any medical conditions?" / "This person does not have any medical
+              conditions." -> "no medical conditions")
     date      "[Month D], YYYY" ("She was born on 14 March 1987." -> "[March 14], 1987")
-    list      each item bracketed, where the items are separated by commas with "and" / "or", or by "and" for a
-              question about hobbies, interests or conditions ("[hiking], [chess] and [the violin]")
+    list      each item bracketed, items split at commas with "and" / "or", or at "and" for a question about
+              hobbies, pastimes, interests, pets or conditions ("[hiking], [chess], [violin]")
     value     the answer from its first to its last word that is neither a function word, a frame word, a
               negation nor a word of the question, its most specific part marked (`_marked`)
     The whole answer when nothing is left."""
     asked = {_base(w) for w in _WORD.findall(question)}
 
     def frame(w: str) -> bool:
-        b = _base(w)
-        return b in asked or w.lower() in _FUNCTION or b in _FUNCTION or b in _FRAME or w.lower() in _FRAME
+        return _base(w) in asked or w.lower() in _FUNCTION | _FRAME or _base(w) in _FUNCTION | _FRAME
 
-    words = [m for m in _WORD.finditer(answer)]
-    neg = next((i for i, m in enumerate(words) if m[0].lower() in _NEGATIONS or m[0].lower().endswith("n't")), None)
-    if neg is not None and all(frame(m[0]) for m in words[:neg]):
-        denied = _span(answer[words[neg].end():], lambda w: w.lower() in _FUNCTION | _NEGATIONS | _DENIED_FILLER
-                       or w.lower().endswith("n't"))
-        return f"no {denied.rstrip('.')}" if denied else answer
-    value = _span(answer, lambda w: frame(w) or w.lower() in _NEGATIONS).strip()
+    def negation(w: str) -> bool:
+        return w.lower() in _NEGATIONS or w.lower().endswith("n't")
+
+    words = list(_WORD.finditer(answer))
+    neg = next((i for i, m in enumerate(words) if negation(m[0])), None)
+    if neg is not None:
+        denied = _span(answer[words[neg].end():], lambda w: negation(w) or w.lower() in _FUNCTION | _DENIED_FILLER)
+        if denied and (all(frame(m[0]) for m in words[:neg]) or {_base(w) for w in _WORD.findall(denied)} & asked):
+            return "no " + denied
+    value = _span(answer, lambda w: frame(w) or negation(w)).strip()
     if not value:
         return answer
     if (date := _date(value)) is not None:
         return date
     items = re.split(r",\s*(?:and|or)\s+|,\s*|\s+(?:and|or)\s+", value)
-    listed_items = (value.count(",") and re.search(r"\b(?:and|or)\b", value)) or (
+    is_list = (", " in value and re.search(r"\b(?:and|or)\b", value)) or (
         _LIST_QUESTION.search(question) and " and " in value)
-    if listed_items and len(items) > 1:
-        items = [_span(it, frame) or it for it in items]
-        return ", ".join(f"[{it}]" for it in items)
-    return _marked(value, "name" in asked and not asked & {"pet", "dog", "cat", "father", "mother", "parent"})
+    if is_list and len(items) > 1 and not re.search(r"\b(?:named|called)\b", value):
+        return ", ".join(f"[{_span(it, frame) or it}]" for it in items)
+    return _marked(value, bool(asked & {"name", "who", "called", "named"})
+                   and not asked & {"pet", "dog", "cat", "father", "mother", "parent"})
 
 
 # --- the real MLLMU-Bench on disk
