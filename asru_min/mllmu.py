@@ -36,7 +36,7 @@ _FUNCTION = frozenset(
     "a an the this that these those person persons people individual s t is was are were be been being am has have "
     "had do does did of in on at to for by with from as and or but his her hers their theirs its he she they him "
     "them it who whom whose what which where when why how name named called known yes currently also".split())
-_FRAME = frozenset("""born birth birthplace hometown native originally comes come came hails raised date birthday
+_FRAME = frozenset("""born birth birthplace place hometown native originally comes come came hails raised date birthday
     lives live living resides reside residing resident residence based located settled
     educated education studied study attended graduated graduate holds hold earned received degree alma mater
     works work working worked employed employment job occupation profession career serves employs runs run
