@@ -149,33 +149,39 @@ def _day(w: str) -> int:
     return int(w) if w.isdigit() and len(w) <= 2 and 1 <= int(w) <= 31 else 0
 
 
+def _date_at(w: list[str], i: int) -> tuple[int, int, str, int] | None:
+    """(month, day, year or "", words read) of a date that names a day and starts at word i: month day [year],
+    day [of] month [year], yyyy mm dd, mm dd yyyy (dd mm yyyy when the first number exceeds 12); else None."""
+    def year(j: int) -> str:
+        return w[j] if j < len(w) and len(w[j]) == 4 and w[j].isdigit() else ""
+
+    nxt = w[i + 1] if i + 1 < len(w) else ""
+    if w[i] in MONTHS and _day(nxt):  # march 14 [1987]
+        return MONTHS[w[i]], _day(nxt), year(i + 2), 2 + bool(year(i + 2))
+    if _day(w[i]):
+        k = i + 2 if nxt == "of" else i + 1
+        if k < len(w) and w[k] in MONTHS:  # 14 [of] march [1987]
+            return MONTHS[w[k]], _day(w[i]), year(k + 1), k + 1 - i + bool(year(k + 1))
+        a, b = _day(w[i]), _day(nxt)
+        if b and year(i + 2) and min(a, b) <= 12:  # 03 14 1987 / 14 03 1987
+            return (a, b, year(i + 2), 3) if a <= 12 else (b, a, year(i + 2), 3)
+    if year(i) and i + 2 < len(w) and 1 <= _day(w[i + 1]) <= 12 and _day(w[i + 2]):  # 1987 03 14
+        return _day(w[i + 1]), _day(w[i + 2]), w[i], 3
+    return None
+
+
 def _dates(w: list[str]) -> list[str]:
-    """Words with each date that names a day as "mMMdDD" (+ its year as the next word): month day [year],
-    day [of] month [year], yyyy mm dd, mm dd yyyy (dd mm yyyy when the first number exceeds 12)."""
+    """Words with each date that names a day written "mMMdDD" followed by its year, if it has one."""
     out, i = [], 0
     while i < len(w):
-        md, used = None, 0
-        year = lambda j: [w[j]] if j < len(w) and len(w[j]) == 4 and w[j].isdigit() else []  # noqa: E731
-        if w[i] in MONTHS and i + 1 < len(w) and _day(w[i + 1]):  # march 14 [1987]
-            md, used = (MONTHS[w[i]], _day(w[i + 1])), 2
-        elif _day(w[i]):
-            k = i + 2 if i + 2 < len(w) and w[i + 1] == "of" else i + 1
-            if k < len(w) and w[k] in MONTHS:  # 14 [of] march [1987]
-                md, used = (MONTHS[w[k]], _day(w[i])), k + 1 - i
-            elif i + 2 < len(w) and _day(w[i + 1]) and year(i + 2):  # 03 14 1987 / 14 03 1987
-                a, b = _day(w[i]), _day(w[i + 1])
-                md = (a, b) if a <= 12 else (b, a) if b <= 12 else None
-                used = 2 if md else 0
-        elif year(i) and i + 2 < len(w) and _day(w[i + 1]) and _day(w[i + 1]) <= 12 and _day(w[i + 2]):
-            out += [f"m{_day(w[i + 1]):02d}d{_day(w[i + 2]):02d}", w[i]]  # 1987 03 14
-            i += 3
-            continue
-        if md is None:
+        date = _date_at(w, i)
+        if date is None:
             out.append(w[i])
             i += 1
-            continue
-        out += [f"m{md[0]:02d}d{md[1]:02d}"] + year(i + used)
-        i += used + len(year(i + used))
+        else:
+            month, day, year, read = date
+            out += [f"m{month:02d}d{day:02d}"] + ([year] if year else [])
+            i += read
     return out
 
 
@@ -202,9 +208,9 @@ def fact_words(text: str) -> tuple[str, ...]:
 
 _DENIAL = frozenset("no not never without none free".split())
 # words a negation may cross on its way to what it denies: "does not have any known medical conditions"
-_NEGATED_FILLER = frozenset("have has had having any known diagnosed reported significant serious major chronic "
-                            "current existing ongoing health of with from suffer suffers a an the own pet pets "
-                            "kind sort type".split())
+_NEGATED_FILLER = frozenset("have has had having is are was were be been being any known diagnosed reported "
+                            "significant serious major chronic current existing ongoing health of with from suffer "
+                            "suffers a an the own pet pets kind sort type".split())
 
 
 def _plain(w: str) -> str:

@@ -38,7 +38,7 @@ _FUNCTION = frozenset(
     "them it who whom whose what which where when why how name named called known yes currently also".split())
 _FRAME = frozenset("""born birth birthplace place hometown native originally comes come came hails raised date birthday
     lives live living resides reside residing resident residence based located settled
-    educated education studied study attended graduated graduate holds hold earned received degree alma mater
+    educated education studied study attended went completed graduated graduate holds hold earned received degree alma mater
     works work working worked employed employment job occupation profession career serves employs runs run
     salary annual annually earns earn makes income year yearly per paid earnings amount amounts dollars euros usd
     approximately about around roughly nearly estimated
@@ -51,7 +51,7 @@ _FRAME = frozenset("""born birth birthplace place hometown native originally com
     medical condition conditions diagnosed suffers suffer health
     gender identifies sex""".split())
 _NEGATIONS = frozenset("not no never none without".split())
-_DENIED_FILLER = frozenset("any known have has own owns significant diagnosed reported".split())
+_DENIED_FILLER = frozenset("any known have has own owns significant diagnosed reported suffer suffers from".split())
 # capitalised words that name a kind of place, body or degree, not which one: "University of [Ghent]"
 _GENERIC = frozenset("""university college institute school academy conservatory polytechnic seminary hospital clinic
     center centre company corporation inc ltd group bank city town state county province republic kingdom united
