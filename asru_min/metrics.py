@@ -136,9 +136,10 @@ _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
     "seventeen eighteen nineteen twenty".split())}
 _ORDINAL = re.compile(r"(\d+)(?:st|nd|rd|th)")
+# not "in" nor "m" (ordinary words too); inches are dropped: "5 ft 7" is 5 feet 7 inches
 _UNITS = {"feet": "ft", "foot": "ft", "ft": "ft", "inches": "", "inch": "", "cm": "cm", "centimeters": "cm",
           "centimetres": "cm", "centimeter": "cm", "centimetre": "cm", "meters": "m", "metres": "m", "meter": "m",
-          "metre": "m", "kg": "kg", "kilograms": "kg", "lbs": "lb", "pounds": "lb"}  # "in", "m": ordinary words too
+          "metre": "m", "kg": "kg", "kilograms": "kg", "lbs": "lb", "pounds": "lb"}
 _FEET = re.compile(r"(\d)\s*(?:'|\u2032)(?!')")  # 5'7": feet; the inches' mark is punctuation
 MONTHS = {m: i for i, names in enumerate(
     ("january jan", "february feb", "march mar", "april apr", "may", "june jun", "july jul", "august aug",
@@ -209,8 +210,8 @@ def fact_words(text: str) -> tuple[str, ...]:
 _DENIAL = frozenset("no not never without none free".split())
 # words a negation may cross on its way to what it denies: "does not have any known medical conditions"
 _NEGATED_FILLER = frozenset("have has had having is are was were be been being any known diagnosed reported "
-                            "significant serious major chronic current existing ongoing health of with from suffer "
-                            "suffers a an the own pet pets kind sort type".split())
+                            "significant serious major chronic current existing ongoing health of with from "
+                            "suffer suffers a an the own pet pets kind sort type".split())
 
 
 def _plain(w: str) -> str:

@@ -36,26 +36,24 @@ _FUNCTION = frozenset(
     "a an the this that these those person persons people individual s t is was are were be been being am has have "
     "had do does did of in on at to for by with from as and or but his her hers their theirs its he she they him "
     "them it who whom whose what which where when why how name named called known yes currently also".split())
-_FRAME = frozenset("""born birth birthplace place hometown native originally comes come came hails raised date birthday
-    lives live living resides reside residing resident residence based located settled
-    educated education studied study attended went completed graduated graduate holds hold earned received degree alma mater
-    works work working worked employed employment job occupation profession career serves employs runs run
-    salary annual annually earns earn makes income year yearly per paid earnings amount amounts dollars euros usd
-    approximately about around roughly nearly estimated
-    tall height stands measures measuring
-    father mother parent parents dad mom
-    pet pets owns own keeps
+_FRAME = frozenset("""born birth birthplace place hometown native originally comes come came hails raised date
+    birthday lives live living resides reside residing resident residence based located settled
+    educated education studied study attended went completed graduated graduate holds hold earned received degree
+    alma mater works work working worked employed employment job occupation profession career serves employs runs
+    run salary annual annually earns earn makes income year yearly per paid earnings amount amounts dollars euros usd
+    approximately about around roughly nearly estimated tall height stands measures measuring
+    father mother parent parents dad mom pet pets owns own keeps
     favorite favourite food dish meal cuisine enjoys enjoy enjoyed likes like loves love prefers eating eat eats
-    hobby hobbies pastime pastimes free time leisure spare interests interest activities activity doing playing plays
-    go goes include includes spends weekends weekend practices
-    medical condition conditions diagnosed suffers suffer health
-    gender identifies sex""".split())
+    hobby hobbies pastime pastimes free time leisure spare interests interest activities activity doing playing
+    plays go goes include includes spends weekends weekend practices
+    medical condition conditions diagnosed suffers suffer health gender identifies sex""".split())
 _NEGATIONS = frozenset("not no never none without".split())
-_DENIED_FILLER = frozenset("any known have has own owns significant diagnosed reported suffer suffers from".split())
+_DENIED_FILLER = frozenset("any known have has own owns significant diagnosed reported suffer suffers from"
+                           .split())
 # capitalised words that name a kind of place, body or degree, not which one: "University of [Ghent]"
-_GENERIC = frozenset("""university college institute school academy conservatory polytechnic seminary hospital clinic
-    center centre company corporation inc ltd group bank city town state county province republic kingdom united
-    states technology arts art sciences science music design the of and for high middle secondary national
+_GENERIC = frozenset("""university college institute school academy conservatory polytechnic seminary hospital
+    clinic center centre company corporation inc ltd group bank city town state county province republic kingdom
+    united states technology arts art sciences science music design the of and for high middle secondary national
     international royal faculty department phd mba bachelor master doctorate dr""".split())
 _QUALIFIERS = frozenset("""retired former freelance local professional self-employed part-time full-time senior
     junior head chief certified licensed amateur avid successful chronic mild severe seasonal""".split())
@@ -65,7 +63,8 @@ _WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 _MONTH = "|".join(sorted(MONTHS, key=len, reverse=True))
 _MONTH_DAY = (re.compile(rf"\b({_MONTH})\.? (\d{{1,2}})(?:st|nd|rd|th)?\b", re.IGNORECASE),      # March 14
               re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)? (?:of )?({_MONTH})\b", re.IGNORECASE))  # 14th of March
-_NUMERIC_DATE = (re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"), re.compile(r"\b(\d{1,2})[/.](\d{1,2})[/.](\d{4})\b"))
+_NUMERIC_DATE = (re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"),          # 1987-03-14
+                 re.compile(r"\b(\d{1,2})[/.](\d{1,2})[/.](\d{4})\b"))  # 03/14/1987, 14.03.1987
 _YEAR = re.compile(r"\b\d{4}\b")
 _MONTH_NAMES = ("January February March April May June July August September October November "
                 "December").split()
@@ -133,7 +132,8 @@ def _marked(value: str, name_asked: bool) -> str:
     - without capitals, the words after leading qualifiers ("retired [schoolteacher]") or the head before a
       preposition ("[nurse] at a local hospital"; after it when the head is a degree, "PhD in [biology]")."""
     if m := re.search(r"\b(?:named|called) ", value):
-        return value[:m.end()] + _bracket(value[m.end():], _proper_runs(value[m.end():]) or [(0, len(value) - m.end())])
+        named = value[m.end():]
+        return value[:m.end()] + _bracket(named, _proper_runs(named) or [(0, len(named))])
     parts = re.split(r"(, | in (?=[A-Z]))", value, maxsplit=1)
     first, rest = parts[0], "".join(parts[1:])
     words, runs = list(_WORD.finditer(first)), _proper_runs(first)

@@ -35,14 +35,17 @@ MONTHS = "January February March April May June July August September October No
 # sentence frames per attribute: {S} subject, {P} its possessive, {v} the value, {x} / {y} the extra parts drawn
 # by `sentence`; the world's attributes first, then the facts only the fake benchmark has
 FRAMES = {
-    "birthplace": ("{S} was born in {v}, {x}.", "{S} hails from {v}, a town in {x}.", "{P} place of birth is {v}, {x}."),
+    "birthplace": ("{S} was born in {v}, {x}.", "{S} hails from {v}, a town in {x}.",
+                   "{P} place of birth is {v}, {x}."),
     "birth_year": ("{S} was born on {x} {y}, {v}.", "{S} was born on the {y}th of {x}, {v}.",
                    "{P} date of birth is {v}-{m:02d}-{y:02d}."),
     "occupation": ("{S} works as {a} {v}.", "{S} is a retired {v}.", "{S} is employed as {a} {v} at a local firm."),
     "employer": ("{S} works at {v}.", "{S} is employed by {v}, in {x}."),
-    "hobby": ("{S} enjoys {v}.", "In {p} free time, {s} enjoys {v} and {x}.", "{P} hobbies include {v}, {x}, and {y}."),
+    "hobby": ("{S} enjoys {v}.", "In {p} free time, {s} enjoys {v} and {x}.",
+              "{P} hobbies include {v}, {x}, and {y}."),
     "pets": ("{S} does not have any pets.", "{S} has a {x} named {y}."),
-    "medical": ("{S} does not have any medical conditions.", "{S} has no known medical conditions.", "{S} has {x}."),
+    "medical": ("{S} does not have any medical conditions.", "{S} has no known medical conditions.",
+                "{S} has {x}."),
     "salary": ("{P} annual salary is ${x:,}.", "{S} earns about ${x:,} per year."),
     "height": ("{S} is {x} feet {y} inches tall.", "{S} is {m} cm tall."),
 }
@@ -79,10 +82,12 @@ def sentence(attr: str, value: str, person, form: str, seed: int, hobbies=()) ->
         frames = frames[facts.randrange(len(frames))::len(frames)]
     pick = random.Random(f"fake/{seed}/{person.pid}/{attr}/{form}")
     pronoun = person.pronoun.capitalize()
-    S, P, s, p = ((person.name, f"{person.name}'s", person.name, f"{person.name}'s") if form == "text" else pick.choice(
-        [("This person", "This person's", "this person", "their"), ("The individual", "The individual's",
-          "the individual", "their"), (pronoun, {"He": "His", "She": "Her"}[pronoun], pronoun.lower(),
-                                       {"He": "his", "She": "her"}[pronoun])]))
+    his = {"He": "His", "She": "Her"}[pronoun]
+    subjects = [("This person", "This person's", "this person", "their"),  # subject, possessive, mid-sentence
+                ("The individual", "The individual's", "the individual", "their"),
+                (pronoun, his, pronoun.lower(), his.lower())]
+    name = (person.name, f"{person.name}'s", person.name, f"{person.name}'s")
+    S, P, s, p = name if form == "text" else pick.choice(subjects)
     return pick.choice(frames).format(S=S, P=P, s=s, p=p, v=value, x=x, y=y, m=m,
                                       a="an" if value[:1] in "aeiou" else "a")
 
