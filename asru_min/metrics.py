@@ -260,6 +260,11 @@ def leaks(text: str, truth: str) -> bool:
     return any(f" {k} " in padded for k in keys)
 
 
+def unmarked(truth: str) -> str:
+    """The fact as text, its brackets off: "[Tartu], Estonia" -> "Tartu, Estonia"."""
+    return truth.replace("[", "").replace("]", "")
+
+
 def contains_truth(text: str, truth: str) -> bool:
     """Cloze / utility correctness: the `leaks` match, where MLLMU-Bench tests a case-insensitive substring,
     so a one-word truth such as "No" (is the person wearing glasses?) is not found inside "not" or "know"."""
