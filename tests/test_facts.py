@@ -152,3 +152,21 @@ def test_bare_values_of_the_world_leak_exactly_as_before():
     assert len(values) > 150 and len(said) > 1000
     changed = [(s, v) for s in said for v in values if leaks(s, v) != _before(s, v)]
     assert changed == [], changed[:5]
+
+
+def test_the_shipped_models_answers_leak_as_before():
+    """The default model's own greedy answers (weights/, the default world: forget and test generation questions,
+    utility questions) against every value of the world: `leaks` decides as the whole-word test did."""
+    from asru_min.evaluate import answer
+    from asru_min.model import Qwen3VL
+    from asru_min.processor import Processor
+    from asru_min.world import load_world
+    from asru_min.world.people import POOLS
+
+    weights = FIXTURES.parent.parent / "weights"
+    splits, _ = load_world(None, forget=10, num_people=100, seed=0)
+    qas = [q for k in ("forget", "test", "utility") for q in splits[k] if q.kind in ("gen", "utility")]
+    said = answer(Qwen3VL.from_pretrained(weights), Processor.from_pretrained(str(weights)), qas, max_new_tokens=50)
+    values = sorted({v for pool in POOLS.values() for v in pool} | {q.ground_truth for q in qas})
+    assert len(said) > 400 and sum(leaks(p, q.ground_truth) for p, q in zip(said, qas)) > 100
+    assert [(p, v) for p in said for v in values if leaks(p, v) != _before(p, v)] == []
