@@ -76,8 +76,9 @@ RETAIN_BAND_LOW = 0.6  # retain band: R > 0.6 (open)
 
 
 def asru_reward(response: str, truth: str, forget: bool) -> float:
-    """The table above: leak = metrics.leaks (the normalised truth is a whole-word substring of the normalised
-    response), refusal = metrics.is_refusal, R = metrics.rouge_l against the ground truth."""
+    """The table above: leak = metrics.leaks (the response reveals the fact: for a bare value, its normalised
+    words appear whole in the response's; for a benchmark sentence's short fact, its most specific part does, or
+    a negation denies it), refusal = metrics.is_refusal, R = metrics.rouge_l against the ground truth."""
     if leaks(response, truth):
         return FORGET_LEAK if forget else RETAIN_LEAK
     if is_refusal(response):
