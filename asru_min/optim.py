@@ -4,6 +4,7 @@ model gives to chosen tokens, and one guarded optimiser step."""
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -61,6 +62,35 @@ def chosen_logprobs(lm_head, h: torch.Tensor, targets: torch.Tensor, temperature
     logit of the target minus the log-sum-exp over the vocabulary, from (n, V) float32 logits."""
     logits = lm_head(h).float() / temperature  # (n, V)
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+GRAD_CHECKPOINT = ("auto", "on", "off")
+
+
+def grad_checkpoint_enabled(setting: str, device) -> bool:
+    """The --grad-checkpoint setting on a device: "on", "off", or "auto" = on for CUDA (where activations, not
+    time, bound the batch), off elsewhere."""
+    if setting not in GRAD_CHECKPOINT:
+        raise ValueError(f"grad_checkpoint must be one of {GRAD_CHECKPOINT}, got {setting!r}")
+    return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
+
+
+@contextmanager
+def gradient_checkpointing(model: torch.nn.Module, on: bool = True):
+    """Inside the block, with autograd, every module that supports it (the text decoder's layers, the vision
+    tower's blocks: `grad_checkpoint` attributes) keeps only each block's input and recomputes the block in
+    backward (torch.utils.checkpoint, non-reentrant; the RNG state is replayed, so dropout masks match): the same
+    gradients for about one layer's activations instead of all. Off outside the block, so stage 1's hooked forward
+    never runs checkpointed; a hooked block is never checkpointed anyway (`text.checkpointable`)."""
+    modules = [m for m in model.modules() if hasattr(type(m), "grad_checkpoint")]
+    before = [m.grad_checkpoint for m in modules]
+    try:
+        for m in modules:
+            m.grad_checkpoint = on
+        yield
+    finally:
+        for m, was in zip(modules, before):
+            m.grad_checkpoint = was
 
 
 def optimizer_step(loss, params: list, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0,

@@ -553,9 +553,9 @@ def test_one_rollout_two_minibatches_live_ratio_and_clip(monkeypatch):
     seen = []
     real = grpo.policy_loss
 
-    def recording(logp, old_logp, ref_logp, advantages, mask, *args):
+    def recording(logp, old_logp, ref_logp, advantages, mask, *args, **kwargs):
         seen.append((torch.exp(logp - old_logp).detach(), advantages.detach(), mask.bool()))
-        return real(logp, old_logp, ref_logp, advantages, mask, *args)
+        return real(logp, old_logp, ref_logp, advantages, mask, *args, **kwargs)
 
     monkeypatch.setattr(grpo, "policy_loss", recording)
     samples = [(ToyQA("abd", "x"), True), (ToyQA("ggh", "y"), False)]
