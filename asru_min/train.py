@@ -411,7 +411,7 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     write_text(r.path("table.txt"), table + "\n")
     print(table, flush=True)
     if cfg.save_merged:
-        unload_lora(model, merge=True)  # plain nn.Linear layers holding W + (alpha / r) B A
+        unload_lora(model, merge=True)  # plain nn.Linear layers: W + (alpha / r) B A summed in float32, cast once
 
         def save_merged(tmp: str) -> None:
             model.save_pretrained(tmp)

@@ -642,3 +642,17 @@ def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny,
     for key, value in whole.items():
         if key not in ("seconds", "sample_response"):
             assert pieces[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_memory_flags_reach_grpo_config_and_bad_values_stop_the_run(tmp_path):
+    from asru_min.train import parse_args, run
+
+    cfg, _ = parse_args(["--micro-batch-tokens", "0", "--grad-checkpoint", "on", "--logprob-chunk", "512"])
+    g = cfg.grpo()
+    assert (g.micro_batch_tokens, g.grad_checkpoint, g.logprob_chunk) == (0, "on", 512)
+    defaults = TrainConfig().grpo()
+    assert (defaults.micro_batch_tokens, defaults.grad_checkpoint, defaults.logprob_chunk) == (16384, "auto", 4096)
+    for bad in (dict(grad_checkpoint="yes"), dict(micro_batch_tokens=-1), dict(logprob_chunk=-5)):
+        with pytest.raises(ValueError, match="grad_checkpoint|micro-batch-tokens"):
+            run(TrainConfig(model=str(tmp_path), out=str(tmp_path / "out"), **bad))
+    assert not (tmp_path / "out").exists()  # refused before any work
