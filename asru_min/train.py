@@ -32,6 +32,7 @@ from .evaluate import evaluate_model, format_table
 from .grpo import GRPOConfig, build_boundary_set, make_optimizer, step_schedule, train_grpo
 from .lora import TEXT_TARGETS, apply_lora, load_lora, save_lora, unload_lora
 from .model import Qwen3VL, Qwen3VLConfig
+from .optim import GRAD_CHECKPOINT
 from .data import FORGET_PERCENTS, PROTOCOLS, positive_questions
 from .processor import Processor
 from .steer import (changed_tensors, keep_refusals, knowledge_absence_direction, load_changed_tensors,
@@ -104,6 +105,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ckpt_every: int = 1  # GRPO steps between checkpoints
+    micro_batch_tokens: int = 16384  # rows x padded length per forward/backward piece of GRPO (0: one piece)
+    grad_checkpoint: str = "auto"  # auto, on, off: GRPO update recomputes decoder layers in backward (auto: CUDA)
+    logprob_chunk: int = 4096  # tokens whose float32 logits exist at once in a log-prob pass (0: all)
 
     def grpo(self) -> GRPOConfig:
         return GRPOConfig(group_size=self.group_size, temperature=self.temperature, top_p=self.top_p,
@@ -112,7 +116,8 @@ class TrainConfig:
                           mini_batch_size=self.mini_batch_size, ppo_epochs=self.ppo_epochs, epochs=self.grpo_epochs,
                           clip_low=self.clip_low, clip_high=self.clip_high, dual_clip=self.dual_clip,
                           kl_coef=self.kl_coef, lr=self.grpo_lr, weight_decay=self.weight_decay,
-                          grad_clip=self.grad_clip, seed=self.seed)
+                          grad_clip=self.grad_clip, seed=self.seed, micro_batch_tokens=self.micro_batch_tokens,
+                          grad_checkpoint=self.grad_checkpoint, logprob_chunk=self.logprob_chunk)
 
 
 class SettingsError(ValueError):
@@ -187,6 +192,9 @@ def validate_settings(cfg: TrainConfig, model_config: Qwen3VLConfig, base_config
         ("prompts_per_step", cfg.prompts_per_step >= 1, ">= 1"),
         ("mini_batch_size", cfg.mini_batch_size >= 0, ">= 0 (0 = the whole rollout batch)"),
         ("rollout_batch", cfg.rollout_batch >= 0, ">= 0 (0 = all prompts of a step in one generation call)"),
+        ("micro_batch_tokens", cfg.micro_batch_tokens >= 0, ">= 0 (0 = the whole mini-batch in one piece)"),
+        ("logprob_chunk", cfg.logprob_chunk >= 0, ">= 0 (0 = all scored tokens' logits at once)"),
+        ("grad_checkpoint", cfg.grad_checkpoint in GRAD_CHECKPOINT, f"one of {GRAD_CHECKPOINT}"),
         ("ppo_epochs", cfg.ppo_epochs >= 1, ">= 1"),
         ("grpo_epochs", cfg.grpo_epochs >= 1, ">= 1"),
         ("clip_low", finite(cfg.clip_low) and 0 <= cfg.clip_low < 1, "in [0, 1) (the ratio's floor 1 - clip_low > 0)"),
@@ -499,7 +507,7 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     write_text(r.path("table.txt"), table + "\n")
     print(table, flush=True)
     if cfg.save_merged:
-        unload_lora(model, merge=True)  # plain nn.Linear layers holding W + (alpha / r) B A
+        unload_lora(model, merge=True)  # plain nn.Linear layers: W + (alpha / r) B A summed in float32, cast once
 
         def save_merged(tmp: str) -> None:
             model.save_pretrained(tmp)

@@ -18,14 +18,17 @@ from asru_min.baselines.methods import (
 
 
 class FixedLogits(torch.nn.Module):
-    """A stand-in model whose logits are given (the Qwen3VL.forward signature, logits_to_keep honoured)."""
+    """A stand-in model whose logits are given (the Qwen3VL.forward signature, logits_to_keep honoured; its
+    hidden states are the logits, lm_head the identity)."""
+
+    lm_head = torch.nn.Identity()
 
     def __init__(self, logits):
         super().__init__()
         self.logits = logits
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, image_features=None,
-                logits_to_keep=0):
+                logits_to_keep=0, return_hidden=False):
         return self.logits[:, -logits_to_keep:] if logits_to_keep else self.logits
 
 
@@ -210,3 +213,30 @@ def test_two_steps_move_forget_likelihood(method, one_thread):
         assert abs(logs[0]["logratio"]) < 1e-4
     if method == "klmin":
         assert logs[0]["retain_kl"] < 1e-6 and logs[1]["retain_kl"] > 0
+
+
+def test_checkpointed_baseline_training_equals_plain(one_thread):
+    """--grad-checkpoint on recomputes the decoder layers in backward: the same losses and adapters as off
+    (NPO: a trained forward, a reference forward and a retain forward per step; LoRA dropout on)."""
+    import copy
+
+    from asru_min.baselines.methods import BaselineConfig, train_baseline
+    from asru_min.lora import apply_lora, lora_parameters
+
+    processor = _tiny_processor()
+    base = _tiny_model(processor)
+    forget = _qas(["Ana", "Bo", "Cy", "Di"], ["Velmora", "Tarsk", "Oblin", "Quess"])
+    retain = _qas(["Eve", "Fin", "Gus", "Hal"], ["4721", "0963", "1185", "2290"], template="{f}-{f}")
+    runs = {}
+    for setting in ("off", "on"):
+        model = copy.deepcopy(base)
+        torch.manual_seed(0)
+        apply_lora(model, r=4, alpha=8, dropout=0.05)
+        cfg = BaselineConfig(method="npo", lr=2e-2, epochs=1, batch_size=2, out="unused", grad_checkpoint=setting)
+        logs = train_baseline(model, processor, forget, retain, cfg, progress=lambda *_: None)
+        runs[setting] = ([l["loss"] for l in logs], lora_parameters(model))
+    assert runs["on"][0] == pytest.approx(runs["off"][0], abs=1e-6)
+    for a, b in zip(runs["on"][1], runs["off"][1], strict=True):
+        assert (a - b).abs().max() <= 1e-6
+    with pytest.raises(ValueError, match="grad_checkpoint"):
+        BaselineConfig(method="ga", grad_checkpoint="yes")
