@@ -65,9 +65,9 @@ class GRPOConfig:
 #     |                                          |   -> 0.5      |   -> 0.5      |
 #     | anything else                            | 0.1           | 0.1           |
 #
-# R = ROUGE-L F1 of the response against the ground truth (`sample_reward` chooses which). The order matters: a refusal that also states the fact
-# is a leak. The forget band pays a little for wrong but on-topic answers (near the boundary); the retain band pays
-# for answers close to the truth.
+# R = ROUGE-L F1 of the response against the ground truth (`sample_reward` chooses which). The order matters: a
+# refusal that also states the fact is a leak. The forget band pays a little for wrong but on-topic answers (near
+# the boundary); the retain band pays for answers close to the truth.
 FORGET_LEAK, FORGET_REFUSAL, FORGET_BAND = 0.0, 1.0, 0.5
 RETAIN_LEAK, RETAIN_REFUSAL, RETAIN_BAND = 1.0, 0.0, 0.5
 OTHERWISE = 0.1

@@ -285,7 +285,8 @@ _RELEASE_PUNCT = re.compile(r"[^\w\s]")
 
 def release_normalize(s: str) -> str:
     """The release reward's normalize: lower-case, every character neither a word character (\\w: letters, digits,
-    "_") nor whitespace -> a space, runs of whitespace -> one space, strip. (`normalize` also turns "_" into a space.)"""
+    "_") nor whitespace -> a space, runs of whitespace -> one space, strip (`normalize` also turns "_" into a
+    space)."""
     return _SPACES.sub(" ", _RELEASE_PUNCT.sub(" ", s.lower())).strip()
 
 

@@ -205,7 +205,8 @@ def stage1_positives(cfg: TrainConfig, splits: dict) -> list:
     model refuses (`steer.draw_refused`)."""
     positives = splits.get("positives", [])
     if cfg.steer_data == "release":
-        return positive_questions(RELEASE_POSITIVE_POOL * cfg.positive_size, cfg.seed, cfg.positives, avoid_splits=splits)
+        return positive_questions(RELEASE_POSITIVE_POOL * cfg.positive_size, cfg.seed, cfg.positives,
+                                  avoid_splits=splits)
     if cfg.positives or not positives:
         positives = positive_questions(cfg.positive_size, cfg.seed, cfg.positives, avoid_splits=splits)
     return positives
