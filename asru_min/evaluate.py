@@ -28,9 +28,11 @@ for a reported figure.
     private / unknown        refusal_rate (private facts nobody was trained on / people never seen; on request)
 
 Unlearning effectiveness = forget / test scores fall; utility = retain, real and utility scores stay.
---protocol release asks and parses the release's way (`data.with_protocol`): image questions only, its
-instructions, one in-context example for mc and cloze, mc = the first character when the text before the first
-":" is a letter A-D, cloze = the ground truth as a case-insensitive substring.
+--protocol release asks and parses the release's way (`data.with_protocol`): image questions (text cloze with the
+person's image attached), its instructions, one in-context example for mc and cloze from a person of the evaluated
+split (`SHOT_PEOPLE`), whose image questions of that kind are then not asked, mc = the first character when the
+text before the first ":" is a letter A-D, cloze = the ground truth as a case-insensitive substring.
+--export-judge DIR writes the generation answers for the release's GPT-4o-mini judge (`export_judge`).
 """
 
 from __future__ import annotations

@@ -168,8 +168,8 @@ def test_bad_protocol_flags_fail_before_any_work(flag, value):
 
 def _people_qas():
     out = []
-    for p in ("p1", "p2", "p3"):
-        img = _image(hash(p) % 100)
+    for i, p in enumerate(("p1", "p2", "p3")):
+        img = _image(i)
         out += [QA(f"Q mc {p}", "B", img, "mc", p, "y", options=["x", "y", "z", "w"], stem=f"Which of {p}?"),
                 QA(f"Q mc2 {p}", "A", img, "mc", p, "x", options=["x", "y", "z", "w"], stem=f"Second of {p}?"),
                 QA(f"Q cloze {p}", "Velmora", img, "cloze", p, "Velmora", stem=f"{p} was born in [Blank]."),
@@ -235,3 +235,26 @@ def test_export_judge_writes_the_release_generation_results_format(tmp_path):
     assert first["question type"] == "Image_Textual" and first["question"] == "Where was p1 born?"
     assert first["ground_truth"] == "p1 was born in Velmora." and first["image_id"] == "p1"
     assert sum(r["question type"] == "Pure_Text" for r in rows) == 3
+
+
+# ---- every release flag together, end to end on the tiny random checkpoint
+
+def test_train_end_to_end_with_every_release_flag(tiny_ckpt, tmp_path):
+    from test_train import tiny_config
+
+    cfg = tiny_config(tiny_ckpt, str(tmp_path / "run"), protocol="release", steer_data="release", positive_size=2,
+                      refusal_filter=True, steer_retain_size=0, forget_position="release",
+                      retain_position="release", reward="release", save_merged=False)
+    results = run(cfg)
+    steer = [json.loads(line) for line in open(tmp_path / "run" / "steer_log.jsonl")]
+    retain_gen_image = sum(1 for q in load_retain(cfg) if q.kind == "gen" and q.image is not None)
+    assert sum(r["kind"] == "retain" for r in steer) == -(-retain_gen_image // cfg.steer_batch_size)
+    assert len(results["grpo_log"]) == 2 and "test" in results["asru"]
+    direction = json.load(open(tmp_path / "run" / "direction.json"))
+    assert 1 <= direction["n_positive"] <= 2  # drawn until positive_size pass (or the candidates run out)
+
+
+def load_retain(cfg):
+    from asru_min.world import load_world
+
+    return load_world(None, cfg.forget, cfg.num_people, cfg.world_seed)[0]["retain"]
