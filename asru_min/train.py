@@ -87,7 +87,8 @@ class TrainConfig:
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     # stage 2: GRPO
     reward: str = "plain"  # "plain" (asru_reward) or "release" (the release's expression, stemmed ROUGE, sentence)
-    reward_reference: str = "fact"  # ROUGE reference of the plain reward: "fact" or "sentence" (validation split)
+    reward_reference: str = "fact"  # plain reward's ROUGE reference, "fact" or "sentence" (release: the sentence;
+    # the fact kept as many retain answers and half the drift in wording on the validation split, docs/METHOD.md 5)
     group_size: int = 8  # G
     temperature: float = 1.5
     top_p: float = 0.95
