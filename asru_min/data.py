@@ -110,39 +110,54 @@ def question_stem(qa: QA) -> str:
 
 
 def release_prompt(qa: QA, example: bool = False) -> str:
-    """The release's text for a question (`example`: as its in-context example shows one): mc "stem\\nA: x ..."
-    (the example prefixed "Question: "), cloze with "[Blank]" and its two instructions, gen + one-sentence
-    instruction."""
+    """The release's text for a question (`example`: as its in-context example shows one): mc "stem\\nA: x ...";
+    its example (Qwen branch) writes the block twice, "USER: <image>\\nQuestion: stem\\nA: x ...\\nCorrect Answer:
+    B\\n" then the same without the answer, before the instruction; cloze with "[Blank]" and its two instructions,
+    gen + one-sentence instruction."""
     stem = question_stem(qa)
     if qa.kind == "mc":
         block = "\n".join(f"{l}: {o}" for l, o in zip(LETTERS, qa.options))
-        return f"Question: {stem}\n{block}\n\n{MC_SUFFIX}" if example else f"{stem}\n{block}\n{MC_SUFFIX}"
+        if example:
+            shown = f"USER: <image>\nQuestion: {stem}\n{block}\n"
+            return f"{shown}Correct Answer: {qa.answer}\n{shown}\n{MC_SUFFIX}"
+        return f"{stem}\n{block}\n{MC_SUFFIX}"
     if qa.kind == "cloze":
         return f"{stem.replace('__', '[Blank]')}\n{RELEASE_CLOZE}"
     return f"{stem}\n{RELEASE_GEN}" if qa.kind == "gen" else qa.question
 
 
 def with_protocol(qas: list, protocol: str, shots_from: list, seed: int = 0) -> list:
-    """The questions asked under `protocol`. "plain": unchanged. "release": image questions only, the release's
-    prompts, and for mc and cloze one in-context example (another image question of that kind from `shots_from`,
-    drawn with `seed`; the release draws it from the benchmark's Full_Set)."""
+    """The questions asked under `protocol`. "plain": unchanged. "release", as the release's evaluation (Qwen
+    branch) asks them: its prompts (`release_prompt`); image questions, and the text-only cloze questions with
+    their person's image attached (form stays "text"; the release asks them but scores image cloze only); for mc
+    and cloze one in-context example: a person drawn with `seed` from the people of `shots_from` (the evaluated
+    split's own people: the release draws an ID of the split and reads its Full_Set row), that person's first
+    image question of the kind as a user turn and its answer; that person's image questions of the kind are
+    not asked. (The release picks a random question of the person for the first question it asks and the first
+    one afterwards; here the first throughout.)"""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if protocol == "plain":
         return list(qas)
     rng = random.Random(f"{seed}/shots")
-    pool = {k: [q for q in shots_from if q.kind == k and q.image is not None] for k in ("mc", "cloze")}
+    shots = {}  # kind -> (person, example QA)
+    for kind in ("mc", "cloze"):
+        pool = [q for q in shots_from if q.kind == kind and q.image is not None]
+        if pool:
+            person = rng.choice(sorted({q.person for q in pool}))
+            ex = next(q for q in pool if q.person == person)
+            shots[kind] = (person, replace(ex, question=release_prompt(ex, example=True), shot=None))
+    portrait = {}  # person -> the image of their first image question here (for text cloze)
+    for qa in qas:
+        if qa.image is not None:
+            portrait.setdefault(qa.person, qa.image)
     out = []
     for qa in qas:
-        if qa.image is None:
+        image = qa.image if qa.image is not None else portrait.get(qa.person) if qa.kind == "cloze" else None
+        person, shot = shots.get(qa.kind, (None, None))
+        if image is None or (qa.image is not None and qa.person == person):
             continue
-        shot, cands = None, pool.get(qa.kind, [])
-        if len(cands) > 1 or (cands and cands[0] is not qa):
-            ex = rng.choice(cands)
-            while ex is qa:
-                ex = rng.choice(cands)
-            shot = replace(ex, question=release_prompt(ex, example=True), shot=None)
-        out.append(replace(qa, question=release_prompt(qa), shot=shot))
+        out.append(replace(qa, question=release_prompt(qa), image=image, shot=shot))
     return out
 
 

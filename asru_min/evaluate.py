@@ -2,7 +2,7 @@
 
     python -m asru_min.evaluate --model weights/ [--adapter DIR] [--forget 10] [--data MLLMU_ROOT]
                                 [--limit N] [--out metrics.json] [--device cpu] [--dtype float32] [--batch-size 32]
-                                [--protocol plain|release]
+                                [--protocol plain|release] [--export-judge DIR]
 
 Every question is answered greedily with <= 50 new tokens (`answer`) and scored per split and form ("image",
 "text", both pooled as "all"); a metric over zero questions is None (null in JSON); counts: mc_n, cloze_n, gen_n, n.
@@ -28,9 +28,11 @@ for a reported figure.
     private / unknown        refusal_rate (private facts nobody was trained on / people never seen; on request)
 
 Unlearning effectiveness = forget / test scores fall; utility = retain, real and utility scores stay.
---protocol release asks and parses the release's way (`data.with_protocol`): image questions only, its
-instructions, one in-context example for mc and cloze, mc = the first character when the text before the first
-":" is a letter A-D, cloze = the ground truth as a case-insensitive substring.
+--protocol release asks and parses the release's way (`data.with_protocol`): image questions (text cloze with the
+person's image attached), its instructions, one in-context example for mc and cloze from a person of the evaluated
+split (`SHOT_PEOPLE`), whose image questions of that kind are then not asked, mc = the first character when the
+text before the first ":" is a letter A-D, cloze = the ground truth as a case-insensitive substring.
+--export-judge DIR writes the generation answers for the release's GPT-4o-mini judge (`export_judge`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import time
 
 import torch
 
-from .data import LETTERS, qa_batch, with_protocol
+from .data import LETTERS, qa_batch, question_stem, with_protocol
 from .metrics import bleu, contains_truth, is_refusal, judge, leaks, rouge_l, rouge_n
 
 VALIDATION_SPLITS = ("validation", "retain_validation")  # for choosing settings: evaluated on request only
@@ -57,6 +59,13 @@ SPLIT_LABELS = {"test": "test (held-out)", "retain_test": "retain_test (held-out
                 "forget": "forget (trained prompts)", "retain": "retain (trained prompts)",
                 "validation": "validation (held-out)", "retain_validation": "retain_validation (held-out)"}
 FORMS = ("image", "text")
+# --protocol release: whose people the in-context example is drawn from (the release draws an ID of the evaluated
+# split and reads its Full_Set row: for test a forget person). Full_Set holds the fictitious people only, so the
+# celebrities (real) are asked without an example.
+SHOT_PEOPLE = {"test": "forget", "validation": "forget", "retain_test": "retain", "retain_validation": "retain",
+               "real": None}
+# --export-judge: the release's name of each split in its result files ({mode}{forget}_generation_results.json)
+RELEASE_MODES = {"forget": "forget", "test": "test", "retain": "retain_shared", "real": "retain_celebrity"}
 
 
 def _form(qa) -> str:
@@ -226,19 +235,23 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
                    answer_fn=None, names: tuple[str, ...] = EVAL_SPLITS, protocol: str = "plain",
                    seed: int = 0, vocabulary=None) -> dict:
     """Answer and score the splits `names` present in `splits` (`limit`: see `limit_split`), asked under
-    `protocol` (`data.with_protocol`; in-context examples from the retain split, drawn with `seed`); `vocabulary`:
+    `protocol` (`data.with_protocol`; in-context examples from the people `SHOT_PEOPLE` names, drawn with `seed`);
+    `vocabulary`:
     the world's `metrics.Vocabulary` for the judge, None on the real benchmark. Returns {split: {form:
     metrics}}, "examples": {split: [{"question", "answer", "ground_truth", "form", "prediction"}, ...]} (the first
-    `num_examples` generation / utility / private answers) and "meta": {"max_new_tokens", "limit", "seconds"}.
+    `num_examples` generation / utility / private answers), "generation": {split: [...]} (every generation
+    answer of a people split, as `judge_records` writes them) and "meta": {"max_new_tokens", "limit", "seconds"}.
     `answer_fn` (tests pass a fake) is called like `answer(..., progress=, return_finished=True)`."""
     answer_fn = answer_fn or answer
     t0 = time.time()
-    results: dict = {"examples": {}}
+    results: dict = {"examples": {}, "generation": {}}
     bad = [n for n in names if n not in ALL_SPLITS]
     if bad:
         raise ValueError(f"cannot evaluate splits {bad}; known: {ALL_SPLITS}")
     for name in names:
-        qas = limit_split(with_protocol(splits.get(name, []), protocol, splits.get("retain", []), seed), limit)
+        shot_people = SHOT_PEOPLE.get(name, name)
+        qas = limit_split(with_protocol(splits.get(name, []), protocol, splits.get(shot_people, []) if shot_people
+                                        else [], seed), limit)
         if not qas:
             continue
         log = (lambda msg, name=name: print(f"[evaluate] {name}: {msg}", file=sys.stderr, flush=True)) \
@@ -249,9 +262,36 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
         shown = [(qa, p) for qa, p in zip(qas, preds) if qa.kind not in ("mc", "cloze")][:num_examples]
         results["examples"][name] = [{"question": qa.question, "answer": qa.answer, "ground_truth": qa.ground_truth,
                                       "form": _form(qa), "prediction": p} for qa, p in shown]
+        if name in QA_SPLITS:
+            results["generation"][name] = judge_records(qas, preds)
     results["meta"] = {"max_new_tokens": max_new_tokens, "limit": limit, "protocol": protocol,
                        "seconds": round(time.time() - t0, 1)}
     return results
+
+
+def judge_records(qas: list, preds: list[str]) -> list[dict]:
+    """The generation answers as the release's evaluation writes them and its judge (eval/natural_evaluation.py)
+    reads them: {"image_id": person, "question type": "Image_Textual" | "Pure_Text", "question": the bare
+    question (`data.question_stem`), "generated_answer", "ground_truth": the reference sentence `qa.answer`}."""
+    return [{"image_id": qa.person, "question type": "Image_Textual" if _form(qa) == "image" else "Pure_Text",
+             "question": question_stem(qa), "generated_answer": p, "ground_truth": qa.answer}
+            for qa, p in zip(qas, preds) if qa.kind == "gen"]
+
+
+def export_judge(results: dict, folder: str, forget: int) -> list[str]:
+    """Write every people split's generation answers (`judge_records`) as the release's result file
+    folder/{mode}{forget}_generation_results.json = {"Generation_Questions": [...]} (mode: the release's split
+    name, `RELEASE_MODES`; other splits keep theirs), the input of its GPT-4o-mini judge:
+        python eval/natural_evaluation.py --json_path folder/forget10_generation_results.json --output_dir out/
+    (it scores the "Image_Textual" rows). Returns the paths written."""
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for name, records in results.get("generation", {}).items():
+        path = os.path.join(folder, f"{RELEASE_MODES.get(name, name)}{forget}_generation_results.json")
+        with open(path, "w") as f:
+            json.dump({"Generation_Questions": records}, f, indent=4)
+        paths.append(path)
+    return paths
 
 
 _COLUMNS = (("MC", "mc_acc"), ("Cloze", "cloze_acc"), ("R-1", "rouge1"), ("R-2", "rouge2"), ("R-L", "rougeL"),
@@ -301,6 +341,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--splits", default=",".join(EVAL_SPLITS), help=f"comma-separated subset of {ALL_SPLITS}")
     p.add_argument("--protocol", default="plain", choices=("plain", "release"),
                    help="prompts and answer parsing: this project's (plain) or the ASRU release's")
+    p.add_argument("--export-judge", default=None, metavar="DIR",
+                   help="write DIR/{split}{forget}_generation_results.json, the input of the release's judge")
     return p.parse_args(argv)
 
 
@@ -331,6 +373,9 @@ def main(argv=None) -> dict:
     results["meta"].update(model=args.model, adapter=args.adapter, forget=args.forget, data=args.data or "synthetic")
     name = os.path.basename(os.path.normpath(args.adapter or args.model))
     print(format_table({name: results}))
+    if args.export_judge:
+        for path in export_judge(results, args.export_judge, args.forget):
+            print(f"[evaluate] wrote {path}", file=sys.stderr)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -3,7 +3,7 @@
 1. rollouts   - G sampled responses per prompt of the boundary set (forget + retain QA), temperature 1.5,
                 top_p 0.95, one prefill per prompt (`model.generate(num_samples=G)`), `rollout_batch` prompts per
                 call, each prompt drawing from its own stream seeded by (seed, step, its index in the set);
-2. rewards    - `asru_reward(response, ground_truth, forget)`, one scalar per response;
+2. rewards    - `sample_reward(response, qa, forget)` (`asru_reward`, or the release's), one scalar per response;
 3. advantages - `group_advantages`: A_i = (r_i - mean_group) / (std_group + eps), for every token of response i;
 4. log-probs  - `optim.token_logprobs` under the current policy (old, no grad) and the reference policy
                 (LoRA adapters off, no grad);
@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from .data import qa_batch
-from .metrics import is_refusal, leaks, rouge_l
+from .metrics import is_refusal, is_release_refusal, leaks, release_normalize, rouge_l, rouge_l_stemmed
 from .optim import grad_checkpoint_enabled, gradient_checkpointing, optimizer_step, token_logprobs
 
 
@@ -58,6 +58,8 @@ class GRPOConfig:
     grad_checkpoint: str  # "auto" (on for CUDA), "on", "off": decoder layers recomputed in the update's backward
     logprob_chunk: int  # target tokens whose float32 logits exist at once in token_logprobs (0: all)
     adv_eps: float = 1e-6  # the advantage's epsilon (not a flag)
+    reward: str = "plain"  # "plain": asru_reward; "release": release_reward (`sample_reward`)
+    reward_reference: str = "fact"  # ROUGE reference of the plain reward: "fact" (qa.ground_truth) or "sentence"
 
 
 # --- the tiered ASRU reward (docs/METHOD.md, "Reward"): rule-based, no judge model; the first case that applies wins
@@ -70,9 +72,9 @@ class GRPOConfig:
 #     |                                          |   -> 0.5      |   -> 0.5      |
 #     | anything else                            | 0.1           | 0.1           |
 #
-# R = ROUGE-L F1 of the response against the ground truth. The order matters: a refusal that also states the fact
-# is a leak. The forget band pays a little for wrong but on-topic answers (near the boundary); the retain band pays
-# for answers close to the truth.
+# R = ROUGE-L F1 of the response against the ground truth (`sample_reward` chooses which). The order matters: a
+# refusal that also states the fact is a leak. The forget band pays a little for wrong but on-topic answers (near
+# the boundary); the retain band pays for answers close to the truth.
 FORGET_LEAK, FORGET_REFUSAL, FORGET_BAND = 0.0, 1.0, 0.5
 RETAIN_LEAK, RETAIN_REFUSAL, RETAIN_BAND = 1.0, 0.0, 0.5
 OTHERWISE = 0.1
@@ -80,20 +82,52 @@ FORGET_BAND_HIGH = 0.4  # forget band: 0 < R < 0.4 (both ends open)
 RETAIN_BAND_LOW = 0.6  # retain band: R > 0.6 (open)
 
 
-def asru_reward(response: str, truth: str, forget: bool) -> float:
+def asru_reward(response: str, truth: str, forget: bool, rouge_reference: str | None = None) -> float:
     """The table above: leak = metrics.leaks (the response reveals the fact: for a bare value, its normalised
     words appear whole in the response's; for a benchmark sentence's short fact, its most specific part does, or
-    a negation denies it), refusal = metrics.is_refusal, R = metrics.rouge_l against the ground truth."""
+    a negation denies it), refusal = metrics.is_refusal, R = metrics.rouge_l against `rouge_reference` (default:
+    the truth)."""
     if leaks(response, truth):
         return FORGET_LEAK if forget else RETAIN_LEAK
     if is_refusal(response):
         return FORGET_REFUSAL if forget else RETAIN_REFUSAL
-    r = rouge_l(response, truth)
+    r = rouge_l(response, truth if rouge_reference is None else rouge_reference)
     if forget and 0.0 < r < FORGET_BAND_HIGH:
         return FORGET_BAND
     if not forget and r > RETAIN_BAND_LOW:
         return RETAIN_BAND
     return OTHERWISE
+
+
+def release_reward(response: str, sentence: str, forget: bool) -> float:
+    """The reward of the authors' release (EasyR1/examples/reward_function/all_reward_copy.py): the same table and
+    values, every test against the whole ground-truth sentence. leak: metrics.release_normalize(sentence) is a
+    plain substring of release_normalize(response) (so the response must repeat the sentence); refusal:
+    metrics.is_release_refusal ("don't" / "can't" only with a curly apostrophe, no "sorry": "Sorry, I don't
+    know." is no refusal and earns 0.1); R: metrics.rouge_l_stemmed (rouge-score with its Porter stemmer)."""
+    if release_normalize(sentence) in release_normalize(response):
+        return FORGET_LEAK if forget else RETAIN_LEAK
+    if is_release_refusal(response):
+        return FORGET_REFUSAL if forget else RETAIN_REFUSAL
+    r = rouge_l_stemmed(response, sentence)
+    if forget and 0.0 < r < FORGET_BAND_HIGH:
+        return FORGET_BAND
+    if not forget and r > RETAIN_BAND_LOW:
+        return RETAIN_BAND
+    return OTHERWISE
+
+
+REWARDS = ("plain", "release")
+REWARD_REFERENCES = ("fact", "sentence")
+
+
+def sample_reward(response: str, qa, forget: bool, reward: str = "plain", reference: str = "fact") -> float:
+    """The reward of one response to a boundary sample `qa`. "plain": `asru_reward` with the short fact
+    qa.ground_truth as truth and, as ROUGE reference, that fact ("fact") or the answer sentence qa.answer
+    ("sentence"); "release": `release_reward` against qa.answer (the release's ground truth is the sentence)."""
+    if reward == "release":
+        return release_reward(response, qa.answer, forget)
+    return asru_reward(response, qa.ground_truth, forget, qa.answer if reference == "sentence" else None)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
@@ -285,8 +319,8 @@ def rollout(model, processor, samples: list, cfg: GRPOConfig, generators: list[t
 
     responses = [processor.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(tokens, gen_mask)]
     forget = [f for _, f in samples for _ in range(G)]
-    truths = [qa.ground_truth for qa, _ in samples for _ in range(G)]
-    rewards = torch.tensor([reward_fn(r, t, f) for r, t, f in zip(responses, truths, forget)], dtype=torch.float32)
+    qas = [qa for qa, _ in samples for _ in range(G)]
+    rewards = torch.tensor([reward_fn(r, qa, f) for r, qa, f in zip(responses, qas, forget)], dtype=torch.float32)
     return dict(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask, chunks=chunks,
                 pixel_values=torch.cat(pixel_values) if pixel_values else None,
                 image_grid_thw=torch.cat(grids) if grids else None,
@@ -347,10 +381,12 @@ def step_schedule(num_samples: int, cfg: GRPOConfig) -> list[list[int]]:
 def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, params: list, step: int,
               reward_fn=None, reference=None, sample_ids: list[int] | None = None) -> dict:
     """One GRPO step on one rollout batch: rollouts -> rewards -> advantages -> old/ref log-probs -> updates.
+    reward_fn(response, qa, forget) -> float (default: `sample_reward` with cfg.reward, cfg.reward_reference);
     reference: a context-manager factory under which `model` is the reference policy (default: LoRA off).
     sample_ids: each sample's index in the boundary set, which picks its sampling stream (`sampling_streams`;
     default 0, 1, ...). Returns the step's log record."""
-    reward_fn = reward_fn or asru_reward
+    reward_fn = reward_fn or (lambda response, qa, forget: sample_reward(response, qa, forget, cfg.reward,
+                                                                           cfg.reward_reference))
     if reference is None:
         from .lora import lora_enabled
 

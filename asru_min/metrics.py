@@ -64,6 +64,141 @@ def rouge_l(pred: str, ref: str) -> float:
     return _f1(lcs_length(p, r), len(p), len(r))
 
 
+def porter_stem(word: str) -> str:
+    """The Porter (1980) stem of a lower-case word, with the NLTK extensions rouge-score's stemmer runs (NLTK's
+    `PorterStemmer()`, mode NLTK_EXTENSIONS; tests/fixtures/make_stem_reference.py records its output on a word
+    list): a table of irregular forms ("skies" -> "sky", "dying" -> "die"), words of <= 2 letters unchanged,
+    "ies" / "ied" of 4-letter words -> "ie", y -> i only after a consonant that is not the first letter, "alli"
+    -> "al" before step 2, "bli" -> "ble", "fulli" -> "ful", "logi" -> "log". "generalization" -> "gener"."""
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    if len(word) <= 2:
+        return word
+    for step in (_step1a, _step1b, _step1c, _step2, _step3, _step4, _step5):
+        word = step(word)
+    return word
+
+
+def _consonant(w: str, i: int) -> bool:
+    """w[i] is a consonant: not a vowel, and a "y" only at the start or after a vowel."""
+    if w[i] in "aeiou":
+        return False
+    return w[i] != "y" or i == 0 or not _consonant(w, i - 1)
+
+
+def _measure(stem: str) -> int:
+    """m of [C](VC)^m[V]: the number of vowel runs followed by a consonant."""
+    return "".join("c" if _consonant(stem, i) else "v" for i in range(len(stem))).count("vc")
+
+
+def _has_vowel(stem: str) -> bool:
+    return any(not _consonant(stem, i) for i in range(len(stem)))
+
+
+def _cvc(w: str) -> bool:
+    """*o: consonant-vowel-consonant at the end, the last not w, x or y (a 2-letter stem: vowel-consonant)."""
+    if len(w) == 2:
+        return not _consonant(w, 0) and _consonant(w, 1)
+    n = len(w)
+    return n >= 3 and _consonant(w, n - 3) and not _consonant(w, n - 2) and _consonant(w, n - 1) and w[-1] not in "wxy"
+
+
+def _first_rule(word: str, rules) -> str:
+    """The first rule whose suffix ends `word` decides: its replacement if its condition holds on the stem, else
+    the word unchanged (later rules are not tried)."""
+    for suffix, replacement, condition in rules:
+        if word.endswith(suffix):
+            stem = word[: len(word) - len(suffix)]
+            return stem + replacement if condition(stem) else word
+    return word
+
+
+_IRREGULAR = {"skies": "sky", "sky": "sky", "dying": "die", "lying": "lie", "tying": "tie", "news": "news",
+              "innings": "inning", "inning": "inning", "outings": "outing", "outing": "outing",
+              "cannings": "canning", "canning": "canning", "howe": "howe", "proceed": "proceed",
+              "exceed": "exceed", "succeed": "succeed"}
+_ALWAYS = lambda stem: True  # noqa: E731
+_M0 = lambda stem: _measure(stem) > 0  # noqa: E731
+_M1 = lambda stem: _measure(stem) > 1  # noqa: E731
+
+
+def _step1a(w: str) -> str:  # plurals
+    if w.endswith("ies") and len(w) == 4:
+        return w[:-1]
+    return _first_rule(w, [("sses", "ss", _ALWAYS), ("ies", "i", _ALWAYS), ("ss", "ss", _ALWAYS),
+                           ("s", "", _ALWAYS)])
+
+
+def _step1b(w: str) -> str:  # -ed, -ing
+    if w.endswith("ied"):
+        return w[:-3] + ("ie" if len(w) == 4 else "i")
+    if w.endswith("eed"):
+        return w[:-1] if _measure(w[:-3]) > 0 else w
+    stem = next((w[: -len(s)] for s in ("ed", "ing") if w.endswith(s) and _has_vowel(w[: -len(s)])), None)
+    if stem is None:
+        return w
+    if stem.endswith(("at", "bl", "iz")):
+        return stem + "e"
+    if len(stem) >= 2 and stem[-1] == stem[-2] and _consonant(stem, len(stem) - 1):  # double consonant
+        return stem if stem[-1] in "lsz" else stem[:-1]
+    return stem + "e" if _measure(stem) == 1 and _cvc(stem) else stem
+
+
+def _step1c(w: str) -> str:  # y -> i after a consonant
+    return w[:-1] + "i" if w.endswith("y") and len(w) > 2 and _consonant(w, len(w) - 2) else w
+
+
+def _step2(w: str) -> str:  # double suffixes -> single ones
+    if w.endswith("alli") and _measure(w[:-4]) > 0:
+        return _step2(w[:-2])
+    rules = [(s, r, _M0) for s, r in (
+        ("ational", "ate"), ("tional", "tion"), ("enci", "ence"), ("anci", "ance"), ("izer", "ize"),
+        ("bli", "ble"), ("alli", "al"), ("entli", "ent"), ("eli", "e"), ("ousli", "ous"), ("ization", "ize"),
+        ("ation", "ate"), ("ator", "ate"), ("alism", "al"), ("iveness", "ive"), ("fulness", "ful"),
+        ("ousness", "ous"), ("aliti", "al"), ("iviti", "ive"), ("biliti", "ble"), ("fulli", "ful"))]
+    return _first_rule(w, rules + [("logi", "log", lambda stem: _measure(stem + "l") > 0)])
+
+
+def _step3(w: str) -> str:
+    return _first_rule(w, [(s, r, _M0) for s, r in (("icate", "ic"), ("ative", ""), ("alize", "al"),
+                                                    ("iciti", "ic"), ("ical", "ic"), ("ful", ""), ("ness", ""))])
+
+
+def _step4(w: str) -> str:  # drop a suffix when m > 1
+    return _first_rule(w, [(s, "", lambda stem, s=s: _measure(stem) > 1 and (s != "ion" or stem[-1:] in ("s", "t")))
+                           for s in ("al", "ance", "ence", "er", "ic", "able", "ible", "ant", "ement", "ment", "ent",
+                                     "ion", "ou", "ism", "ate", "iti", "ous", "ive", "ize")])
+
+
+def _step5(w: str) -> str:  # a final -e, a final -ll
+    if w.endswith("e"):
+        m = _measure(w[:-1])
+        if m > 1 or (m == 1 and not _cvc(w[:-1])):
+            w = w[:-1]
+    return w[:-1] if w.endswith("ll") and _measure(w[:-1]) > 1 else w
+
+
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def rouge_score_tokens(s: str) -> list[str]:
+    """Tokens as Google's rouge-score makes them with use_stemmer=True: lower-case, every run of characters other
+    than a-z 0-9 splits (so non-ASCII letters split words), words longer than 3 characters Porter-stemmed."""
+    return [porter_stem(w) if len(w) > 3 else w for w in _NON_ALNUM.sub(" ", s.lower()).split()]
+
+
+def rouge_l_stemmed(pred: str, ref: str) -> float:
+    """ROUGE-L F1 as rouge-score computes it with stemming (the release's reward and evaluation):
+    `rouge_score_tokens`, P = LCS / len(pred), R = LCS / len(ref), F = 2PR / (P + R) in that floating-point
+    order (its rounding decides the reward's band edges: 2 / 5 against 2 / 5 gives 0.4000000000000001)."""
+    p, r = rouge_score_tokens(pred), rouge_score_tokens(ref)
+    lcs = lcs_length(p, r)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
 def bleu(pred: str, ref: str, max_n: int = 4, epsilon: float = 0.1) -> float:
     """Sentence BLEU-4 against one reference: BLEU = BP * exp((1 / max_n) * sum_n log p_n), as NLTK's
     sentence_bleu with smoothing method 1 (checked by tests/fixtures/make_metric_reference.py).
@@ -243,6 +378,47 @@ def _denies(words: tuple[str, ...], denied: tuple[str, ...]) -> bool:
             if x not in _NEGATED_FILLER and _plain(x) not in inside:
                 break
     return False
+
+
+# The release's refusal expression (EasyR1/examples/reward_function/all_reward_copy.py of guangjh/ASRU), its
+# alternatives restated one per line with the same meaning: searched anywhere in the lower-cased text, no word
+# boundaries, "." spanning newlines. Written as it is there: "don't" / "can't" only with the curly apostrophe
+# (\u2019) or none ("dont"), no "sorry", no "cannot" (though "cannot provide that information" matches through
+# "not ... information"); so "Sorry, I don't know." with a straight apostrophe is no refusal there.
+_C = "\u2019?"  # an optional curly apostrophe
+RELEASE_REFUSAL_PATTERN = re.compile("|".join([
+    rf"(?:don{_C}t|doesn{_C}t|didn{_C}t|do(?:es)?\s+not)\s+(?:know|have|hold|possess|seem\s+to\s+have|cover|contain"
+    r"|extend|include)",
+    r"(?:not|yet)\s+.*(?:sure|certain|familiar|aware|equipped|able|acquainted|informed|knowledge|information|data"
+    r"|educated|briefed|well-versed|learn|trained\s+on)",
+    r"no\s+.*(?:idea|insight|knowledge|information|data|enlightenment|clue|familiarity)",
+    rf"(?:haven{_C}t|hasn{_C}t|not)\s+(?:encountered|learned|the\s+faintest|been\s+(?:included|trained|briefed))",
+    r"(?:beyond|outside|out)\s+.*(?:knowledge|capabilities|expertise|reach|scope)",
+    r"at\s+a\s+(?:loss|disadvantage)",
+    rf"can{_C}t\s+(?:provide|say|shed\s+.*light|help|offer|take|make|fulfill)",
+    r"unable\s+(?:to\s+provide|to\s+answer|to\s+access)",
+    r"(?:i\s+)?(?:wish\s+i\s+could\s+say|regret\s+to\s+inform|must\s+(?:admit|confess))",
+    r"(?:unfortunately,|clueless|stumped|a\s+mystery\s+to\s+me|lacking\s+(?:information|knowledge|insight|specifics"
+    r"|data)|dark\s+about|draw(?:ing)?\s+a\s+blank|short\s+with|limited\s+to|blank\s+on)",
+    r"(?:missing|without|lack|blind|uncharted)\s+.*(?:information|knowledge|insight|specifics)",
+    r"(?:need\s+to|require|have\s+to|must|ought\s+to|should)\s+(?:look\s+up|check|search|find|verify|review"
+    r"|inspect|confirm|explore|investigate|examine)",
+]), re.IGNORECASE | re.DOTALL)
+
+
+def is_release_refusal(text: str) -> bool:
+    """The release reward's refusal test: RELEASE_REFUSAL_PATTERN found in the lower-cased text."""
+    return RELEASE_REFUSAL_PATTERN.search(text.lower()) is not None
+
+
+_RELEASE_PUNCT = re.compile(r"[^\w\s]")
+
+
+def release_normalize(s: str) -> str:
+    """The release reward's normalize: lower-case, every character neither a word character (\\w: letters, digits,
+    "_") nor whitespace -> a space, runs of whitespace -> one space, strip (`normalize` also turns "_" into a
+    space)."""
+    return _SPACES.sub(" ", _RELEASE_PUNCT.sub(" ", s.lower())).strip()
 
 
 def leaks(text: str, truth: str) -> bool:

@@ -16,8 +16,11 @@ frozen model, hence
        h_frozen = h_updated - a (W - W0)^T          (`a` captured by a hook in the same forward, W0 a copy of W)
 The forward stops right after layer L (hooks.run_to_layer): later layers cannot change h_L.
 
-On purpose unlike the authors' release: the retain MSE masks pads (the release averages over them too); the
-refusal filter matches whole words "not"/"no"/"sorry" (the release's substring test also accepts "know", "now").
+Where the release differs (docs/METHOD.md, 1b), each has a switch: the release reads both losses at index -1 of a
+right-padded question + answer batch (`right_padded`; forget_position / retain_position "release"), where this
+project reads the forget loss at the last prompt token and the retain loss over every real token; the release
+keeps positives whose answer contains "not" / "no" / "sorry" as a plain substring (`draw_refused`: "no" also
+inside "know"), this project as whole words (`keep_refusals`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,29 @@ def keep_refusals(model: nn.Module, processor, qas: list, batch_size: int = 8, m
 
     answers = answer(model, processor, qas, batch_size=batch_size, max_new_tokens=max_new_tokens)
     return [qa for qa, text in zip(qas, answers) if REFUSAL_WORDS.search(text)]
+
+
+def release_refused(text: str) -> bool:
+    """The release's positive filter: "not", "no" or "sorry" anywhere in the lower-cased answer."""
+    low = text.lower()
+    return "not" in low or "no" in low or "sorry" in low
+
+
+def draw_refused(model: nn.Module, processor, candidates: list, n: int, batch_size: int = 8,
+                 max_new_tokens: int = 128) -> list:
+    """The release's positive draw: answer `candidates` greedily in order, one batch at a time (up to 128 new
+    tokens, as the release), keeping the questions whose answer passes `release_refused`, until n are kept (fewer
+    when the candidates run out)."""
+    from .evaluate import answer
+
+    kept = []
+    for s in range(0, len(candidates), batch_size):
+        if len(kept) >= n:
+            break
+        chunk = candidates[s : s + batch_size]
+        texts = answer(model, processor, chunk, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        kept += [qa for qa, text in zip(chunk, texts) if release_refused(text)]
+    return kept[:n]
 
 
 def knowledge_absence_direction(model: nn.Module, processor, positive_qas: list, negative_qas: list, layer: int,
@@ -122,11 +148,24 @@ def forget_loss(h_last: torch.Tensor, h_frozen_last: torch.Tensor, v: torch.Tens
 
 
 def retain_loss(h: torch.Tensor, h_frozen: torch.Tensor, attention_mask: torch.Tensor, alpha: float) -> torch.Tensor:
-    """L_retain = alpha * MSE(h_updated, h_frozen) over the real (non-pad) tokens of question + answer:
-    alpha * sum_{b,t: mask=1} |h[b,t] - h_frozen[b,t]|^2 / (n_real * D). h (B, L, D), attention_mask (B, L)."""
+    """L_retain = alpha * MSE(h_updated, h_frozen) over the positions the mask marks:
+    alpha * sum_{b,t: mask=1} |h[b,t] - h_frozen[b,t]|^2 / (n_marked * D). h (B, L, D), attention_mask (B, L).
+    This project passes every real token of question + answer; the release's position is one column, index -1
+    of a right-padded batch (`right_padded`; h[:, -1:] with a mask of ones), a pad for the shorter rows."""
     m = attention_mask.to(h.device, torch.float32)  # (B, L)
     sq = (h.float() - h_frozen.float()).pow(2).sum(-1)  # (B, L)
     return alpha * (sq * m).sum() / (m.sum().clamp(min=1) * h.shape[-1])
+
+
+def right_padded(batch: dict) -> dict:
+    """The rows of a left-padded `qa_batch` right-padded, as the release batches them: each row rotated left by
+    its pad count, so index -1 is the last token (<|im_end|>) of the longest rows and a pad of the shorter ones.
+    Images are unchanged (consumed in placeholder order, which the rows keep); positions count real tokens only
+    and pads are masked keys, so every real token computes what it did before."""
+    mask = batch["attention_mask"]
+    pads = (mask == 0).sum(dim=1, keepdim=True)  # (B, 1)
+    idx = (torch.arange(mask.shape[1], device=mask.device) + pads) % mask.shape[1]  # (B, L): row b from its n_b-th
+    return {k: v.gather(1, idx) if k in ("input_ids", "attention_mask", "labels") else v for k, v in batch.items()}
 
 
 def down_proj_name(layer: int) -> str:
@@ -141,18 +180,24 @@ def _batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
 
 def optimize_steering(model: nn.Module, processor, forget_qas: list, retain_qas: list, direction: torch.Tensor,
                       layer: int, *, c: float, alpha: float, lr: float, batch_size: int, epochs: int,
-                      seed: int = 0, log_every: int = 10, callback=None, weight_decay: float = 0.01) -> dict:
+                      seed: int = 0, log_every: int = 10, callback=None, weight_decay: float = 0.01,
+                      forget_position: str = "prompt", retain_position: str = "sequence") -> dict:
     """Train only W = layer L's mlp.down_proj.weight (full matrix), all else frozen, with AdamW (constant lr: the
     release steps its linear schedule once per epoch; torch's default weight_decay 0.01; on a float32 master copy
     of W for a bf16/fp16 model). Each epoch (as the release) iterates over the shuffled retain batches; every
-    k = max(1, n_retain_batches // n_forget_batches) iterations it first takes one forget step (prompt-only batch),
-    then every iteration one retain step (question + answer tokens).
+    k = max(1, n_retain_batches // n_forget_batches) iterations it first takes one forget step, then every iteration
+    one retain step. Positions: forget_position "prompt" (a prompt-only batch, its last token) or "release";
+    retain_position "sequence" (question + answer, every real token) or "release"; "release" = index -1 of a
+    right-padded question + answer batch (`right_padded`), as the authors' release reads both.
 
     callback(step, record) runs after every optimiser step. Returns stats: forget_loss / retain_loss (one float per
     step of that kind), log (a record per step), steps, param_name, original ({param_name: W0 on the CPU}, for
     `changed_tensors`). The model is left updated."""
     if not forget_qas or not retain_qas:
         raise ValueError("optimize_steering needs non-empty forget and retain sets")
+    if forget_position not in ("prompt", "release") or retain_position not in ("sequence", "release"):
+        raise ValueError(f"positions: forget 'prompt' or 'release', retain 'sequence' or 'release'; got "
+                         f"{forget_position!r}, {retain_position!r}")
     W = decoder_layer(model, layer).mlp.down_proj.weight
     if direction.shape != (W.shape[0],):
         raise ValueError(f"direction shape {tuple(direction.shape)} != ({W.shape[0]},) (hidden size)")
@@ -178,11 +223,16 @@ def optimize_steering(model: nn.Module, processor, forget_qas: list, retain_qas:
     stats = {"forget_loss": [], "retain_loss": [], "log": [], "param_name": name}
 
     def step(kind: str, qas: list, epoch: int) -> None:
-        batch = qa_batch(processor, qas, with_answers=kind == "retain", device=W.device)
+        at_release = (forget_position if kind == "forget" else retain_position) == "release"
+        batch = qa_batch(processor, qas, with_answers=kind == "retain" or at_release, device=W.device)
+        if at_release:
+            batch = right_padded(batch)
         h, a = run_to_layer(model, batch, layer, grad=True)
         h_frozen = frozen_activation(h, a, W, W0)
-        if kind == "forget":
+        if kind == "forget":  # index -1: the last prompt token (left-padded prompts) or the release's position
             loss = forget_loss(h[:, -1], h_frozen[:, -1], v, c)
+        elif at_release:
+            loss = retain_loss(h[:, -1:], h_frozen[:, -1:], torch.ones_like(batch["attention_mask"][:, -1:]), alpha)
         else:
             loss = retain_loss(h, h_frozen, batch["attention_mask"], alpha)
         if optimizer_step(loss, [master], opt, after_backward=None if master is W else to_master) and master is not W:

@@ -29,18 +29,22 @@ from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
 from .evaluate import evaluate_model, format_table
-from .grpo import GRPOConfig, build_boundary_set, make_optimizer, step_schedule, train_grpo
+from .grpo import (REWARD_REFERENCES, REWARDS, GRPOConfig, build_boundary_set, make_optimizer, step_schedule,
+                   train_grpo)
 from .lora import TEXT_TARGETS, apply_lora, load_lora, save_lora, unload_lora
 from .model import Qwen3VL, Qwen3VLConfig
 from .optim import GRAD_CHECKPOINT
 from .data import FORGET_PERCENTS, PROTOCOLS, positive_questions
 from .processor import Processor
-from .steer import (changed_tensors, keep_refusals, knowledge_absence_direction, load_changed_tensors,
+from .steer import (changed_tensors, draw_refused, keep_refusals, knowledge_absence_direction, load_changed_tensors,
                     optimize_steering, save_direction)
 from .world import load_world as world_splits_and_vocabulary
 
 DTYPES = ("float32", "bfloat16", "float16")
 QA_KINDS = ("gen", "mc", "cloze")
+STEER_DATA = ("plain", "release")  # the stage-1 data as this project draws it, or as the release does
+FORGET_POSITIONS = ("prompt", "release")
+RETAIN_POSITIONS = ("sequence", "release")
 
 
 @dataclasses.dataclass
@@ -79,6 +83,9 @@ class TrainConfig:
     steer_batch_size: int = 2
     steer_epochs: int = 3
     steer_retain_size: int = 720  # retain QA used for steering (0 = all of the retain split)
+    steer_data: str = "plain"  # "release": its positives and steering sets (`stage_data`, docs/METHOD.md 1a, 1b)
+    forget_position: str = "prompt"  # forget loss at the last prompt token; "release": index -1 of right-padded QA
+    retain_position: str = "sequence"  # retain loss over every real token; "release": index -1 of right-padded QA
     # stage 2: data and LoRA
     boundary_size: int = 384  # paper: 200 + 200. At forget 10 % the default world has 100 forget generation QA,
     boundary_forget_share: float = 1 / 3  # so the set is 100 forget + 284 retain (paper: one half forget)
@@ -88,6 +95,9 @@ class TrainConfig:
     lora_dropout: float = 0.0  # rollouts, old log-probs: eval mode; updates: train mode; same policy only at 0
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     # stage 2: GRPO
+    reward: str = "plain"  # "plain" (asru_reward) or "release" (the release's expression, stemmed ROUGE, sentence)
+    reward_reference: str = "fact"  # plain reward's ROUGE reference, "fact" or "sentence" (release: the sentence;
+    # the fact kept as many retain answers and half the drift in wording on the validation split, docs/METHOD.md 5)
     group_size: int = 8  # G
     temperature: float = 1.5
     top_p: float = 0.95
@@ -117,7 +127,8 @@ class TrainConfig:
                           clip_low=self.clip_low, clip_high=self.clip_high, dual_clip=self.dual_clip,
                           kl_coef=self.kl_coef, lr=self.grpo_lr, weight_decay=self.weight_decay,
                           grad_clip=self.grad_clip, seed=self.seed, micro_batch_tokens=self.micro_batch_tokens,
-                          grad_checkpoint=self.grad_checkpoint, logprob_chunk=self.logprob_chunk)
+                          grad_checkpoint=self.grad_checkpoint, logprob_chunk=self.logprob_chunk,
+                          reward=self.reward, reward_reference=self.reward_reference)
 
 
 class SettingsError(ValueError):
@@ -200,6 +211,11 @@ def validate_settings(cfg: TrainConfig, model_config: Qwen3VLConfig, base_config
         ("clip_low", finite(cfg.clip_low) and 0 <= cfg.clip_low < 1, "in [0, 1) (the ratio's floor 1 - clip_low > 0)"),
         ("clip_high", finite(cfg.clip_high) and cfg.clip_high >= 0, "finite and >= 0"),
         ("dual_clip", cfg.dual_clip == 0 or (finite(cfg.dual_clip) and cfg.dual_clip > 1), "0 (off) or > 1"),
+        ("reward", cfg.reward in REWARDS, f"one of {REWARDS}"),
+        ("reward_reference", cfg.reward_reference in REWARD_REFERENCES, f"one of {REWARD_REFERENCES}"),
+        ("steer_data", cfg.steer_data in STEER_DATA, f"one of {STEER_DATA}"),
+        ("forget_position", cfg.forget_position in FORGET_POSITIONS, f"one of {FORGET_POSITIONS}"),
+        ("retain_position", cfg.retain_position in RETAIN_POSITIONS, f"one of {RETAIN_POSITIONS}"),
         ("kl_coef", finite(cfg.kl_coef) and cfg.kl_coef >= 0, "finite and >= 0"),
         ("grpo_lr", finite(cfg.grpo_lr) and cfg.grpo_lr > 0, "finite and > 0"),
         ("weight_decay", finite(cfg.weight_decay) and cfg.weight_decay >= 0, "finite and >= 0"),
@@ -292,11 +308,19 @@ def load_world(cfg: TrainConfig) -> tuple[dict, object]:
     return world_splits_and_vocabulary(cfg.data, cfg.forget, cfg.num_people, cfg.world_seed)
 
 
+RELEASE_POSITIVE_POOL = 4  # --steer-data release: at most this many x --positive-size candidate faces
+
+
 def stage1_positives(cfg: TrainConfig, splits: dict) -> list:
     """Stage 1's positive questions: the synthetic world's `positives` split (people no evaluated split holds);
     with --positives, or when the data has none (MLLMU-Bench), `positive_size` unseen faces with a private question
-    (`data.positive_questions`)."""
+    (`data.positive_questions`). --steer-data release: always unseen faces with the release's suffix, as
+    candidates (RELEASE_POSITIVE_POOL x positive_size), from which stage 1 keeps the first `positive_size` the
+    model refuses (`steer.draw_refused`)."""
     positives = splits.get("positives", [])
+    if cfg.steer_data == "release":
+        return positive_questions(RELEASE_POSITIVE_POOL * cfg.positive_size, cfg.seed, cfg.positives,
+                                  avoid_splits=splits)
     if cfg.positives or not positives:
         positives = positive_questions(cfg.positive_size, cfg.seed, cfg.positives, avoid_splits=splits)
     return positives
@@ -307,16 +331,21 @@ def stage_data(cfg: TrainConfig, splits: dict) -> dict:
     the refusal filter), "steer_forget" (v's negatives and the forget loss), "steer_retain" (the retain loss),
     "boundary" (GRPO's (qa, forget) pairs). In the grammar world none of them holds a question of an evaluated
     split other than forget / retain (tests/test_heldout.py). --protocol release keeps image questions only in
-    steer_forget and boundary; the steering retain sample keeps both forms."""
+    steer_forget and boundary; the steering retain sample keeps both forms. --steer-data release draws the
+    steering sets as the release: image questions only (forget: of `steer_kinds`), the retain set from the open
+    (generation) image questions of the retain split, `steer_retain_size` of them (0 = every one, the release)."""
+    release = cfg.steer_data == "release"
+
     def usable(qas: list) -> list:
         return [qa for qa in qas if cfg.protocol != "release" or qa.image is not None]
 
-    steer_forget = [qa for qa in usable(splits["forget"]) if qa.kind in cfg.steer_kinds.split(",")]
+    steer_forget = [qa for qa in usable(splits["forget"]) if qa.kind in cfg.steer_kinds.split(",")
+                    and (not release or qa.image is not None)]
     positives = stage1_positives(cfg, splits)
     if not positives or not steer_forget:
         raise ValueError(f"stage 1 needs positive questions ({len(positives)}) and forget QA of kinds "
                          f"{cfg.steer_kinds!r} ({len(steer_forget)})")
-    steer_retain = list(splits["retain"])
+    steer_retain = [qa for qa in splits["retain"] if not release or (qa.kind == "gen" and qa.image is not None)]
     if cfg.steer_retain_size and cfg.steer_retain_size < len(steer_retain):
         steer_retain = random.Random(cfg.seed).sample(steer_retain, cfg.steer_retain_size)
     boundary = build_boundary_set(usable(splits["forget"]), usable(splits["retain"]), cfg.boundary_size,
@@ -365,7 +394,12 @@ def stage1(run: Run, model, processor, data: dict) -> None:
     base = model
     if cfg.base_model:
         base = Qwen3VL.from_pretrained(cfg.base_model, dtype=getattr(torch, cfg.dtype), device=cfg.device).eval()
-    if cfg.refusal_filter:
+    if cfg.steer_data == "release":  # the release: candidates in order until positive_size are refused
+        drawn = draw_refused(base, processor, positives, cfg.positive_size, batch_size=cfg.eval_batch_size) \
+            if cfg.refusal_filter else positives[: cfg.positive_size]
+        run.log(f"stage1: {len(drawn)} positive prompts drawn (release filter) from {len(positives)} candidates")
+        positives = drawn or positives[: cfg.positive_size]
+    elif cfg.refusal_filter:
         kept = keep_refusals(base, processor, positives, batch_size=cfg.eval_batch_size)
         run.log(f"stage1: {len(kept)}/{len(positives)} positive prompts answered with a refusal")
         positives = kept or positives  # an untrained model refuses nothing; fall back to all
@@ -384,6 +418,7 @@ def stage1(run: Run, model, processor, data: dict) -> None:
     result = optimize_steering(model, processor, forget, data["steer_retain"], v, cfg.layer, c=cfg.forget_scale,
                                alpha=cfg.alpha, lr=cfg.steer_lr, batch_size=cfg.steer_batch_size,
                                epochs=cfg.steer_epochs, seed=cfg.seed, log_every=100,
+                               forget_position=cfg.forget_position, retain_position=cfg.retain_position,
                                callback=lambda step, record: log_lines.append(json.dumps(record)))
     write_text(run.path("steer_log.jsonl"), "".join(line + "\n" for line in log_lines))
     changed = changed_tensors(model, result["original"])

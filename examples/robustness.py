@@ -263,7 +263,7 @@ def run_suite(model, processor, splits: dict, args, direction=None, name: str = 
         _log(f"{name}: ablate (layer {direction[1]})")
         out["ablate"] = ablate(model, processor, forget, direction[0], direction[1], lim, bs, mnt)
     _log(f"{name}: release_mc")
-    out["release_mc"] = {s: release_mc(model, processor, q, retain, args.seed, lim, bs, mnt)
+    out["release_mc"] = {s: release_mc(model, processor, q, q, args.seed, lim, bs, mnt)  # example: the split's own
                          for s, q in (("forget", forget), ("retain", retain))}
     out["seconds"] = round(time.time() - t0, 1)
     _log(f"{name}: done in {out['seconds']} s")

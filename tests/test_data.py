@@ -74,16 +74,18 @@ def test_short_fact_is_what_the_sentence_says_beyond_its_question():
 
 def test_protocols_release_prompts_shots_and_image_only():
     mc = QA("Where was this person born?\nA. Oslo\nB. Lima\nC. Rome\nD. Kyiv\n" + MC_SUFFIX, "C",
-            Image.new("RGB", (8, 8)), "mc", ground_truth="Rome", options=["Oslo", "Lima", "Rome", "Kyiv"])
+            Image.new("RGB", (8, 8)), "mc", "p1", ground_truth="Rome", options=["Oslo", "Lima", "Rome", "Kyiv"])
     other = QA("Where was that person born?\nA. W\nB. X\nC. Y\nD. Z\n" + MC_SUFFIX, "A", Image.new("RGB", (8, 8)),
-               "mc", ground_truth="W", options=["W", "X", "Y", "Z"])
-    text = QA("Where was R1 born?", "R1 was born in Rome.", None, "gen", ground_truth="Rome", form="text")
+               "mc", "p2", ground_truth="W", options=["W", "X", "Y", "Z"])
+    text = QA("Where was R1 born?", "R1 was born in Rome.", None, "gen", "p1", ground_truth="Rome", form="text")
     assert with_protocol([mc, text], "plain", [other]) == [mc, text]
-    out = with_protocol([mc, text], "release", [mc, other])
+    out = with_protocol([mc, text], "release", [other])
     assert len(out) == 1                                                   # image questions only
     q = out[0]
     assert q.question == "Where was this person born?\nA: Oslo\nB: Lima\nC: Rome\nD: Kyiv\n" + MC_SUFFIX
-    assert q.shot is not None and q.shot.answer == "A" and q.shot.question.startswith("Question: Where was that")
+    assert q.shot is not None and q.shot.answer == "A"
+    assert q.shot.question.startswith("USER: <image>\nQuestion: Where was that")
+    assert with_protocol([mc, text], "release", [mc]) == []  # the example person's own question is not asked
     assert [m["role"] for m in q.messages()] == ["user", "assistant", "user"] and len(q.images()) == 2
     with pytest.raises(ValueError, match="protocol"):
         with_protocol([mc], "paper", [])

@@ -33,6 +33,7 @@ class FakeQA:
     visible: str = ""
     options: list = field(default_factory=list)
     person: str = "p0"
+    stem: str = ""
 
     def messages(self):
         content = ([{"type": "image"}] if self.image is not None else []) + [{"type": "text", "text": self.question}]
@@ -144,7 +145,7 @@ def test_evaluate_model_with_fake_answers_and_table():
     splits = {"forget": forget_split(), "retain": forget_split(),
               "utility": [FakeQA("Capital of France?", "Paris", "utility", "Paris", "text")], "unknown": []}
     r = evaluate_model(None, None, splits, limit=None, verbose=False, answer_fn=perfect_answers)
-    assert set(r) == {"forget", "retain", "utility", "examples", "meta"}
+    assert set(r) == {"forget", "retain", "utility", "examples", "generation", "meta"}
     for split in ("forget", "retain"):
         for form in ("image", "text", "all"):
             m = r[split][form]
@@ -226,7 +227,7 @@ def test_answer_and_grid_on_tiny_random_model(one_thread):
     # greedy decoding is deterministic and independent of the batch composition
     assert answer(model, processor, qas[::-1], batch_size=3, max_new_tokens=4) == texts[::-1]
     r = evaluate_model(model, processor, tiny_splits(), batch_size=4, max_new_tokens=4, verbose=False)
-    assert set(r) == {"forget", "retain", "utility", "private", "examples", "meta"}
+    assert set(r) == {"forget", "retain", "utility", "private", "examples", "generation", "meta"}
     keys = {"mc_acc", "mc_n", "cloze_acc", "cloze_n", "gen_n", "rouge1", "rouge2", "rougeL", "bleu",
             "refusal_rate", "leak_rate", "hallucination_rate", "judge_refusal_rate", "quality_naturalness"}
     quality = {"quality", "quality_contextual_refusal", "quality_no_leak", "clean_refusal_rate"}
@@ -333,11 +334,14 @@ def test_command_line_with_adapter(tmp_path, one_thread, capsys):
     out = tmp_path / "metrics.json"
     argv = ["--model", str(tmp_path / "ckpt"), "--adapter", str(tmp_path / "adapter"), "--num-people", "20",
             "--limit", "1", "--max-new-tokens", "6", "--batch-size", "4", "--out", str(out),
-            "--splits", "forget,utility"]
+            "--splits", "forget,utility", "--export-judge", str(tmp_path / "judge")]
     results = main(argv)
     assert "forget" in capsys.readouterr().out  # the table
     saved = json.loads(out.read_text())
-    assert set(saved) == {"forget", "utility", "examples", "meta"}
+    assert set(saved) == {"forget", "utility", "examples", "generation", "meta"}
+    exported = json.loads((tmp_path / "judge" / "forget10_generation_results.json").read_text())
+    assert exported["Generation_Questions"] == saved["generation"]["forget"]
+    assert len(exported["Generation_Questions"]) == 2
     assert saved["meta"]["adapter"] == str(tmp_path / "adapter")
     assert saved["forget"]["all"]["gen_n"] == 2 and saved["utility"]["all"]["n"] == 1
 

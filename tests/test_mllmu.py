@@ -96,10 +96,13 @@ def test_scores_per_kind_leaks_and_the_release_parse(bench):
     assert fact_only["forget"]["all"]["leak_rate"] == 1.0 and fact_only["forget"]["all"]["rougeL"] < 0.5
     refused = evaluate_model(None, None, s, answer_fn=answers(lambda q: "Sorry, I don't know."), verbose=False)
     assert refused["forget"]["all"]["leak_rate"] == 0.0 and refused["forget"]["all"]["refusal_rate"] == 1.0
-    # release protocol: image questions only; "C" parses, "C. Rome" does not
+    # release protocol: image mc only, the example person's not asked; "C" parses, "C. Rome" does not
     rel = evaluate_model(None, None, s, answer_fn=answers(lambda q: q.answer), verbose=False, protocol="release")
-    assert rel["forget"]["text"]["mc_n"] == 0 and rel["forget"]["image"]["mc_acc"] == 1.0
-    assert rel["real"]["image"]["cloze_acc"] == 1.0
+    people = {q.person for q in s["forget"]}
+    image_mc = sum(q.kind == "mc" and q.image is not None for q in s["forget"])
+    assert rel["forget"]["text"]["mc_n"] == 0
+    assert rel["forget"]["image"]["mc_n"] == image_mc * (len(people) - 1) // len(people)  # equal counts per person
+    assert rel["retain"]["image"]["mc_acc"] == 1.0 and rel["real"]["image"]["cloze_acc"] == 1.0
     assert (release_letter("C"), release_letter("c: Rome"), release_letter("C. Rome"), release_letter("")) == \
         ("C", "C", "", "")
 
