@@ -7,6 +7,7 @@ import warnings
 
 import torch
 
+from . import distributed
 from .processor import IGNORE_INDEX
 
 
@@ -46,14 +47,19 @@ def token_logprobs(model, batch: dict, target_mask: torch.Tensor | None = None, 
 
 
 def optimizer_step(loss: torch.Tensor, params: list, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0,
-                   after_backward=None) -> bool:
+                   after_backward=None, data_parallel: bool = False) -> bool:
     """zero_grad -> backward -> (after_backward()) -> clip to grad_clip (0: no clipping) -> step. Returns False,
     with a warning, and changes no parameter when the loss or the gradient norm is not finite: one NaN/inf batch
     would otherwise poison every weight through AdamW's moment estimates. after_backward lets a caller move
-    gradients first (stage 1 copies a bf16 weight's gradient to its float32 master copy, which `params` names)."""
+    gradients first (stage 1 copies a bf16 weight's gradient to its float32 master copy, which `params` names).
+    data_parallel: backward sums the gradients over torchrun's processes (DistributedDataParallel), so every
+    process skips a step when the loss is non-finite on any of them."""
     optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
-        warnings.warn(f"non-finite loss ({loss.item()}): optimiser step skipped")
+    finite = torch.isfinite(loss)
+    if data_parallel:  # one decision for all: backward waits for every process (the gradient norm is shared)
+        finite = distributed.all_true(finite)
+    if not finite:
+        warnings.warn(f"non-finite loss ({loss.item()} here, or on another process): optimiser step skipped")
         return False
     loss.backward()
     if after_backward is not None:
