@@ -96,6 +96,7 @@ class TrainConfig:
     top_p: float = 0.95
     max_new_tokens: int = 32  # paper: 2048; the tiny model answers in one sentence
     prompts_per_step: int = 8  # paper: 64
+    rollout_batch: int = 8  # prompts (x group_size samples) per generation call; 0 = all prompts of a step
     mini_batch_size: int = 0  # responses per optimiser step (0 = all, on-policy; the release's 16: worse on validation)
     ppo_epochs: int = 1
     grpo_epochs: int = 3  # paper: 6 (over 400 samples); 3 x 384 / 8 = 144 steps
@@ -111,6 +112,7 @@ class TrainConfig:
     def grpo(self) -> GRPOConfig:
         return GRPOConfig(group_size=self.group_size, temperature=self.temperature, top_p=self.top_p,
                           max_new_tokens=self.max_new_tokens, prompts_per_step=self.prompts_per_step,
+                          rollout_batch=self.rollout_batch,
                           mini_batch_size=self.mini_batch_size, ppo_epochs=self.ppo_epochs, epochs=self.grpo_epochs,
                           clip_low=self.clip_low, clip_high=self.clip_high, dual_clip=self.dual_clip,
                           kl_coef=self.kl_coef, lr=self.grpo_lr, weight_decay=self.weight_decay,
