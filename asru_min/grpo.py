@@ -9,6 +9,8 @@
                 (LoRA adapters off, no grad);
 5. update     - `policy_loss`: clipped ratio surrogate, clip range [1 - 0.2, 1 + 0.3], plus k3 KL to the reference
                 (coefficient 0.1), token mean; AdamW, gradient clip 1.0; a non-finite loss skips the step.
+                A mini-batch runs as micro-batches of a token budget with gradient accumulation (`micro_batches`;
+                the token mean stays over the whole mini-batch), optionally with gradient checkpointing.
 
 Row layout everywhere: [prompt (left-padded) | response (right-padded)], so a row can have pads on both ends;
 `attention_mask` marks real tokens, `response_mask` the response tokens up to and including the EOS (a token the
@@ -28,7 +30,7 @@ import torch
 from . import distributed
 from .data import qa_batch
 from .metrics import is_refusal, leaks, rouge_l
-from .optim import optimizer_step, token_logprobs
+from .optim import grad_checkpoint_enabled, gradient_checkpointing, optimizer_step, token_logprobs
 
 
 @dataclass
@@ -53,6 +55,9 @@ class GRPOConfig:
     weight_decay: float
     grad_clip: float
     seed: int
+    micro_batch_tokens: int  # rows x padded length per forward/backward piece (0: a mini-batch in one piece)
+    grad_checkpoint: str  # "auto" (on for CUDA), "on", "off": decoder layers recomputed in the update's backward
+    logprob_chunk: int  # target tokens whose float32 logits exist at once in token_logprobs (0: all)
     adv_eps: float = 1e-6  # the advantage's epsilon (not a flag)
 
 
@@ -108,15 +113,17 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) 
     return ((r - mean) / (std + eps)).view(-1)  # (B*G,)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Token mean of x over mask (all masked tokens of the batch weigh the same: verl's "token-mean")."""
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, token_count=None) -> torch.Tensor:
+    """Token mean of x over mask (all masked tokens of the batch weigh the same: verl's "token-mean"):
+    sum(x * mask) / token_count, token_count = mask.sum() (at least 1) unless given. A micro-batch passes its
+    mini-batch's token count, so the micro-batches' values add up to the mini-batch's mean."""
     mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    return (x * mask).sum() / (mask.sum().clamp(min=1.0) if token_count is None else token_count)
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, clip_low: float, clip_high: float, kl_coef: float,
-                dual_clip: float = 0.0) -> tuple[torch.Tensor, dict]:
+                dual_clip: float = 0.0, token_count=None) -> tuple[torch.Tensor, dict]:
     """Clipped GRPO surrogate with the k3 KL penalty. Per token t of response i (tensors (N, T); advantages (N,)
     broadcast over tokens, or (N, T); mask True on every response token including the EOS):
 
@@ -134,7 +141,11 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tens
 
     Returns (loss, stats): pg_loss, kl (mean k3), clip_frac (tokens where the clipped term is the active one),
     clip_low_frac / clip_high_frac (ratio below / above the range), dual_clip_frac (tokens the dual clip bounds),
-    ratio_mean. With one on-policy update per rollout the ratio is exactly 1 and no clip acts."""
+    ratio_mean. With one on-policy update per rollout the ratio is exactly 1 and no clip acts.
+
+    token_count: the token mean's denominator (default: mask.sum()). With micro-batches, each passes the number
+    of response tokens of its whole mini-batch: then loss and stats of the micro-batches sum to the mini-batch's
+    (gradient accumulation equals the one-piece update); a multi-process run passes the count over all ranks."""
     if not (logp.shape == old_logp.shape == ref_logp.shape == mask.shape):
         raise ValueError(f"shape mismatch: logp {tuple(logp.shape)}, old {tuple(old_logp.shape)}, "
                          f"ref {tuple(ref_logp.shape)}, mask {tuple(mask.shape)}")
@@ -148,15 +159,16 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tens
     pg = torch.where(dual, -dual_clip * advantages, pg)
     log_ref_ratio = ref_logp - logp
     k3 = torch.exp(log_ref_ratio) - log_ref_ratio - 1.0
-    loss = masked_mean(pg + kl_coef * k3, mask)
+    n = token_count
+    loss = masked_mean(pg + kl_coef * k3, mask, n)
     with torch.no_grad():
         clip_active = (clipped * advantages < ratio * advantages) & mask  # the min picked the clipped term
-        stats = {"pg_loss": masked_mean(pg, mask).item(), "kl": masked_mean(k3, mask).item(),
-                 "clip_frac": masked_mean(clip_active.float(), mask).item(),
-                 "clip_low_frac": masked_mean((ratio < 1.0 - clip_low).float(), mask).item(),
-                 "clip_high_frac": masked_mean((ratio > 1.0 + clip_high).float(), mask).item(),
-                 "dual_clip_frac": masked_mean((dual & mask).float(), mask).item(),
-                 "ratio_mean": masked_mean(ratio, mask).item()}
+        stats = {"pg_loss": masked_mean(pg, mask, n).item(), "kl": masked_mean(k3, mask, n).item(),
+                 "clip_frac": masked_mean(clip_active.float(), mask, n).item(),
+                 "clip_low_frac": masked_mean((ratio < 1.0 - clip_low).float(), mask, n).item(),
+                 "clip_high_frac": masked_mean((ratio > 1.0 + clip_high).float(), mask, n).item(),
+                 "dual_clip_frac": masked_mean((dual & mask).float(), mask, n).item(),
+                 "ratio_mean": masked_mean(ratio, mask, n).item()}
     return loss, stats
 
 
@@ -290,8 +302,31 @@ def rows_logprobs(model, ro: dict, rows: list[int], cfg: GRPOConfig, image_chunk
     chunks = image_chunks if image_chunks is not None else ro["chunks"]
     feats, grid = join_image_features([chunks[r // cfg.group_size] for r in rows]) if chunks else (None, None)
     logp = token_logprobs(model, {"input_ids": ids, "attention_mask": att, "image_grid_thw": grid}, resp,
-                          temperature=cfg.temperature, image_features=feats)
+                          temperature=cfg.temperature, image_features=feats, chunk_tokens=cfg.logprob_chunk)
     return logp, resp
+
+
+def micro_batches(attention_mask: torch.Tensor, rows: list[int], budget: int) -> list[list[int]]:
+    """Split a mini-batch's rows (in order) into consecutive pieces of at most `budget` tokens, counted as rows x
+    the piece's padded length (the span of its real tokens, as `trim_padding` cuts it); a row longer than the
+    budget is a piece of its own. budget 0: one piece."""
+    if budget <= 0:
+        return [list(rows)]
+    real = attention_mask[rows].bool()  # (n, P+T)
+    cols = torch.arange(real.shape[1], device=real.device)
+    first = torch.where(real, cols, real.shape[1]).amin(1).tolist()
+    last = torch.where(real, cols, -1).amax(1).tolist()
+    pieces, span = [], None  # span: first and last real column of the current piece
+    for r, a, b in zip(rows, first, last):
+        if pieces:
+            lo, hi = min(span[0], a), max(span[1], b)
+            if (len(pieces[-1]) + 1) * (hi - lo + 1) <= budget:
+                pieces[-1].append(r)
+                span = (lo, hi)
+                continue
+        pieces.append([r])
+        span = (a, b)
+    return pieces
 
 
 def make_optimizer(params: list, cfg: GRPOConfig) -> torch.optim.Optimizer:
@@ -359,40 +394,54 @@ def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, param
     # One mini-batch and one inner epoch is exactly on-policy (old == current, ratio == 1): skip the old-policy
     # forward and let logp.detach() stand in for it.
     on_policy = len(minibatches) == 1
+    # Every forward / backward runs on pieces of a mini-batch of at most micro_batch_tokens (rows x padded length);
+    # the old / ref passes use the same pieces, so their log-probs line up with the update's column for column.
+    pieces = [micro_batches(ro["attention_mask"], r, cfg.micro_batch_tokens) if r else [] for r in minibatches]
+    # DistributedDataParallel sums the gradients inside each backward, where it waits for every process: all
+    # backpropagate as many pieces per mini-batch as the process with the most (the others add pieces of nothing)
+    n_pieces = [max(counts) for counts in zip(*distributed.gather([len(ms) for ms in pieces]))]
     with torch.no_grad():
-        old = {} if on_policy else {tuple(r): rows_logprobs(model, ro, r, cfg)[0] for r in minibatches if r}
+        old = {} if on_policy else {tuple(m): rows_logprobs(model, ro, m, cfg)[0] for ms in pieces for m in ms}
         ref = {}
         if cfg.kl_coef > 0:
             with reference():
-                ref = {tuple(r): rows_logprobs(model, ro, r, cfg)[0] for r in minibatches if r}
+                ref = {tuple(m): rows_logprobs(model, ro, m, cfg)[0] for ms in pieces for m in ms}
 
     # Vision features are reused from the rollout unless a trainable parameter lives in the vision tower.
     vision_trains = any(p.requires_grad for p in model.model.visual.parameters()) if ro["chunks"] else False
-    model.train()
-    totals, steps_done = {"loss": 0.0}, 0  # this process's share of each statistic, summed over the mini-batches
-    for r in minibatches:
-        # the token mean is over the whole mini-batch: this process's rows weigh their share of its tokens
-        n_tokens = distributed.all_reduce_sum([ro["response_mask"][r].sum().item()])[0]
-        if r:
+
+    def piece_losses(rows: list[int], n_pieces: int, token_count: float, done: list):
+        """The policy loss of each piece of a mini-batch, normalised by the mini-batch's token count over all
+        processes (so they sum to its one-piece loss); computed one at a time as optimizer_step asks, (loss, stats)
+        kept in `done`; then zero losses up to n_pieces."""
+        for m in rows:
             chunks = None
             if vision_trains:
                 features = model.encode_images(ro["pixel_values"], ro["image_grid_thw"])
                 chunks = split_image_features(features, ro["image_grid_thw"], ro["prompt_ids"], model.config)
-            logp, resp = rows_logprobs(policy, ro, r, cfg, image_chunks=chunks)
-            old_logp = logp.detach() if on_policy else old[tuple(r)]
-            ref_logp = ref[tuple(r)] if cfg.kl_coef > 0 else logp.detach()
-            loss, st = policy_loss(logp, old_logp, ref_logp, advantages[r], resp, cfg.clip_low, cfg.clip_high,
-                                   cfg.kl_coef, cfg.dual_clip)
-            share = resp.sum().item() / n_tokens
-            loss = loss * share
-        else:
-            loss, st, share = idle_loss(policy, device), {}, 0.0
-        # DistributedDataParallel averages the gradients over the processes; their sum is the mini-batch's
-        steps_done += optimizer_step(loss * distributed.world_size(), params, optimizer, cfg.grad_clip,
-                                     data_parallel=True)
-        totals["loss"] += loss.item()
-        for key, value in st.items():
-            totals[key] = totals.get(key, 0.0) + value * share
+            logp, resp = rows_logprobs(policy, ro, m, cfg, image_chunks=chunks)
+            old_logp = logp.detach() if on_policy else old[tuple(m)]
+            ref_logp = ref[tuple(m)] if cfg.kl_coef > 0 else logp.detach()
+            loss, st = policy_loss(logp, old_logp, ref_logp, advantages[m], resp, cfg.clip_low, cfg.clip_high,
+                                   cfg.kl_coef, cfg.dual_clip, token_count=token_count)
+            done.append((loss.item(), st))
+            yield loss * distributed.world_size()  # DDP averages the processes' gradients; the sum is the loss's
+        for _ in range(n_pieces - len(rows)):
+            yield idle_loss(policy, device)
+
+    model.train()
+    totals, steps_done = {"loss": 0.0}, 0  # this process's share of each statistic, summed over the mini-batches
+    with gradient_checkpointing(model, grad_checkpoint_enabled(cfg.grad_checkpoint, device)):
+        for r, ms, n in zip(minibatches, pieces, n_pieces):
+            # the mini-batch's response tokens, over all processes
+            token_count = max(distributed.all_reduce_sum([ro["response_mask"][r].sum().item()])[0], 1.0)
+            done = []
+            steps_done += optimizer_step(piece_losses(ms, n, token_count, done), params, optimizer, cfg.grad_clip,
+                                         data_parallel=True)
+            for loss, st in done:
+                totals["loss"] += loss
+                for key, value in st.items():
+                    totals[key] = totals.get(key, 0.0) + value
     model.train(was_training)
     keys = sorted(totals)
     means = {key: total / len(minibatches) for key, total in zip(keys, distributed.all_reduce_sum(

@@ -228,8 +228,10 @@ class Qwen3VL(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
-                image_features=None, cache: KVCache | None = None, logits_to_keep: int = 0) -> torch.Tensor:
-        """Logits (B, L, V) (or the last `logits_to_keep` positions).
+                image_features=None, cache: KVCache | None = None, logits_to_keep: int = 0,
+                return_hidden: bool = False) -> torch.Tensor:
+        """Logits (B, L, V) (or the last `logits_to_keep` positions). return_hidden: the final-normed hidden states
+        (B, L, D) instead, which `lm_head` maps to the logits (optim.token_logprobs does that chunk by chunk).
         attention_mask (B, L): 1 real, 0 pad, pads anywhere. With a cache, it covers the new input_ids only
         (a mask over cache.pos + L columns is also accepted; its last L columns are used).
         The first call on an empty cache is the prefill (3-D positions, rope deltas stored in the cache);
@@ -291,7 +293,7 @@ class Qwen3VL(nn.Module):
         h = self.model.language_model(emb, pos, mask, cache, visual_pos_mask, deepstack)
         if logits_to_keep > 0:
             h = h[:, -logits_to_keep:]
-        return self.lm_head(h)
+        return h if return_hidden else self.lm_head(h)
 
     generate = generation.generate  # model.generate(input_ids, ...): the KV-cached sampling loop in generate.py
 

@@ -4,23 +4,29 @@ model gives to chosen tokens, and one guarded optimiser step."""
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from . import distributed
 from .processor import IGNORE_INDEX
 
 
 def token_logprobs(model, batch: dict, target_mask: torch.Tensor | None = None, temperature: float = 1.0,
-                   image_features=None) -> torch.Tensor:
+                   image_features=None, chunk_tokens: int = 4096) -> torch.Tensor:
     """log pi(x_t | x_<t) = log_softmax(logits_{t-1} / temperature)[x_t] for every target token t, one forward.
 
     batch: input_ids and attention_mask (N, L), optional pixel_values / image_grid_thw; target_mask (N, L) marks
     the tokens to score (default: batch["labels"] != -100, the answer tokens of a `data.qa_batch`). Returns (N, L)
-    float32, 0 where target_mask is False. Only the logits of the last k + 1 positions are computed (k = width of
-    the target region; rows are left-padded, so answers sit at the end), which keeps the (N, k, V) logits small.
-    GRPO passes its rollout temperature, as the release does, so ratio and KL compare the distributions the
-    responses were sampled from."""
+    float32, 0 where target_mask is False. GRPO passes its rollout temperature, as the release does, so ratio and
+    KL compare the distributions the responses were sampled from.
+
+    The model runs once up to its final norm (`model(..., return_hidden=True)`, only the last k + 1 positions,
+    k = width of the target region: rows are left-padded, so answers sit at the end); `model.lm_head` then turns
+    the hidden states of the n target tokens into float32 logits `chunk_tokens` tokens at a time (0: all at once),
+    so at most (chunk_tokens, V) float32 logits exist, never (N, L, V). With autograd each chunk of several is
+    checkpointed: its logits are recomputed in backward instead of kept. Equal to the one-piece computation."""
     input_ids = batch["input_ids"]
     if target_mask is None:
         target_mask = batch["labels"] != IGNORE_INDEX
@@ -36,32 +42,90 @@ def token_logprobs(model, batch: dict, target_mask: torch.Tensor | None = None, 
     if first == 0:
         raise ValueError("a target token at position 0 has no context to be predicted from")
     k = L - first
-    logits = model(input_ids, attention_mask=batch["attention_mask"], pixel_values=batch.get("pixel_values"),
-                   image_grid_thw=batch.get("image_grid_thw"), image_features=image_features,
-                   logits_to_keep=k + 1)  # (N, k + 1, V)
-    logits = logits[:, :-1].float() / temperature  # (N, k, V): positions first-1 .. L-2 predict first .. L-1
-    targets = input_ids[:, first:]  # (N, k)
-    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    out[:, first:] = logp * target_mask[:, first:]
+    h = model(input_ids, attention_mask=batch["attention_mask"], pixel_values=batch.get("pixel_values"),
+              image_grid_thw=batch.get("image_grid_thw"), image_features=image_features,
+              logits_to_keep=k + 1, return_hidden=True)  # (N, k + 1, D)
+    rows, cols = target_mask[:, first:].nonzero(as_tuple=True)  # target (row, column - first), row-major
+    h = h[:, :-1][rows, cols]  # (n, D): position t - 1 predicts target t
+    targets = input_ids[:, first:][rows, cols]  # (n,)
+    size = chunk_tokens if chunk_tokens > 0 else h.shape[0]
+    checkpointed = torch.is_grad_enabled() and h.shape[0] > size
+    lm_head = getattr(model, "module", model).lm_head  # a DistributedDataParallel wrapper holds it as .module
+    logp = []
+    for s in range(0, h.shape[0], size):
+        args = (lm_head, h[s : s + size], targets[s : s + size], temperature)
+        logp.append(checkpoint(chosen_logprobs, *args, use_reentrant=False) if checkpointed else chosen_logprobs(*args))
+    out[rows, cols + first] = torch.cat(logp)
     return out
 
 
-def optimizer_step(loss: torch.Tensor, params: list, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0,
+def chosen_logprobs(lm_head, h: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log_softmax(lm_head(h) / temperature)[target] for hidden states h (n, D) and targets (n,) -> (n,) float32:
+    logit of the target minus the log-sum-exp over the vocabulary, from (n, V) float32 logits."""
+    logits = lm_head(h).float() / temperature  # (n, V)
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+GRAD_CHECKPOINT = ("auto", "on", "off")
+
+
+def grad_checkpoint_enabled(setting: str, device) -> bool:
+    """The --grad-checkpoint setting on a device: "on", "off", or "auto" = on for CUDA (where activations, not
+    time, bound the batch), off elsewhere."""
+    if setting not in GRAD_CHECKPOINT:
+        raise ValueError(f"grad_checkpoint must be one of {GRAD_CHECKPOINT}, got {setting!r}")
+    return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
+
+
+@contextmanager
+def gradient_checkpointing(model: torch.nn.Module, on: bool = True):
+    """Inside the block, with autograd, every module that supports it (the text decoder's layers, the vision
+    tower's blocks: `grad_checkpoint` attributes) keeps only each block's input and recomputes the block in
+    backward (torch.utils.checkpoint, non-reentrant; the RNG state is replayed, so dropout masks match): the same
+    gradients for about one layer's activations instead of all. Off outside the block, so stage 1's hooked forward
+    never runs checkpointed; a hooked block is never checkpointed anyway (`text.checkpointable`)."""
+    modules = [m for m in model.modules() if hasattr(type(m), "grad_checkpoint")]
+    before = [m.grad_checkpoint for m in modules]
+    try:
+        for m in modules:
+            m.grad_checkpoint = on
+        yield
+    finally:
+        for m, was in zip(modules, before):
+            m.grad_checkpoint = was
+
+
+def optimizer_step(loss, params: list, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0,
                    after_backward=None, data_parallel: bool = False) -> bool:
     """zero_grad -> backward -> (after_backward()) -> clip to grad_clip (0: no clipping) -> step. Returns False,
     with a warning, and changes no parameter when the loss or the gradient norm is not finite: one NaN/inf batch
     would otherwise poison every weight through AdamW's moment estimates. after_backward lets a caller move
     gradients first (stage 1 copies a bf16 weight's gradient to its float32 master copy, which `params` names).
+
+    Gradient accumulation: `loss` may be an iterable of micro-batch losses whose sum is the mini-batch's loss
+    (each normalised by the whole mini-batch, e.g. grpo.policy_loss's `token_count`). Each is backpropagated as it
+    arrives (a generator computes the next forward only then, so one micro-batch's graph exists at a time), the
+    gradients add up, and the clip, the non-finite checks and the step act once on the sum: the same step as the
+    one-piece loss.
+
     data_parallel: backward sums the gradients over torchrun's processes (DistributedDataParallel), so every
-    process skips a step when the loss is non-finite on any of them."""
+    process must backpropagate the same number of pieces: each piece's finiteness is agreed by all of them (they
+    skip the step together), and the summed gradients give every process the same gradient norm."""
     optimizer.zero_grad(set_to_none=True)
-    finite = torch.isfinite(loss)
-    if data_parallel:  # one decision for all: backward waits for every process (the gradient norm is shared)
-        finite = distributed.all_true(finite)
+    finite = True
+    for part in [loss] if isinstance(loss, torch.Tensor) else loss:
+        part_finite = torch.isfinite(part)
+        if data_parallel:
+            part_finite = distributed.all_true(part_finite)
+        if not part_finite:
+            if finite:
+                warnings.warn(f"non-finite loss ({part.item()} here, or on another process): optimiser step skipped")
+            finite = False
+        elif finite:
+            part.backward()
     if not finite:
-        warnings.warn(f"non-finite loss ({loss.item()} here, or on another process): optimiser step skipped")
+        optimizer.zero_grad(set_to_none=True)
         return False
-    loss.backward()
     if after_backward is not None:
         after_backward()
     if grad_clip > 0:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -190,7 +191,16 @@ class DecoderLayer(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
+def checkpointable(block: nn.Module) -> bool:
+    """Gradient checkpointing may wrap `block` (a decoder layer, a vision block) in this forward: autograd is on
+    and no module inside it has a hook. Backward re-runs a checkpointed block, so a hook would fire twice (stage
+    1's `hooks.run_to_layer` must see its layer once; its stop hook raises): a hooked block always runs plain."""
+    return torch.is_grad_enabled() and not any(m._forward_hooks or m._forward_pre_hooks for m in block.modules())
+
+
 class TextModel(nn.Module):
+    grad_checkpoint = False  # set by `optim.gradient_checkpointing`: decoder layers recomputed in backward
+
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.config = cfg
@@ -208,7 +218,10 @@ class TextModel(nn.Module):
         if deepstack and visual_pos_mask is not None:
             vis_idx = visual_pos_mask.nonzero(as_tuple=True)  # (b, l) of each visual row, row-major
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, mask, cache, i)
+            if self.grad_checkpoint and cache is None and checkpointable(layer):
+                h = checkpoint(layer, h, cos, sin, mask, use_reentrant=False)  # only h is kept for backward
+            else:
+                h = layer(h, cos, sin, mask, cache, i)
             if deepstack and visual_pos_mask is not None and i < len(deepstack):
                 # h[visual] += F_i, out of place so a tensor a hook captured is not modified afterwards
                 h = h.index_put(vis_idx, deepstack[i].to(h.dtype), accumulate=True)

@@ -39,6 +39,7 @@ from .evaluate import evaluate_model, format_table
 from .grpo import GRPOConfig, build_boundary_set, check_process_count, make_optimizer, step_schedule, train_grpo
 from .lora import apply_lora, load_lora, save_lora, unload_lora
 from .model import Qwen3VL
+from .optim import grad_checkpoint_enabled
 from .data import PROTOCOLS, positive_questions
 from .processor import Processor
 from .steer import (changed_tensors, keep_refusals, knowledge_absence_direction, load_changed_tensors,
@@ -108,6 +109,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ckpt_every: int = 1  # GRPO steps between checkpoints
+    micro_batch_tokens: int = 16384  # rows x padded length per forward/backward piece of GRPO (0: one piece)
+    grad_checkpoint: str = "auto"  # auto, on, off: GRPO update recomputes decoder layers in backward (auto: CUDA)
+    logprob_chunk: int = 4096  # tokens whose float32 logits exist at once in a log-prob pass (0: all)
 
     def grpo(self) -> GRPOConfig:
         return GRPOConfig(group_size=self.group_size, temperature=self.temperature, top_p=self.top_p,
@@ -116,7 +120,8 @@ class TrainConfig:
                           mini_batch_size=self.mini_batch_size, ppo_epochs=self.ppo_epochs, epochs=self.grpo_epochs,
                           clip_low=self.clip_low, clip_high=self.clip_high, dual_clip=self.dual_clip,
                           kl_coef=self.kl_coef, lr=self.grpo_lr, weight_decay=self.weight_decay,
-                          grad_clip=self.grad_clip, seed=self.seed)
+                          grad_clip=self.grad_clip, seed=self.seed, micro_batch_tokens=self.micro_batch_tokens,
+                          grad_checkpoint=self.grad_checkpoint, logprob_chunk=self.logprob_chunk)
 
 
 # --- atomic files: write(tmp) then os.replace(tmp, path), so readers see the old file or the new one, never half
@@ -414,6 +419,9 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
         raise ValueError(f"--ckpt-every must be >= 1 (GRPO steps between checkpoints), got {cfg.ckpt_every}")
     if cfg.protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {cfg.protocol!r}")
+    grad_checkpoint_enabled(cfg.grad_checkpoint, cfg.device)  # raises for a value other than auto / on / off
+    if cfg.micro_batch_tokens < 0 or cfg.logprob_chunk < 0:
+        raise ValueError("--micro-batch-tokens and --logprob-chunk must be >= 0 (0: one piece)")
     splits, vocabulary = load_world(cfg)  # bad data, positives or base model stop the run here, before training
     processor = Processor.from_pretrained(cfg.model)
     check_base_model(cfg, processor)

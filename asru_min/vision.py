@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .text import checkpointable
 
 
 @dataclass
@@ -131,6 +134,8 @@ class PatchMerger(nn.Module):
 
 
 class VisionModel(nn.Module):
+    grad_checkpoint = False  # set by `optim.gradient_checkpointing`: blocks recomputed in backward
+
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.config = cfg
@@ -205,7 +210,10 @@ class VisionModel(nn.Module):
         segs = self.segments(grid_thw, x.device)
         ds_layers, deepstack = self.config.deepstack_visual_indexes, []
         for i, blk in enumerate(self.blocks):
-            x = blk(x, cos, sin, segs)
+            if self.grad_checkpoint and checkpointable(blk):
+                x = checkpoint(blk, x, cos, sin, segs, use_reentrant=False)
+            else:
+                x = blk(x, cos, sin, segs)
             if i in ds_layers:
                 deepstack.append(self.deepstack_merger_list[ds_layers.index(i)](x))
         return self.merger(x), deepstack

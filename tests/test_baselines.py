@@ -18,14 +18,17 @@ from asru_min.baselines.methods import (
 
 
 class FixedLogits(torch.nn.Module):
-    """A stand-in model whose logits are given (the Qwen3VL.forward signature, logits_to_keep honoured)."""
+    """A stand-in model whose logits are given (the Qwen3VL.forward signature, logits_to_keep honoured; its
+    hidden states are the logits, lm_head the identity)."""
+
+    lm_head = torch.nn.Identity()
 
     def __init__(self, logits):
         super().__init__()
         self.logits = logits
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, image_features=None,
-                logits_to_keep=0):
+                logits_to_keep=0, return_hidden=False):
         return self.logits[:, -logits_to_keep:] if logits_to_keep else self.logits
 
 

@@ -125,7 +125,7 @@ def test_policy_loss_per_token_advantages_and_shape_check():
 
 
 class BagOfTokensLM(nn.Module):
-    """A causal toy LM that honours attention_mask and logits_to_keep like Qwen3VL.forward:
+    """A causal toy LM that honours attention_mask, logits_to_keep and return_hidden like Qwen3VL.forward:
     the state at position t is the running mean of the embeddings of the real tokens <= t."""
 
     def __init__(self, vocab=11, dim=8):
@@ -133,17 +133,17 @@ class BagOfTokensLM(nn.Module):
         torch.manual_seed(0)
         self.embed = nn.Embedding(vocab, dim)
         self.pos = nn.Parameter(torch.randn(64, dim))
-        self.head = nn.Linear(dim, vocab)
+        self.lm_head = nn.Linear(dim, vocab)
 
-    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, **unused):
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, return_hidden=False, **unused):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         m = attention_mask.float().unsqueeze(-1)  # (N, L, 1)
         positions = (attention_mask.cumsum(1) - 1).clamp(min=0)  # positions over real tokens only
         x = (self.embed(input_ids) + self.pos[positions]) * m
         h = x.cumsum(1) / m.cumsum(1).clamp(min=1)
-        logits = self.head(torch.tanh(h))
-        return logits[:, -logits_to_keep:] if logits_to_keep > 0 else logits
+        h = torch.tanh(h)[:, -logits_to_keep:] if logits_to_keep > 0 else torch.tanh(h)
+        return h if return_hidden else self.lm_head(h)
 
 
 def test_token_logprobs_equals_manual_per_row_computation():
@@ -555,9 +555,9 @@ def test_one_rollout_two_minibatches_live_ratio_and_clip(monkeypatch):
     seen = []
     real = grpo.policy_loss
 
-    def recording(logp, old_logp, ref_logp, advantages, mask, *args):
+    def recording(logp, old_logp, ref_logp, advantages, mask, *args, **kwargs):
         seen.append((torch.exp(logp - old_logp).detach(), advantages.detach(), mask.bool()))
-        return real(logp, old_logp, ref_logp, advantages, mask, *args)
+        return real(logp, old_logp, ref_logp, advantages, mask, *args, **kwargs)
 
     monkeypatch.setattr(grpo, "policy_loss", recording)
     samples = [(ToyQA("abd", "x"), True), (ToyQA("ggh", "y"), False)]

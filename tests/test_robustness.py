@@ -90,15 +90,17 @@ def test_ablate_measures_under_the_hook_only(one_thread, monkeypatch):
 
 
 class FavourToken(torch.nn.Module):
-    """A stand-in model: every position gives token `tid` logit +5, all others 0 (logits_to_keep honoured)."""
+    """A stand-in model: every position gives token `tid` logit +5, all others 0 (logits_to_keep honoured; its
+    hidden states are the logits, lm_head the identity)."""
 
     def __init__(self, vocab_size: int, tid: int):
         super().__init__()
         self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.lm_head = torch.nn.Identity()
         self.vocab_size, self.tid = vocab_size, tid
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, image_features=None,
-                logits_to_keep=0):
+                logits_to_keep=0, return_hidden=False):
         logits = torch.zeros(*input_ids.shape, self.vocab_size)
         logits[..., self.tid] = 5.0
         return logits[:, -logits_to_keep:] if logits_to_keep else logits
