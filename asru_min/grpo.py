@@ -12,6 +12,10 @@
                 A mini-batch runs as micro-batches of a token budget with gradient accumulation (`micro_batches`;
                 the token mean stays over the whole mini-batch), optionally with gradient checkpointing.
 
+Under torchrun (`distributed`) each process rolls out, scores and trains on its block of each step's prompts (whole
+groups, so advantages stay local); mini-batches and token means are taken over all processes' rows and
+DistributedDataParallel sums the gradients, so N processes make the one-process step.
+
 Row layout everywhere: [prompt (left-padded) | response (right-padded)], so a row can have pads on both ends;
 `attention_mask` marks real tokens, `response_mask` the response tokens up to and including the EOS (a token the
 policy chose, so it is trained like any other).
@@ -377,11 +381,11 @@ def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, param
     shared = distributed.gather({"rewards": ro["rewards"].tolist(), "forget": ro["forget"],
                                  "refusal": [is_refusal(t) for t in ro["responses"]],
                                  "length": ro["response_mask"].sum(dim=1).tolist(), "first": ro["responses"][0]})
-    rows = {key: sum((s[key] for s in shared), []) for key in ("rewards", "forget", "refusal", "length")}
+    step_rows = {key: sum((s[key] for s in shared), []) for key in ("rewards", "forget", "refusal", "length")}
 
     # Mini-batches are drawn over all the step's rows; this process trains on its rows first .. first + n_rows - 1
     # of each (renumbered from 0), so a mini-batch may hold none of them.
-    n_rows, n_all = ro["input_ids"].shape[0], len(rows["rewards"])
+    n_rows, n_all = ro["input_ids"].shape[0], len(step_rows["rewards"])
     first = sum(len(s["rewards"]) for s in shared[: distributed.rank()])
     mb = cfg.mini_batch_size or n_all
     rng = random.Random(cfg.seed * 1_000_003 + step)
@@ -451,15 +455,16 @@ def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, param
         t = torch.tensor(values, dtype=torch.float32)
         return (t.mean().item(), t.std(unbiased=False).item()) if len(values) else (None, None)
 
-    forget_r = mean_std([r for r, f in zip(rows["rewards"], rows["forget"]) if f])
-    retain_r = mean_std([r for r, f in zip(rows["rewards"], rows["forget"]) if not f])
-    refusal = rows["refusal"]
-    record = {"step": step, "loss": means.pop("loss"), "reward_mean": torch.tensor(rows["rewards"]).mean().item(),
+    forget_r = mean_std([r for r, f in zip(step_rows["rewards"], step_rows["forget"]) if f])
+    retain_r = mean_std([r for r, f in zip(step_rows["rewards"], step_rows["forget"]) if not f])
+    refusal = step_rows["refusal"]
+    record = {"step": step, "loss": means.pop("loss"),
+              "reward_mean": torch.tensor(step_rows["rewards"]).mean().item(),
               "reward_forget_mean": forget_r[0], "reward_forget_std": forget_r[1],
               "reward_retain_mean": retain_r[0], "reward_retain_std": retain_r[1],
-              "refusal_rate_forget": mean_std([float(x) for x, f in zip(refusal, rows["forget"]) if f])[0],
-              "refusal_rate_retain": mean_std([float(x) for x, f in zip(refusal, rows["forget"]) if not f])[0],
-              "response_len": torch.tensor(rows["length"]).float().mean().item(),
+              "refusal_rate_forget": mean_std([float(x) for x, f in zip(refusal, step_rows["forget"]) if f])[0],
+              "refusal_rate_retain": mean_std([float(x) for x, f in zip(refusal, step_rows["forget"]) if not f])[0],
+              "response_len": torch.tensor(step_rows["length"]).float().mean().item(),
               "optimizer_steps": steps_done, "skipped_steps": len(minibatches) - steps_done,
               "seconds": time.time() - t0, "sample_response": shared[0]["first"]}
     record.update(means)
