@@ -105,5 +105,4 @@ def data_parallel(model: torch.nn.Module) -> torch.nn.Module:
     if world_size() == 1:
         return model
     device_ids = [torch.cuda.current_device()] if dist.get_backend() == "nccl" else None
-    # buffers (rotary frequencies) are constants: no need to broadcast them before every forward
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=device_ids)
