@@ -70,6 +70,28 @@ def max_adapter_diff(out_a: str, out_b: str) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+def test_blocks_of_a_step_cover_its_prompts_in_order(monkeypatch):
+    """Rank r of W takes a contiguous block; the blocks in rank order are the step's prompts, sizes within one."""
+    for world in (1, 2, 3, 8):
+        monkeypatch.setattr(distributed, "world_size", lambda: world)
+        for n in (world, world + 1, 2 * world + 1, 64):
+            blocks = []
+            for r in range(world):
+                monkeypatch.setattr(distributed, "rank", lambda: r)
+                blocks.append(distributed.block(list(range(n))))
+            assert sum(blocks, []) == list(range(n))
+            assert max(map(len, blocks)) - min(map(len, blocks)) <= 1 and min(map(len, blocks)) >= 1
+
+
+def test_a_step_with_fewer_prompts_than_processes_is_refused(monkeypatch):
+    from asru_min.grpo import check_process_count
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    check_process_count([[0, 1, 2], [3, 4, 5]])
+    with pytest.raises(ValueError, match="2 prompts, fewer than the 3 processes"):
+        check_process_count([[0, 1, 2], [3, 4]])
+
+
 @pytest.fixture(scope="module")
 def one_process(tiny_ckpt, tmp_path_factory):
     """The tiny run in this process: the reference every 2-process run is held against."""
