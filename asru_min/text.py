@@ -12,6 +12,7 @@ replaces it; DeepStack is added by `TextModel` *after* the layer (as in the refe
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -133,6 +134,52 @@ class KVCache:
         return keys.narrow(2, 0, self.pos + T), values.narrow(2, 0, self.pos + T)
 
 
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                      fused_kernel_form: bool | None = None) -> torch.Tensor:
+    """softmax(q K^T / sqrt(d) + mask) V with grouped-query attention: query head i reads KV head floor(i / g),
+    g = nq / nkv (repeat_interleave of the KV heads). q (B, nq, L, d), k/v (B, nkv, S, d), mask (B, 1, L, S) bool
+    = causal & real key, or None: plain causal (L > 1) or one decode query that sees every key. -> (B, nq, L, d).
+
+    Without a mask SDPA runs with enable_gqa, which the flash kernel takes. With a mask (every padded batch) the
+    CUDA flash kernel is out (no mask) and so is the memory-efficient one if GQA is asked of it, which leaves
+    the math kernel and its (B, nq, L, S) scores; `fused_kernel_form` (default: on CUDA) asks for no GQA instead:
+      L = 1 (a decode step): the g query heads of a KV head become g queries of it, q viewed (B, nkv, g, d), the
+                             mask (B, 1, 1, S) broadcasting over them (no copy);
+      L > 1:                 K/V expanded to the query heads (B, nq, S, d).
+    The same map either way (tested); the CPU's kernel takes a mask with GQA, so there the plain call stays."""
+    B, nq, L, d = q.shape
+    g = nq // k.shape[1]
+    if mask is None or g == 1 or not (q.is_cuda if fused_kernel_form is None else fused_kernel_form):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and L > 1,
+                                              enable_gqa=g > 1)
+    if L == 1:
+        o = F.scaled_dot_product_attention(q.reshape(B, nq // g, g, d), k, v, attn_mask=mask)  # (B, nkv, g, d)
+        return o.reshape(B, nq, 1, d)
+    return F.scaled_dot_product_attention(q, k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1),
+                                          attn_mask=mask)
+
+
+def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> str:
+    """The SDPA kernel `grouped_attention(q, k, v, mask)` runs on: "cpu" off CUDA; on CUDA the first backend, in
+    the dispatcher's priority order, that accepts the call when it is the only one allowed (e.g.
+    "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")."""
+    if not q.is_cuda:
+        return "cpu"
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    priority = getattr(torch._C, "_get_sdp_priority_order", lambda: [1, 2, 0, 3])()  # flash, efficient, math, cudnn
+    order = [SDPBackend(i) for i in priority]
+    for backend in order:
+        try:
+            with sdpa_kernel([backend]), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a refusing kernel warns why; only the one that runs matters
+                grouped_attention(q, k, v, mask)
+            return backend.name
+        except RuntimeError:
+            continue
+    return "none"
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -159,9 +206,7 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, d)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nkv, S, d), S = keys so far
-        # GQA: query head i reads KV head floor(i/g), i.e. repeat_interleave of the KV heads (enable_gqa).
-        # mask (B, 1, L, S) bool = causal & real key; None: plain causal, or one decode query that sees every key.
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and L > 1, enable_gqa=True)
+        o = grouped_attention(q, k, v, mask)  # (B, nq, L, d)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, self.nq * self.d))
 
 
