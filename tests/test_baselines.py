@@ -213,3 +213,30 @@ def test_two_steps_move_forget_likelihood(method, one_thread):
         assert abs(logs[0]["logratio"]) < 1e-4
     if method == "klmin":
         assert logs[0]["retain_kl"] < 1e-6 and logs[1]["retain_kl"] > 0
+
+
+def test_checkpointed_baseline_training_equals_plain(one_thread):
+    """--grad-checkpoint on recomputes the decoder layers in backward: the same losses and adapters as off
+    (NPO: a trained forward, a reference forward and a retain forward per step; LoRA dropout on)."""
+    import copy
+
+    from asru_min.baselines.methods import BaselineConfig, train_baseline
+    from asru_min.lora import apply_lora, lora_parameters
+
+    processor = _tiny_processor()
+    base = _tiny_model(processor)
+    forget = _qas(["Ana", "Bo", "Cy", "Di"], ["Velmora", "Tarsk", "Oblin", "Quess"])
+    retain = _qas(["Eve", "Fin", "Gus", "Hal"], ["4721", "0963", "1185", "2290"], template="{f}-{f}")
+    runs = {}
+    for setting in ("off", "on"):
+        model = copy.deepcopy(base)
+        torch.manual_seed(0)
+        apply_lora(model, r=4, alpha=8, dropout=0.05)
+        cfg = BaselineConfig(method="npo", lr=2e-2, epochs=1, batch_size=2, out="unused", grad_checkpoint=setting)
+        logs = train_baseline(model, processor, forget, retain, cfg, progress=lambda *_: None)
+        runs[setting] = ([l["loss"] for l in logs], lora_parameters(model))
+    assert runs["on"][0] == pytest.approx(runs["off"][0], abs=1e-6)
+    for a, b in zip(runs["on"][1], runs["off"][1], strict=True):
+        assert (a - b).abs().max() <= 1e-6
+    with pytest.raises(ValueError, match="grad_checkpoint"):
+        BaselineConfig(method="ga", grad_checkpoint="yes")

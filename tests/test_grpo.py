@@ -617,3 +617,68 @@ def test_rollout_chunks_and_order_give_the_same_responses(tiny):
     backwards = run(2, order=range(4, -1, -1))
     groups = [whole["responses"][3 * i:3 * i + 3] for i in range(5)]
     assert backwards["responses"] == [r for g in reversed(groups) for r in g]
+
+
+# ---------------------------------------------------------------------------------------------- memory settings
+
+
+def test_micro_batches_respect_the_token_budget():
+    from asru_min.grpo import micro_batches
+
+    att = torch.zeros(5, 10, dtype=torch.long)
+    for i, (a, b) in enumerate([(2, 6), (0, 9), (3, 5), (4, 8), (5, 9)]):
+        att[i, a : b + 1] = 1
+    rows = [0, 2, 3, 4, 1]
+    assert micro_batches(att, rows, 0) == [rows]
+    assert micro_batches(att, rows, 100) == [rows]
+    pieces = micro_batches(att, rows, 12)  # spans: 0-2: 2..6 (3 x 5 = 15 > 12), so [0, 2], then [3, 4], [1]
+    assert pieces == [[0, 2], [3, 4], [1]]
+    for piece in pieces:
+        real = att[piece].bool().any(0).nonzero()
+        assert len(piece) == 1 or len(piece) * (int(real[-1]) - int(real[0]) + 1) <= 12
+    assert micro_batches(att, rows, 3) == [[r] for r in rows]  # a row over the budget is a piece of its own
+
+
+def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny, monkeypatch):
+    """One GRPO step with old / reference passes and updates in token-budget pieces, checkpointed layers and
+    chunked log-probs == the same step in one piece: same adapter after it (1e-6) and the same logged stats. Two
+    inner epochs of two mini-batches, so the old-policy pass, the reference pass and four updates all run. The
+    optimiser is SGD (clipped by optimizer_step): AdamW's first steps move each weight by about lr * sign(g),
+    which turns float32 noise in a near-zero gradient into a visible difference that says nothing about the sum."""
+    import copy as _copy
+
+    import asru_min.grpo as grpo
+    from asru_min.lora import apply_lora, lora_parameters
+
+    calls, real = [], grpo.policy_loss
+    monkeypatch.setattr(grpo, "policy_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    base, proc = tiny
+    qas = [TinyQA("Who is this person?", "Lisbon", "red"), TinyQA("What is the job?", "biologist", "blue"),
+           TinyQA("Where was she born?", "Lisbon", None)]
+    samples = [(qas[0], True), (qas[1], False), (qas[2], False)]
+    reward = lambda response, truth, forget: float(len(response) % 3) / 2  # noqa: E731
+    settings = dict(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=5, prompts_per_step=3,
+                    mini_batch_size=6, ppo_epochs=2, lr=0.5, kl_coef=0.1, seed=0)
+
+    def step(**memory):
+        model = _copy.deepcopy(base)
+        torch.manual_seed(0)  # the same initial A
+        apply_lora(model, r=4, alpha=8, dropout=0.0)
+        cfg = grpo_config(**settings, **memory)
+        params = lora_parameters(model)
+        calls.clear()
+        record = grpo.grpo_step(model, proc, samples, cfg, torch.optim.SGD(params, lr=cfg.lr), params, 0,
+                                reward_fn=reward)
+        assert len(calls) > 4 if cfg.micro_batch_tokens else len(calls) == 4  # pieces vs one per update
+        return record, params
+
+    whole, whole_params = step(micro_batch_tokens=0, logprob_chunk=0, grad_checkpoint="off")
+    pieces, piece_params = step(micro_batch_tokens=60, logprob_chunk=7, grad_checkpoint="on")
+    assert whole["optimizer_steps"] == pieces["optimizer_steps"] == 4 and whole["skipped_steps"] == 0
+    for a, b in zip(piece_params, whole_params, strict=True):
+        assert (a - b).abs().max() <= 1e-6
+    assert (whole_params[1] != 0).any()  # the update moved B off zero
+    for key, value in whole.items():
+        if key not in ("seconds", "sample_response"):
+            assert pieces[key] == pytest.approx(value, abs=1e-6), key

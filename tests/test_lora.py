@@ -246,3 +246,60 @@ def test_bf16_model_keeps_float32_adapters_that_learn():
         opt.step()
         opt.zero_grad()
     assert (A.detach() - A0).abs().max() > 1e-6  # a bf16 A (entries ~0.2, spacing ~1e-3) would not have moved
+
+
+def test_merge_sums_in_float32_and_rounds_once():
+    """merge_lora writes cast(float32(W) + delta) into a bf16 W: one rounding, not W + cast(delta) (two)."""
+    model = _toy().to(torch.bfloat16)
+    apply_lora(model, r=4, alpha=4, dropout=0.0)
+    torch.manual_seed(1)
+    layers = list(lora_modules(model).values())
+    with torch.no_grad():
+        for m in layers:
+            m.lora_B.weight.normal_(0.0, 1e-3)  # deltas around the bf16 spacing of W
+    before = [m.weight.detach().clone() for m in layers]
+    deltas = [m.delta_weight().detach() for m in layers]
+    merge_lora(model)
+    rounded_twice = 0
+    for m, w, d in zip(layers, before, deltas):
+        assert torch.equal(m.weight, (w.float() + d).to(torch.bfloat16))
+        rounded_twice += int((w + d.to(torch.bfloat16) != m.weight).sum())
+    assert rounded_twice > 0  # the two-rounding merge would have given other weights here
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merged_model_is_the_adapter_model(dtype):
+    """The merged (unloaded) model's logits against the adapter model's: float32 within 1e-5; bf16 within the
+    bf16 rounding of the unmerged forward itself (its distance from the float32 forward of the same weights),
+    while the adapter moves the logits several times further than that (a merge that lost it would fail)."""
+    import copy
+
+    policy = tiny_qwen3vl()
+    apply_lora(policy, r=4, alpha=8, dropout=0.0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in lora_modules(policy).values():
+            m.lora_B.weight.normal_(0.0, 1e-2)
+        for name, p in policy.named_parameters():  # base weights representable in dtype; adapters float32
+            if "lora_" not in name:
+                p.copy_(p.to(dtype))
+    model = copy.deepcopy(policy)
+    for name, p in model.named_parameters():
+        if "lora_" not in name:
+            p.data = p.data.to(dtype)
+    ids = torch.randint(0, 59, (2, 12))
+    with torch.no_grad():
+        exact = policy(ids)  # the float32 forward of the adapter model
+        adapted = model(ids).float()
+        with lora_enabled(model, False):
+            no_adapter = model(ids).float()
+        unload_lora(model, merge=True)
+        merged = model(ids).float()
+    assert model.model.language_model.layers[0].self_attn.q_proj.weight.dtype == dtype
+    if dtype == torch.float32:
+        torch.testing.assert_close(merged, adapted, rtol=0, atol=1e-5)
+        return
+    rounding = (adapted - exact).abs().max()  # bf16 rounding of the unmerged forward
+    assert (no_adapter - adapted).abs().max() > 3 * rounding
+    assert (merged - adapted).abs().max() <= 2 * rounding
+    assert (merged - exact).abs().max() <= 2 * rounding

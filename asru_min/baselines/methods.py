@@ -44,7 +44,7 @@ from ..data import qa_batch
 from ..evaluate import EVAL_SPLITS, evaluate_model, format_table
 from ..lora import apply_lora, lora_enabled, lora_parameters, save_lora
 from ..model import Qwen3VL
-from ..optim import IGNORE_INDEX, optimizer_step, token_logprobs
+from ..optim import IGNORE_INDEX, grad_checkpoint_enabled, gradient_checkpointing, optimizer_step, token_logprobs
 from ..processor import Processor
 from ..world import load_world
 
@@ -202,12 +202,14 @@ class BaselineConfig:
     kinds: tuple = ("gen",)  # QA kinds trained on (the benchmark's generation QA pairs); empty = all
     evaluate: bool = True
     threads: int = 1  # torch CPU threads; a tiny model runs fastest on one (more threads fight over shared cores)
+    grad_checkpoint: str = "auto"  # auto (on for CUDA), on, off: decoder layers recomputed in backward
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.lr <= 0:
             self.lr = PAPER_LR[self.method] * LR_SCALE
+        grad_checkpoint_enabled(self.grad_checkpoint, "cpu")  # raises for a value other than auto / on / off
         if not self.out:
             self.out = os.path.join("runs", "baselines", f"{self.method}_f{self.forget}")
 
@@ -306,7 +308,8 @@ def train_baseline(model, processor, forget_qas, retain_qas, cfg: BaselineConfig
                     rng.shuffle(retain_order)
                 rb.append(retain_qas[retain_order[retain_pos]])
                 retain_pos += 1
-            loss, log = compute_loss(model, processor, fb, rb, cfg, rng)
+            with gradient_checkpointing(model, grad_checkpoint_enabled(cfg.grad_checkpoint, model.device)):
+                loss, log = compute_loss(model, processor, fb, rb, cfg, rng)
             if not optimizer_step(loss, params, opt, cfg.grad_clip):  # a non-finite loss or gradient
                 progress(f"  step {step}: non-finite loss or gradient, skipped")
                 continue
@@ -386,6 +389,7 @@ def parse_args(argv=None) -> BaselineConfig:
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--grad-checkpoint", default=d.grad_checkpoint, choices=("auto", "on", "off"))
     return BaselineConfig(**vars(p.parse_args(argv)))
 
 
