@@ -12,6 +12,10 @@
                 A mini-batch runs as micro-batches of a token budget with gradient accumulation (`micro_batches`;
                 the token mean stays over the whole mini-batch), optionally with gradient checkpointing.
 
+Under torchrun (`distributed`) each process rolls out, scores and trains on its block of each step's prompts (whole
+groups, so advantages stay local); mini-batches and token means are taken over all processes' rows and
+DistributedDataParallel sums the gradients, so N processes make the one-process step.
+
 Row layout everywhere: [prompt (left-padded) | response (right-padded)], so a row can have pads on both ends;
 `attention_mask` marks real tokens, `response_mask` the response tokens up to and including the EOS (a token the
 policy chose, so it is trained like any other).
@@ -27,6 +31,7 @@ from typing import Callable
 
 import torch
 
+from . import distributed
 from .data import qa_batch
 from .metrics import is_refusal, is_release_refusal, leaks, release_normalize, rouge_l, rouge_l_stemmed
 from .optim import grad_checkpoint_enabled, gradient_checkpointing, optimizer_step, token_logprobs
@@ -378,15 +383,26 @@ def step_schedule(num_samples: int, cfg: GRPOConfig) -> list[list[int]]:
     return steps
 
 
+def idle_loss(policy, device) -> torch.Tensor:
+    """A zero loss through policy's forward (one token), for a process that holds no row of a mini-batch:
+    DistributedDataParallel sums the gradients inside backward, where it waits for every process."""
+    ids = torch.zeros(1, 1, dtype=torch.long, device=device)
+    return policy(ids, attention_mask=torch.ones_like(ids), logits_to_keep=1).float().sum() * 0.0
+
+
 def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, params: list, step: int,
-              reward_fn=None, reference=None, sample_ids: list[int] | None = None) -> dict:
+              reward_fn=None, reference=None, sample_ids: list[int] | None = None, policy=None) -> dict:
     """One GRPO step on one rollout batch: rollouts -> rewards -> advantages -> old/ref log-probs -> updates.
     reward_fn(response, qa, forget) -> float (default: `sample_reward` with cfg.reward, cfg.reward_reference);
     reference: a context-manager factory under which `model` is the reference policy (default: LoRA off).
     sample_ids: each sample's index in the boundary set, which picks its sampling stream (`sampling_streams`;
-    default 0, 1, ...). Returns the step's log record."""
+    default 0, 1, ...). policy: `model` wrapped in DistributedDataParallel under torchrun
+    (`distributed.data_parallel`), else model. Under torchrun `samples` is this process's block of the step's
+    prompts (`distributed.block`); the mini-batches, their token means and the record are those of one process
+    holding all the step's prompts. Returns the step's log record."""
     reward_fn = reward_fn or (lambda response, qa, forget: sample_reward(response, qa, forget, cfg.reward,
                                                                            cfg.reward_reference))
+    policy = model if policy is None else policy
     if reference is None:
         from .lora import lora_enabled
 
@@ -398,21 +414,33 @@ def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, param
     sample_ids = range(len(samples)) if sample_ids is None else sample_ids
     ro = rollout(model, processor, samples, cfg, sampling_streams(cfg.seed, step, sample_ids, device), reward_fn)
     advantages = group_advantages(ro["rewards"], cfg.group_size, cfg.adv_eps).to(device)  # (B*G,)
+    # every process's rows, in rank order: the step's rows in the order one process would hold them
+    shared = distributed.gather({"rewards": ro["rewards"].tolist(), "forget": ro["forget"],
+                                 "refusal": [is_refusal(t) for t in ro["responses"]],
+                                 "length": ro["response_mask"].sum(dim=1).tolist(), "first": ro["responses"][0]})
+    step_rows = {key: sum((s[key] for s in shared), []) for key in ("rewards", "forget", "refusal", "length")}
 
-    n_rows = ro["input_ids"].shape[0]
-    mb = cfg.mini_batch_size or n_rows
+    # Mini-batches are drawn over all the step's rows; this process trains on its rows first .. first + n_rows - 1
+    # of each (renumbered from 0), so a mini-batch may hold none of them.
+    n_rows, n_all = ro["input_ids"].shape[0], len(step_rows["rewards"])
+    first = sum(len(s["rewards"]) for s in shared[: distributed.rank()])
+    mb = cfg.mini_batch_size or n_all
     rng = random.Random(cfg.seed * 1_000_003 + step)
     minibatches = []
     for _ in range(cfg.ppo_epochs):
-        order = list(range(n_rows))
+        order = list(range(n_all))
         rng.shuffle(order)
-        minibatches += [sorted(order[i : i + mb]) for i in range(0, n_rows, mb)]
+        minibatches += [sorted(i - first for i in order[j : j + mb] if first <= i < first + n_rows)
+                        for j in range(0, n_all, mb)]
     # One mini-batch and one inner epoch is exactly on-policy (old == current, ratio == 1): skip the old-policy
     # forward and let logp.detach() stand in for it.
     on_policy = len(minibatches) == 1
     # Every forward / backward runs on pieces of a mini-batch of at most micro_batch_tokens (rows x padded length);
     # the old / ref passes use the same pieces, so their log-probs line up with the update's column for column.
-    pieces = [micro_batches(ro["attention_mask"], r, cfg.micro_batch_tokens) for r in minibatches]
+    pieces = [micro_batches(ro["attention_mask"], r, cfg.micro_batch_tokens) if r else [] for r in minibatches]
+    # DistributedDataParallel sums the gradients inside each backward, where it waits for every process: all
+    # backpropagate as many pieces per mini-batch as the process with the most (the others add pieces of nothing)
+    n_pieces = [max(counts) for counts in zip(*distributed.gather([len(ms) for ms in pieces]))]
     with torch.no_grad():
         old = {} if on_policy else {tuple(m): rows_logprobs(model, ro, m, cfg)[0] for ms in pieces for m in ms}
         ref = {}
@@ -423,51 +451,81 @@ def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, param
     # Vision features are reused from the rollout unless a trainable parameter lives in the vision tower.
     vision_trains = any(p.requires_grad for p in model.model.visual.parameters()) if ro["chunks"] else False
 
-    def piece_losses(rows: list[int], token_count: torch.Tensor, done: list):
-        """The policy loss of each piece of a mini-batch, normalised by the mini-batch's token count (so they sum
-        to its one-piece loss); computed one at a time as optimizer_step asks, (loss, stats) kept in `done`."""
+    def piece_losses(rows: list[int], n_pieces: int, token_count: float, done: list):
+        """The policy loss of each piece of a mini-batch, normalised by the mini-batch's token count over all
+        processes (so they sum to its one-piece loss); computed one at a time as optimizer_step asks, (loss, stats)
+        kept in `done`; then zero losses up to n_pieces."""
         for m in rows:
             chunks = None
             if vision_trains:
                 features = model.encode_images(ro["pixel_values"], ro["image_grid_thw"])
                 chunks = split_image_features(features, ro["image_grid_thw"], ro["prompt_ids"], model.config)
-            logp, resp = rows_logprobs(model, ro, m, cfg, image_chunks=chunks)
+            logp, resp = rows_logprobs(policy, ro, m, cfg, image_chunks=chunks)
             old_logp = logp.detach() if on_policy else old[tuple(m)]
             ref_logp = ref[tuple(m)] if cfg.kl_coef > 0 else logp.detach()
             loss, st = policy_loss(logp, old_logp, ref_logp, advantages[m], resp, cfg.clip_low, cfg.clip_high,
                                    cfg.kl_coef, cfg.dual_clip, token_count=token_count)
             done.append((loss.item(), st))
-            yield loss
+            yield loss * distributed.world_size()  # DDP averages the processes' gradients; the sum is the loss's
+        for _ in range(n_pieces - len(rows)):
+            yield idle_loss(policy, device)
 
     model.train()
-    stats, steps_done, losses = [], 0, []
+    totals, steps_done = {"loss": 0.0}, 0  # this process's share of each statistic, summed over the mini-batches
     with gradient_checkpointing(model, grad_checkpoint_enabled(cfg.grad_checkpoint, device)):
-        for r, ms in zip(minibatches, pieces):
-            token_count = ro["response_mask"][r].sum().clamp(min=1).float()  # the mini-batch's response tokens
+        for r, ms, n in zip(minibatches, pieces, n_pieces):
+            # the mini-batch's response tokens, over all processes
+            token_count = max(distributed.all_reduce_sum([ro["response_mask"][r].sum().item()])[0], 1.0)
             done = []
-            steps_done += optimizer_step(piece_losses(ms, token_count, done), params, optimizer, cfg.grad_clip)
-            stats.append({key: sum(st[key] for _, st in done) for key in done[0][1]})
-            losses.append(sum(loss for loss, _ in done))
+            steps_done += optimizer_step(piece_losses(ms, n, token_count, done), params, optimizer, cfg.grad_clip,
+                                         data_parallel=True)
+            for loss, st in done:
+                totals["loss"] += loss
+                for key, value in st.items():
+                    totals[key] = totals.get(key, 0.0) + value
     model.train(was_training)
+    keys = sorted(totals)
+    means = {key: total / len(minibatches) for key, total in zip(keys, distributed.all_reduce_sum(
+        [totals[key] for key in keys]))}  # over the mini-batches of all processes
 
     def mean_std(values):  # None when a step drew no prompt of that side (JSON has no NaN)
         t = torch.tensor(values, dtype=torch.float32)
         return (t.mean().item(), t.std(unbiased=False).item()) if len(values) else (None, None)
 
-    forget_r = mean_std([r for r, f in zip(ro["rewards"].tolist(), ro["forget"]) if f])
-    retain_r = mean_std([r for r, f in zip(ro["rewards"].tolist(), ro["forget"]) if not f])
-    refusal = [is_refusal(t) for t in ro["responses"]]
-    record = {"step": step, "loss": sum(losses) / len(losses), "reward_mean": ro["rewards"].mean().item(),
+    forget_r = mean_std([r for r, f in zip(step_rows["rewards"], step_rows["forget"]) if f])
+    retain_r = mean_std([r for r, f in zip(step_rows["rewards"], step_rows["forget"]) if not f])
+    refusal = step_rows["refusal"]
+    record = {"step": step, "loss": means.pop("loss"),
+              "reward_mean": torch.tensor(step_rows["rewards"]).mean().item(),
               "reward_forget_mean": forget_r[0], "reward_forget_std": forget_r[1],
               "reward_retain_mean": retain_r[0], "reward_retain_std": retain_r[1],
-              "refusal_rate_forget": mean_std([float(x) for x, f in zip(refusal, ro["forget"]) if f])[0],
-              "refusal_rate_retain": mean_std([float(x) for x, f in zip(refusal, ro["forget"]) if not f])[0],
-              "response_len": ro["response_mask"].sum(dim=1).float().mean().item(),
+              "refusal_rate_forget": mean_std([float(x) for x, f in zip(refusal, step_rows["forget"]) if f])[0],
+              "refusal_rate_retain": mean_std([float(x) for x, f in zip(refusal, step_rows["forget"]) if not f])[0],
+              "response_len": torch.tensor(step_rows["length"]).float().mean().item(),
               "optimizer_steps": steps_done, "skipped_steps": len(minibatches) - steps_done,
-              "seconds": time.time() - t0, "sample_response": ro["responses"][0]}
-    for key in stats[0]:
-        record[key] = sum(s[key] for s in stats) / len(stats)
+              "seconds": time.time() - t0, "sample_response": shared[0]["first"]}
+    record.update(means)
     return record
+
+
+def log_step(record: dict, steps_total: int, log_path: str | None, progress: Callable) -> None:
+    """Append the step's record to log_path (one JSON line) and print its summary."""
+    if log_path:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    r = {k: "-" if v is None else f"{v:.2f}" for k, v in record.items() if k.startswith(("reward_", "refusal_"))}
+    progress(f"grpo step {record['step'] + 1}/{steps_total}  reward forget {r['reward_forget_mean']} "
+             f"retain {r['reward_retain_mean']}  kl {record['kl']:.4f}  clip {record['clip_frac']:.2f}  "
+             f"refusal f/r {r['refusal_rate_forget']}/{r['refusal_rate_retain']}  "
+             f"len {record['response_len']:.1f}  {record['seconds']:.1f}s")
+
+
+def check_process_count(schedule: list[list[int]]) -> None:
+    """Under torchrun every process needs at least one prompt of every step (its block of the step's prompts)."""
+    fewest = min(map(len, schedule), default=distributed.world_size())
+    if fewest < distributed.world_size():
+        raise ValueError(f"a GRPO step holds {fewest} prompts, fewer than the {distributed.world_size()} processes: "
+                         "choose --boundary-size and --prompts-per-step so that every step has one per process")
 
 
 def train_grpo(model, processor, samples: list, cfg: GRPOConfig, optimizer=None, start_step: int = 0,
@@ -482,19 +540,16 @@ def train_grpo(model, processor, samples: list, cfg: GRPOConfig, optimizer=None,
         raise ValueError("no trainable parameters: apply LoRA (or unfreeze weights) before GRPO")
     optimizer = optimizer or make_optimizer(params, cfg)
     schedule = step_schedule(len(samples), cfg)
+    check_process_count(schedule)
+    policy = distributed.data_parallel(model)  # under torchrun: sums the adapter gradients over the processes
     records = []
     for step in range(start_step, len(schedule)):
-        record = grpo_step(model, processor, [samples[i] for i in schedule[step]], cfg, optimizer, params, step,
-                           reward_fn, reference, sample_ids=schedule[step])
+        mine = distributed.block(schedule[step])  # this process's prompts of the step (all of them in one process)
+        record = grpo_step(model, processor, [samples[i] for i in mine], cfg, optimizer, params, step,
+                           reward_fn, reference, sample_ids=mine, policy=policy)
         records.append(record)
-        if log_path:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        r = {k: "-" if v is None else f"{v:.2f}" for k, v in record.items() if k.startswith(("reward_", "refusal_"))}
-        progress(f"grpo step {step + 1}/{len(schedule)}  reward forget {r['reward_forget_mean']} "
-                 f"retain {r['reward_retain_mean']}  kl {record['kl']:.4f}  clip {record['clip_frac']:.2f}  "
-                 f"refusal f/r {r['refusal_rate_forget']}/{r['refusal_rate_retain']}  "
-                 f"len {record['response_len']:.1f}  {record['seconds']:.1f}s")
+        if distributed.is_main():  # every process holds the same record; rank 0 writes and prints it
+            log_step(record, len(schedule), log_path, progress)
         if on_step:
             on_step(step, record, optimizer)
     return records

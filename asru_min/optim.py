@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from . import distributed
 from .processor import IGNORE_INDEX
 
 
@@ -49,9 +50,10 @@ def token_logprobs(model, batch: dict, target_mask: torch.Tensor | None = None, 
     targets = input_ids[:, first:][rows, cols]  # (n,)
     size = chunk_tokens if chunk_tokens > 0 else h.shape[0]
     checkpointed = torch.is_grad_enabled() and h.shape[0] > size
+    lm_head = getattr(model, "module", model).lm_head  # a DistributedDataParallel wrapper holds it as .module
     logp = []
     for s in range(0, h.shape[0], size):
-        args = (model.lm_head, h[s : s + size], targets[s : s + size], temperature)
+        args = (lm_head, h[s : s + size], targets[s : s + size], temperature)
         logp.append(checkpoint(chosen_logprobs, *args, use_reentrant=False) if checkpointed else chosen_logprobs(*args))
     out[rows, cols + first] = torch.cat(logp)
     return out
@@ -94,7 +96,7 @@ def gradient_checkpointing(model: torch.nn.Module, on: bool = True):
 
 
 def optimizer_step(loss, params: list, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0,
-                   after_backward=None) -> bool:
+                   after_backward=None, data_parallel: bool = False) -> bool:
     """zero_grad -> backward -> (after_backward()) -> clip to grad_clip (0: no clipping) -> step. Returns False,
     with a warning, and changes no parameter when the loss or the gradient norm is not finite: one NaN/inf batch
     would otherwise poison every weight through AdamW's moment estimates. after_backward lets a caller move
@@ -104,13 +106,20 @@ def optimizer_step(loss, params: list, optimizer: torch.optim.Optimizer, grad_cl
     (each normalised by the whole mini-batch, e.g. grpo.policy_loss's `token_count`). Each is backpropagated as it
     arrives (a generator computes the next forward only then, so one micro-batch's graph exists at a time), the
     gradients add up, and the clip, the non-finite checks and the step act once on the sum: the same step as the
-    one-piece loss."""
+    one-piece loss.
+
+    data_parallel: backward sums the gradients over torchrun's processes (DistributedDataParallel), so every
+    process must backpropagate the same number of pieces: each piece's finiteness is agreed by all of them (they
+    skip the step together), and the summed gradients give every process the same gradient norm."""
     optimizer.zero_grad(set_to_none=True)
     finite = True
     for part in [loss] if isinstance(loss, torch.Tensor) else loss:
-        if not torch.isfinite(part):
+        part_finite = torch.isfinite(part)
+        if data_parallel:
+            part_finite = distributed.all_true(part_finite)
+        if not part_finite:
             if finite:
-                warnings.warn(f"non-finite loss ({part.item()}): optimiser step skipped")
+                warnings.warn(f"non-finite loss ({part.item()} here, or on another process): optimiser step skipped")
             finite = False
         elif finite:
             part.backward()

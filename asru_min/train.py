@@ -11,6 +11,15 @@ Resume by running the same command again: finished stages are loaded, GRPO conti
 step's sampling seed depends only on --seed and the step, so a resumed run draws what the interrupted one would
 have). Files are written under a temporary name and os.replace'd, state.json last, so an interruption leaves the
 old or the new state, never half of one. --restart starts over.
+
+Several processes (GPUs) for stage 2:  torchrun --nproc_per_node N -m asru_min.train [the same flags]
+(--device cuda: rank r drives GPU r; on a CPU the processes talk over gloo). Rank 0 evaluates, runs stage 1 and
+writes every file while the others wait; they load stage1.safetensors, then every process generates and trains on
+its block of each GRPO step's prompts and DistributedDataParallel sums the adapter gradients, so N processes
+make the one-process steps up to float rounding (tests/test_distributed.py; examples/torchrun_check.py: 3e-6 after
+12 steps; over many steps rounding eventually flips a sampled token and the runs drift apart). Each step needs at
+least N prompts. Resuming works the same way: rank 0 wrote the checkpoint, every process loads it. See
+asru_min/distributed.py.
 """
 
 import argparse
@@ -28,9 +37,10 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
+from . import distributed
 from .evaluate import evaluate_model, format_table
-from .grpo import (REWARD_REFERENCES, REWARDS, GRPOConfig, build_boundary_set, make_optimizer, step_schedule,
-                   train_grpo)
+from .grpo import (REWARD_REFERENCES, REWARDS, GRPOConfig, build_boundary_set, check_process_count,
+                   make_optimizer, step_schedule, train_grpo)
 from .lora import TEXT_TARGETS, apply_lora, load_lora, save_lora, unload_lora
 from .model import Qwen3VL, Qwen3VLConfig
 from .optim import GRAD_CHECKPOINT
@@ -231,6 +241,9 @@ def validate_settings(cfg: TrainConfig, model_config: Qwen3VLConfig, base_config
 
 # --- atomic files: write(tmp) then os.replace(tmp, path), so readers see the old file or the new one, never half
 def write_atomic(path: str, write) -> None:
+    """Every file of a run is written here, by rank 0 alone under torchrun (the others hold the same data)."""
+    if not distributed.is_main():
+        return
     tmp = f"{path}.tmp{os.getpid()}"
     write(tmp)
     if os.path.isdir(path):  # os.replace cannot replace a non-empty folder: that one is removed first
@@ -251,10 +264,19 @@ def read_json(path: str):
 
 
 class Run:
-    """The output folder of one run: paths, state.json, progress messages."""
+    """The output folder of one run: paths, state.json, progress messages. Under torchrun rank 0 alone writes
+    and prints; the other processes read the state it wrote (`reload`)."""
 
     def __init__(self, cfg: TrainConfig, restart: bool = False, hook=None):
         self.cfg, self.dir, self.hook, self.t0 = cfg, cfg.out, hook, time.time()
+        if distributed.is_main():
+            self.prepare(restart)
+        self.reload()
+
+    def prepare(self, restart: bool) -> None:
+        """Create (or with restart empty) the folder; check that a run already in it has this configuration and
+        these weights; write config.json and state.json."""
+        cfg = self.cfg
         if restart and os.path.isdir(self.dir) and os.listdir(self.dir):
             if not os.path.exists(self.path("config.json")):  # never delete a folder that is not a run
                 raise ValueError(f"--restart: {self.dir} is not empty and holds no run (config.json); not deleting it")
@@ -271,6 +293,11 @@ class Run:
             raise ValueError(f"{self.dir} holds a run made from other weights than {cfg.model}; use --restart "
                              "or another --out")
         self.commit()
+
+    def reload(self) -> None:
+        """Read state.json once rank 0 has written it (every process waits for it here)."""
+        distributed.barrier()
+        self.state = read_json(self.path("state.json"))
 
     def path(self, *parts) -> str:
         return os.path.join(self.dir, *parts)
@@ -289,7 +316,8 @@ class Run:
             self.hook(stage)
 
     def log(self, msg: str) -> None:
-        print(f"[train {time.time() - self.t0:6.1f}s] {msg}", flush=True)
+        if distributed.is_main():
+            print(f"[train {time.time() - self.t0:6.1f}s] {msg}", flush=True)
 
 
 def weights_sha256(folder: str) -> str:
@@ -461,14 +489,15 @@ def stage2(run: Run, model, processor, data: dict) -> list[dict]:
         if (step + 1) % cfg.ckpt_every and step + 1 != steps_total:
             return
         name = os.path.join("ckpt", f"step_{step:06d}")
-        tmp = run.path(name + f".tmp{os.getpid()}")
-        save_lora(model, tmp, base_model_name_or_path=cfg.model)
-        torch.save(opt.state_dict(), os.path.join(tmp, "optimizer.pt"))
-        os.replace(tmp, run.path(name))  # a fresh name: a directory rename is atomic
-        old = run.state["grpo_ckpt"]
-        run.commit(grpo_step=step, grpo_ckpt=name)
-        if old and old != name:
-            shutil.rmtree(run.path(old), ignore_errors=True)
+        if distributed.is_main():  # every process holds the same adapter and optimiser state
+            tmp = run.path(name + f".tmp{os.getpid()}")
+            save_lora(model, tmp, base_model_name_or_path=cfg.model)
+            torch.save(opt.state_dict(), os.path.join(tmp, "optimizer.pt"))
+            os.replace(tmp, run.path(name))  # a fresh name: a directory rename is atomic
+            old = run.state["grpo_ckpt"]
+            run.commit(grpo_step=step, grpo_ckpt=name)
+            if old and old != name:
+                shutil.rmtree(run.path(old), ignore_errors=True)
         if run.hook:
             run.hook(f"grpo_step_{step}")
 
@@ -510,7 +539,9 @@ def draw_curves(records: list[dict], path: str, width: int = 900, height: int = 
 
 def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     """The whole pipeline; returns {"vanilla": metrics, "stage1": metrics, "asru": metrics, "grpo_log": [...]}.
-    hook(event) is called after every completed stage and every GRPO checkpoint (tests interrupt there)."""
+    hook(event) is called after every completed stage and every GRPO checkpoint (tests interrupt there).
+    Under torchrun (`distributed`) the processes other than rank 0 take part in stage 2 only and return
+    {"grpo_log": [...]}; their hook sees the events of stage 2."""
     if not os.path.isdir(cfg.model):
         raise FileNotFoundError(f"model folder {cfg.model!r} not found "
                                 "(train it with python -m asru_min.world.pretrain)")
@@ -521,10 +552,12 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    distributed.init(cfg.device)
     splits, vocabulary = load_world(cfg)  # bad data, positives or base model stop the run here, before training
     processor = Processor.from_pretrained(cfg.model)
     check_base_model(cfg, processor)
     data = stage_data(cfg, splits)
+    check_process_count(step_schedule(len(data["boundary"]), cfg.grpo()))
     r = Run(cfg, restart, hook)
     r.log(f"output folder {cfg.out}; done before: {r.state['done'] or 'nothing'}")
     model = Qwen3VL.from_pretrained(cfg.model, dtype=getattr(torch, cfg.dtype), device=cfg.device)
@@ -532,10 +565,17 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     r.log(f"model {cfg.model} ({model.num_parameters() / 1e6:.2f} M parameters); forget {cfg.forget} %: "
           + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 
-    results = {"vanilla": evaluate_stage(r, "eval_vanilla", model, processor, splits, vocabulary)}
-    stage1(r, model, processor, data)
-    results["stage1"] = evaluate_stage(r, "eval_stage1", model, processor, splits, vocabulary)
+    results = {}
+    if distributed.is_main():
+        results["vanilla"] = evaluate_stage(r, "eval_vanilla", model, processor, splits, vocabulary)
+        stage1(r, model, processor, data)
+        results["stage1"] = evaluate_stage(r, "eval_stage1", model, processor, splits, vocabulary)
+    r.reload()
+    if not distributed.is_main():
+        stage1(r, model, processor, data)  # done by rank 0: load the tensors it changed
     results["grpo_log"] = stage2(r, model, processor, data)
+    if not distributed.is_main():
+        return results
     results["asru"] = evaluate_stage(r, "eval_asru", model, processor, splits, vocabulary)
 
     table = format_table({k: results[k] for k in ("vanilla", "stage1", "asru")})
@@ -571,7 +611,10 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
 
 def main(argv=None) -> dict:
     cfg, restart = parse_args(argv)
-    return run(cfg, restart=restart)
+    try:
+        return run(cfg, restart=restart)
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":
