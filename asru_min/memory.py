@@ -49,6 +49,7 @@ class Flags:
     dtype: str = "float32"
     processes: int = 1
     prompt_tokens: int = 0  # 0: `default_prompt_tokens`
+    portrait: tuple = PORTRAIT_HW  # (height, width) of each prompt's one image, in pixels
     eval_batch_size: int = 32
     eval_max_new_tokens: int = 50
     base_model_separate: bool = False  # --base-model: a second model reads stage 1's positives
@@ -92,9 +93,9 @@ def image_tokens(pre: ImageProcessorConfig, hw: tuple[int, int] = PORTRAIT_HW) -
     return patches, patches // pre.merge_size**2
 
 
-def default_prompt_tokens(pre: ImageProcessorConfig) -> int:
-    """One portrait (PORTRAIT_HW) + <|vision_start|> / <|vision_end|> + QUESTION_TOKENS of chat and question."""
-    return image_tokens(pre)[1] + 2 + QUESTION_TOKENS
+def default_prompt_tokens(pre: ImageProcessorConfig, hw: tuple[int, int] = PORTRAIT_HW) -> int:
+    """One portrait + <|vision_start|> / <|vision_end|> + QUESTION_TOKENS of chat and question."""
+    return image_tokens(pre, hw)[1] + 2 + QUESTION_TOKENS
 
 
 def parameter_count(cfg: Qwen3VLConfig) -> int:
@@ -208,7 +209,7 @@ def generation_terms(cfg, pre, f: Flags, prompts: int, rows: int, prompt_len: in
         decode                  the rows' cache + the sampling step's float32 (rows, V) tensors
     """
     b, S = f.bytes, prompt_len + new_tokens
-    patches, img_tokens = image_tokens(pre)
+    patches, img_tokens = image_tokens(pre, f.portrait)
     kv_prompts, kv_rows = prompts * S * kv_bytes_per_token(cfg, b), rows * S * kv_bytes_per_token(cfg, b)
     moments = {"vision tower": {"vision tower working set": vision_working_bytes(cfg, images * patches, b)},
                "prefill": {"KV cache (prompts)": kv_prompts,
@@ -228,10 +229,15 @@ def prompts_per_process(f: Flags) -> int:
 
 
 def stage1(cfg, pre, f: Flags, n_params: int, P: int, base_params: int | None = None) -> Phase:
-    """max of (a) the positives' refusal filter and direction: greedy generation of eval_batch_size prompts x 32
-    tokens on the base model (a second weight copy with --base-model), and (b) the steering step: only layer L's
-    down_proj W (D, I) trains, so backward keeps W's input a (B, S, I) and the float32 loss tensors; W0 (a copy of
-    W), the float32 master copy (when b < 4), its gradient (+ W's own gradient in b) and AdamW's two moments."""
+    """The largest of stage 1's moments:
+
+        direction   the positives' refusal filter (greedy generation of eval_batch_size prompts x 32 tokens) and
+                    the direction's forwards, on the base model (a second weight copy with --base-model)
+        steering forward / step: only layer L's down_proj W (D, I) trains, so nothing before layer L keeps
+                    activations; resident are W0 (a copy of W), the float32 master of W (when b < 4) and its
+                    AdamW moments; the forward adds `steer.frozen_activation`'s float32 W, W0 and W - W0 (only the
+                    difference in float32), W's saved input a (B, S, I) and the float32 loss tensors; the step
+                    adds the gradient (float32, + W's own in b) and AdamW's float32 temporaries (~ one W)."""
     b, t = f.bytes, cfg.text
     D, I = t.hidden_size, t.intermediate_size
     direction = resident_terms(cfg, f, n_params, stage2=False)
@@ -240,16 +246,15 @@ def stage1(cfg, pre, f: Flags, n_params: int, P: int, base_params: int | None = 
     direction.update(generation_terms(cfg, pre, f, f.eval_batch_size, f.eval_batch_size, P, 32, f.eval_batch_size,
                                       fused=True))
     W = D * I
-    S = P + STEER_ANSWER_TOKENS
-    rows_tokens = f.steer_batch_size * S
-    steering = resident_terms(cfg, f, n_params, stage2=False)
-    steering.update({"W0 copy": W * b, "float32 master of W": W * 4 if b < 4 else 0,
-                     "W gradient": W * 4 + (W * b if b < 4 else 0), "AdamW moments of W": 2 * W * 4,
-                     "saved input of W": rows_tokens * I * b,
-                     "forward working set": rows_tokens * layer_working_bytes_per_token(cfg, b),
-                     "loss tensors (float32)": 4 * rows_tokens * D * 4})
-    a, s = Phase("stage 1", direction), Phase("stage 1", steering)
-    return a if a.total >= s.total else s
+    rows_tokens = f.steer_batch_size * (P + STEER_ANSWER_TOKENS)
+    resident = resident_terms(cfg, f, n_params, stage2=False)
+    resident.update({"W0 copy": W * b, "float32 master of W": W * 4 if b < 4 else 0, "AdamW moments of W": 2 * W * 4})
+    forward = dict(resident, **{"float32 W, W0, W - W0": (3 if b < 4 else 1) * W * 4,
+                                "saved input of W": rows_tokens * I * b,
+                                "forward working set": rows_tokens * layer_working_bytes_per_token(cfg, b),
+                                "loss tensors (float32)": 4 * rows_tokens * D * 4})
+    step = dict(resident, **{"W gradient": W * 4 + (W * b if b < 4 else 0), "AdamW temporaries": W * 4})
+    return max((Phase("stage 1", direction), Phase("stage 1", forward), Phase("stage 1", step)), key=lambda p: p.total)
 
 
 def rollout(cfg, pre, f: Flags, n_params: int, P: int) -> Phase:
@@ -335,7 +340,7 @@ def evaluation(cfg, pre, f: Flags, n_params: int, P: int) -> Phase:
 def estimate(cfg: Qwen3VLConfig, pre: ImageProcessorConfig, f: Flags, base_params: int | None = None) -> list[Phase]:
     """Every phase of a run (stage 1, rollout, old / reference passes, update, evaluation) for one process."""
     n = parameter_count(cfg)
-    P = f.prompt_tokens or default_prompt_tokens(pre)
+    P = f.prompt_tokens or default_prompt_tokens(pre, f.portrait)
     return [stage1(cfg, pre, f, n, P, base_params), rollout(cfg, pre, f, n, P), logprob_passes(cfg, f, n, P),
             update(cfg, f, n, P), evaluation(cfg, pre, f, n, P)]
 
@@ -357,10 +362,10 @@ def load_config(folder: str) -> tuple[Qwen3VLConfig, ImageProcessorConfig]:
 def report(cfg: Qwen3VLConfig, pre: ImageProcessorConfig, f: Flags, base_params: int | None = None) -> str:
     """The dry run's text: settings, one block per phase (terms >= 1 MiB), the peak on the last line."""
     phases = estimate(cfg, pre, f, base_params)
-    P = f.prompt_tokens or default_prompt_tokens(pre)
-    patches, img = image_tokens(pre)
+    P = f.prompt_tokens or default_prompt_tokens(pre, f.portrait)
+    patches, img = image_tokens(pre, f.portrait)
     lines = [f"dry run: {parameter_count(cfg) / 1e9:.3f} B parameters, {f.dtype} on {f.device}, "
-             f"{f.processes} process(es); prompt {P} tokens (a {PORTRAIT_HW[0]}x{PORTRAIT_HW[1]} portrait = "
+             f"{f.processes} process(es); prompt {P} tokens (a {f.portrait[0]}x{f.portrait[1]} portrait = "
              f"{patches} patches -> {img} image tokens, + {P - img} text)" if not f.prompt_tokens else
              f"dry run: {parameter_count(cfg) / 1e9:.3f} B parameters, {f.dtype} on {f.device}, "
              f"{f.processes} process(es); prompt {P} tokens (--dry-run-prompt-tokens)",
@@ -389,6 +394,7 @@ class PeakMeter:
     def __init__(self, device: str = "cpu"):
         self.cuda = str(device).startswith("cuda")
         self.peaks: dict[str, int] = {}
+        self.starts: dict[str, int] = {}  # bytes allocated when the phase began
         self._names: list[str] = []
 
     def __enter__(self) -> "PeakMeter":
@@ -411,7 +417,8 @@ class PeakMeter:
         for name, (lo, hi) in windows.items():
             before = [a for t, a in timeline if t < lo]
             inside = [a for t, a in timeline if lo <= t <= hi]
-            self.peaks[name] = max(inside + before[-1:] or [0])
+            self.starts[name] = (before[-1:] or [0])[0]
+            self.peaks[name] = max(inside + [self.starts[name]])
 
     def phase(self, name: str):
         self._names.append(name)
@@ -425,6 +432,7 @@ class _CudaPhase:
     def __enter__(self):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        self.meter.starts[self.name] = torch.cuda.memory_allocated()
 
     def __exit__(self, *exc):
         torch.cuda.synchronize()
@@ -516,5 +524,5 @@ def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f
             optimizer_step(loss, params, optimizer, 1.0)
         out["prompt_tokens"] = ro["prompt_ids"].shape[1]
         out["new_tokens"] = ro["input_ids"].shape[1] - ro["prompt_ids"].shape[1]
-    out.update(peaks=meter.peaks, seconds=seconds)
+    out.update(peaks=meter.peaks, starts=meter.starts, seconds=seconds)
     return out
