@@ -68,8 +68,10 @@ class Flags:
 
     @classmethod
     def from_train_config(cls, cfg, processes: int) -> "Flags":
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in dataclasses.asdict(cfg).items() if k in names}
+        """The fields of a `train.TrainConfig` of the same names (a field it lacks keeps the default above)."""
+        skip = {"processes", "prompt_tokens", "portrait", "base_model_separate"}
+        values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)
+                  if f.name not in skip and hasattr(cfg, f.name)}
         return cls(**values, processes=processes, prompt_tokens=cfg.dry_run_prompt_tokens,
                    base_model_separate=bool(cfg.base_model))
 
@@ -345,11 +347,13 @@ def estimate(cfg: Qwen3VLConfig, pre: ImageProcessorConfig, f: Flags, base_param
             update(cfg, f, n, P), evaluation(cfg, pre, f, n, P)]
 
 
-def load_config(folder: str) -> tuple[Qwen3VLConfig, ImageProcessorConfig]:
-    """config.json and preprocessor_config.json (Qwen3-VL's defaults when absent) of a model folder."""
-    path = os.path.join(folder, "config.json")
+def load_config(path: str) -> tuple[Qwen3VLConfig, ImageProcessorConfig]:
+    """config.json and preprocessor_config.json (Qwen3-VL's defaults when absent) of a model folder, or a config
+    file itself (e.g. examples/configs/qwen3vl_2b.json) with the preprocessor_config.json beside it."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    path = os.path.join(path, "config.json") if os.path.isdir(path) else path
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--dry-run needs {path}")
+        raise FileNotFoundError(f"--dry-run needs a model folder with config.json, or a config file: {path} not found")
     with open(path) as fh:
         cfg = Qwen3VLConfig.from_dict(json.load(fh))
     pre, pre_path = ImageProcessorConfig(), os.path.join(folder, "preprocessor_config.json")
@@ -408,17 +412,17 @@ class PeakMeter:
             return
         self._prof.__exit__(*exc)
         events = self._prof.profiler.kineto_results.events()
-        windows = {e.name()[len("phase:"):]: (e.start_ns(), e.end_ns()) for e in events
-                   if e.name().startswith("phase:") and e.name()[len("phase:"):] in self._names}
+        windows = sorted((e.start_ns(), e.end_ns(), e.name()[len("phase:"):]) for e in events
+                         if e.name().startswith("phase:") and e.name()[len("phase:"):] in self._names)
         allocated, timeline = 0, []
         for e in sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns()):
             allocated += e.nbytes()
             timeline.append((e.start_ns(), allocated))
-        for name, (lo, hi) in windows.items():
+        for lo, hi, name in windows:  # a phase entered several times: its highest peak, its first start
             before = [a for t, a in timeline if t < lo]
             inside = [a for t, a in timeline if lo <= t <= hi]
-            self.starts[name] = (before[-1:] or [0])[0]
-            self.peaks[name] = max(inside + [self.starts[name]])
+            self.starts.setdefault(name, (before[-1:] or [0])[0])
+            self.peaks[name] = max(inside + before[-1:] + [self.peaks.get(name, 0)])
 
     def phase(self, name: str):
         self._names.append(name)
@@ -432,11 +436,11 @@ class _CudaPhase:
     def __enter__(self):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        self.meter.starts[self.name] = torch.cuda.memory_allocated()
+        self.meter.starts.setdefault(self.name, torch.cuda.memory_allocated())
 
     def __exit__(self, *exc):
         torch.cuda.synchronize()
-        self.meter.peaks[self.name] = torch.cuda.max_memory_allocated()
+        self.meter.peaks[self.name] = max(self.meter.peaks.get(self.name, 0), torch.cuda.max_memory_allocated())
 
 
 def free_fused_caches(model) -> None:

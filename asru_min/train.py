@@ -27,6 +27,7 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
+from . import memory
 from .evaluate import evaluate_model, format_table
 from .grpo import GRPOConfig, build_boundary_set, make_optimizer, step_schedule, train_grpo
 from .lora import apply_lora, load_lora, save_lora, unload_lora
@@ -99,6 +100,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ckpt_every: int = 1  # GRPO steps between checkpoints
+    # --dry-run: print each phase's estimated peak memory (asru_min/memory.py) from config.json alone, then exit
+    dry_run: bool = False
+    dry_run_prompt_tokens: int = 0  # 0 = one 512x512 portrait (256 image tokens under Qwen3-VL) + 42 text tokens
+    dry_run_processes: int = 0  # processes of the run to estimate; 0 = $WORLD_SIZE, or 1
 
     def grpo(self) -> GRPOConfig:
         return GRPOConfig(group_size=self.group_size, temperature=self.temperature, top_p=self.top_p,
@@ -414,6 +419,21 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     return results
 
 
+def dry_run(cfg: TrainConfig) -> str:
+    """`memory.report` for cfg: --model's config.json (a folder, or the file), no weights, no data."""
+    processes = cfg.dry_run_processes or int(os.environ.get("WORLD_SIZE", "1"))
+    model_cfg, pre = memory.load_config(cfg.model)
+    base_params = None  # --base-model: its own size when its config is at hand, else --model's
+    if cfg.base_model and os.path.isfile(os.path.join(cfg.base_model, "config.json")):
+        base_params = memory.parameter_count(memory.load_config(cfg.base_model)[0])
+    return memory.report(model_cfg, pre, memory.Flags.from_train_config(cfg, processes), base_params)
+
+
+FLAG_HELP = {"dry_run_prompt_tokens": "prompt length --dry-run assumes; default 0 = one MLLMU-Bench portrait "
+                                     "(512x512 pixels: 1024 patches, 256 image tokens under Qwen3-VL's processor) "
+                                     "+ 42 tokens of chat markup and question"}
+
+
 def parse_args(argv=None) -> tuple[TrainConfig, bool]:
     """One flag per TrainConfig field (--steer-lr for steer_lr; booleans as --flag / --no-flag)."""
     p = argparse.ArgumentParser(prog="python -m asru_min.train", description=__doc__.split("\n")[0])
@@ -423,7 +443,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
             p.add_argument(flag, type=type(default) if default is not None else str, default=default,
-                           help=f"default {default}")
+                           help=FLAG_HELP.get(f.name, f"default {default}"))
     p.add_argument("--restart", action="store_true", help="discard a previous run in --out")
     args = vars(p.parse_args(argv))
     restart = args.pop("restart")
@@ -432,6 +452,9 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
 
 def main(argv=None) -> dict:
     cfg, restart = parse_args(argv)
+    if cfg.dry_run:  # before any weights or data are read
+        print(dry_run(cfg), flush=True)
+        return {}
     return run(cfg, restart=restart)
 
 
