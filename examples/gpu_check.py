@@ -1,0 +1,254 @@
+"""One prepared check for a GPU machine: a Qwen3-VL-2B-shaped model at the README's paper settings.
+
+    python examples/gpu_check.py                              # one GPU, ~5 minutes on an H100
+    torchrun --nproc_per_node 2 examples/gpu_check.py         # two GPUs: each process takes half the prompts
+    python examples/gpu_check.py --max-new-tokens 2048        # the paper's response length (random weights never
+                                                              # stop early: every row decodes all of them)
+
+From a config alone (default examples/configs/qwen3vl_2b.json) it builds the model in bf16 with random weights on
+the device, runs stage 1 (refusal filter and direction on --stage1-prompts portraits, --steer-steps steering
+steps at layer 17) and one GRPO step (`grpo.grpo_step`: --prompts-per-step prompts x G, mini-batches of 16,
+LoRA r 16 on every linear map of the decoder), and prints for each phase torch.cuda.max_memory_allocated (`memory.PeakMeter`) beside
+`--dry-run`'s estimate for the same shapes, rollout and update tokens per second, and which scaled-dot-product
+attention kernel ran for the padded, grouped-query calls the rollout and the update make. Prompts are the
+synthetic world's questions with their portraits resized to 512 x 512 (256 image tokens under Qwen3-VL's
+preprocessor); the tokenizer is the default model's. --time-limit stops the script (SIGALRM) and prints what was
+measured so far. Under torchrun only rank 0 runs stage 1 and prints; the GRPO step runs on every rank with its
+share of the prompts, without gradient all-reduce (this checks memory and speed, not training).
+--device cpu with a tiny --config runs the same code on a CPU (tests/test_memory.py does).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+
+from benchmark_2b_cpu import config_for_tokenizer, portrait_qas, random_model  # noqa: E402
+
+from asru_min import grpo, memory  # noqa: E402
+from asru_min.lora import apply_lora  # noqa: E402
+from asru_min.processor import ImageProcessorConfig, Processor  # noqa: E402
+from asru_min.steer import keep_refusals, knowledge_absence_direction, optimize_steering  # noqa: E402
+from asru_min.world import load_world  # noqa: E402
+
+TODAY = {"rollout_batch": 0, "micro_batch_tokens": 0, "grad_checkpoint": "off", "logprob_chunk": 0}  # a GRPOConfig
+# without the memory flags runs like this (one rollout call, whole mini-batches, no checkpointing, unchunked)
+SDPA_OPS = ("flash", "efficient", "cudnn", "math")  # substrings of aten::_scaled_dot_product_*_attention* names
+
+
+def sdpa_kernels(attention, rows: int, length: int, padded: bool, device, dtype, grad: bool) -> list[str]:
+    """The aten attention kernels one call of a decoder layer's self-attention runs on (rows, length) tokens,
+    read from torch.profiler's op names; padded: the first row has a left pad, as a GRPO batch, so the call gets a
+    boolean mask (with grouped-query heads); grad: the input requires grad, as in the update."""
+    from asru_min.model import attention_mask_4d
+    from asru_min.text import mrope_cos_sin
+
+    D = attention.q_proj.in_features
+    x = torch.randn(rows, length, D, device=device, dtype=dtype, requires_grad=grad)
+    pos = torch.arange(length, device=device).expand(rows, length)
+    cos, sin = mrope_cos_sin(pos, attention_config(attention), dtype)
+    mask = None
+    if padded:
+        real = torch.ones(rows, length, dtype=torch.bool, device=device)
+        real[0, 0] = False
+        mask = attention_mask_4d(real, length, 0)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        attention(x, cos, sin, mask)
+    return sorted({e.name for e in prof.events() if "scaled_dot_product" in e.name and
+                   any(k in e.name for k in SDPA_OPS)})
+
+
+def attention_config(attention):
+    """A TextConfig with the head width of `attention` (all `mrope_cos_sin` reads)."""
+    from asru_min.text import TextConfig
+
+    return TextConfig(head_dim=attention.d)
+
+
+class Recorder:
+    """Wraps grpo's rollout / rows_logprobs / optimizer_step (module globals that grpo_step calls) so that each runs
+    inside a meter phase and is timed: "rollout", "old / reference log-probs" (rows_logprobs without grad),
+    "update" (rows_logprobs with grad, and the optimiser step); counts the tokens each processed."""
+
+    def __init__(self, meter: memory.PeakMeter):
+        self.meter, self.seconds, self.tokens = meter, {}, {}
+        self.prompt_len = self.new_tokens = 0  # the longest the rollouts made
+        self.originals = {n: getattr(grpo, n) for n in ("rollout", "rows_logprobs", "optimizer_step")}
+
+    def _timed(self, phase, fn, *args, **kw):
+        t0 = time.time()
+        with self.meter.phase(phase):  # (a CUDA phase synchronises on exit)
+            out = fn(*args, **kw)
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.time() - t0
+        return out
+
+    def __enter__(self):
+        def rollout(*a, **kw):
+            ro = self._timed("rollout", self.originals["rollout"], *a, **kw)
+            self.tokens["rollout"] = self.tokens.get("rollout", 0) + int(ro["response_mask"].sum())
+            P = ro["prompt_ids"].shape[1]
+            self.prompt_len = max(self.prompt_len, P)
+            self.new_tokens = max(self.new_tokens, ro["input_ids"].shape[1] - P)
+            return ro
+
+        def rows_logprobs(model, ro, rows, *a, **kw):
+            phase = "update" if torch.is_grad_enabled() else "old / reference log-probs"
+            self.tokens[phase] = self.tokens.get(phase, 0) + int(ro["attention_mask"][rows].sum())
+            return self._timed(phase, self.originals["rows_logprobs"], model, ro, rows, *a, **kw)
+
+        def optimizer_step(*a, **kw):
+            return self._timed("update", self.originals["optimizer_step"], *a, **kw)
+
+        grpo.rollout, grpo.rows_logprobs, grpo.optimizer_step = rollout, rows_logprobs, optimizer_step
+        return self
+
+    def __exit__(self, *exc):
+        for name, fn in self.originals.items():
+            setattr(grpo, name, fn)
+
+
+def grpo_config(args) -> grpo.GRPOConfig:
+    """The paper's stage-2 settings; the memory flags (rollout_batch, micro_batch_tokens, grad_checkpoint,
+    logprob_chunk) at their defaults where GRPOConfig has them."""
+    values = dict(group_size=args.group_size, temperature=1.5, top_p=0.95, max_new_tokens=args.max_new_tokens,
+                  prompts_per_step=args.prompts_per_step, mini_batch_size=args.mini_batch_size, ppo_epochs=1, epochs=1,
+                  clip_low=0.2, clip_high=0.3, dual_clip=3.0, kl_coef=0.1, lr=1e-6, weight_decay=0.01, grad_clip=1.0,
+                  seed=0)
+    names = {f.name for f in dataclasses.fields(grpo.GRPOConfig)}
+    return grpo.GRPOConfig(**{k: v for k, v in values.items() if k in names})
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=os.path.join(HERE, "configs", "qwen3vl_2b.json"))
+    p.add_argument("--preprocessor", default=os.path.join(HERE, "configs", "preprocessor_config.json"))
+    p.add_argument("--tokenizer-model", default=os.path.join(HERE, "..", "weights"))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="cap (paper: 2048); bounds the time")
+    p.add_argument("--prompts-per-step", type=int, default=64)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--mini-batch-size", type=int, default=16)
+    p.add_argument("--stage1-prompts", type=int, default=32)
+    p.add_argument("--steer-steps", type=int, default=8)
+    p.add_argument("--layer", type=int, default=17)
+    p.add_argument("--portrait", type=int, default=512)
+    p.add_argument("--time-limit", type=int, default=540, help="seconds before the script stops itself")
+    args = p.parse_args(argv)
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = args.device
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
+        if device == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(device)
+
+    def say(msg: str) -> None:
+        if rank == 0:
+            print(msg, flush=True)
+
+    def out_of_time(*_):
+        raise TimeoutError(f"--time-limit {args.time_limit} s reached")
+
+    if hasattr(signal, "SIGALRM"):
+        signal.signal(signal.SIGALRM, out_of_time)
+        signal.alarm(args.time_limit)
+    torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    tok = Processor.from_pretrained(args.tokenizer_model).tokenizer
+    with open(args.preprocessor) as fh:
+        pre = ImageProcessorConfig.from_dict(json.load(fh))
+    processor = Processor(tok, image_config=pre)
+    cfg = config_for_tokenizer(args.config, processor)
+    splits, _ = load_world(None, 10, 100, 0)
+    forget = portrait_qas([qa for qa in splits["forget"] if qa.kind == "gen"], args.portrait)
+    retain = portrait_qas([qa for qa in splits["retain"] if qa.kind == "gen"], args.portrait)
+    per_rank = forget[rank * args.prompts_per_step // world:(rank + 1) * args.prompts_per_step // world]
+    gcfg = grpo_config(args)
+    flags = memory.Flags(device=device, dtype=args.dtype, processes=world, eval_batch_size=args.stage1_prompts,
+                         group_size=args.group_size, max_new_tokens=args.max_new_tokens,
+                         prompts_per_step=args.prompts_per_step, mini_batch_size=args.mini_batch_size,
+                         portrait=(args.portrait, args.portrait),
+                         **{k: getattr(gcfg, k, today) for k, today in TODAY.items()})
+    layer = min(args.layer, cfg.text.num_hidden_layers - 1)
+    say(f"{memory.parameter_count(cfg) / 1e9:.3f} B parameters, {args.dtype} on {device} x {world}; "
+        f"{args.prompts_per_step} prompts x {args.group_size}, <= {args.max_new_tokens} new tokens, mini-batches of "
+        f"{args.mini_batch_size}; GRPOConfig: {gcfg}")
+
+    meter, results, t_start = memory.PeakMeter(device), {}, time.time()
+    try:
+        with meter:
+            with meter.phase("weights"):
+                model = random_model(cfg, dtype).to(device).eval()
+            if rank == 0:
+                t0 = time.time()
+                with meter.phase("stage 1"):
+                    positives = retain[:args.stage1_prompts]
+                    kept = keep_refusals(model, processor, positives, batch_size=args.stage1_prompts)
+                    v = knowledge_absence_direction(model, processor, kept or positives,
+                                                    forget[:args.stage1_prompts], layer,
+                                                    batch_size=args.stage1_prompts)
+                    memory.free_fused_caches(model)
+                    optimize_steering(model, processor, forget[:2 * args.steer_steps], retain[:2 * args.steer_steps],
+                                      v, layer, c=3.0, alpha=1.0, lr=1e-4, batch_size=2, epochs=1, log_every=0)
+                results["seconds"] = {"stage 1": time.time() - t0}
+            say(f"stage 1 done ({time.time() - t_start:.0f} s)")
+            apply_lora(model, dropout=0.0)
+            params = [q for q in model.parameters() if q.requires_grad]
+            optimizer = grpo.make_optimizer(params, gcfg)
+            model.train()
+            with Recorder(meter) as rec:
+                t0 = time.time()
+                record = grpo.grpo_step(model, processor, [(qa, True) for qa in per_rank], gcfg, optimizer, params, 0)
+                step_seconds = time.time() - t0
+            results["seconds"] = {**results.get("seconds", {}), **rec.seconds}
+            results.update(record=record, tokens=rec.tokens, step_seconds=step_seconds,
+                           prompt_len=rec.prompt_len, new_tokens=rec.new_tokens)
+    except (TimeoutError, torch.OutOfMemoryError) as e:
+        say(f"stopped: {type(e).__name__}: {e}")
+    if hasattr(signal, "SIGALRM"):
+        signal.alarm(0)
+
+    # the estimate for the shapes the run realised (the assumed ones when it stopped before a rollout)
+    P = results.get("prompt_len") or memory.default_prompt_tokens(pre, (args.portrait, args.portrait))
+    T = results.get("new_tokens") or args.max_new_tokens
+    n = memory.parameter_count(cfg)
+    flags.prompt_tokens = P
+    estimates = {"stage 1": memory.stage1(cfg, pre, flags, n, P), "rollout": memory.rollout(cfg, pre, flags, n, P),
+                 "old / reference log-probs": memory.logprob_passes(cfg, flags, n, P, T),
+                 "update": memory.update(cfg, flags, n, P, T)}
+    say(f"{'phase':28s} {'measured peak GiB':>18s} {'dry-run estimate GiB':>21s} {'seconds':>8s} "
+        f"{'tokens/s':>9s}")
+    for name, est in estimates.items():
+        measured = meter.peaks.get(name)
+        seconds = results.get("seconds", {}).get(name)
+        tokens = results.get("tokens", {}).get(name)
+        say(f"{name:28s} {'-' if measured is None else f'{measured / memory.GiB:.2f}':>18s} "
+            f"{est.total / memory.GiB:21.2f} {'-' if seconds is None else f'{seconds:.1f}':>8s} "
+            f"{'-' if not (seconds and tokens) else f'{tokens / seconds:.0f}':>9s}")
+    if "record" in results:
+        say(f"GRPO step: {results['step_seconds']:.1f} s, mean response {results['record']['response_len']:.0f} "
+            f"tokens, {results['record']['optimizer_steps']} optimiser steps")
+    if "record" in results or "stage 1" in meter.peaks:
+        attn = model.model.language_model.layers[0].self_attn
+        rows = max(1, flags.micro_batch_tokens // (P + T)) if flags.micro_batch_tokens else args.mini_batch_size
+        for label, n_rows, length, grad in (("update", rows, P + T, True), ("rollout prefill", 8, P, False)):
+            say(f"SDPA kernel, {label} ({n_rows} rows x {length}, padded, grouped-query): "
+                f"{sdpa_kernels(attn, n_rows, length, True, device, dtype, grad)}")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return {"peaks": meter.peaks, "estimates": {k: v.total for k, v in estimates.items()}, **results}
+
+
+if __name__ == "__main__":
+    main()
