@@ -77,6 +77,7 @@ class Flags:
 
     @property
     def bytes(self) -> int:
+        """Bytes per element of --dtype."""
         return torch.empty(0, dtype=getattr(torch, self.dtype)).element_size()
 
     @property
@@ -197,6 +198,7 @@ def resident_terms(cfg, f: Flags, n_params: int, stage2: bool) -> dict:
 
 
 def adapter_bytes(cfg, f: Flags) -> int:
+    """The adapter's bytes: float32 on a bf16 / fp16 model (`lora.LoRALinear.from_linear`), else the model's."""
     return adapter_parameters(cfg, f.lora_r, f.lora_targets) * (4 if f.bytes < 4 else f.bytes)
 
 
@@ -273,9 +275,10 @@ def rollout(cfg, pre, f: Flags, n_params: int, P: int) -> Phase:
 
 
 def micro_batch_rows(f: Flags, S: int) -> int:
-    """Rows per forward / backward: micro_batch_tokens // S (at least 1); 0 = the whole mini-batch."""
-    mini = f.mini_batch_size or prompts_per_process(f) * f.group_size
-    mini = min(mini, prompts_per_process(f) * f.group_size)
+    """Rows per forward / backward: micro_batch_tokens // S (at least 1); 0 = the whole mini-batch (a process's
+    share of mini_batch_size responses, or of the step's)."""
+    rows = prompts_per_process(f) * f.group_size
+    mini = min(math.ceil(f.mini_batch_size / f.processes), rows) if f.mini_batch_size else rows
     return mini if f.micro_batch_tokens == 0 else max(1, min(mini, f.micro_batch_tokens // S))
 
 
@@ -326,6 +329,7 @@ def update(cfg, f: Flags, n_params: int, P: int, T: int | None = None) -> Phase:
     terms.update({"logits": logit_tokens(f, rows, T) * t.vocab_size * LOGIT_BYTES,
                   "residual-stream gradients": 2 * tokens * t.hidden_size * b,
                   "rollout records": prompts_per_process(f) * f.group_size * S * (8 + 8 + 1 + 4 + 4)})
+    # (rollout records here: ids, attention mask, response mask and the old / reference log-probs, per row and token)
     return Phase("update", terms)
 
 

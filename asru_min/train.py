@@ -421,6 +421,8 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
 
 def dry_run(cfg: TrainConfig) -> str:
     """`memory.report` for cfg: --model's config.json (a folder, or the file), no weights, no data."""
+    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype!r}")
     processes = cfg.dry_run_processes or int(os.environ.get("WORLD_SIZE", "1"))
     model_cfg, pre = memory.load_config(cfg.model)
     base_params = None  # --base-model: its own size when its config is at hand, else --model's
