@@ -1,6 +1,6 @@
 """One prepared check for a GPU machine: a Qwen3-VL-2B-shaped model at the README's paper settings.
 
-    python examples/gpu_check.py                              # one GPU, ~5 minutes on an H100
+    python examples/gpu_check.py                              # one GPU (~5 minutes on an H100: estimated, not run)
     torchrun --nproc_per_node 2 examples/gpu_check.py         # two GPUs: each process takes half the prompts
     python examples/gpu_check.py --max-new-tokens 2048        # the paper's response length (random weights never
                                                               # stop early: every row decodes all of them)
@@ -19,7 +19,6 @@ share of the prompts, without gradient all-reduce (this checks memory and speed,
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import signal
@@ -38,9 +37,10 @@ from asru_min import grpo, memory  # noqa: E402
 from asru_min.lora import apply_lora  # noqa: E402
 from asru_min.processor import ImageProcessorConfig, Processor  # noqa: E402
 from asru_min.steer import keep_refusals, knowledge_absence_direction, optimize_steering  # noqa: E402
+from asru_min.train import TrainConfig  # noqa: E402
 from asru_min.world import load_world  # noqa: E402
 
-TODAY = {"rollout_batch": 0, "micro_batch_tokens": 0, "grad_checkpoint": "off", "logprob_chunk": 0}  # a GRPOConfig
+TODAY = {"rollout_batch": 0, "micro_batch_tokens": 0, "grad_checkpoint": "off", "logprob_chunk": 0}  # a TrainConfig
 # without the memory flags runs like this (one rollout call, whole mini-batches, no checkpointing, unchunked)
 SDPA_OPS = ("flash", "efficient", "cudnn", "math")  # substrings of aten::_scaled_dot_product_*_attention* names
 
@@ -116,15 +116,13 @@ class Recorder:
             setattr(grpo, name, fn)
 
 
-def grpo_config(args) -> grpo.GRPOConfig:
-    """The paper's stage-2 settings; the memory flags (rollout_batch, micro_batch_tokens, grad_checkpoint,
-    logprob_chunk) at their defaults where GRPOConfig has them."""
-    values = dict(group_size=args.group_size, temperature=1.5, top_p=0.95, max_new_tokens=args.max_new_tokens,
-                  prompts_per_step=args.prompts_per_step, mini_batch_size=args.mini_batch_size, ppo_epochs=1, epochs=1,
-                  clip_low=0.2, clip_high=0.3, dual_clip=3.0, kl_coef=0.1, lr=1e-6, weight_decay=0.01, grad_clip=1.0,
-                  seed=0)
-    names = {f.name for f in dataclasses.fields(grpo.GRPOConfig)}
-    return grpo.GRPOConfig(**{k: v for k, v in values.items() if k in names})
+def run_config(args, device: str) -> TrainConfig:
+    """The paper's stage-2 settings as a TrainConfig (its `grpo()` is what train.py runs; the memory flags
+    rollout_batch, micro_batch_tokens, grad_checkpoint, logprob_chunk keep their defaults where it has them)."""
+    return TrainConfig(device=device, dtype=args.dtype, group_size=args.group_size, temperature=1.5, top_p=0.95,
+                       max_new_tokens=args.max_new_tokens, prompts_per_step=args.prompts_per_step,
+                       mini_batch_size=args.mini_batch_size, grpo_epochs=1, kl_coef=0.1, grpo_lr=1e-6,
+                       eval_batch_size=args.stage1_prompts, lora_dropout=0.0)
 
 
 def main(argv=None) -> dict:
@@ -174,12 +172,13 @@ def main(argv=None) -> dict:
     forget = portrait_qas([qa for qa in splits["forget"] if qa.kind == "gen"], args.portrait)
     retain = portrait_qas([qa for qa in splits["retain"] if qa.kind == "gen"], args.portrait)
     per_rank = forget[rank * args.prompts_per_step // world:(rank + 1) * args.prompts_per_step // world]
-    gcfg = grpo_config(args)
-    flags = memory.Flags(device=device, dtype=args.dtype, processes=world, eval_batch_size=args.stage1_prompts,
-                         group_size=args.group_size, max_new_tokens=args.max_new_tokens,
-                         prompts_per_step=args.prompts_per_step, mini_batch_size=args.mini_batch_size,
-                         portrait=(args.portrait, args.portrait),
-                         **{k: getattr(gcfg, k, today) for k, today in TODAY.items()})
+    run_cfg = run_config(args, device)
+    gcfg = run_cfg.grpo()
+    flags = memory.Flags.from_train_config(run_cfg, world)
+    flags.portrait = (args.portrait, args.portrait)
+    for name, today in TODAY.items():
+        if not hasattr(run_cfg, name):
+            setattr(flags, name, today)
     layer = min(args.layer, cfg.text.num_hidden_layers - 1)
     say(f"{memory.parameter_count(cfg) / 1e9:.3f} B parameters, {args.dtype} on {device} x {world}; "
         f"{args.prompts_per_step} prompts x {args.group_size}, <= {args.max_new_tokens} new tokens, mini-batches of "
@@ -203,7 +202,8 @@ def main(argv=None) -> dict:
                                       v, layer, c=3.0, alpha=1.0, lr=1e-4, batch_size=2, epochs=1, log_every=0)
                 results["seconds"] = {"stage 1": time.time() - t0}
             say(f"stage 1 done ({time.time() - t_start:.0f} s)")
-            apply_lora(model, dropout=0.0)
+            apply_lora(model, targets=tuple(run_cfg.lora_targets.split(",")), r=run_cfg.lora_r,
+                       alpha=run_cfg.lora_alpha, dropout=run_cfg.lora_dropout)
             params = [q for q in model.parameters() if q.requires_grad]
             optimizer = grpo.make_optimizer(params, gcfg)
             model.train()
