@@ -1,5 +1,5 @@
-"""The QA record every stage consumes, the one QA -> model batch helper, the two prompt protocols, the reader of
-the real MLLMU-Bench and the stage-1 positive questions for a benchmark without them.
+"""The QA record every stage consumes, the one QA -> model batch helper, the two prompt protocols and the stage-1
+positive questions for a benchmark without them (the reader of the real MLLMU-Bench and its short facts: mllmu.py).
 
 MLLMU-Bench (arXiv 2410.22108) pairs fictitious portraits with profiles and asks three kinds of questions about
 each person, with the image ("the person in this image") or by name only:
@@ -16,8 +16,6 @@ The synthetic world the default model was trained on (asru_min/world/) produces 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import random
 import warnings
 from dataclasses import dataclass, field, replace
@@ -25,8 +23,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-
-from .metrics import leaks, normalize, tokens
 
 FORGET_PERCENTS = (5, 10, 15)
 SPLITS = ("forget", "retain", "test", "real", "utility", "private", "unknown")
@@ -147,202 +143,6 @@ def with_protocol(qas: list, protocol: str, shots_from: list, seed: int = 0) -> 
                 ex = rng.choice(cands)
             shot = replace(ex, question=release_prompt(ex, example=True), shot=None)
         out.append(replace(qa, question=release_prompt(qa), shot=shot))
-    return out
-
-
-# --- short facts
-_FUNCTION_WORDS = frozenset(
-    "a an the this that these those person persons people s is was are were be been being has have had do does did "
-    "of in on at to for by with from as and or but his her hers their theirs its he she they him them it who whom "
-    "whose what which where when why how name named called known".split())
-
-
-def short_fact(question: str, answer: str, candidates=()) -> str:
-    """The short fact a generation answer states (a leak is its appearance in a response). 1. the longest of
-    `candidates` (the cloze ground truths of the same person) found in the answer as whole words; 2. else the
-    longest run of answer words that are neither in the question nor function words ("Where was she born?" /
-    "She was born in Lindqvist Bay." -> "lindqvist bay"); 3. else the whole answer."""
-    found = [c for c in candidates if c and leaks(answer, c)]
-    if found:
-        return max(found, key=lambda c: len(normalize(c)))
-    asked, runs, run = set(tokens(question)), [], []
-    for w in tokens(answer) + [""]:
-        if w and w not in asked and w not in _FUNCTION_WORDS:
-            run.append(w)
-        elif run:
-            runs.append(run)
-            run = []
-    return " ".join(max(runs, key=len)) if runs else answer
-
-
-# --- the real MLLMU-Bench on disk
-_FORMS = {"Image_Textual": "image", "Pure_Text": "text"}
-_JSON_TASKS = {"Classification_Task": "classification_qa", "Generation_Task": "generation_qa",
-               "Mask_Task": "fill_blank_qa"}
-
-
-def _parquet_rows(path: Path) -> list[dict]:
-    try:
-        import pyarrow.parquet as pq  # optional: only the parquet layout needs it
-    except ImportError as e:
-        raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow") from e
-    return pq.read_table(path).to_pylist()
-
-
-def _json_rows(folder: Path) -> list[tuple[Path, dict]]:
-    """(file, record) per person of the JSON layout (`load_mllmu_bench`)."""
-    rows = []
-    for qfile in sorted((folder / "classification_qa").glob("*_questions.json")):
-        pid = qfile.name[: -len("_questions.json")]
-        rec: dict = {"ID": pid}
-        for key, sub in _JSON_TASKS.items():
-            f = folder / sub / qfile.name
-            rec[key] = json.loads(f.read_text()) if f.exists() else None
-        pics = sorted(p for p in (folder / "images").glob(f"{pid}*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-        rec["image"] = next((str(p) for p in pics if p.stem == pid), None)
-        rec["images"] = [str(p) for p in pics if p.stem.startswith(pid + "_")]
-        rows.append((qfile, rec))
-    return rows
-
-
-def read_split_records(folder: Path) -> list[dict]:
-    """The rows of one split folder (parquet shards in name order, or the JSON layout), each with "_where" =
-    "file row i (ID x)" for error messages. Raises on a missing folder and on zero rows."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"MLLMU-Bench split folder not found: {folder}")
-    parquets = sorted(folder.glob("*.parquet"))
-    if parquets:
-        rows = [(f, r) for f in parquets for r in _parquet_rows(f)]
-    elif (folder / "classification_qa").is_dir():
-        rows = _json_rows(folder)
-    else:
-        raise FileNotFoundError(f"{folder} holds neither *.parquet nor classification_qa/")
-    if not rows:
-        raise ValueError(f"MLLMU-Bench split {folder} has zero rows")
-    for i, (f, r) in enumerate(rows):
-        r["_where"] = f"{f} row {i} (ID {r.get('ID')})"
-    return [r for _, r in rows]
-
-
-def _open_image(obj, where: str) -> Image.Image:
-    """An image cell (the release's {"bytes", "path"}, raw bytes or a file path) as an RGB image."""
-    if isinstance(obj, dict):
-        obj = obj.get("bytes") or obj.get("path")
-    try:
-        if isinstance(obj, (bytes, bytearray)):
-            return Image.open(io.BytesIO(obj)).convert("RGB")
-        if isinstance(obj, str) and obj:
-            return Image.open(obj).convert("RGB")
-    except Exception as e:
-        raise ValueError(f"{where}: unreadable image ({e})") from e
-    raise ValueError(f"{where}: image questions but no readable image (got {type(obj).__name__})")
-
-
-def _task_items(block, where: str) -> list[tuple[dict, str]]:
-    """(question dict, form) of one task cell: the release's list of {Question, Ground_Truth, Type} or a struct
-    {Image_Textual_Questions: [...], Pure_Text_Questions: [...]} (Classification_Task; the older JSON files)."""
-    block = json.loads(block) if isinstance(block, str) else block
-    if isinstance(block, dict):
-        return [(q, f) for key, f in (("Image_Textual_Questions", "image"), ("Pure_Text_Questions", "text"))
-                for q in block.get(key) or []]
-    out = []
-    for q in block or []:
-        if q.get("Type") not in _FORMS:
-            raise ValueError(f"{where}: question Type {q.get('Type')!r} is neither Image_Textual nor Pure_Text")
-        out.append((q, _FORMS[q["Type"]]))
-    return out
-
-
-def _mc_qa(q: dict, where: str, **common) -> QA:
-    opts = json.loads(q["Options"]) if isinstance(q["Options"], str) else (q["Options"] or {})
-    letter = str(q.get("Correct_Answer", "")).strip().upper()
-    if sorted(k for k, v in opts.items() if v is not None) != list(LETTERS) or letter not in tuple(LETTERS):
-        raise ValueError(f"{where}: multiple choice needs options A-D and a correct letter among them, got "
-                         f"options {sorted(opts)} and answer {q.get('Correct_Answer')!r}")
-    options = [str(opts[l]) for l in LETTERS]
-    return QA(question=f"{q['Question']}\n{listed(options)}\n{MC_SUFFIX}", answer=letter, kind="mc",
-              ground_truth=options[LETTERS.index(letter)], options=options, stem=str(q["Question"]), **common)
-
-
-def record_qas(rec: dict, image_of) -> list[QA]:
-    """The QA of one row: gen (answer = Ground_Truth sentence, ground_truth = its `short_fact`), mc, cloze
-    (answer = ground_truth = the gap). `image_of()` gives the row's image for each image question."""
-    where, pid = rec["_where"], str(rec["ID"])
-    tasks = {t: _task_items(rec.get(t), where) for t in _JSON_TASKS}
-    clozes = [str(q.get("Ground_Truth", q.get("Answer", ""))) for q, _ in tasks["Mask_Task"]]
-    out = []
-    for task, kind in (("Generation_Task", "gen"), ("Classification_Task", "mc"), ("Mask_Task", "cloze")):
-        for q, form in tasks[task]:
-            common = dict(image=image_of() if form == "image" else None, person=pid, form=form)
-            if kind == "mc":
-                out.append(_mc_qa(q, where, **common))
-                continue
-            stem, answer = str(q["Question"]).replace("__", "[Blank]"), str(q.get("Ground_Truth", q.get("Answer", "")))
-            if kind == "cloze":
-                out.append(QA(question=f"{CLOZE_PREFIX} {stem} {CLOZE_SUFFIX}", answer=answer, kind="cloze",
-                              ground_truth=answer, stem=stem, **common))
-            else:
-                out.append(QA(question=stem, answer=answer, kind="gen", stem=stem,
-                              ground_truth=short_fact(stem, answer, clozes), **common))
-    return out
-
-
-def _split_qas(records: list[dict], rng: random.Random | None = None) -> list[QA]:
-    """The QA of a split's rows; with `rng` (Test_Set) each image question gets one of the row's `images`."""
-    out = []
-    for rec in records:
-        cache: list = []
-
-        def image_of(rec=rec, cache=cache):
-            if not cache:
-                many = rng is not None and rec.get("images")
-                cache += [_open_image(x, rec["_where"]) for x in (rec["images"] if many else [rec.get("image")])]
-            return rng.choice(cache) if rng is not None else cache[0]
-        out += record_qas(rec, image_of)
-    return out
-
-
-def load_mllmu_bench(root: str | Path, forget: int = 10, seed: int = 0) -> dict[str, list[QA]]:
-    """Read MLLMU-Bench into the `World.splits` structure. The release's layout (Hugging Face MLLMMU/MLLMU-Bench):
-
-        root/forget_{5,10,15}/ retain_{95,90,85}/   forget and retain people   (forget_<forget>, retain_<100-forget>)
-             Test_Set/                              the forget people again: transformed portraits (`images`, a
-                                                    list), paraphrased questions; filtered to the forget IDs
-             Retain_Set/                            real celebrities: the split "real"
-             (Full_Set/, ft_Data/: every fictitious person; not read)
-
-        a split folder is either train-0000N-of-0000M.parquet shards (needs pyarrow), rows with
-            ID, image {"bytes", "path"} (Test_Set: images [...]), biography, question, answer,
-            Classification_Task {Image_Textual_Questions, Pure_Text_Questions: [{Question, Options {A..D},
-                                  Correct_Answer}]},
-            Generation_Task [{Question, Ground_Truth, Type}], Mask_Task [{Question, Ground_Truth, Type}]
-                                  (Type "Image_Textual" | "Pure_Text"; the blank is "__")
-        or the JSON layout: images/<ID>.png (Test_Set: images/<ID>_<k>.png), classification_qa/<ID>_questions.json,
-            generation_qa/<ID>_questions.json, fill_blank_qa/<ID>_questions.json holding those cells (or the older
-            {"Image_Textual_Questions": [{"Question", "Answer"}], "Pure_Text_Questions": [...]}).
-
-    Every split folder is required and must have rows. Each Test_Set image question draws one of its person's
-    portraits (random.Random(seed)). There are no private / unknown / utility sets: those lists stay empty."""
-    if forget not in FORGET_PERCENTS:
-        raise ValueError(f"MLLMU-Bench has forget_5, forget_10 and forget_15; --forget must be one of "
-                         f"{FORGET_PERCENTS}, got {forget!r}")
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"MLLMU-Bench root not found: {root}")
-    folders = {"forget": f"forget_{forget}", "retain": f"retain_{100 - forget}", "test": "Test_Set",
-               "real": "Retain_Set"}
-    missing = [name for name in folders.values() if not (root / name).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"MLLMU-Bench at {root} lacks the split folder(s) {missing}")
-    records = {k: read_split_records(root / name) for k, name in folders.items()}
-    forget_ids = {str(r["ID"]) for r in records["forget"]}
-    records["test"] = [r for r in records["test"] if str(r["ID"]) in forget_ids]
-    out: dict[str, list[QA]] = {k: [] for k in SPLITS}
-    for k in folders:
-        out[k] = _split_qas(records[k], random.Random(f"{seed}/test") if k == "test" else None)
-        if not out[k]:
-            raise ValueError(f"MLLMU-Bench split {root / folders[k]} has no question"
-                             + (" about a forget person" if k == "test" else ""))
     return out
 
 

@@ -312,6 +312,10 @@ def main(argv=None) -> dict:
 
     if not os.path.isdir(args.model):
         raise FileNotFoundError(f"model directory {args.model!r} not found (run python -m asru_min.world.pretrain)")
+    from .train import device_problem
+
+    if device_problem(args.device):
+        raise ValueError(f"--device {args.device!r}: {device_problem(args.device)}")
     model = Qwen3VL.from_pretrained(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     processor = Processor.from_pretrained(args.model)
     if args.adapter:

@@ -1,7 +1,8 @@
 """Stage 2 of ASRU: refusal-boundary optimisation with GRPO. One step:
 
 1. rollouts   - G sampled responses per prompt of the boundary set (forget + retain QA), temperature 1.5,
-                top_p 0.95, one prefill per prompt (`model.generate(num_samples=G)`);
+                top_p 0.95, one prefill per prompt (`model.generate(num_samples=G)`), `rollout_batch` prompts per
+                call, each prompt drawing from its own stream seeded by (seed, step, its index in the set);
 2. rewards    - `asru_reward(response, ground_truth, forget)`, one scalar per response;
 3. advantages - `group_advantages`: A_i = (r_i - mean_group) / (std_group + eps), for every token of response i;
 4. log-probs  - `optim.token_logprobs` under the current policy (old, no grad) and the reference policy
@@ -39,6 +40,7 @@ class GRPOConfig:
     top_p: float
     max_new_tokens: int
     prompts_per_step: int  # prompts per rollout batch
+    rollout_batch: int  # prompts (x G samples) per generation call; 0 = all prompts of the step in one call
     mini_batch_size: int  # responses per optimiser step; 0 = the whole rollout batch (prompts_per_step * G)
     ppo_epochs: int  # inner passes over one rollout batch
     epochs: int  # passes over the boundary set
@@ -74,8 +76,9 @@ RETAIN_BAND_LOW = 0.6  # retain band: R > 0.6 (open)
 
 
 def asru_reward(response: str, truth: str, forget: bool) -> float:
-    """The table above: leak = metrics.leaks (the normalised truth is a whole-word substring of the normalised
-    response), refusal = metrics.is_refusal, R = metrics.rouge_l against the ground truth."""
+    """The table above: leak = metrics.leaks (the response reveals the fact: for a bare value, its normalised
+    words appear whole in the response's; for a benchmark sentence's short fact, its most specific part does, or
+    a negation denies it), refusal = metrics.is_refusal, R = metrics.rouge_l against the ground truth."""
     if leaks(response, truth):
         return FORGET_LEAK if forget else RETAIN_LEAK
     if is_refusal(response):
@@ -208,36 +211,73 @@ def trim_padding(*row_tensors: torch.Tensor, attention_mask: torch.Tensor) -> tu
     return tuple(t[:, lo:hi] for t in row_tensors) + (attention_mask[:, lo:hi],)
 
 
+def sampling_streams(seed: int, step: int, sample_ids: list[int], device) -> list[torch.Generator]:
+    """One generator per prompt: the stream of boundary-set sample i at step s is seeded from (seed, s, i) alone,
+    so its G responses do not depend on which prompts share its generation call (--rollout-batch) or its
+    process."""
+    return [torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1_000_003 + i)
+            for i in sample_ids]
+
+
+def _left_pad(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
+
+
+def _right_pad(x: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
 @torch.no_grad()
-def rollout(model, processor, samples: list, cfg: GRPOConfig, generator: torch.Generator, reward_fn) -> dict:
-    """G sampled responses per prompt and their rewards, rows prompt-major (row b*G + g). Returns input_ids /
-    attention_mask / response_mask (B*G, P+T), image feature chunks per prompt, rewards (B*G,), the decoded
-    responses and the forget flag per row."""
-    G = cfg.group_size
+def rollout(model, processor, samples: list, cfg: GRPOConfig, generators: list[torch.Generator], reward_fn) -> dict:
+    """G sampled responses per prompt and their rewards, rows prompt-major (row b*G + g). The prompts are
+    generated `cfg.rollout_batch` at a time (0: all at once), prompt b drawing from generators[b], so the
+    responses do not depend on the chunk size. Returns input_ids / attention_mask / response_mask (B*G, P+T),
+    image feature chunks per prompt, rewards (B*G,), the decoded responses and the forget flag per row."""
+    G, B = cfg.group_size, len(samples)
     device = next(model.parameters()).device
-    batch = qa_batch(processor, [qa for qa, _ in samples], with_answers=False, device=device)
-    prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]  # (B, P)
-    features, chunks = None, None
-    if batch.get("pixel_values") is not None:  # vision runs once per rollout batch, reused by all G samples
-        features = model.encode_images(batch["pixel_values"], batch["image_grid_thw"])
-        chunks = split_image_features(features, batch["image_grid_thw"], prompt_ids, model.config)
-    # (placeholder tokens are banned: a response holding one could not be fed back through forward)
-    tokens, gen_mask = model.generate(prompt_ids, attention_mask=prompt_mask, image_features=features,
-                                      image_grid_thw=batch.get("image_grid_thw"), max_new_tokens=cfg.max_new_tokens,
-                                      temperature=cfg.temperature, top_p=cfg.top_p, num_samples=G, generator=generator,
-                                      eos_token_ids=processor.eos_token_ids,
-                                      suppress_token_ids=[model.config.image_token_id, model.config.video_token_id])
-    gen_mask = gen_mask.bool()
+    n = cfg.rollout_batch or B
+    parts = []
+    for lo in range(0, B, n):  # one generation call per chunk of prompts
+        batch = qa_batch(processor, [qa for qa, _ in samples[lo:lo + n]], with_answers=False, device=device)
+        features, chunks = None, None
+        if batch.get("pixel_values") is not None:  # vision runs once per chunk, reused by all G samples
+            features = model.encode_images(batch["pixel_values"], batch["image_grid_thw"])
+            chunks = split_image_features(features, batch["image_grid_thw"], batch["input_ids"], model.config)
+        # (placeholder tokens are banned: a response holding one could not be fed back through forward)
+        tokens, gen_mask = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                          image_features=features, image_grid_thw=batch.get("image_grid_thw"),
+                                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                          top_p=cfg.top_p, num_samples=G, generator=generators[lo:lo + n],
+                                          eos_token_ids=processor.eos_token_ids,
+                                          suppress_token_ids=[model.config.image_token_id, model.config.video_token_id])
+        parts.append((batch, chunks, tokens, gen_mask.bool()))
+    # the chunks joined: prompts left-padded to the longest (P), responses right-padded to the longest (T)
+    P = max(b["input_ids"].shape[1] for b, *_ in parts)
+    T = max(t.shape[1] for *_, t, _ in parts)
+    prompt_ids = torch.cat([_left_pad(b["input_ids"], P, processor.pad_token_id) for b, *_ in parts])  # (B, P)
+    prompt_mask = torch.cat([_left_pad(b["attention_mask"], P, 0) for b, *_ in parts]).bool()  # (B, P)
+    tokens = torch.cat([_right_pad(t, T) for *_, t, _ in parts])  # (B*G, T)
+    gen_mask = torch.cat([_right_pad(m, T) for *_, m in parts])  # (B*G, T)
+    chunks = None  # image features per prompt; a chunk without images gets empty ones
+    with_images = [cs for _, cs, *_ in parts if cs]
+    if with_images:
+        embeds, deepstack, grid = with_images[0][0]
+        empty = (embeds[:0], [d[:0] for d in deepstack], grid[:0])
+        chunks = [c for b, cs, *_ in parts for c in (cs or [empty] * b["input_ids"].shape[0])]
+    pixel_values = [b["pixel_values"] for b, *_ in parts if b.get("pixel_values") is not None]
+    grids = [b["image_grid_thw"] for b, *_ in parts if b.get("image_grid_thw") is not None]
+
     input_ids = torch.cat([prompt_ids.repeat_interleave(G, dim=0), tokens], dim=1)  # (B*G, P+T)
-    attention_mask = torch.cat([prompt_mask.repeat_interleave(G, dim=0).bool(), gen_mask], dim=1).long()
-    response_mask = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.bool).repeat_interleave(G, 0), gen_mask], 1)
+    attention_mask = torch.cat([prompt_mask.repeat_interleave(G, dim=0), gen_mask], dim=1).long()
+    response_mask = torch.cat([torch.zeros_like(prompt_mask).repeat_interleave(G, 0), gen_mask], 1)
 
     responses = [processor.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(tokens, gen_mask)]
     forget = [f for _, f in samples for _ in range(G)]
     truths = [qa.ground_truth for qa, _ in samples for _ in range(G)]
     rewards = torch.tensor([reward_fn(r, t, f) for r, t, f in zip(responses, truths, forget)], dtype=torch.float32)
     return dict(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask, chunks=chunks,
-                pixel_values=batch.get("pixel_values"), image_grid_thw=batch.get("image_grid_thw"),
+                pixel_values=torch.cat(pixel_values) if pixel_values else None,
+                image_grid_thw=torch.cat(grids) if grids else None,
                 prompt_ids=prompt_ids, rewards=rewards, responses=responses, forget=forget)
 
 
@@ -270,10 +310,11 @@ def step_schedule(num_samples: int, cfg: GRPOConfig) -> list[list[int]]:
 
 
 def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, params: list, step: int,
-              reward_fn=None, reference=None) -> dict:
+              reward_fn=None, reference=None, sample_ids: list[int] | None = None) -> dict:
     """One GRPO step on one rollout batch: rollouts -> rewards -> advantages -> old/ref log-probs -> updates.
     reference: a context-manager factory under which `model` is the reference policy (default: LoRA off).
-    Returns the step's log record."""
+    sample_ids: each sample's index in the boundary set, which picks its sampling stream (`sampling_streams`;
+    default 0, 1, ...). Returns the step's log record."""
     reward_fn = reward_fn or asru_reward
     if reference is None:
         from .lora import lora_enabled
@@ -283,8 +324,8 @@ def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, param
     was_training = model.training
     model.eval()  # rollouts and old/ref log-probs without (LoRA) dropout
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
-    ro = rollout(model, processor, samples, cfg, generator, reward_fn)
+    sample_ids = range(len(samples)) if sample_ids is None else sample_ids
+    ro = rollout(model, processor, samples, cfg, sampling_streams(cfg.seed, step, sample_ids, device), reward_fn)
     advantages = group_advantages(ro["rewards"], cfg.group_size, cfg.adv_eps).to(device)  # (B*G,)
 
     n_rows = ro["input_ids"].shape[0]
@@ -359,7 +400,7 @@ def train_grpo(model, processor, samples: list, cfg: GRPOConfig, optimizer=None,
     records = []
     for step in range(start_step, len(schedule)):
         record = grpo_step(model, processor, [samples[i] for i in schedule[step]], cfg, optimizer, params, step,
-                           reward_fn, reference)
+                           reward_fn, reference, sample_ids=schedule[step])
         records.append(record)
         if log_path:
             with open(log_path, "a") as f:

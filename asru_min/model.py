@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,21 @@ from .vision import VisionConfig, VisionModel
 META_INIT_PARAMS = 50_000_000  # from_pretrained builds models above this size on the meta device
 TOP_LEVEL_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
                   "tie_word_embeddings")  # config.json keys outside text_config / vision_config
+SUPPORTED = ("the dense Qwen3-VL (config.json model_type 'qwen3_vl', architectures "
+             "['Qwen3VLForConditionalGeneration']: 2B, 4B, 8B, 32B, Instruct or Thinking)")
+
+
+def check_supported(d: dict, source) -> None:
+    """Refuse, from config.json alone (before any tensor is read), a model this code does not implement: a
+    Mixture-of-Experts Qwen3-VL (model_type 'qwen3_vl_moe', e.g. 30B-A3B, 235B-A22B) or any other model."""
+    model_type, architectures = d.get("model_type"), d.get("architectures") or []
+    text = d.get("text_config") if isinstance(d.get("text_config"), dict) else {}
+    if model_type == "qwen3_vl_moe" or any("Moe" in a for a in architectures) or text.get("num_experts"):
+        raise ValueError(f"{source}: a Mixture-of-Experts Qwen3-VL (model_type {model_type!r}, architectures "
+                         f"{architectures}) is not supported; asru_min implements {SUPPORTED}")
+    if model_type != "qwen3_vl" or any(a != "Qwen3VLForConditionalGeneration" for a in architectures):
+        raise ValueError(f"{source}: model_type {model_type!r}, architectures {architectures} is not supported; "
+                         f"asru_min implements {SUPPORTED}")
 
 
 def _fields(cls, d: dict) -> dict:
@@ -48,9 +64,10 @@ class Qwen3VLConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "Qwen3VLConfig":
         """Parse config.json. Accepts the legacy layout (text_config.rope_scaling + text_config.rope_theta,
-        as in the released checkpoints) and the transformers v5 layout (text_config.rope_parameters)."""
+        as in the released checkpoints), the transformers v5 layout (text_config.rope_parameters) and both side
+        by side (as `to_dict` writes them), where rope_scaling wins as in transformers 4.57 and 5."""
         t = dict(d.get("text_config") or {})
-        rope = t.get("rope_parameters") or t.get("rope_scaling") or {}
+        rope = t.get("rope_scaling") or t.get("rope_parameters") or {}
         t["rope_theta"] = rope.get("rope_theta", t.get("rope_theta", 500000.0))  # reference class default 5e5
         t["mrope_section"] = list(rope.get("mrope_section", [24, 20, 20]))
         t["mrope_interleaved"] = rope.get("mrope_interleaved", True)
@@ -66,16 +83,24 @@ class Qwen3VLConfig:
         if "deepstack_visual_indexes" in v:
             v["deepstack_visual_indexes"] = list(v["deepstack_visual_indexes"])
         top = {k: d[k] for k in TOP_LEVEL_KEYS if k in d}
+        if "tie_word_embeddings" not in top and "tie_word_embeddings" in t:  # a file with 4.57's text_config flag only
+            top["tie_word_embeddings"] = t["tie_word_embeddings"]
         dtype = d.get("dtype") or d.get("torch_dtype") or t.get("dtype") or t.get("torch_dtype")
         return cls(text=TextConfig(**_fields(TextConfig, t)), vision=VisionConfig(**_fields(VisionConfig, v)),
                    dtype=dtype, **top)
 
     def to_dict(self) -> dict:
-        """A config.json the reference (transformers >= 4.57, v5 rope_parameters layout) loads."""
+        """A config.json that transformers 4.57 and 5 read alike (tests/fixtures/checkpoint_readers.json records
+        which keys each one takes): the text rope in both layouts, v5's `rope_parameters` and beside it 4.57's
+        `rope_theta` + `rope_scaling` (4.57 reads only those; 5 lets `rope_scaling` replace `rope_parameters`),
+        and `tie_word_embeddings` at the top level (read by 5) and in text_config (read by 4.57)."""
         t = dataclasses.asdict(self.text)
-        t["rope_parameters"] = {"rope_type": "default", "rope_theta": t.pop("rope_theta"),
-                                "mrope_section": t.pop("mrope_section"),
-                                "mrope_interleaved": t.pop("mrope_interleaved")}
+        theta, section, interleaved = t.pop("rope_theta"), t.pop("mrope_section"), t.pop("mrope_interleaved")
+        t["rope_parameters"] = {"rope_type": "default", "rope_theta": theta, "mrope_section": section,
+                                "mrope_interleaved": interleaved}
+        t["rope_theta"] = theta
+        t["rope_scaling"] = {"rope_type": "default", "mrope_section": list(section), "mrope_interleaved": interleaved}
+        t["tie_word_embeddings"] = self.tie_word_embeddings  # 4.57 ties by text_config's flag, 5 by the top level
         t["model_type"] = "qwen3_vl_text"
         v = dataclasses.asdict(self.vision)
         v["rope_parameters"] = {"rope_type": "axial", "rope_theta": v.pop("rope_theta")}
@@ -86,6 +111,26 @@ class Qwen3VLConfig:
         if self.dtype is not None:
             out["dtype"] = self.dtype
         return out
+
+    @classmethod
+    def from_pretrained(cls, path) -> "Qwen3VLConfig":
+        """The config.json of a checkpoint folder, refused unless it is a model this code implements
+        (`check_supported`); reads no weights."""
+        cfg_file = Path(path) / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"config.json not found in {path}")
+        try:
+            d = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_file} is not valid JSON: {e}") from e
+        check_supported(d, cfg_file)
+        return cls.from_dict(d)
+
+    @property
+    def special_token_ids(self) -> list[int]:
+        """Token ids the model itself emits or looks for: image / video placeholders, vision start / end, EOS."""
+        return [self.image_token_id, self.video_token_id, self.vision_start_token_id, self.vision_end_token_id,
+                *self.eos_token_ids]
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -190,6 +235,32 @@ def checkpoint_shapes(cfg: Qwen3VLConfig) -> dict[str, tuple]:
     if not cfg.tie_word_embeddings:
         out["lm_head.weight"] = (t.vocab_size, D)
     return out
+
+
+def resized_vocabulary(config: Qwen3VLConfig, tensors: dict, path) -> Qwen3VLConfig:
+    """The config with vocab_size = the rows of the checkpoint's embed_tokens (V').
+
+    Fine-tuning that adds or drops tokens (transformers' resize_token_embeddings, e.g. 151,936 -> 151,669 rows,
+    the tokenizer's size) leaves embed_tokens and lm_head with V' rows; transformers also writes V' into
+    text_config.vocab_size, other tools may keep the old V. The tensors decide, provided they agree with each other
+    (an untied lm_head has V' rows too) and every special token id of the config is one of the V' rows."""
+    embed = tensors.get("model.language_model.embed_tokens.weight")
+    if embed is None or embed.dim() != 2:
+        return config  # reported with the other missing / mis-shaped tensors
+    rows, head = embed.shape[0], tensors.get("lm_head.weight")
+    if not config.tie_word_embeddings and head is not None and head.shape[0] != rows:
+        raise ValueError(f"checkpoint {path}: embed_tokens has {rows} rows but lm_head.weight has "
+                         f"{head.shape[0]}; a resized vocabulary must resize both")
+    if rows == config.text.vocab_size:
+        return config
+    outside = [i for i in config.special_token_ids if i >= rows]
+    if outside:
+        raise ValueError(f"checkpoint {path}: config.json's special token ids {outside} have no row in "
+                         f"embed_tokens ({rows} rows; config vocab_size {config.text.vocab_size}): the config and "
+                         "the tensors come from different models")
+    warnings.warn(f"{path}: config.json says vocab_size {config.text.vocab_size}, the checkpoint's embeddings have "
+                  f"{rows} rows (a vocabulary resized by fine-tuning); using {rows}")
+    return dataclasses.replace(config, text=dataclasses.replace(config.text, vocab_size=rows))
 
 
 class Qwen3VLModel(nn.Module):
@@ -327,10 +398,7 @@ class Qwen3VL(nn.Module):
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"checkpoint folder not found: {path}")
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"config.json not found in {path}")
-        config = Qwen3VLConfig.from_dict(json.loads(cfg_file.read_text()))
+        config = Qwen3VLConfig.from_pretrained(path)  # refuses MoE / other models before reading any tensor
         index, files = path / "model.safetensors.index.json", [path / "model.safetensors"]
         if index.is_file():  # sharded
             files = [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
@@ -345,6 +413,7 @@ class Qwen3VL(nn.Module):
             except Exception as e:  # safetensors raises its own error type for bad headers / truncated data
                 raise ValueError(f"cannot read safetensors file {f} (truncated or corrupt?): {e}") from e
 
+        config = resized_vocabulary(config, tensors, path)
         expected = checkpoint_shapes(config)
         # A large model is built on the meta device (no random init, no memory) and the loaded tensors are
         # assigned in place; a small one is simply built on the CPU (the meta path has a one-off import cost).

@@ -261,20 +261,32 @@ class Processor:
 
     @classmethod
     def from_pretrained(cls, path: str) -> "Processor":
-        """Load tokenizer.json and preprocessor_config.json from a checkpoint folder (chat_template.jinja /
-        chat_template.json / tokenizer_config.json / video_preprocessor_config.json are only recorded)."""
+        """Load tokenizer.json and the image processor's settings from a checkpoint folder, in either layout:
+
+            transformers 4.x: preprocessor_config.json (+ video_preprocessor_config.json, chat_template.json)
+            transformers 5:   processor_config.json {"image_processor": {...}, "video_processor": {...}, ...}
+                              (+ chat_template.jinja)
+
+        As in transformers 5, a nested "image_processor" wins over preprocessor_config.json. The chat template
+        (chat_template.jinja, else chat_template.json, else tokenizer_config.json), tokenizer_config.json and the
+        video settings are only recorded."""
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"processor folder not found: {path}")
         files = {n: os.path.join(path, n) for n in os.listdir(path) if os.path.isfile(os.path.join(path, n))}
-        for name in ("tokenizer.json", "preprocessor_config.json"):
-            if name not in files:
-                raise FileNotFoundError(f"missing {name} in {path}")
+        if "tokenizer.json" not in files:
+            raise FileNotFoundError(f"missing tokenizer.json in {path}")
         try:
             tokenizer = Tokenizer.from_file(files["tokenizer.json"])
         except Exception as e:  # tokenizers raises a bare Exception on a malformed file
             raise ValueError(f"cannot load {files['tokenizer.json']}: {e}") from e
-        pre = _read_json(files["preprocessor_config.json"])
+        nested = _read_json(files.get("processor_config.json")) or {}
+        pre = nested.get("image_processor") or _read_json(files.get("preprocessor_config.json"))
+        if not isinstance(pre, dict):
+            raise FileNotFoundError(f"no image processor settings in {path}: missing preprocessor_config.json "
+                                    "(transformers 4) and processor_config.json with an \"image_processor\" entry "
+                                    "(transformers 5)")
+        video = _read_json(files.get("video_preprocessor_config.json")) or nested.get("video_processor")
         template = None
         if "chat_template.jinja" in files:
             with open(files["chat_template.jinja"], encoding="utf-8") as f:
@@ -287,8 +299,7 @@ class Processor:
         if template is not None and "<think>" in template:
             warnings.warn(f"{path} ships a thinking-style chat template; apply_chat_template renders the Instruct "
                           "format (no <think> block)")
-        return cls(tokenizer, ImageProcessorConfig.from_dict(pre), template, pre, tok_cfg,
-                   _read_json(files.get("video_preprocessor_config.json")))
+        return cls(tokenizer, ImageProcessorConfig.from_dict(pre), template, pre, tok_cfg, video)
 
     def save_pretrained(self, path: str) -> None:
         """Write tokenizer.json, preprocessor_config.json (from `image_config`), and as loaded, else Qwen defaults,

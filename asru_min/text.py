@@ -12,14 +12,12 @@ replaces it; DeepStack is added by `TextModel` *after* the layer (as in the refe
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from .lora import LoRALinear
 
 
 @dataclass
@@ -117,6 +115,16 @@ class KVCache:
         new.pos, new.max_len, new.has_pad = self.pos, self.max_len, self.has_pad
         return new
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` (n,), in that order (rows that finished decoding leave the cache): they are
+        moved to the front of the buffers in place, copying only the positions written so far."""
+        n, used = len(rows), self.pos
+        self.k[:, :n, :, :used] = self.k[:, rows, :, :used]
+        self.v[:, :n, :, :used] = self.v[:, rows, :, :used]
+        self.key_mask[:n] = self.key_mask[rows]  # (decode steps' entries are set ahead of time)
+        self.k, self.v, self.key_mask = self.k[:, :n], self.v[:, :n], self.key_mask[:n]
+        self.seen, self.rope_deltas = self.seen[rows], self.rope_deltas[rows]
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, nkv, T, d) at [pos : pos+T]; return all keys/values so far (B, nkv, pos+T, d)."""
         T, keys, values = k.shape[2], self.k[layer], self.v[layer]
@@ -125,11 +133,53 @@ class KVCache:
         return keys.narrow(2, 0, self.pos + T), values.narrow(2, 0, self.pos + T)
 
 
-class Attention(nn.Module):
-    # set only inside `fused_projections`: [Wq; Wk; Wv] and the q/k norm weights as one (nq+nkv, d)
-    fused_qkv: torch.Tensor | None = None
-    fused_qk_norm: torch.Tensor | None = None
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                      fused_kernel_form: bool | None = None) -> torch.Tensor:
+    """softmax(q K^T / sqrt(d) + mask) V with grouped-query attention: query head i reads KV head floor(i / g),
+    g = nq / nkv (repeat_interleave of the KV heads). q (B, nq, L, d), k/v (B, nkv, S, d), mask (B, 1, L, S) bool
+    = causal & real key, or None: plain causal (L > 1) or one decode query that sees every key. -> (B, nq, L, d).
 
+    Without a mask SDPA runs with enable_gqa, which the flash kernel takes. With a mask (every padded batch) the
+    CUDA flash kernel is out (no mask) and so is the memory-efficient one if GQA is asked of it, which leaves
+    the math kernel and its (B, nq, L, S) scores; `fused_kernel_form` (default: on CUDA) asks for no GQA instead:
+      L = 1 (a decode step): the g query heads of a KV head become g queries of it, q viewed (B, nkv, g, d), the
+                             mask (B, 1, 1, S) broadcasting over them (no copy);
+      L > 1:                 K/V expanded to the query heads (B, nq, S, d).
+    The same map either way (tested); the CPU's kernel takes a mask with GQA, so there the plain call stays."""
+    B, nq, L, d = q.shape
+    g = nq // k.shape[1]
+    if mask is None or g == 1 or not (q.is_cuda if fused_kernel_form is None else fused_kernel_form):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and L > 1,
+                                              enable_gqa=g > 1)
+    if L == 1:
+        o = F.scaled_dot_product_attention(q.reshape(B, nq // g, g, d), k, v, attn_mask=mask)  # (B, nkv, g, d)
+        return o.reshape(B, nq, 1, d)
+    return F.scaled_dot_product_attention(q, k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1),
+                                          attn_mask=mask)
+
+
+def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> str:
+    """The SDPA kernel `grouped_attention(q, k, v, mask)` runs on: "cpu" off CUDA; on CUDA the first backend, in
+    the dispatcher's priority order, that accepts the call when it is the only one allowed (e.g.
+    "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")."""
+    if not q.is_cuda:
+        return "cpu"
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    priority = getattr(torch._C, "_get_sdp_priority_order", lambda: [1, 2, 0, 3])()  # flash, efficient, math, cudnn
+    order = [SDPBackend(i) for i in priority]
+    for backend in order:
+        try:
+            with sdpa_kernel([backend]), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a refusing kernel warns why; only the one that runs matters
+                grouped_attention(q, k, v, mask)
+            return backend.name
+        except RuntimeError:
+            continue
+    return "none"
+
+
+class Attention(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.nq, self.nkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -143,28 +193,24 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, cache: KVCache | None = None, layer: int = 0):
         """x (B, L, D), cos/sin (B, L, 1, d) -> (B, L, D)."""
         B, L, _ = x.shape
-        if self.fused_qkv is None:
-            q = apply_rope(self.q_norm(self.q_proj(x).view(B, L, self.nq, self.d)), cos, sin)  # (B, L, nq, d)
-            k = apply_rope(self.k_norm(self.k_proj(x).view(B, L, self.nkv, self.d)), cos, sin)  # (B, L, nkv, d)
-            v = self.v_proj(x).view(B, L, self.nkv, self.d)
-        else:  # one matmul for the three projections, one norm and one RoPE for q and k together
-            qkv = F.linear(x, self.fused_qkv).view(B, L, self.nq + 2 * self.nkv, self.d)
-            qk = rms_norm(qkv[:, :, :self.nq + self.nkv], self.fused_qk_norm, self.q_norm.eps)
-            q, k = apply_rope(qk, cos, sin).split([self.nq, self.nkv], dim=2)
-            v = qkv[:, :, self.nq + self.nkv:]
+        q = apply_rope(self.q_norm(self.q_proj(x).view(B, L, self.nq, self.d)), cos, sin)  # (B, L, nq, d)
+        k = apply_rope(self.k_norm(self.k_proj(x).view(B, L, self.nkv, self.d)), cos, sin)  # (B, L, nkv, d)
+        v = self.v_proj(x).view(B, L, self.nkv, self.d)
+        return self.attend(q, k, v, mask, cache, layer)
+
+    def attend(self, q, k, v, mask, cache: KVCache | None = None, layer: int = 0):
+        """q (B, L, nq, d), k/v (B, L, nkv, d) (q, k normed and rotated) -> o_proj(softmax(q K^T / sqrt(d) + mask) V)
+        (B, L, D), K/V = the cache's keys/values with k, v appended (or k, v without a cache)."""
+        B, L = q.shape[:2]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, d)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nkv, S, d), S = keys so far
-        # GQA: query head i reads KV head floor(i/g), i.e. repeat_interleave of the KV heads (enable_gqa).
-        # mask (B, 1, L, S) bool = causal & real key; None: plain causal, or one decode query that sees every key.
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and L > 1, enable_gqa=True)
+        o = grouped_attention(q, k, v, mask)  # (B, nq, L, d)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, self.nq * self.d))
 
 
 class MLP(nn.Module):
     """SwiGLU: down(SiLU(gate(x)) * up(x))."""
-
-    fused_gate_up: torch.Tensor | None = None  # [W_gate; W_up], set only inside `fused_projections`
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -173,91 +219,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        if self.fused_gate_up is None:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        else:
-            gate, up = F.linear(x, self.fused_gate_up).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
-
-
-# --- fused projections for generation
-
-
-def _hook_free(*modules: nn.Module) -> bool:
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-
-
-def _fusable(linear: nn.Module) -> bool:
-    """A bias-free, hook-free nn.Linear, or such a LoRALinear whose dropout is inactive (eval mode or p = 0):
-    then its map is x -> x W'^T with one weight W' (`_weight`). An active adapter on a bf16 / fp16 weight is not
-    folded: W + s B A rounded to 16 bits loses most of a small adapter's effect (its A, B are kept in float32)."""
-    if linear.bias is not None or not _hook_free(linear):
-        return False
-    if type(linear) is LoRALinear:
-        if linear.enabled and not linear.merged and linear.weight.dtype != torch.float32:
-            return False
-        return not (linear.training and isinstance(linear.lora_dropout, nn.Dropout))
-    return type(linear) is nn.Linear
-
-
-def _weight(linear: nn.Linear) -> torch.Tensor:
-    """W, plus scaling * B @ A for an enabled, unmerged LoRA layer."""
-    if type(linear) is LoRALinear and linear.enabled and not linear.merged:
-        return linear.weight + linear.delta_weight().to(linear.weight.dtype)
-    return linear.weight
-
-
-def _version(module: nn.Module) -> tuple:
-    """Changes whenever the module's map may have: a parameter replaced (data_ptr) or written in place
-    (`_version`: optimizer steps, copy_, merge_lora), or a LoRA layer switched on/off, merged or re-scaled."""
-    key = tuple((p.data_ptr(), p._version) for p in module.parameters())
-    return key + ((module.enabled, module.merged, module.scaling) if type(module) is LoRALinear else ())
-
-
-def _cached(owner: nn.Module, name: str, sources: list, build):
-    """build() cached on owner.<name>, rebuilt only when a source module changed. Built outside inference
-    mode, so the cache is an ordinary tensor whichever mode asks for it."""
-    key = tuple(_version(m) for m in sources)
-    hit = getattr(owner, name, None)
-    if hit is None or hit[0] != key:
-        with torch.inference_mode(False), torch.no_grad():
-            hit = (key, build())
-        setattr(owner, name, hit)
-    return hit[1]
-
-
-@contextmanager
-def fused_projections(model: "TextModel"):
-    """While active, q/k/v and gate/up of each layer run as one matmul each on the concatenated weights (same
-    map; at decode sizes a matmul call is mostly fixed overhead), and q/k are normalised and rotated together.
-    The concatenations are cached across calls (`_cached`); the base weights are never modified. LoRA is folded
-    in unless its dropout is active; a module with a hook is not fused, so the hook sees every call (DecoderLayer,
-    o_proj and down_proj always run as modules). Removed on exit, so a training forward never uses them.
-    Re-entrant: a nested block (the forwards inside generate) does nothing."""
-    if model.fusing:
-        yield
-        return
-    fused = []
-    model.fusing = True
-    try:
-        for layer in model.layers:
-            a, m = layer.self_attn, layer.mlp
-            qkv, gate_up = [a.q_proj, a.k_proj, a.v_proj], [m.gate_proj, m.up_proj]
-            if all(_fusable(p) for p in qkv) and _hook_free(a.q_norm, a.k_norm):
-                a.fused_qkv = _cached(a, "_qkv_cache", qkv,
-                                      lambda: torch.cat([_weight(p) for p in qkv]))  # (nq*d + 2*nkv*d, D)
-                a.fused_qk_norm = _cached(a, "_qk_norm_cache", [a.q_norm, a.k_norm], lambda: torch.cat(
-                    [a.q_norm.weight.expand(a.nq, a.d), a.k_norm.weight.expand(a.nkv, a.d)]))  # (nq + nkv, d)
-                fused += [(a, "fused_qkv"), (a, "fused_qk_norm")]
-            if all(_fusable(p) for p in gate_up):
-                m.fused_gate_up = _cached(m, "_gate_up_cache", gate_up,
-                                          lambda: torch.cat([_weight(p) for p in gate_up]))
-                fused.append((m, "fused_gate_up"))
-        yield
-    finally:
-        model.fusing = False
-        for module, name in fused:
-            delattr(module, name)  # back to the class default None
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
@@ -274,8 +236,6 @@ class DecoderLayer(nn.Module):
 
 
 class TextModel(nn.Module):
-    fusing = False  # inside `fused_projections`
-
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.config = cfg
@@ -287,11 +247,7 @@ class TextModel(nn.Module):
                 visual_pos_mask=None, deepstack: list | None = None, rope=None) -> torch.Tensor:
         """inputs_embeds (B, L, D), position_ids (3, B, L) or (B, L) when T = H = W, mask (B, 1, L, S) bool or
         None (causal); visual_pos_mask (B, L) bool and deepstack K x (n_visual, D); rope: precomputed (cos, sin)
-        (B, L, 1, d) instead of position_ids (decode steps). -> final-normed h (B, L, D). Without autograd
-        (evaluation, rollout log-probs, generation) the projections run fused."""
-        if not torch.is_grad_enabled() and not self.fusing:
-            with fused_projections(self):
-                return self.forward(inputs_embeds, position_ids, mask, cache, visual_pos_mask, deepstack, rope)
+        (B, L, 1, d) instead of position_ids (decode steps). -> final-normed h (B, L, D)."""
         cos, sin = rope if rope is not None else mrope_cos_sin(position_ids, self.config, inputs_embeds.dtype)
         h = inputs_embeds
         if deepstack and visual_pos_mask is not None:

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -30,13 +31,16 @@ from safetensors.torch import save_file
 from . import memory
 from .evaluate import evaluate_model, format_table
 from .grpo import GRPOConfig, build_boundary_set, make_optimizer, step_schedule, train_grpo
-from .lora import apply_lora, load_lora, save_lora, unload_lora
-from .model import Qwen3VL
-from .data import PROTOCOLS, positive_questions
+from .lora import TEXT_TARGETS, apply_lora, load_lora, save_lora, unload_lora
+from .model import Qwen3VL, Qwen3VLConfig
+from .data import FORGET_PERCENTS, PROTOCOLS, positive_questions
 from .processor import Processor
 from .steer import (changed_tensors, keep_refusals, knowledge_absence_direction, load_changed_tensors,
                     optimize_steering, save_direction)
 from .world import load_world as world_splits_and_vocabulary
+
+DTYPES = ("float32", "bfloat16", "float16")
+QA_KINDS = ("gen", "mc", "cloze")
 
 
 @dataclasses.dataclass
@@ -89,6 +93,7 @@ class TrainConfig:
     top_p: float = 0.95
     max_new_tokens: int = 32  # paper: 2048; the tiny model answers in one sentence
     prompts_per_step: int = 8  # paper: 64
+    rollout_batch: int = 8  # prompts (x group_size samples) per generation call; 0 = all prompts of a step
     mini_batch_size: int = 0  # responses per optimiser step (0 = all, on-policy; the release's 16: worse on validation)
     ppo_epochs: int = 1
     grpo_epochs: int = 3  # paper: 6 (over 400 samples); 3 x 384 / 8 = 144 steps
@@ -108,10 +113,101 @@ class TrainConfig:
     def grpo(self) -> GRPOConfig:
         return GRPOConfig(group_size=self.group_size, temperature=self.temperature, top_p=self.top_p,
                           max_new_tokens=self.max_new_tokens, prompts_per_step=self.prompts_per_step,
+                          rollout_batch=self.rollout_batch,
                           mini_batch_size=self.mini_batch_size, ppo_epochs=self.ppo_epochs, epochs=self.grpo_epochs,
                           clip_low=self.clip_low, clip_high=self.clip_high, dual_clip=self.dual_clip,
                           kl_coef=self.kl_coef, lr=self.grpo_lr, weight_decay=self.weight_decay,
                           grad_clip=self.grad_clip, seed=self.seed)
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work with this model or this machine, found before any work starts."""
+
+
+def device_problem(device: str) -> str | None:
+    """Why `device` cannot run here, or None: not a device name, CUDA / MPS absent, a GPU index past the count."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        return f"not a torch device ({e})"
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return "CUDA is not available here (torch.cuda.is_available() is False): use --device cpu"
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        return f"there is no GPU {dev.index}: {torch.cuda.device_count()} visible"
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        return "Apple MPS is not available here: use --device cpu"
+    if dev.type not in ("cpu", "cuda", "mps"):
+        return "not a device this code runs on (cpu, cuda, cuda:N, mps)"
+    return None
+
+
+def validate_settings(cfg: TrainConfig, model_config: Qwen3VLConfig, base_config: Qwen3VLConfig | None = None) -> None:
+    """Check the run's settings against the model's config.json (and --base-model's), and this machine, before any
+    work (no data, no weights read); raise one SettingsError listing every bad setting as "--flag value: must be
+    ...". One line per check: (field, holds, what it must be)."""
+    layers, max_len = model_config.text.num_hidden_layers, model_config.text.max_position_embeddings
+    device = device_problem(cfg.device)
+
+    def finite(x) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x)
+
+    def kinds(s: str) -> bool:
+        return bool(s) and set(s.split(",")) <= set(QA_KINDS)
+
+    checks = [
+        ("forget", cfg.forget in FORGET_PERCENTS, f"one of {FORGET_PERCENTS} (the benchmark's forget splits)"),
+        ("protocol", cfg.protocol in PROTOCOLS, f"one of {PROTOCOLS}"),
+        ("device", device is None, f"usable here; {device}"),
+        ("dtype", cfg.dtype in DTYPES, f"one of {DTYPES}"),
+        ("threads", cfg.threads >= 0, ">= 0 (0 = torch's default)"),
+        ("eval_limit", cfg.eval_limit >= 0, ">= 0 (0 = all)"),
+        ("eval_batch_size", cfg.eval_batch_size >= 1, ">= 1"),
+        ("eval_max_new_tokens", 1 <= cfg.eval_max_new_tokens < max_len, f"in [1, {max_len}) (max_position_embeddings)"),
+        ("layer", 0 <= cfg.layer < layers, f"a decoder layer of the model: 0 <= layer < {layers}"),
+        ("base_model", base_config is None or (base_config.text.hidden_size == model_config.text.hidden_size
+                                               and cfg.layer < base_config.text.num_hidden_layers),
+         f"a model with --model's hidden size {model_config.text.hidden_size} and a layer {cfg.layer} (v compares "
+         "their activations)"),
+        ("positive_size", cfg.positive_size >= 1, ">= 1"),
+        ("steer_kinds", kinds(cfg.steer_kinds), f"comma-separated QA kinds out of {QA_KINDS}"),
+        ("forget_scale", finite(cfg.forget_scale) and cfg.forget_scale > 0, "finite and > 0"),
+        ("alpha", finite(cfg.alpha) and cfg.alpha >= 0, "finite and >= 0"),
+        ("steer_lr", finite(cfg.steer_lr) and cfg.steer_lr > 0, "finite and > 0"),
+        ("steer_batch_size", cfg.steer_batch_size >= 1, ">= 1"),
+        ("steer_epochs", cfg.steer_epochs >= 1, ">= 1"),
+        ("steer_retain_size", cfg.steer_retain_size >= 0, ">= 0 (0 = all of the retain split)"),
+        ("boundary_size", cfg.boundary_size >= 1, ">= 1"),
+        ("boundary_forget_share", finite(cfg.boundary_forget_share) and 0 < cfg.boundary_forget_share < 1,
+         "in (0, 1)"),
+        ("boundary_kinds", kinds(cfg.boundary_kinds), f"comma-separated QA kinds out of {QA_KINDS}"),
+        ("lora_r", cfg.lora_r >= 1, ">= 1"),
+        ("lora_alpha", finite(cfg.lora_alpha) and cfg.lora_alpha > 0, "finite and > 0"),
+        ("lora_dropout", finite(cfg.lora_dropout) and 0 <= cfg.lora_dropout < 1, "in [0, 1)"),
+        ("lora_targets", bool(cfg.lora_targets) and set(cfg.lora_targets.split(",")) <= set(TEXT_TARGETS),
+         f"comma-separated names out of {TEXT_TARGETS}"),
+        ("group_size", cfg.group_size >= 2, ">= 2 (the group advantage needs a baseline)"),
+        ("temperature", finite(cfg.temperature) and cfg.temperature > 0, "finite and > 0"),
+        ("top_p", finite(cfg.top_p) and 0 < cfg.top_p <= 1, "in (0, 1]"),
+        ("max_new_tokens", 1 <= cfg.max_new_tokens < max_len, f"in [1, {max_len}) (max_position_embeddings)"),
+        ("prompts_per_step", cfg.prompts_per_step >= 1, ">= 1"),
+        ("mini_batch_size", cfg.mini_batch_size >= 0, ">= 0 (0 = the whole rollout batch)"),
+        ("rollout_batch", cfg.rollout_batch >= 0, ">= 0 (0 = all prompts of a step in one generation call)"),
+        ("ppo_epochs", cfg.ppo_epochs >= 1, ">= 1"),
+        ("grpo_epochs", cfg.grpo_epochs >= 1, ">= 1"),
+        ("clip_low", finite(cfg.clip_low) and 0 <= cfg.clip_low < 1, "in [0, 1) (the ratio's floor 1 - clip_low > 0)"),
+        ("clip_high", finite(cfg.clip_high) and cfg.clip_high >= 0, "finite and >= 0"),
+        ("dual_clip", cfg.dual_clip == 0 or (finite(cfg.dual_clip) and cfg.dual_clip > 1), "0 (off) or > 1"),
+        ("kl_coef", finite(cfg.kl_coef) and cfg.kl_coef >= 0, "finite and >= 0"),
+        ("grpo_lr", finite(cfg.grpo_lr) and cfg.grpo_lr > 0, "finite and > 0"),
+        ("weight_decay", finite(cfg.weight_decay) and cfg.weight_decay >= 0, "finite and >= 0"),
+        ("grad_clip", finite(cfg.grad_clip) and cfg.grad_clip >= 0, "finite and >= 0 (0 = no clipping)"),
+        ("ckpt_every", cfg.ckpt_every >= 1, ">= 1 (GRPO steps between checkpoints)"),
+    ]
+    bad = [f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: must be {need}" for name, holds, need in checks
+           if not holds]
+    if bad:
+        raise SettingsError(f"{len(bad)} setting(s) cannot work with {cfg.model} "
+                            f"({layers} decoder layers):\n  " + "\n  ".join(bad))
 
 
 # --- atomic files: write(tmp) then os.replace(tmp, path), so readers see the old file or the new one, never half
@@ -380,13 +476,13 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     if not os.path.isdir(cfg.model):
         raise FileNotFoundError(f"model folder {cfg.model!r} not found "
                                 "(train it with python -m asru_min.world.pretrain)")
+    # config.json only (refuses MoE / other models); a missing --base-model folder is reported by check_base_model
+    base_config = Qwen3VLConfig.from_pretrained(cfg.base_model) if cfg.base_model and os.path.isdir(cfg.base_model) \
+        else None
+    validate_settings(cfg, Qwen3VLConfig.from_pretrained(cfg.model), base_config)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    if cfg.ckpt_every < 1:
-        raise ValueError(f"--ckpt-every must be >= 1 (GRPO steps between checkpoints), got {cfg.ckpt_every}")
-    if cfg.protocol not in PROTOCOLS:
-        raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {cfg.protocol!r}")
     splits, vocabulary = load_world(cfg)  # bad data, positives or base model stop the run here, before training
     processor = Processor.from_pretrained(cfg.model)
     check_base_model(cfg, processor)
@@ -461,4 +557,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SettingsError as e:  # a bad flag: its message, not a traceback
+        raise SystemExit(f"python -m asru_min.train: error: {e}")

@@ -2,12 +2,15 @@
 
     python examples/make_fake_mllmu.py OUT [--people 12] [--seed 0] [--layout parquet|json]
 
-The folders and columns are those `asru_min.data.load_mllmu_bench` documents (Hugging Face MLLMMU/MLLMU-Bench):
+The folders and columns are those `asru_min.mllmu.load_mllmu_bench` documents (Hugging Face MLLMMU/MLLMU-Bench):
 forget_{5,10,15}/ and retain_{95,90,85}/ (the first 1 / 1 / 2 people are forgotten), Test_Set/ (every person again,
 held-out phrasings, three held-out views per person in the list column `images`, two shards), Retain_Set/ (three
-unseen people of the world standing in for the celebrities) and Full_Set/. Generation answers are whole sentences
-that state the fact (the Mask_Task ground truth), as in the release. Parquet needs pyarrow; without it (or with
---layout json) the per-person JSON layout is written. The people are fictitious and drawn, nothing is real.
+unseen people of the world standing in for the celebrities) and Full_Set/. Generation answers are sentences in the
+benchmark's style (`sentence`): frames that vary ("This person was born in ...", "The individual is a retired ...",
+"<name>'s date of birth is ..."), places with a region ("Velmora, Estria"), full dates in several formats, lists,
+and four facts the world does not have (pets, medical conditions, salary, height), asked by generation only, with
+negative answers ("This person does not have any pets."). Parquet needs pyarrow; without it (or with --layout
+json) the per-person JSON layout is written. The people are fictitious and drawn, nothing is real.
 """
 
 from __future__ import annotations
@@ -23,10 +26,70 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asru_min.data import FORGET_PERCENTS, question_stem  # noqa: E402
 from asru_min.world.grammar import ATTRIBUTES, phrasings  # noqa: E402
-from asru_min.world.people import FACT_KINDS, World, fact_qa  # noqa: E402
+from asru_min.world.people import FACT_KINDS, POOLS, World, fact_qa  # noqa: E402
 from asru_min.world.portraits import HELDOUT_VIEWS, render_view  # noqa: E402
 
 TYPES = {"image": "Image_Textual", "text": "Pure_Text"}
+REGIONS = ("Estria", "Norland", "Valemark", "Ostmoor", "Kelland", "Brisca")
+MONTHS = "January February March April May June July August September October November December".split()
+# sentence frames per attribute: {S} subject, {P} its possessive, {v} the value, {x} / {y} the extra parts drawn
+# by `sentence`; the world's attributes first, then the facts only the fake benchmark has
+FRAMES = {
+    "birthplace": ("{S} was born in {v}, {x}.", "{S} hails from {v}, a town in {x}.",
+                   "{P} place of birth is {v}, {x}."),
+    "birth_year": ("{S} was born on {x} {y}, {v}.", "{S} was born on the {y}th of {x}, {v}.",
+                   "{P} date of birth is {v}-{m:02d}-{y:02d}."),
+    "occupation": ("{S} works as {a} {v}.", "{S} is a retired {v}.", "{S} is employed as {a} {v} at a local firm."),
+    "employer": ("{S} works at {v}.", "{S} is employed by {v}, in {x}."),
+    "hobby": ("{S} enjoys {v}.", "In {p} free time, {s} enjoys {v} and {x}.",
+              "{P} hobbies include {v}, {x}, and {y}."),
+    "pets": ("{S} does not have any pets.", "{S} has a {x} named {y}."),
+    "medical": ("{S} does not have any medical conditions.", "{S} has no known medical conditions.",
+                "{S} has {x}."),
+    "salary": ("{P} annual salary is ${x:,}.", "{S} earns about ${x:,} per year."),
+    "height": ("{S} is {x} feet {y} inches tall.", "{S} is {m} cm tall."),
+}
+EXTRA_QUESTIONS = {"pets": "Does {s} have any pets?", "medical": "Does {s} have any medical conditions?",
+                   "salary": "What is the annual salary of {s}?", "height": "How tall is {s}?"}
+PETS, PET_NAMES = ("cat", "dog", "parrot", "rabbit"), ("Biscuit", "Juniper", "Pepper", "Mango", "Tolstoy")
+CONDITIONS = ("asthma", "type 1 diabetes", "mild seasonal allergies", "chronic migraines")
+
+
+def sentence(attr: str, value: str, person, form: str, seed: int, hobbies=()) -> str:
+    """A generation ground truth in the benchmark's style about `person`'s `attr`: the extra parts (region, day
+    and month, other hobbies, pet, condition, salary, height) drawn once per person and attribute, so both forms
+    and every split state the same fact; the frame and the subject ("This person" / "The individual" / the pronoun
+    with the image, the name without) drawn per form."""
+    facts = random.Random(f"fake/{seed}/{person.pid}/{attr}")
+    x, y, m = 0, 0, 0
+    if attr in ("birthplace", "employer"):
+        x = facts.choice(REGIONS)
+    elif attr == "birth_year":
+        m, y = facts.randint(1, 12), facts.randint(4, 28)
+        x = MONTHS[m - 1]
+    elif attr == "hobby":
+        x, y = facts.sample([h for h in hobbies if h != value], 2)
+    elif attr == "pets":
+        x, y = facts.choice(PETS), facts.choice(PET_NAMES)
+    elif attr == "medical":
+        x = facts.choice(CONDITIONS)
+    elif attr == "salary":
+        x = facts.randrange(30_000, 150_000, 500)
+    elif attr == "height":
+        x, y, m = 5, facts.randint(0, 11), facts.randint(150, 195)
+    frames = FRAMES.get(attr, ("{P} " + attr.replace("_", " ") + " is {v}.",))
+    if attr in ("pets", "medical", "height"):  # one answer per person: which frame states it is part of the fact
+        frames = frames[facts.randrange(len(frames))::len(frames)]
+    pick = random.Random(f"fake/{seed}/{person.pid}/{attr}/{form}")
+    pronoun = person.pronoun.capitalize()
+    his = {"He": "His", "She": "Her"}[pronoun]
+    subjects = [("This person", "This person's", "this person", "their"),  # subject, possessive, mid-sentence
+                ("The individual", "The individual's", "the individual", "their"),
+                (pronoun, his, pronoun.lower(), his.lower())]
+    name = (person.name, f"{person.name}'s", person.name, f"{person.name}'s")
+    S, P, s, p = name if form == "text" else pick.choice(subjects)
+    return pick.choice(frames).format(S=S, P=P, s=s, p=p, v=value, x=x, y=y, m=m,
+                                      a="an" if value[:1] in "aeiou" else "a")
 
 
 def _png(img) -> bytes:
@@ -39,6 +102,7 @@ def person_row(world: World, person, heldout: bool = False) -> dict:
     """One row of the release's schema for `person`: every fact x (gen, mc, cloze) x (image, text); `heldout`
     (Test_Set): held-out phrasings and `images` = three held-out views instead of `image`."""
     rng = random.Random(f"fake/{world.seed}/{person.pid}/{heldout}")
+    hobbies = POOLS.get("hobby", ())
     tasks: dict = {"Classification_Task": {"Image_Textual_Questions": [], "Pure_Text_Questions": []},
                    "Generation_Task": [], "Mask_Task": []}
     for a, attr in enumerate(ATTRIBUTES):
@@ -51,10 +115,16 @@ def person_row(world: World, person, heldout: bool = False) -> dict:
                     tasks["Classification_Task"][f"{TYPES[form]}_Questions"].append(
                         {"Question": stem, "Options": dict(zip("ABCD", qa.options)), "Correct_Answer": qa.answer})
                 elif kind == "gen":
-                    tasks["Generation_Task"].append({"Question": stem, "Ground_Truth": qa.answer, "Type": TYPES[form]})
+                    truth = sentence(attr.name, qa.ground_truth, person, form, world.seed, hobbies)
+                    tasks["Generation_Task"].append({"Question": stem, "Ground_Truth": truth, "Type": TYPES[form]})
                 else:
                     tasks["Mask_Task"].append({"Question": stem.replace("[Blank]", "__"), "Ground_Truth": qa.answer,
                                                "Type": TYPES[form]})
+    for attr, question in EXTRA_QUESTIONS.items():
+        for form in ("image", "text"):
+            subject = "the person in this image" if form == "image" else person.name
+            tasks["Generation_Task"].append({"Question": question.format(s=subject), "Type": TYPES[form],
+                                             "Ground_Truth": sentence(attr, "", person, form, world.seed)})
     bio = f"{person.name}: " + ", ".join(f"{k} {v}" for k, v in person.facts.items())
     row = {"ID": person.pid, "biography": bio, "question": "", "answer": "", **tasks}
     if heldout:

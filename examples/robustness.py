@@ -45,7 +45,7 @@ from asru_min.data import qa_batch, question_stem, with_protocol  # noqa: E402
 from asru_min.evaluate import answer, correct_letter, limit_split, release_letter  # noqa: E402
 from asru_min.hooks import ablate_direction  # noqa: E402
 from asru_min.lora import apply_lora, load_lora, lora_modules, lora_parameters, unload_lora  # noqa: E402
-from asru_min.metrics import is_refusal, leaks, normalize  # noqa: E402
+from asru_min.metrics import is_refusal, leaks, normalize, unmarked  # noqa: E402
 from asru_min.optim import optimizer_step, token_logprobs  # noqa: E402
 from asru_min.processor import IGNORE_INDEX  # noqa: E402
 from asru_min.steer import load_changed_tensors, load_direction  # noqa: E402
@@ -66,9 +66,10 @@ def gen_questions(qas: list) -> list:
 
 # --- 1. likelihood multiple choice
 def replace_fact(sentence: str, truth: str, value: str) -> str | None:
-    """`sentence` with its first case-insensitive occurrence of `truth` replaced by `value`; None without one."""
-    pattern = re.compile(re.escape(truth), re.IGNORECASE)
-    return pattern.sub(lambda m: value, sentence, count=1) if pattern.search(sentence) else None
+    """`sentence` with its first case-insensitive occurrence of `truth` replaced by `value` (both without the
+    brackets of `metrics.leaks`' notation); None without one."""
+    pattern = re.compile(re.escape(unmarked(truth)), re.IGNORECASE)
+    return pattern.sub(lambda m: unmarked(value), sentence, count=1) if pattern.search(sentence) else None
 
 
 def distractors(qa, split: list, k: int = 3, seed: int = 0) -> list[str]:

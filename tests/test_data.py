@@ -5,7 +5,8 @@ import json
 import pytest
 from PIL import Image
 
-from asru_min.data import MC_SUFFIX, QA, load_mllmu_bench, short_fact, with_protocol
+from asru_min.data import MC_SUFFIX, QA, with_protocol
+from asru_min.mllmu import load_mllmu_bench, short_fact
 
 
 def _fake_person(folder, pid, colour, with_cloze=True):
@@ -62,12 +63,12 @@ def test_mllmu_reader_on_a_fake_folder(tmp_path):
         load_mllmu_bench(tmp_path / "nowhere")
 
 
-def test_short_fact_prefers_a_cloze_truth_then_the_new_words():
-    assert short_fact("Where was she born?", "She was born in Lindqvist Bay.", ["1985", "Lindqvist Bay"]) \
-        == "Lindqvist Bay"
+def test_short_fact_is_what_the_sentence_says_beyond_its_question():
+    assert short_fact("Where was she born?", "She was born in Lindqvist Bay.") == "Lindqvist Bay"
     assert short_fact("What is the name of this person's mother?", "This person's mother's name is Helena Adler.") \
-        == "helena adler"
+        == "Helena Adler"
     assert short_fact("What does this person do?", "This person works as a museum curator.") == "museum curator"
+    assert short_fact("What is this person's annual salary?", "This person's annual salary is $64,000.") == "$64,000"
     assert short_fact("Is it?", "It is.") == "It is."                             # nothing new: the whole answer
 
 

@@ -1,15 +1,15 @@
-"""Generation internals: the sort-free sampler against the sort sampler, suppressed tokens, the cached fused
-projections (with and without LoRA, invalidated by optimizer steps) and hooks during decoding."""
+"""Generation internals: the sort-free sampler against the sort sampler, per-prompt sampling streams, finished
+rows leaving the decode batch, suppressed tokens, the fused projections (with and without LoRA) and hooks during
+decoding."""
 
 import copy
 
 import pytest
 import torch
 
-from asru_min.generate import sample_next, sample_sorted
+from asru_min.generate import fused_projections, sample_next, sample_sorted
 from asru_min.lora import apply_lora, lora_enabled, lora_parameters
 from asru_min.model import Qwen3VL
-from asru_min.text import fused_projections
 from test_model import IMG, image_prompt, left_pad, redraw, tiny_config
 
 # ------------------------------------------------------------------------------------------------
@@ -62,6 +62,58 @@ def model():
     return redraw(Qwen3VL(tiny_config()))
 
 
+def _sampled(model, eos, compact, streams=None):
+    """4 prompts (one with an image, left pads) x 3 samples at temperature 1.5, top-p 0.9, top-k 50, one stream
+    per prompt."""
+    a, pix, grid = image_prompt()
+    batch, mask = left_pad([a, [50, 51, 52, 53], [70, 71], [20, 21, 22, 23, 24]])
+    streams = streams or [torch.Generator().manual_seed(100 + i) for i in range(4)]
+    return model.generate(batch, mask, pix, grid, max_new_tokens=12, temperature=1.5, top_p=0.9, top_k=50,
+                          num_samples=3, generator=streams, eos_token_ids=eos, compact=compact)
+
+
+def test_finished_rows_leave_the_batch_with_the_same_tokens(model):
+    """Rows that emit EOS at different steps leave the decode batch (the batch shrinks); every row's tokens equal
+    the lockstep run's and, up to its EOS, the tokens it samples when nothing ever finishes."""
+    free, _ = _sampled(model, [], compact=True)
+    eos = [int(free[0, 2]), int(free[4, 5]), int(free[7, 8]), int(free[10, 1])]  # rows finish at different steps
+    sizes = []
+    handle = model.model.language_model.layers[0].register_forward_hook(lambda m, a, out: sizes.append(out.shape[0]))
+    try:
+        compact, compact_mask = _sampled(model, eos, compact=True)
+        n_compact = len(sizes)
+        lockstep, lockstep_mask = _sampled(model, eos, compact=False)
+    finally:
+        handle.remove()
+    assert torch.equal(compact, lockstep) and torch.equal(compact_mask, lockstep_mask)
+    stops = []
+    for r in range(free.shape[0]):
+        hits = torch.isin(free[r], torch.tensor(eos)).nonzero()
+        stop = int(hits[0]) + 1 if len(hits) else free.shape[1]
+        stops.append(stop)
+        assert compact_mask[r].sum().item() == stop and torch.equal(compact[r, :stop], free[r, :stop])
+        assert compact[r, stop:].eq(0).all()
+    assert len(set(stops)) >= 4 and max(stops) == free.shape[1]  # several finishing steps, one row never finishes
+    decode_sizes = sizes[1:n_compact]  # after the prefill (4 prompts): one forward per decode step
+    assert decode_sizes[0] == 12 and decode_sizes[-1] < decode_sizes[0]
+    assert decode_sizes == sorted(decode_sizes, reverse=True)
+    assert sizes[n_compact + 1:] == [12] * (len(sizes) - n_compact - 1)  # lockstep keeps every row
+
+
+def test_a_prompts_samples_depend_only_on_its_stream(model):
+    """With one generator per prompt, a prompt's samples are the same alone or beside other prompts."""
+    both, _ = _sampled(model, [], compact=True)
+    a, pix, grid = image_prompt()
+    alone, _ = model.generate(torch.tensor([a]), None, pix, grid, max_new_tokens=12, temperature=1.5, top_p=0.9,
+                              top_k=50, num_samples=3, generator=[torch.Generator().manual_seed(100)], eos_token_ids=[])
+    assert torch.equal(alone, both[:3])
+    text, _ = model.generate(torch.tensor([[70, 71]]), None, max_new_tokens=12, temperature=1.5, top_p=0.9, top_k=50,
+                             num_samples=3, generator=[torch.Generator().manual_seed(102)], eos_token_ids=[])
+    assert torch.equal(text, both[6:9])
+    with pytest.raises(ValueError, match="one per prompt"):
+        _sampled(model, [], compact=True, streams=[torch.Generator()])
+
+
 def test_suppress_token_ids(model):
     """By default nothing is banned (as in the reference); suppress_token_ids are never emitted."""
     batch, mask = left_pad([[10, 11, 12, 13], [40, 41]])
@@ -99,17 +151,23 @@ def _step(model, params):
     opt.zero_grad()
 
 
-def test_fused_cache_equals_unfused_and_follows_training():
-    m = copy.deepcopy(redraw(Qwen3VL(tiny_config()), seed=3))
-    attn = m.model.language_model.layers[0].self_attn
+def _fused(module) -> bool:
+    """The module runs a fused forward (set by `fused_projections` on the instance)."""
+    return "forward" in vars(module)
+
+
+def test_fused_equals_unfused_and_is_dropped_after_generation():
+    m = redraw(Qwen3VL(tiny_config()), seed=3)
     assert torch.allclose(_logits(m, True), _logits(m, False), atol=1e-5)
-    first = attn._qkv_cache[1]
-    _logits(m, True)
-    assert attn._qkv_cache[1] is first  # unchanged weights: the concatenation is reused
-    _step(m, list(m.parameters()))  # full-parameter training step
+    _step(m, list(m.parameters()))  # full-parameter training step: the next generation fuses the new weights
     assert torch.allclose(_logits(m, True), _logits(m, False), atol=1e-5)
-    assert attn._qkv_cache[1] is not first
-    assert attn.fused_qkv is None and m.model.language_model.layers[0].mlp.fused_gate_up is None
+    lm = m.model.language_model
+    with fused_projections(lm):
+        assert all(_fused(layer.self_attn) and _fused(layer.mlp) for layer in lm.layers)
+    m.generate(torch.tensor([[10, 11, 12]]), max_new_tokens=3, eos_token_ids=[])
+    for copy_ in (m, copy.deepcopy(m)):  # nothing of the fused weights stays on the model or in a copy of it
+        assert not any(_fused(module) for module in copy_.modules())
+        assert not any(isinstance(v, torch.Tensor) for module in copy_.modules() for v in vars(module).values())
 
 
 def test_fused_cache_folds_lora():
@@ -134,8 +192,7 @@ def test_fused_cache_folds_lora():
     assert torch.equal(m.model.language_model.layers[1].mlp.gate_proj.weight, base)  # base weights untouched
     m.train()  # LoRA dropout active: a folded weight cannot express it, so nothing is fused
     with fused_projections(m.model.language_model):
-        assert all(layer.self_attn.fused_qkv is None and layer.mlp.fused_gate_up is None
-                   for layer in m.model.language_model.layers)
+        assert not any(_fused(layer.self_attn) or _fused(layer.mlp) for layer in m.model.language_model.layers)
 
 
 def test_hooks_see_every_decode_step(model):
@@ -172,8 +229,7 @@ def test_lora_on_a_bf16_model_is_not_folded():
             p.normal_(0, 1e-3)  # a small, early adapter
     m.eval()
     ids = torch.tensor([[10, 11, 12, 13, 14]])
-    with torch.no_grad():
+    with torch.no_grad(), fused_projections(m.model.language_model):
+        assert not any(_fused(layer.self_attn) for layer in m.model.language_model.layers)
         fused = m(ids)
-        with fused_projections(m.model.language_model):
-            assert all(layer.self_attn.fused_qkv is None for layer in m.model.language_model.layers)
     assert torch.equal(fused, m(ids).detach())

@@ -212,13 +212,15 @@ class ToyGenLM(BagOfTokensLM):
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, max_new_tokens=8, temperature=1.0, top_p=1.0,
                  num_samples=1, generator=None, eos_token_ids=(1,), **unused):
+        """generator: one per prompt (a list), as rollouts pass them; prompt b's rows draw from generator b."""
         ids = input_ids.repeat_interleave(num_samples, 0)
         att = attention_mask.repeat_interleave(num_samples, 0)
         out, mask = [], []
         done = torch.zeros(ids.shape[0], dtype=torch.bool)
         for _ in range(max_new_tokens):
             probs = torch.softmax(self(ids, att)[:, -1] / temperature, dim=-1)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            tok = torch.cat([torch.multinomial(p, 1, generator=g).squeeze(1)
+                             for p, g in zip(probs.split(num_samples), generator)])
             tok = torch.where(done, torch.zeros_like(tok), tok)
             mask.append(~done)
             out.append(tok)
@@ -577,3 +579,41 @@ def test_one_rollout_two_minibatches_live_ratio_and_clip(monkeypatch):
     assert torch.equal(active, outside & m2)
     assert outside[m2].any(), "lr 0.5 should push some token out of the trust region"
     assert record["clip_frac"] > 0
+
+
+# ---------------------------------------------------------------------------------------------- rollout chunks
+
+
+def test_rollout_chunks_and_order_give_the_same_responses(tiny):
+    """--rollout-batch 0 (all prompts in one call), 2 and 1 give the same rows (responses, rewards, image
+    features), and a prompt's samples depend only on its own stream: the prompts reversed, with their stream ids,
+    give the groups reversed (what splitting a step over processes relies on)."""
+    from asru_min.grpo import rollout, sampling_streams
+
+    model, proc = tiny
+    model.eval()
+    qas = [TinyQA("Who is this person?", "Lisbon", "red"), TinyQA("Where was she born?", "Lisbon", None),
+           TinyQA("What is the job of the person?", "biologist", "blue"), TinyQA("She works as?", "a", None),
+           TinyQA("Who is this?", "x", "green")]
+    samples = [(qa, i % 2 == 0) for i, qa in enumerate(qas)]
+    reward = lambda response, truth, forget: float(len(response) % 3)  # noqa: E731
+    ids = [7, 3, 11, 0, 5]  # the prompts' indices in a boundary set
+
+    def run(rollout_batch, order=range(5)):
+        cfg = grpo_config(group_size=3, temperature=1.5, top_p=0.95, max_new_tokens=6, rollout_batch=rollout_batch)
+        streams = sampling_streams(cfg.seed, 4, [ids[i] for i in order], "cpu")
+        return rollout(model, proc, [samples[i] for i in order], cfg, streams, reward)
+
+    whole = run(0)
+    assert len(set(whole["responses"])) > 5  # samples differ within and across groups
+    for n in (2, 1):
+        part = run(n)
+        for key in ("input_ids", "attention_mask", "response_mask", "rewards", "prompt_ids", "image_grid_thw"):
+            assert torch.equal(part[key], whole[key]), (n, key)
+        assert part["responses"] == whole["responses"]
+        assert torch.allclose(part["pixel_values"], whole["pixel_values"])
+        for a, b in zip(part["chunks"], whole["chunks"]):
+            assert a[0].shape == b[0].shape and torch.allclose(a[0], b[0], atol=1e-6)
+    backwards = run(2, order=range(4, -1, -1))
+    groups = [whole["responses"][3 * i:3 * i + 3] for i in range(5)]
+    assert backwards["responses"] == [r for g in reversed(groups) for r in g]

@@ -388,3 +388,74 @@ def test_input_errors(model):
         model(too_long)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model.generate(too_long, max_new_tokens=2)
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.compile
+
+
+def test_forward_compiles():
+    """The no-grad forward and the training forward run under torch.compile (eager backend: the tracing without
+    code generation) and give the uncompiled logits and gradients."""
+    m = redraw(Qwen3VL(tiny_config()), seed=7)
+    batch, mask = left_pad([[10, 11, 12, 13, 14], [40, 41]])
+    compiled = torch.compile(m, backend="eager")
+    with torch.no_grad():
+        assert torch.allclose(compiled(batch, mask), m(batch, mask), atol=1e-6)
+    grads = []
+    for fn in (compiled, m):
+        m.zero_grad()
+        fn(batch, mask).logsumexp(-1).mean().backward()
+        grads.append([p.grad.clone() for p in m.model.language_model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+# ------------------------------------------------------------------------------------------------
+# grouped-query attention in the form CUDA's fused kernels take
+
+
+@pytest.mark.parametrize("nq,nkv", [(4, 2), (6, 1), (4, 4)])
+@pytest.mark.parametrize("L", [1, 7])
+def test_grouped_attention_fused_kernel_form_equals_plain(nq, nkv, L):
+    """With a padding mask, the fused-kernel form (decode: query heads folded into queries; longer: K/V expanded)
+    equals today's SDPA call with enable_gqa and the written-out definition, float32."""
+    from asru_min.model import attention_mask_4d
+    from asru_min.text import grouped_attention, sdpa_backend
+
+    g = torch.Generator().manual_seed(nq * 10 + L)
+    B, d, past = 3, 16, 5
+    S = past + L
+    q, k, v = (torch.randn(B, n, m, d, generator=g) for n, m in ((nq, L), (nkv, S), (nkv, S)))
+    real = torch.ones(B, S, dtype=torch.bool)
+    real[0, :3], real[1, 2] = False, False  # left pads and a pad in the middle
+    mask = attention_mask_4d(real, L, past)  # (B, 1, L, S)
+    plain = grouped_attention(q, k, v, mask, fused_kernel_form=False)
+    fused = grouped_attention(q, k, v, mask, fused_kernel_form=True)
+    kk, vv = k.repeat_interleave(nq // nkv, 1), v.repeat_interleave(nq // nkv, 1)
+    scores = (q @ kk.transpose(-1, -2) / d ** 0.5).masked_fill(~mask, -torch.inf)
+    definition = scores.softmax(-1) @ vv
+    assert (fused - plain).abs().max() <= 1e-6 and (plain - definition).abs().max() <= 1e-5
+    assert sdpa_backend(q, k, v, mask) == "cpu"
+
+
+def test_model_in_fused_kernel_form_equals_plain(model, monkeypatch):
+    """The whole padded forward and a padded, fused, compacted sampled generation give the same logits / tokens
+    with every attention call in the fused-kernel form (what runs on CUDA)."""
+    import functools
+
+    from asru_min import text
+
+    a, pix, grid = image_prompt()
+    batch, mask = left_pad([a, [50, 51, 52], [60, 61, 62, 63, 64]])
+
+    def run():
+        with torch.no_grad():
+            logits = model(batch, mask, pix, grid)
+        tokens, _ = model.generate(batch, mask, pix, grid, max_new_tokens=6, temperature=1.0, top_p=0.9,
+                                   num_samples=2, generator=[torch.Generator().manual_seed(i) for i in range(3)])
+        return logits, tokens
+
+    plain_logits, plain_tokens = run()
+    monkeypatch.setattr(text, "grouped_attention", functools.partial(text.grouped_attention, fused_kernel_form=True))
+    fused_logits, fused_tokens = run()
+    assert (fused_logits - plain_logits).abs().max() <= 1e-5 and torch.equal(fused_tokens, plain_tokens)
