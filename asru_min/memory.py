@@ -38,7 +38,7 @@ STEER_ANSWER_TOKENS = 64  # answer tokens appended to a retain prompt in stage 1
 SAMPLING_COPIES = 5  # float32 (rows, V) tensors of one sampling step: logits / T, softmax, cdf, masks
 LOGIT_BYTES = 16  # bytes per (token, vocabulary entry) while log-probs are computed and differentiated:
 #                   lm_head output (b) + float32 logits / T (4, kept for backward) + exp / softmax grad (4 + 4)
-LOGIT_BYTES_NO_GRAD = 12  # the same without backward: output (b), float32 logits / T (4 + 4), logsumexp's exp (4)
+# without backward: lm_head's output (b), its float32 copy (4, none when b = 4), the logits / T (4): `logit_bytes`
 
 
 @dataclass
@@ -123,15 +123,15 @@ def kv_bytes_per_token(cfg: Qwen3VLConfig, b: int) -> int:
 
 
 def fused_copy_bytes(cfg: Qwen3VLConfig, b: int) -> int:
-    """The [Wq; Wk; Wv] and [Wgate; Wup] copies a no-grad forward builds (`text.fused_projections`):
-    L ((nq + 2 nkv) d D + 2 I D) b."""
+    """The [Wq; Wk; Wv] and [Wgate; Wup] copies `generate` builds for the duration of a call
+    (`generate.fused_projections`): L ((nq + 2 nkv) d D + 2 I D) b."""
     t = cfg.text
     per_layer = (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim * t.hidden_size \
         + 2 * t.intermediate_size * t.hidden_size
     return t.num_hidden_layers * per_layer * b
 
 
-def layer_saved_bytes_per_token(cfg: Qwen3VLConfig, b: int, targets: str, seq_len: int) -> int:
+def layer_saved_bytes_per_token(cfg: Qwen3VLConfig, b: int, targets: str, seq_len: int, cuda: bool) -> int:
     """Bytes one decoder layer keeps for backward per token when the LoRA adapters on `targets` train (float32
     adapters when b < 4, as `lora.LoRALinear` makes them):
 
@@ -139,7 +139,8 @@ def layer_saved_bytes_per_token(cfg: Qwen3VLConfig, b: int, targets: str, seq_le
         n_in D a                 each adapter's copy of its input in the adapter dtype (a = 4), one per adapter in
                                  bf16 (x.to(float32) is a new tensor each time); shared (one per input) in float32
         (nq + nkv) d 4           q_norm / k_norm float32 inputs
-        (2 nq + 2 nkv) d b       attention q, k, v, output (fused SDPA kernel)
+        (2 nq + 2 nkv) d b       attention q, k, v, output (fused SDPA kernel); on CUDA 4 nq d b: a masked call
+                                 gets K / V expanded to the query heads (`text.grouped_attention`)
         S b                      the attention mask row of the query (bool mask converted to the dtype), S keys
         3 I b                    SwiGLU: gate (SiLU input), SiLU(gate), up
     """
@@ -152,7 +153,8 @@ def layer_saved_bytes_per_token(cfg: Qwen3VLConfig, b: int, targets: str, seq_le
     else:  # float32 model: q/k/v share one input tensor, gate/up another
         lora = b * ((D if names & {"q_proj", "k_proj", "v_proj"} else 0) + (D if names & {"gate_proj", "up_proj"} else 0)
                     + (q if "o_proj" in names else 0) + (I if "down_proj" in names else 0))
-    return 2 * D * 4 + lora + (q + kv) * 4 + (2 * q + 2 * kv) * b + seq_len * b + 3 * I * b
+    attention = (4 * q if cuda else 2 * q + 2 * kv) * b
+    return 2 * D * 4 + lora + (q + kv) * 4 + attention + seq_len * b + 3 * I * b
 
 
 def layer_working_bytes_per_token(cfg: Qwen3VLConfig, b: int) -> int:
@@ -282,6 +284,11 @@ def micro_batch_rows(f: Flags, S: int) -> int:
     return mini if f.micro_batch_tokens == 0 else max(1, min(mini, f.micro_batch_tokens // S))
 
 
+def logit_bytes_no_grad(b: int) -> int:
+    """Bytes per (token, vocabulary entry) of a no-grad log-prob pass: lm_head output, float32 copy, / T."""
+    return b + (4 if b < 4 else 0) + 4
+
+
 def logit_tokens(f: Flags, rows: int, T: int) -> int:
     """(rows x positions) whose float32 logits exist at once: the response positions (T + 1 per row), at most
     logprob_chunk of them."""
@@ -292,16 +299,14 @@ def logit_tokens(f: Flags, rows: int, T: int) -> int:
 def logprob_passes(cfg, f: Flags, n_params: int, P: int, T: int | None = None) -> Phase:
     """Old-policy and reference log-probs (no grad) of one micro-batch of rows x S tokens: the larger of one
     layer's working set (with the attention mask, S b per token) and the logits of logit_tokens positions (they
-    follow one another), the fused copies (the reference pass switches the adapters off, so its
-    weights fold even in bf16)."""
+    follow one another)."""
     T = f.max_new_tokens if T is None else T
     S = P + T
     rows = micro_batch_rows(f, S)
     terms = resident_terms(cfg, f, n_params, stage2=True)
     layers = rows * S * layer_working_bytes_per_token(cfg, f.bytes) + rows * S * S * f.bytes  # + attention mask
-    logits = logit_tokens(f, rows, T) * cfg.text.vocab_size * LOGIT_BYTES_NO_GRAD
+    logits = logit_tokens(f, rows, T) * cfg.text.vocab_size * logit_bytes_no_grad(f.bytes)
     terms.update({"layer working set + attention mask" if layers > logits else "logits": max(layers, logits),
-                  "fused q|k|v, gate|up copies": fused_copy_bytes(cfg, f.bytes) if f.kl_coef > 0 or f.bytes == 4 else 0,
                   "rollout records": prompts_per_process(f) * f.group_size * S * (8 + 8 + 1 + 4 + 4)})
     return Phase("old / reference log-probs", terms)
 
@@ -316,7 +321,7 @@ def update(cfg, f: Flags, n_params: int, P: int, T: int | None = None) -> Phase:
     t, b = cfg.text, f.bytes
     rows = micro_batch_rows(f, S)
     tokens = rows * S
-    per_layer = layer_saved_bytes_per_token(cfg, b, f.lora_targets, S)
+    per_layer = layer_saved_bytes_per_token(cfg, b, f.lora_targets, S, f.device.startswith("cuda"))
     terms = resident_terms(cfg, f, n_params, stage2=True)
     terms["adapter gradient"] = adapter_bytes(cfg, f)
     if f.processes > 1:
@@ -447,15 +452,6 @@ class _CudaPhase:
         self.meter.peaks[self.name] = max(self.meter.peaks.get(self.name, 0), torch.cuda.max_memory_allocated())
 
 
-def free_fused_caches(model) -> None:
-    """Drop the fused q|k|v and gate|up copies a no-grad forward leaves on the decoder (`text._cached`), as the
-    estimate assumes they are freed when a generation or no-grad pass ends."""
-    for module in model.model.language_model.modules():
-        for name in ("_qkv_cache", "_qk_norm_cache", "_gate_up_cache"):
-            if name in module.__dict__:
-                delattr(module, name)
-
-
 def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f: Flags, layer: int,
                    meter: PeakMeter | None = None, seed: int = 0) -> dict:
     """Run every phase the estimate covers once, with the settings in `f`, under a `PeakMeter`: the model is built
@@ -466,17 +462,19 @@ def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f
     "new_tokens": T (the longest response), "seconds": {phase: s}} (P, T as the rollout realised them)."""
     import time
 
-    from .grpo import GRPOConfig, asru_reward, make_optimizer, policy_loss, rollout, rows_logprobs
+    from .grpo import GRPOConfig, asru_reward, make_optimizer, policy_loss, rollout, rows_logprobs, sampling_streams
     from .evaluate import answer
     from .lora import apply_lora, lora_enabled
     from .optim import optimizer_step
     from .steer import keep_refusals, knowledge_absence_direction, optimize_steering
 
     meter = meter or PeakMeter(f.device)
-    gcfg = GRPOConfig(group_size=f.group_size, temperature=1.5, top_p=0.95, max_new_tokens=f.max_new_tokens,
-                      prompts_per_step=f.prompts_per_step, mini_batch_size=f.mini_batch_size, ppo_epochs=1, epochs=1,
-                      clip_low=0.2, clip_high=0.3, dual_clip=3.0, kl_coef=f.kl_coef, lr=1e-4, weight_decay=0.01,
-                      grad_clip=1.0, seed=seed)
+    settings = dict(group_size=f.group_size, temperature=1.5, top_p=0.95, max_new_tokens=f.max_new_tokens,
+                    prompts_per_step=f.prompts_per_step, mini_batch_size=f.mini_batch_size, ppo_epochs=1, epochs=1,
+                    clip_low=0.2, clip_high=0.3, dual_clip=3.0, kl_coef=f.kl_coef, lr=1e-4, weight_decay=0.01,
+                    grad_clip=1.0, seed=seed, rollout_batch=f.rollout_batch, micro_batch_tokens=f.micro_batch_tokens,
+                    grad_checkpoint=f.grad_checkpoint, logprob_chunk=f.logprob_chunk)
+    gcfg = GRPOConfig(**{k: v for k, v in settings.items() if k in {x.name for x in dataclasses.fields(GRPOConfig)}})
     seconds, out = {}, {}
 
     def timed(name):
@@ -497,12 +495,10 @@ def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f
         with timed("evaluation"):
             answer(model, processor, forget_qas[:f.eval_batch_size], batch_size=f.eval_batch_size,
                    max_new_tokens=f.eval_max_new_tokens)
-            free_fused_caches(model)
         with timed("stage 1"):
             kept = keep_refusals(model, processor, retain_qas[:f.eval_batch_size], batch_size=f.eval_batch_size)
             v = knowledge_absence_direction(model, processor, kept or retain_qas[:2], forget_qas[:f.eval_batch_size],
                                             layer, batch_size=f.eval_batch_size)
-            free_fused_caches(model)
             optimize_steering(model, processor, forget_qas[:f.steer_batch_size], retain_qas[:f.steer_batch_size], v,
                               layer, c=3.0, alpha=1.0, lr=1e-4, batch_size=f.steer_batch_size, epochs=1, log_every=0)
         apply_lora(model, targets=tuple(f.lora_targets.split(",")), r=f.lora_r, alpha=float(f.lora_r), dropout=0.0)
@@ -513,16 +509,14 @@ def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         samples = [(qa, True) for qa in forget_qas[:f.prompts_per_step]]
-        generator = torch.Generator(device=f.device).manual_seed(seed)
+        generators = sampling_streams(seed, 0, list(range(len(samples))), f.device)
         with timed("rollout"):
-            ro = rollout(model, processor, samples, gcfg, generator, asru_reward)
-            free_fused_caches(model)
+            ro = rollout(model, processor, samples, gcfg, generators, asru_reward)
         rows = list(range(ro["input_ids"].shape[0]))[:f.mini_batch_size or None]
         with timed("old / reference log-probs"), torch.no_grad():
             old = rows_logprobs(model, ro, rows, gcfg)[0] if f.mini_batch_size else None
             with lora_enabled(model, False):
                 ref = rows_logprobs(model, ro, rows, gcfg)[0]
-            free_fused_caches(model)
         advantages = torch.linspace(-1.0, 1.0, len(rows), device=ref.device)  # any non-zero advantages
         model.train()
         with timed("update"):

@@ -42,36 +42,21 @@ from asru_min.world import load_world  # noqa: E402
 
 TODAY = {"rollout_batch": 0, "micro_batch_tokens": 0, "grad_checkpoint": "off", "logprob_chunk": 0}  # a TrainConfig
 # without the memory flags runs like this (one rollout call, whole mini-batches, no checkpointing, unchunked)
-SDPA_OPS = ("flash", "efficient", "cudnn", "math")  # substrings of aten::_scaled_dot_product_*_attention* names
 
-
-def sdpa_kernels(attention, rows: int, length: int, padded: bool, device, dtype, grad: bool) -> list[str]:
-    """The aten attention kernels one call of a decoder layer's self-attention runs on (rows, length) tokens,
-    read from torch.profiler's op names; padded: the first row has a left pad, as a GRPO batch, so the call gets a
-    boolean mask (with grouped-query heads); grad: the input requires grad, as in the update."""
+def sdpa_kernels(cfg, rows: int, length: int, device, dtype) -> dict:
+    """`text.sdpa_backend` (the kernel `text.grouped_attention` runs on) for the padded, grouped-query calls of a
+    GRPO batch of rows x length tokens (one row left-padded): the full-sequence call of the log-prob passes and
+    the update, and one decode step over that many keys."""
     from asru_min.model import attention_mask_4d
-    from asru_min.text import mrope_cos_sin
+    from asru_min.text import sdpa_backend
 
-    D = attention.q_proj.in_features
-    x = torch.randn(rows, length, D, device=device, dtype=dtype, requires_grad=grad)
-    pos = torch.arange(length, device=device).expand(rows, length)
-    cos, sin = mrope_cos_sin(pos, attention_config(attention), dtype)
-    mask = None
-    if padded:
-        real = torch.ones(rows, length, dtype=torch.bool, device=device)
-        real[0, 0] = False
-        mask = attention_mask_4d(real, length, 0)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        attention(x, cos, sin, mask)
-    return sorted({e.name for e in prof.events() if "scaled_dot_product" in e.name and
-                   any(k in e.name for k in SDPA_OPS)})
-
-
-def attention_config(attention):
-    """A TextConfig with the head width of `attention` (all `mrope_cos_sin` reads)."""
-    from asru_min.text import TextConfig
-
-    return TextConfig(head_dim=attention.d)
+    t = cfg.text
+    real = torch.ones(rows, length, dtype=torch.bool, device=device)
+    real[0, 0] = False
+    q = torch.randn(rows, t.num_attention_heads, length, t.head_dim, device=device, dtype=dtype)
+    kv = torch.randn(rows, t.num_key_value_heads, length, t.head_dim, device=device, dtype=dtype)
+    return {"sequence": sdpa_backend(q, kv, kv, attention_mask_4d(real, length, 0)),
+            "decode step": sdpa_backend(q[:, :, -1:], kv, kv, real[:, None, None, :])}
 
 
 class Recorder:
@@ -197,7 +182,6 @@ def main(argv=None) -> dict:
                     v = knowledge_absence_direction(model, processor, kept or positives,
                                                     forget[:args.stage1_prompts], layer,
                                                     batch_size=args.stage1_prompts)
-                    memory.free_fused_caches(model)
                     optimize_steering(model, processor, forget[:2 * args.steer_steps], retain[:2 * args.steer_steps],
                                       v, layer, c=3.0, alpha=1.0, lr=1e-4, batch_size=2, epochs=1, log_every=0)
                 results["seconds"] = {"stage 1": time.time() - t0}
@@ -239,12 +223,8 @@ def main(argv=None) -> dict:
     if "record" in results:
         say(f"GRPO step: {results['step_seconds']:.1f} s, mean response {results['record']['response_len']:.0f} "
             f"tokens, {results['record']['optimizer_steps']} optimiser steps")
-    if "record" in results or "stage 1" in meter.peaks:
-        attn = model.model.language_model.layers[0].self_attn
-        rows = max(1, flags.micro_batch_tokens // (P + T)) if flags.micro_batch_tokens else args.mini_batch_size
-        for label, n_rows, length, grad in (("update", rows, P + T, True), ("rollout prefill", 8, P, False)):
-            say(f"SDPA kernel, {label} ({n_rows} rows x {length}, padded, grouped-query): "
-                f"{sdpa_kernels(attn, n_rows, length, True, device, dtype, grad)}")
+    rows = max(1, flags.micro_batch_tokens // (P + T)) if flags.micro_batch_tokens else args.mini_batch_size
+    say(f"SDPA kernel for {rows} padded rows x {P + T} tokens: {sdpa_kernels(cfg, rows, P + T, device, dtype)}")
     if world > 1:
         torch.distributed.destroy_process_group()
     return {"peaks": meter.peaks, "estimates": {k: v.total for k, v in estimates.items()}, **results}

@@ -145,14 +145,14 @@ def test_processes_split_the_prompts(capsys):
 
 def test_gpu_check_runs_on_the_cpu(capsys):
     """examples/gpu_check.py's whole path (stage 1, one grpo_step under the phase recorder, the estimate, the SDPA
-    kernel probe) on the default model's shape on the CPU; its measured peaks agree with the estimate."""
+    kernel report) on the default model's shape on the CPU; its measured peaks agree with the estimate."""
     out = load_example("gpu_check").main([
         "--device", "cpu", "--dtype", "float32", "--config", os.path.join(WEIGHTS, "config.json"),
         "--tokenizer-model", WEIGHTS, "--prompts-per-step", "2", "--group-size", "2", "--mini-batch-size", "2",
         "--max-new-tokens", "4", "--stage1-prompts", "2", "--steer-steps", "1", "--portrait", "64",
         "--time-limit", "120"])
     text = capsys.readouterr().out
-    assert "scaled_dot_product" in text and out["record"]["optimizer_steps"] == 2
+    assert "SDPA kernel" in text and "'sequence': 'cpu'" in text and out["record"]["optimizer_steps"] == 2
     for name in ("stage 1", "rollout", "old / reference log-probs", "update"):
         measured, estimate = out["peaks"][name], out["estimates"][name]
         assert abs(estimate - measured) <= TOLERANCE * measured, (name, measured, estimate)
