@@ -3,7 +3,7 @@
     python examples/benchmark_2b_cpu.py [--config examples/configs/qwen3vl_2b.json] [--prompts 2] [--group-size 2]
                                         [--max-new-tokens 32] [--portrait 256] [--threads 2]
 
-Run by hand, not in CI (about 10-20 minutes on 2 CPU cores, ~10 GiB of RAM). The model is built from the config
+Run by hand, not in CI (12 to 40 minutes on 2 shared CPU cores, 8.5 GiB of RAM). The model is built from the config
 alone, in bf16, with random weights (meta device, then `to_empty` and a seeded normal fill: no download); the
 tokenizer is the default model's (its few thousand ids are all the prompts use; the special-token ids of the config
 are remapped to it), the images are the synthetic world's portraits resized to --portrait pixels and read with
