@@ -363,7 +363,9 @@ class Qwen3VL(nn.Module):
 
         h = self.model.language_model(emb, pos, mask, cache, visual_pos_mask, deepstack)
         if logits_to_keep > 0:
-            h = h[:, -logits_to_keep:]
+            # contiguous: on a strided (B, k, D) view, F.linear runs a batched matmul that copies W_lm B times
+            # ((B, V, D): 4.6 GiB for 8 prompts of the 2B model on a CPU)
+            h = h[:, -logits_to_keep:].contiguous()
         return h if return_hidden else self.lm_head(h)
 
     generate = generation.generate  # model.generate(input_ids, ...): the KV-cached sampling loop in generate.py

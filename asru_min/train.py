@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
 from . import distributed
+from . import memory
 from .evaluate import evaluate_model, format_table
 from .grpo import (REWARD_REFERENCES, REWARDS, GRPOConfig, build_boundary_set, check_process_count,
                    make_optimizer, step_schedule, train_grpo)
@@ -128,6 +129,10 @@ class TrainConfig:
     micro_batch_tokens: int = 16384  # rows x padded length per forward/backward piece of GRPO (0: one piece)
     grad_checkpoint: str = "auto"  # auto, on, off: GRPO update recomputes decoder layers in backward (auto: CUDA)
     logprob_chunk: int = 4096  # tokens whose float32 logits exist at once in a log-prob pass (0: all)
+    # --dry-run: print each phase's estimated peak memory (asru_min/memory.py) from config.json alone, then exit
+    dry_run: bool = False
+    dry_run_prompt_tokens: int = 0  # 0 = one 512x512 portrait (256 image tokens under Qwen3-VL) + 42 text tokens
+    dry_run_processes: int = 0  # processes of the run to estimate; 0 = $WORLD_SIZE, or 1
 
     def grpo(self) -> GRPOConfig:
         return GRPOConfig(group_size=self.group_size, temperature=self.temperature, top_p=self.top_p,
@@ -593,6 +598,23 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
     return results
 
 
+def dry_run(cfg: TrainConfig) -> str:
+    """`memory.report` for cfg: --model's config.json (a folder, or the file), no weights, no data."""
+    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype!r}")
+    processes = cfg.dry_run_processes or int(os.environ.get("WORLD_SIZE", "1"))
+    model_cfg, pre = memory.load_config(cfg.model)
+    base_params = None  # --base-model: its own size when its config is at hand, else --model's
+    if cfg.base_model and os.path.isfile(os.path.join(cfg.base_model, "config.json")):
+        base_params = memory.parameter_count(memory.load_config(cfg.base_model)[0])
+    return memory.report(model_cfg, pre, memory.Flags.from_train_config(cfg, processes), base_params)
+
+
+FLAG_HELP = {"dry_run_prompt_tokens": "prompt length --dry-run assumes; default 0 = one MLLMU-Bench portrait "
+                                     "(512x512 pixels: 1024 patches, 256 image tokens under Qwen3-VL's processor) "
+                                     "+ 42 tokens of chat markup and question"}
+
+
 def parse_args(argv=None) -> tuple[TrainConfig, bool]:
     """One flag per TrainConfig field (--steer-lr for steer_lr; booleans as --flag / --no-flag)."""
     p = argparse.ArgumentParser(prog="python -m asru_min.train", description=__doc__.split("\n")[0])
@@ -602,7 +624,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
             p.add_argument(flag, type=type(default) if default is not None else str, default=default,
-                           help=f"default {default}")
+                           help=FLAG_HELP.get(f.name, f"default {default}"))
     p.add_argument("--restart", action="store_true", help="discard a previous run in --out")
     args = vars(p.parse_args(argv))
     restart = args.pop("restart")
@@ -611,6 +633,9 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
 
 def main(argv=None) -> dict:
     cfg, restart = parse_args(argv)
+    if cfg.dry_run:  # before any weights or data are read
+        print(dry_run(cfg), flush=True)
+        return {}
     try:
         return run(cfg, restart=restart)
     finally:
