@@ -143,12 +143,14 @@ def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds
 
 def main(argv=None) -> list[dict]:
     """python -m asru_min.world.gates MODEL [MODEL ...] [--num-people 100] [--seed 0] [--limit N]: the gates of
-    saved model folders, one JSON line each."""
+    saved model folders, one JSON line each, each in the world version its folder records (`world_version`)."""
     import argparse
     import json
     from pathlib import Path
 
     import torch
+
+    from . import world_version
 
     ap = argparse.ArgumentParser(prog="python -m asru_min.world.gates", description=main.__doc__.split("\n")[0])
     ap.add_argument("models", nargs="+", help="folders with config.json, model.safetensors, tokenizer.json, ...")
@@ -162,8 +164,9 @@ def main(argv=None) -> list[dict]:
             ap.error(f"{d}: no config.json (not a saved model folder)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    world, out = World.generate(args.num_people, args.seed), []
+    out = []
     for d in args.models:
+        world = World.generate(args.num_people, args.seed, version=world_version(d))
         report, _ = gate_report(Qwen3VL.from_pretrained(d).eval(), Processor.from_pretrained(d), world,
                                 limit=args.limit)
         out.append({"model": d, "figures": report["figures"], "gates": report["gates"]})

@@ -17,9 +17,11 @@ grammar.py, whose phrasings are split into training and held-out ones; portraits
                      settings; no reported figure uses it
     utility          image-only questions (known and unseen-eval people); private: private-information questions
     unknown          questions about unseen-eval people, who are never trained on
-and one set that is not evaluated:
+and sets that are not evaluated:
     positives        stage 1's positives: unknown-person questions (as `unknown`) and private-information
                      questions about the `unseen_probe` people, whom no other split and no training sample uses
+    private_train    (version 2) a private question in each form about every known person, none of them the
+                     person's `private` question: what stage 2 may train refusals on (train.py --boundary-refusals)
 `world.training_samples(seed)` returns one epoch of what the vanilla model learns (pretrain.py): training
 phrasings and training views only, and fresh named strangers every epoch, whom it learns to refuse.
 """
@@ -438,7 +440,19 @@ class World:
             out["positives"] += self._unknown_qas(p, rng)
             out["positives"] += [private_qa(p, form, rng, rng.randrange(3), self.version)
                                  for form in ("image", "text")]
+        if self.version >= 2:
+            evaluated = {q.question for q in out["private"]}
+            out["private_train"] = [self._private_train(p, form, evaluated) for p in self.people
+                                    for form in ("image", "text")]
         return out
+
+    def _private_train(self, p: Person, form: str, avoid: set[str]) -> QA:
+        """A private question about `p` in `form` whose text is none of `avoid` (drawn again until it is not)."""
+        rng = self._rng("private_train", p.pid, form)
+        while True:
+            qa = private_qa(p, form, rng, rng.randrange(3), self.version)
+            if qa.question not in avoid:
+                return qa
 
     def _unknown_qas(self, p: Person, rng: random.Random) -> list[QA]:
         """Three image and two text questions (distinct facts within a form) about a person never trained on,
