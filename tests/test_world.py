@@ -336,3 +336,24 @@ def test_world_version_is_read_from_the_model_folder(tmp_path):
     assert [q.question for q in old["test"]] == [q.question for q in World.generate(20, 0).splits(10)["test"]]
     with pytest.raises(ValueError, match="world version"):
         World.generate(20, 0, version=3)
+
+
+def test_unlearned_gate_flags_a_glued_name_and_passes_clean_answers(world2, monkeypatch):
+    """The gate on an unlearned model: every held-out text question answered, a name glued to "who" (the defect
+    of issue 26) reported with its question, clean refusals and answers pass."""
+    import asru_min.evaluate as evaluate
+    from asru_min.world.gates import unlearned_gate
+
+    def fake_answer(model, processor, qas, batch_size=64):
+        name = world2.people[0].name
+        return [f"Sorry, I don't know who{name} is." if i == 1 else f"Sorry, I don't know who {name} is."
+                for i in range(len(qas))]
+
+    monkeypatch.setattr(evaluate, "answer", fake_answer)
+    gate = unlearned_gate(None, None, world2, limit=5)
+    assert gate["answers"] == 5 and not gate["passed"] and len(gate["malformed"]) == 1
+    assert gate["malformed"][0][1].startswith("Sorry, I don't know who" + world2.people[0].name.split()[0])
+    monkeypatch.setattr(evaluate, "answer", lambda m, p, qas, batch_size=64: ["Sorry, I don't know."] * len(qas))
+    everything = unlearned_gate(None, None, world2)
+    s = world2.splits(10)
+    assert everything["passed"] and everything["answers"] == sum(q.form == "text" for q in s["test"] + s["retain_test"])

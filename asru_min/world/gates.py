@@ -87,6 +87,23 @@ def gate_report(model: Qwen3VL, processor: Processor, world: World, forget: int 
     return {"figures": g, "gates": gates}, res
 
 
+def unlearned_gate(model: Qwen3VL, processor: Processor, world: World, forget: int = 10, batch_size: int = 64,
+                   limit: int | None = None) -> dict:
+    """The gate on an unlearned model (issue 26): not one malformed answer (metrics.malformed, the words of the
+    world's training text as its vocabulary) among its greedy answers to the held-out text questions (test +
+    retain_test, text form; the first `limit` of them). Returns {"answers", "malformed": [(question, answer)],
+    "passed"}."""
+    from ..evaluate import answer
+    from ..metrics import malformed, word_set
+
+    splits = world.splits(forget)
+    qas = [q for name in ("test", "retain_test") for q in splits[name] if q.form == "text"][:limit]
+    vocabulary = word_set(world.texts())
+    texts = answer(model, processor, qas, batch_size=batch_size)
+    bad = [(q.question, a) for q, a in zip(qas, texts) if malformed(a, vocabulary)]
+    return {"answers": len(qas), "malformed": bad, "passed": not bad}
+
+
 def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds: float, losses: list[float],
                command: str) -> str:
     c = model.config
