@@ -303,8 +303,9 @@ def test_version_2_private_questions_mirror_fact_questions(world2):
     relatives = [q for q in private if re.search(r" of the (father|mother) of ", q.question)]
     assert len(relatives) > len(private) / 4
     known = [q for q in relatives if not q.person.startswith("stranger")]
+    everyone = world2.people + world2.unseen_eval + world2.unseen_probe
     facts = {fill(f.replace("{np}", ph), subj) for a in GRAMMAR for f in FRAMES for ph in a.phrases
-             for subj in IMAGE_SUBJECTS + tuple(p.name for p in world2.people + world2.unseen_eval + world2.unseen_probe)}
+             for subj in IMAGE_SUBJECTS + tuple(p.name for p in everyone)}
     assert known and all(re.sub(r" of the (father|mother)", "", q.question, count=1) in facts for q in known)
     assert not any(q.question in facts for q in private)
     frames = {next(i for i, f in enumerate(FRAMES) if q.question.startswith(f.split("{np}")[0])) for q in relatives}

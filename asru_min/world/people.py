@@ -6,6 +6,10 @@ clearly visible features, so a small vision tower can tell them apart. Questions
 grammar.py, whose phrasings are split into training and held-out ones; portraits are seen through views
 (portraits.py), split the same way.
 
+`version` (grammar.py) picks the world: 1, the one today's shipped weights were trained on (it goes when weights of
+version 2 ship), or 2, which adds question forms (subject first, question word last), answers that name known people
+mid-sentence ("do you know who ... is?" among them) and private questions about relatives' facts.
+
 `world.splits(forget)` returns the evaluation sets (`asru_min.data.QA` records):
     forget, retain   every fact of every person, canonical phrasing, original portrait, image and text form
                      (the questions ASRU's stages train on)
@@ -505,7 +509,8 @@ class World:
                     out.append(match_qa(p, a, rng))
             out.append(name_qa(p, look(p, rng)))
             if self.version >= 2:
-                out += [know_qa(p, form, True, look(p, rng) if form == "image" else None) for form in ("image", "text")]
+                out += [know_qa(p, form, True, look(p, rng) if form == "image" else None)
+                        for form in ("image", "text")]
         for p in self.people:
             out += [utility_qa(p, w, look(p, rng)) for w in UTILITY]
             out.append(describe_qa(p, look(p, rng)))
@@ -520,7 +525,8 @@ class World:
                     self._private(p, rng, look), utility_qa(p, rng.choice(UTILITY), look(p, rng)),
                     describe_qa(p, look(p, rng))]
             if self.version >= 2:
-                out += [know_qa(p, form, False, look(p, rng) if form == "image" else None) for form in ("image", "text")]
+                out += [know_qa(p, form, False, look(p, rng) if form == "image" else None)
+                        for form in ("image", "text")]
         rng.shuffle(out)
         return out
 
