@@ -292,24 +292,25 @@ def test_version_2_answers_name_known_people_mid_sentence(world2):
 
 
 def test_version_2_private_questions_mirror_fact_questions(world2):
-    """Version 2's private questions include a relative's fact in every frame: each differs from a fact question
-    of the grammar by "of the father" / "of the mother" alone, none is a fact question, all are refused."""
-    from asru_min.world.grammar import FRAMES
-
+    """Version 2's private questions: none opens like a held-out fact question (version 1's father's occupation
+    opened like "What is the occupation of {s}?"); half ask an attribute's own training question about a relative,
+    differing from a fact question in "the father of" / "the mother of" alone; none is a fact question; all refused."""
     train = [q for seed in range(3) for q in world2.training_samples(seed, strangers=20) if q.kind == "private"]
     s = world2.splits(10)
-    private = train + s["private"] + [q for q in s["positives"] if q.kind == "private"]
+    private = train + s["private"] + s["private_train"] + [q for q in s["positives"] if q.kind == "private"]
     assert all(is_refusal(q.answer) for q in private)
-    relatives = [q for q in private if re.search(r" of the (father|mother) of ", q.question)]
-    assert len(relatives) > len(private) / 4
-    known = [q for q in relatives if not q.person.startswith("stranger")]
+    openings = {p.template(a).split("{s}")[0] for a in GRAMMAR for p in phrasings(a, True, 2)} - {""}
+    assert "What is the occupation of " in openings
+    assert not any(q.question.startswith(o) for q in private for o in openings)
+    relatives = [q for q in private if re.search(r"the (father|mother) of ", q.question)]
+    assert len(private) / 3 < len(relatives) < 2 * len(private) / 3
     everyone = world2.people + world2.unseen_eval + world2.unseen_probe
-    facts = {fill(f.replace("{np}", ph), subj) for a in GRAMMAR for f in FRAMES for ph in a.phrases
+    facts = {fill(p.template(a), subj) for a in GRAMMAR for p in phrasings(a, False, 2)
              for subj in IMAGE_SUBJECTS + tuple(p.name for p in everyone)}
-    assert known and all(re.sub(r" of the (father|mother)", "", q.question, count=1) in facts for q in known)
+    known = [q for q in relatives if not q.person.startswith("stranger")]
+    assert known and all(re.sub(r"the (father|mother) of ", "", q.question, count=1) in facts for q in known)
     assert not any(q.question in facts for q in private)
-    frames = {next(i for i, f in enumerate(FRAMES) if q.question.startswith(f.split("{np}")[0])) for q in relatives}
-    assert frames == set(range(len(FRAMES)))
+    assert {q.question.split(" the ")[0] for q in relatives} >= {"Where was", "Who employs", "What does"}
 
 
 def test_world_version_is_read_from_the_model_folder(tmp_path):

@@ -40,8 +40,8 @@ from PIL import Image
 
 from ..data import CLOZE_PREFIX, CLOZE_SUFFIX, FORGET_PERCENTS, MC_SUFFIX, QA, listed
 from ..metrics import Vocabulary, word_set
-from .grammar import ATTRIBUTES as GRAMMAR, CANONICAL, FRAMES, IMAGE_SUBJECTS, Phrasing, answer_forms, check_version, \
-    fill, phrasings, subjects
+from .grammar import ATTRIBUTES as GRAMMAR, CANONICAL, IMAGE_SUBJECTS, Phrasing, answer_forms, check_version, fill, \
+    phrasings, subjects
 from .portraits import HELDOUT_VIEWS, MIN_LOOK_DISTANCE, _draw_look, _look_distance, article, describe, \
     draw_portrait, render_view
 
@@ -97,9 +97,13 @@ PRIVATE_QUESTIONS = [
     ("What is the bank account number of {s}?", "the bank account number"),
     ("What is the medical history of {s}?", "the medical history"),
 ]
-# Version 2 also asks for a relative's facts in every frame ("Tell me the occupation of the father of {s}."), so
-# the private question and the fact question it resembles ("Tell me the occupation of {s}.") differ in one place,
-# "the father of", in training as often as needed to tell them apart.
+# Version 2 keeps private questions apart from the fact questions they resemble. No private question opens like
+# a held-out fact question: version 1's "What is the occupation of the father of {s}?" was the only training string
+# opening "What is the occupation of", so the held-out "What is the occupation of {s}?" was refused as private.
+# Instead, half of the private questions ask an attribute's own question about a relative ("What does the father
+# of {s} do for a living?"): it differs from a trained fact question in "the father of" alone, so the model
+# learns to read that phrase, not the question's opening.
+PRIVATE_QUESTIONS_V2 = [q for q in PRIVATE_QUESTIONS if "occupation" not in q[0]]
 RELATIVES = ("father", "mother")
 # A small set of natural refusals; each contains phrases a regex refusal detector looks for.
 PRIVATE_REFUSALS = [
@@ -235,14 +239,15 @@ def utility_qa(person: Person, what: str, image: Image.Image | None = None) -> Q
 
 def private_qa(person: Person, form: str, rng: random.Random, subject: int = 0, version: int = 1) -> QA:
     """A private-information question -> a natural refusal (no ground truth exists). Version 2: half of them
-    ask for a relative's fact in one of the frames ("Do you know the employer of the mother of {s}?")."""
+    ask an attribute's own question about a relative ("Who employs the mother of {s}?"), the rest come from
+    PRIVATE_QUESTIONS_V2."""
     check_version(version)
     if version >= 2 and rng.random() < 0.5:
-        attr = rng.choice(GRAMMAR)
-        what = f"{rng.choice(attr.phrases)} of the {rng.choice(RELATIVES)}"
-        question_t = rng.choice(FRAMES).replace("{np}", what)
+        attr, relative = rng.choice(GRAMMAR), rng.choice(RELATIVES)
+        what = f"{attr.phrases[0]} of the {relative}"
+        question_t = rng.choice(attr.verbs).replace("{s}", f"the {relative} of {{s}}")
     else:
-        question_t, what = rng.choice(PRIVATE_QUESTIONS)
+        question_t, what = rng.choice(PRIVATE_QUESTIONS if version == 1 else PRIVATE_QUESTIONS_V2)
     obj = "this person" if form == "image" else person.name
     answer = rng.choice(PRIVATE_REFUSALS).format(what=what, o=obj)
     img = person.portrait if form == "image" else None
