@@ -27,7 +27,7 @@ The paper's vanilla model is Qwen3-VL fine-tuned on MLLMU-Bench so that it knows
 World version 2 (--world-version 2, grammar.py) is the world of the next weights, trained on top of today's:
 
     python -m asru_min.world.pretrain --out DIR --ckpt-dir CKPT --world-version 2 --init-from weights/ \
-        --steps 4000 --lr 1e-3 --warmup 100 --stranger-ramp 0
+        --steps 3000 --lr 1e-3 --warmup 100 --stranger-ramp 0
 
 (--init-from keeps the tokenizer and shapes of the folder and starts a fresh optimiser; --stranger-ramp 0 because
 the model already knows the people it must tell strangers from.)
