@@ -366,7 +366,7 @@ def main(argv=None) -> dict:
         from .lora import load_lora
 
         load_lora(model, args.adapter)
-    splits, vocabulary = load_world(args.data, args.forget, args.num_people, args.seed)
+    splits, vocabulary = load_world(args.data, args.forget, args.num_people, args.seed, model=args.model)
     results = evaluate_model(model, processor, splits, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                              limit=args.limit, names=tuple(n for n in args.splits.split(",") if n),
                              protocol=args.protocol, vocabulary=vocabulary)

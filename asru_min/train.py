@@ -101,6 +101,9 @@ class TrainConfig:
     boundary_size: int = 384  # paper: 200 + 200. At forget 10 % the default world has 100 forget generation QA,
     boundary_forget_share: float = 1 / 3  # so the set is 100 forget + 284 retain (paper: one half forget)
     boundary_kinds: str = "gen"  # the reward reads free text: generation QA only
+    boundary_refusals: int = 0  # + this many questions to refuse, rewarded as forget QA (refusal 1.0, else 0.1):
+    # private questions about known people (the world's private_train, version 2) and unknown-person questions
+    # (the positives' `unknown`); none is a question of an evaluated split. 0: none (the paper's boundary set)
     lora_r: int = 16
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0  # rollouts, old log-probs: eval mode; updates: train mode; same policy only at 0
@@ -205,6 +208,7 @@ def validate_settings(cfg: TrainConfig, model_config: Qwen3VLConfig, base_config
         ("boundary_size", cfg.boundary_size >= 1, ">= 1"),
         ("boundary_forget_share", finite(cfg.boundary_forget_share) and 0 < cfg.boundary_forget_share < 1,
          "in (0, 1)"),
+        ("boundary_refusals", cfg.boundary_refusals >= 0, ">= 0"),
         ("boundary_kinds", kinds(cfg.boundary_kinds), f"comma-separated QA kinds out of {QA_KINDS}"),
         ("lora_r", cfg.lora_r >= 1, ">= 1"),
         ("lora_alpha", finite(cfg.lora_alpha) and cfg.lora_alpha > 0, "finite and > 0"),
@@ -338,7 +342,7 @@ def weights_sha256(folder: str) -> str:
 
 def load_world(cfg: TrainConfig) -> tuple[dict, object]:
     """(splits, the judge's vocabulary of their world; None on the real benchmark): `asru_min.world.load_world`."""
-    return world_splits_and_vocabulary(cfg.data, cfg.forget, cfg.num_people, cfg.world_seed)
+    return world_splits_and_vocabulary(cfg.data, cfg.forget, cfg.num_people, cfg.world_seed, model=cfg.model)
 
 
 RELEASE_POSITIVE_POOL = 4  # --steer-data release: at most this many x --positive-size candidate faces
@@ -384,7 +388,21 @@ def stage_data(cfg: TrainConfig, splits: dict) -> dict:
     boundary = build_boundary_set(usable(splits["forget"]), usable(splits["retain"]), cfg.boundary_size,
                                   tuple(cfg.boundary_kinds.split(",")), seed=cfg.seed,
                                   forget_share=cfg.boundary_forget_share)
+    if cfg.boundary_refusals:
+        boundary = with_refusals(boundary, usable(splits.get("private_train", []) + [
+            qa for qa in splits.get("positives", []) if qa.kind == "unknown"]), cfg.boundary_refusals, cfg.seed)
     return {"positives": positives, "steer_forget": steer_forget, "steer_retain": steer_retain, "boundary": boundary}
+
+
+def with_refusals(boundary: list, refusals: list, n: int, seed: int) -> list:
+    """`boundary` plus n (qa, True) pairs drawn from `refusals` (questions with no ground truth, so the reward pays
+    1.0 for a refusal and 0.1 for anything else), in a fresh random order."""
+    if n > len(refusals):
+        raise ValueError(f"boundary_refusals {n} > the {len(refusals)} questions to refuse the data holds")
+    rng = random.Random(f"{seed}/refusals")
+    out = boundary + [(qa, True) for qa in rng.sample(refusals, n)]
+    rng.shuffle(out)
+    return out
 
 
 def check_base_model(cfg: TrainConfig, processor) -> None:

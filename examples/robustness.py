@@ -361,7 +361,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     vanilla = Qwen3VL.from_pretrained(args.model, device=args.device).eval()
     processor = Processor.from_pretrained(args.model)
-    splits, _ = load_world(args.data, args.forget, args.num_people, args.world_seed)
+    splits, _ = load_world(args.data, args.forget, args.num_people, args.world_seed, model=args.model)
     path = args.direction or (os.path.join(args.run, "direction.safetensors") if args.run else None)
     direction = load_run_direction(path) if path else None
     adapters = {os.path.basename(os.path.normpath(args.adapter)): args.adapter} if args.adapter else {}

@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
         raise FileNotFoundError(f"model directory {args.model!r} not found (run python -m asru_min.world.pretrain)")
     model = Qwen3VL.from_pretrained(args.model, dtype=torch.float32, device=args.device).eval()
     processor = Processor.from_pretrained(args.model)
-    splits = load_splits(args.data, args.forget, args.num_people, args.seed)
+    splits = load_splits(args.data, args.forget, args.num_people, args.seed, model=args.model)
 
     # evaluation sets: generation questions (where refusing is a visible behaviour) + general questions; the
     # validation splits (held-out questions no reported figure uses) where the data has them, so the layer is not

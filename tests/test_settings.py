@@ -67,6 +67,7 @@ BAD = [
     ("prompts_per_step", 0, ">= 1"),
     ("mini_batch_size", -1, ">= 0"),
     ("rollout_batch", -1, ">= 0"),
+    ("boundary_refusals", -1, ">= 0"),
     ("reward", "verl", "one of"),
     ("reward_reference", "answer", "one of"),
     ("steer_data", "paper", "one of"),

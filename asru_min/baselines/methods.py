@@ -341,7 +341,7 @@ def run_baseline(cfg: BaselineConfig, model=None, processor=None, splits=None, p
         model = Qwen3VL.from_pretrained(cfg.model) if model is None else model
         processor = Processor.from_pretrained(cfg.model) if processor is None else processor
     if splits is None:  # vocabulary: the judge's (metrics.Vocabulary) for the splits given, None on the benchmark
-        splits, vocabulary = load_world(None, cfg.forget, cfg.num_people, cfg.world_seed)
+        splits, vocabulary = load_world(None, cfg.forget, cfg.num_people, cfg.world_seed, model=cfg.model)
     torch.manual_seed(cfg.seed)
     # the decoder's seven linear maps (lora.TEXT_TARGETS), as ASRU's stage 2 (train.py --lora-targets)
     apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)

@@ -24,6 +24,14 @@ The paper's vanilla model is Qwen3-VL fine-tuned on MLLMU-Bench so that it knows
   5. output      config.json, model.safetensors, tokenizer.json, preprocessor_config.json, chat_template.json,
                  pretrain_metrics.json and a model card README.md with the measured gates (gates.py).
 
+World version 2 (--world-version 2, grammar.py) is the world of the next weights, trained on top of today's:
+
+    python -m asru_min.world.pretrain --out DIR --ckpt-dir CKPT --world-version 2 --init-from weights/ \
+        --steps 3000 --lr 1e-3 --warmup 100 --stranger-ramp 0
+
+(--init-from keeps the tokenizer and shapes of the folder and starts a fresh optimiser; --stranger-ramp 0 because
+the model already knows the people it must tell strangers from.)
+
 Reproducible: one seed drives the world, the tokenizer corpus, the initialisation and the batch order. A checkpoint
 (model, optimiser, step, training time) is written to --ckpt-dir every --ckpt-every steps; the same command run
 again resumes from it (a checkpoint of another recipe is refused; --restart discards it).
@@ -66,6 +74,8 @@ class PretrainConfig:
     out: str = "weights/"
     seed: int = 0                      # world, tokenizer corpus, init and batch order
     num_people: int = 100
+    world_version: int = 1             # the grammar's version (grammar.py): 1 = today's weights' world; the
+    # default becomes 2, and version 1 goes, when weights trained on version 2 ship
     # tokenizer
     vocab_size: int = 2048
     # text decoder
@@ -298,7 +308,7 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
     processor, per-step losses of this process, training seconds of the whole run)."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    world = world or World.generate(cfg.num_people, cfg.seed)
+    world = world or World.generate(cfg.num_people, cfg.seed, version=cfg.world_version)
     if cfg.init_from:                          # a further stage on top of a saved model (its own tokenizer)
         model, processor = Qwen3VL.from_pretrained(cfg.init_from), Processor.from_pretrained(cfg.init_from)
         log(f"initialised from {cfg.init_from}")
@@ -405,11 +415,11 @@ def main(argv=None) -> None:
         print(f"[pretrain {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     command = "python -m asru_min.world.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
-    world = World.generate(cfg.num_people, cfg.seed)
+    world = World.generate(cfg.num_people, cfg.seed, version=cfg.world_version)
     model, processor, losses, seconds = train(cfg, world, log)
     save(model, processor, cfg.out)
     log(f"saved to {cfg.out} after {seconds / 60:.1f} min")
-    report = None
+    report, res = None, None
     if cfg.eval:
         t1 = time.time()
         report, res = gate_report(model, processor, world, batch_size=cfg.eval_batch_size)
@@ -418,9 +428,9 @@ def main(argv=None) -> None:
             log(f"  {k}: {v:.4f}" if v is not None else f"  {k}: n/a")
         for k, ok in report["gates"].items():
             log(f"  gate {'PASS' if ok else 'MISS'}: {k}")
-        with open(os.path.join(cfg.out, "pretrain_metrics.json"), "w") as f:
-            json.dump({"report": report, "results": res, "losses_every_20": losses[::20]}, f, indent=1,
-                      default=str)
+    with open(os.path.join(cfg.out, "pretrain_metrics.json"), "w") as f:  # the recipe: world.world_version reads it
+        json.dump({"recipe": recipe(cfg), "report": report, "results": res, "losses_every_20": losses[::20]}, f,
+                  indent=1, default=str)
     Path(cfg.out, "README.md").write_text(model_card(cfg, model, report, seconds, losses, command))
     log("done")
 
