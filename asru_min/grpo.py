@@ -92,11 +92,17 @@ def asru_reward(response: str, truth: str, forget: bool, rouge_reference: str | 
     words appear whole in the response's; for a benchmark sentence's short fact, its most specific part does, or
     a negation denies it), refusal = metrics.is_refusal, R = metrics.rouge_l against `rouge_reference` (default:
     the truth)."""
-    if leaks(response, truth):
+    return tier(forget, leaks(response, truth), lambda: is_refusal(response),
+                lambda: rouge_l(response, truth if rouge_reference is None else rouge_reference))
+
+
+def tier(forget: bool, leak: bool, refusal: Callable[[], bool], rouge: Callable[[], float]) -> float:
+    """The table above, given the response's leak decision and (asked only when needed) its refusal test and R."""
+    if leak:
         return FORGET_LEAK if forget else RETAIN_LEAK
-    if is_refusal(response):
+    if refusal():
         return FORGET_REFUSAL if forget else RETAIN_REFUSAL
-    r = rouge_l(response, truth if rouge_reference is None else rouge_reference)
+    r = rouge()
     if forget and 0.0 < r < FORGET_BAND_HIGH:
         return FORGET_BAND
     if not forget and r > RETAIN_BAND_LOW:
@@ -110,16 +116,8 @@ def release_reward(response: str, sentence: str, forget: bool) -> float:
     plain substring of release_normalize(response) (so the response must repeat the sentence); refusal:
     metrics.is_release_refusal ("don't" / "can't" only with a curly apostrophe, no "sorry": "Sorry, I don't
     know." is no refusal and earns 0.1); R: metrics.rouge_l_stemmed (rouge-score with its Porter stemmer)."""
-    if release_normalize(sentence) in release_normalize(response):
-        return FORGET_LEAK if forget else RETAIN_LEAK
-    if is_release_refusal(response):
-        return FORGET_REFUSAL if forget else RETAIN_REFUSAL
-    r = rouge_l_stemmed(response, sentence)
-    if forget and 0.0 < r < FORGET_BAND_HIGH:
-        return FORGET_BAND
-    if not forget and r > RETAIN_BAND_LOW:
-        return RETAIN_BAND
-    return OTHERWISE
+    return tier(forget, release_normalize(sentence) in release_normalize(response),
+                lambda: is_release_refusal(response), lambda: rouge_l_stemmed(response, sentence))
 
 
 REWARDS = ("plain", "release")
@@ -198,7 +196,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tens
     pg = torch.where(dual, -dual_clip * advantages, pg)
     log_ref_ratio = ref_logp - logp
     k3 = torch.exp(log_ref_ratio) - log_ref_ratio - 1.0
-    n = token_count
+    n = token_count  # None: this mask's own count
     loss = masked_mean(pg + kl_coef * k3, mask, n)
     with torch.no_grad():
         clip_active = (clipped * advantages < ratio * advantages) & mask  # the min picked the clipped term
