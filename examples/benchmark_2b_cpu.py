@@ -67,6 +67,21 @@ def portrait_qas(qas: list, size: int) -> list:
     return [dataclasses.replace(qa, image=qa.image.resize((size, size))) for qa in qas if qa.image is not None]
 
 
+def setup(args) -> tuple:
+    """(image processor config, processor, model config, forget QA, retain QA) of a 2B-shaped check: the default
+    model's tokenizer with --preprocessor's image settings, --config's shapes, the world's generation questions
+    with --portrait-sized portraits."""
+    tok = Processor.from_pretrained(args.tokenizer_model).tokenizer
+    with open(args.preprocessor) as fh:
+        pre = ImageProcessorConfig.from_dict(json.load(fh))
+    processor = Processor(tok, image_config=pre)
+    cfg = config_for_tokenizer(args.config, processor)
+    splits, _ = load_world(None, 10, 100, 0)
+    forget = portrait_qas([qa for qa in splits["forget"] if qa.kind == "gen"], args.portrait)
+    retain = portrait_qas([qa for qa in splits["retain"] if qa.kind == "gen"], args.portrait)
+    return pre, processor, cfg, forget, retain
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=os.path.join(HERE, "configs", "qwen3vl_2b.json"))
@@ -83,14 +98,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    tok = Processor.from_pretrained(args.tokenizer_model).tokenizer
-    with open(args.preprocessor) as fh:
-        pre = ImageProcessorConfig.from_dict(json.load(fh))
-    processor = Processor(tok, image_config=pre)
-    cfg = config_for_tokenizer(args.config, processor)
-    splits, _ = load_world(None, 10, 100, 0)
-    forget = portrait_qas([qa for qa in splits["forget"] if qa.kind == "gen"], args.portrait)
-    retain = portrait_qas([qa for qa in splits["retain"] if qa.kind == "gen"], args.portrait)
+    pre, processor, cfg, forget, retain = setup(args)
     f = memory.Flags(device="cpu", dtype=args.dtype, eval_batch_size=args.prompts,
                      eval_max_new_tokens=args.max_new_tokens, steer_batch_size=2, group_size=args.group_size,
                      max_new_tokens=args.max_new_tokens, prompts_per_step=args.prompts, mini_batch_size=0,

@@ -31,14 +31,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-from benchmark_2b_cpu import config_for_tokenizer, portrait_qas, random_model  # noqa: E402
+from benchmark_2b_cpu import random_model, setup  # noqa: E402
 
 from asru_min import grpo, memory  # noqa: E402
 from asru_min.lora import apply_lora  # noqa: E402
-from asru_min.processor import ImageProcessorConfig, Processor  # noqa: E402
 from asru_min.steer import keep_refusals, knowledge_absence_direction, optimize_steering  # noqa: E402
 from asru_min.train import TrainConfig  # noqa: E402
-from asru_min.world import load_world  # noqa: E402
 
 TODAY = {"rollout_batch": 0, "micro_batch_tokens": 0, "grad_checkpoint": "off", "logprob_chunk": 0}  # a TrainConfig
 # without the memory flags runs like this (one rollout call, whole mini-batches, no checkpointing, unchunked)
@@ -148,14 +146,7 @@ def main(argv=None) -> dict:
         signal.alarm(args.time_limit)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
-    tok = Processor.from_pretrained(args.tokenizer_model).tokenizer
-    with open(args.preprocessor) as fh:
-        pre = ImageProcessorConfig.from_dict(json.load(fh))
-    processor = Processor(tok, image_config=pre)
-    cfg = config_for_tokenizer(args.config, processor)
-    splits, _ = load_world(None, 10, 100, 0)
-    forget = portrait_qas([qa for qa in splits["forget"] if qa.kind == "gen"], args.portrait)
-    retain = portrait_qas([qa for qa in splits["retain"] if qa.kind == "gen"], args.portrait)
+    pre, processor, cfg, forget, retain = setup(args)
     per_rank = forget[rank * args.prompts_per_step // world:(rank + 1) * args.prompts_per_step // world]
     run_cfg = run_config(args, device)
     gcfg = run_cfg.grpo()
