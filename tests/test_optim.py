@@ -8,9 +8,10 @@ import warnings
 import pytest
 import torch
 
-from asru_min.hooks import read_layer_output, run_to_layer
+from asru_min.hooks import run_to_layer
 from asru_min.lora import apply_lora, lora_modules, lora_parameters
 from asru_min.optim import grad_checkpoint_enabled, gradient_checkpointing, optimizer_step, token_logprobs
+from conftest import layer_outputs
 from test_hooks import tiny_qwen3vl
 
 V = 64  # tiny_qwen3vl's vocabulary
@@ -165,7 +166,7 @@ def test_hooked_layer_runs_once_under_checkpointing():
 
     def read_through(on: bool):  # a full forward reading layer 1 with its graph; layers 0 and 2 checkpointed
         model.zero_grad(set_to_none=True)
-        with gradient_checkpointing(model, on), read_layer_output(model, 1, positions="all", detach=False) as acts:
+        with gradient_checkpointing(model, on), layer_outputs(model, 1) as acts:
             logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
             (logits.float().logsumexp(-1).mean() + acts[0].float().pow(2).mean()).backward()
             assert len(acts) == 1

@@ -10,12 +10,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 import asru_min.evaluate
 from asru_min.data import QA, qa_batch
-from asru_min.hooks import read_layer_output, run_to_layer
+from asru_min.hooks import run_to_layer
 from asru_min.processor import ImageProcessorConfig, Processor
 from asru_min.steer import (
     changed_tensors, forget_loss, frozen_activation, keep_refusals, knowledge_absence_direction,
     load_direction, optimize_steering, retain_loss, save_direction,
 )
+from conftest import layer_outputs
 from test_hooks import ToyLM, tiny_qwen3vl  # a toy decoder with Qwen3VL's attribute paths; the real tiny model
 
 
@@ -85,9 +86,9 @@ def test_direction_shape_float64_and_sign():
     def mean64(qas):
         rows = []
         for qa in qas:
-            with torch.no_grad(), read_layer_output(toy, 0, positions="last") as acts:
+            with torch.no_grad(), layer_outputs(toy, 0) as acts:
                 toy(**{k: b for k, b in qa_batch(proc, [qa], with_answers=False).items() if k in ("input_ids", "attention_mask")})
-            rows.append(acts[0][0])
+            rows.append(acts[0][0, -1])
         return torch.stack(rows).double().mean(0), torch.stack(rows)
     (mp, rows_p), (mn, rows_n) = mean64(positive), mean64(negative)
     torch.testing.assert_close(v, mp - mn, rtol=0, atol=1e-9)
@@ -185,7 +186,7 @@ def test_frozen_reconstruction_equals_a_frozen_forward_real_qwen3vl():
     layer = 1
     batch = qa_batch(proc, retain[:4])  # mixed image / text rows, left padding
     # the truncated forward returns what a full forward's hook reads
-    with torch.no_grad(), read_layer_output(model, layer, positions="all") as full:
+    with torch.no_grad(), layer_outputs(model, layer) as full:
         model(**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")})
     h, a = run_to_layer(model, batch, layer)
     torch.testing.assert_close(h, full[0], rtol=0, atol=0)
