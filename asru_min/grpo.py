@@ -435,7 +435,8 @@ def piece_losses(model, policy, ro: Rollout, mb: MiniBatch, advantages: torch.Te
     processes (so the pieces' losses sum to its one-piece loss), computed one at a time as `optimizer_step` asks
     for it, with (loss, stats) appended to `done`; then zero losses (`idle_loss`) up to mb.n_pieces."""
     for rows in mb.pieces:
-        logp, resp = rows_logprobs(policy, ro, rows, cfg, image_chunks=trained_image_chunks(model, ro))
+        chunks = trained_image_chunks(model, ro, rows, cfg.group_size)
+        logp, resp = rows_logprobs(policy, ro, rows, cfg, image_chunks=chunks)
         old_logp = old[tuple(rows)] if old else logp.detach()
         ref_logp = ref[tuple(rows)] if ref else logp.detach()
         loss, stats = policy_loss(logp, old_logp, ref_logp, advantages[rows], resp, cfg.clip_low, cfg.clip_high,
@@ -446,18 +447,26 @@ def piece_losses(model, policy, ro: Rollout, mb: MiniBatch, advantages: torch.Te
         yield idle_loss(policy, model.device)
 
 
-def trained_image_chunks(model, ro: Rollout) -> list | None:
-    """The image features of an update's forward: None (reuse the rollout's, `ro.chunks`) unless a parameter of
-    the vision tower trains; then the rollout's images encoded again, with autograd, cut per prompt."""
+def trained_image_chunks(model, ro: Rollout, rows: list[int], group_size: int) -> dict | None:
+    """The image features of an update piece's forward: None (reuse the rollout's, `ro.chunks`) unless a
+    parameter of the vision tower trains; then the images of the piece's prompts encoded again, with autograd
+    ({prompt: its chunk}). Each image is encoded on its own (attention within an image), so encoding a piece's
+    prompts gives what encoding the whole rollout gives them. Once per piece, not once per mini-batch: every piece
+    is backpropagated as soon as it is computed (`optimizer_step`), which frees the graph of any features it used."""
     if not ro.chunks or not any(p.requires_grad for p in model.model.visual.parameters()):
         return None
-    features = model.encode_images(ro.pixel_values, ro.image_grid_thw)
-    return split_image_features(features, ro.image_grid_thw, ro.prompt_ids, model.config)
+    prompts = sorted({r // group_size for r in rows})
+    grid = torch.cat([ro.chunks[b][2] for b in prompts])  # (k, 3): the images of these prompts, in order
+    if grid.shape[0] == 0:
+        return None
+    pixels = ro.pixel_values.split([int(c[2].prod(dim=-1).sum()) for c in ro.chunks])  # per prompt (N_b, C*t*p*p)
+    features = model.encode_images(torch.cat([pixels[b] for b in prompts]), grid)
+    return dict(zip(prompts, split_image_features(features, grid, ro.prompt_ids[prompts], model.config)))
 
 
 def rows_logprobs(model, ro: Rollout, rows: list[int], cfg: GRPOConfig, image_chunks=None) -> tuple:
     """token_logprobs of the response tokens of some rollout rows, all-pad columns trimmed:
-    (logp (n, L'), response_mask (n, L')). image_chunks: per-prompt features to use instead of ro.chunks."""
+    (logp (n, L'), response_mask (n, L')). image_chunks: {prompt: features} to use instead of ro.chunks."""
     idx = torch.tensor(rows, device=ro.input_ids.device)
     ids, resp, att = trim_padding(ro.input_ids[idx], ro.response_mask[idx], attention_mask=ro.attention_mask[idx])
     chunks = image_chunks if image_chunks is not None else ro.chunks

@@ -636,12 +636,14 @@ def test_micro_batches_respect_the_token_budget():
     assert micro_batches(att, rows, 3) == [[r] for r in rows]  # a row over the budget is a piece of its own
 
 
-def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny, monkeypatch):
+@pytest.mark.parametrize("vision_trains", [False, True])
+def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny, monkeypatch, vision_trains):
     """One GRPO step with old / reference passes and updates in token-budget pieces, checkpointed layers and
     chunked log-probs == the same step in one piece: same adapter after it (1e-6) and the same logged stats. Two
     inner epochs of two mini-batches, so the old-policy pass, the reference pass and four updates all run. The
     optimiser is SGD (clipped by optimizer_step): AdamW's first steps move each weight by about lr * sign(g),
-    which turns float32 noise in a near-zero gradient into a visible difference that says nothing about the sum."""
+    which turns float32 noise in a near-zero gradient into a visible difference that says nothing about the sum.
+    With the vision tower trained too, each piece encodes only its own prompts' images: the same step."""
     import copy as _copy
 
     import asru_min.grpo as grpo
@@ -664,6 +666,8 @@ def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny,
         apply_lora(model, r=4, alpha=8, dropout=0.0)
         cfg = grpo_config(**settings, **memory)
         params = lora_parameters(model)
+        if vision_trains:
+            params += [p.requires_grad_(True) for p in model.model.visual.parameters()]
         calls.clear()
         record = grpo.grpo_step(model, proc, samples, cfg, torch.optim.SGD(params, lr=cfg.lr), params, 0)
         assert len(calls) > 4 if cfg.micro_batch_tokens else len(calls) == 4  # pieces vs one per update
@@ -675,6 +679,9 @@ def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny,
     for a, b in zip(piece_params, whole_params, strict=True):
         assert (a - b).abs().max() <= 1e-6
     assert (whole_params[1] != 0).any()  # the update moved B off zero
+    if vision_trains:
+        before = list(base.model.visual.parameters())
+        assert any((a != b).any() for a, b in zip(whole_params[-len(before):], before, strict=True))
     for key, value in whole.items():
         if key not in ("seconds", "sample_response"):
             assert pieces[key] == pytest.approx(value, abs=1e-6), key
