@@ -33,8 +33,8 @@ import torch
 
 from . import distributed
 from .data import qa_batch
-from .metrics import is_refusal, is_release_refusal, leaks, release_normalize, rouge_l, rouge_l_stemmed
 from .lora import lora_enabled
+from .metrics import is_refusal, is_release_refusal, leaks, release_normalize, rouge_l, rouge_l_stemmed
 from .optim import (derived_seed, eval_mode, grad_checkpoint_enabled, gradient_checkpointing, masked_mean,
                     optimizer_step, shuffled_batches, token_logprobs, train_mode)
 
@@ -267,6 +267,9 @@ def _left_pad(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
 
 def _right_pad(x: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
+# --- one step: `grpo_step` on one screen, then the parts it calls, in its order
 
 
 @dataclass
