@@ -138,11 +138,11 @@ def shuffled_batches(n: int, batch_size: int, rng: random.Random) -> list[list[i
 
 
 def derived_seed(seed: int, *ids: int, base: int = 1_000_003) -> int:
-    """The seed of one random stream: the run's seed followed by the stream's ids (step, epoch, sample index) as
-    digits of `base`, ((seed * base + id_1) * base + id_2) ...; with ids below `base` no two streams share a
-    seed. Every random choice of the trainers comes from its own `random.Random` / `torch.Generator` seeded so
-    (never torch's or random's global state), which is what makes a resumed run draw what the interrupted one
-    would have."""
+    """The seed of one random stream: the run's seed followed by the stream's ids (epoch, step, sample index) as
+    digits of `base`, ((seed * base + id_1) * base + id_2) ...: streams with as many ids, each below `base`, never
+    share a seed. GRPO draws its step schedule (base 1000), each step's mini-batches and each prompt's samples
+    from generators seeded so, never from random's or torch's global state: a resumed run draws what the
+    interrupted one would have, and a prompt's samples do not depend on what shares its generation call."""
     for i in ids:
         seed = seed * base + i
     return seed

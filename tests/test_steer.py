@@ -252,3 +252,38 @@ def test_bf16_model_steers_like_float32_through_a_master_copy():
                                                 dim=0)
     ratio = deltas[torch.bfloat16].norm() / deltas[torch.float32].norm()
     assert cos > 0.9 and 0.7 < ratio < 1.3
+
+
+def test_steering_schedule_interleaves_forget_batches_and_covers_both_sets():
+    import random
+
+    from asru_min.steer import steering_schedule
+
+    steps = list(steering_schedule(n_forget=4, n_retain=12, batch_size=2, epochs=2, rng=random.Random(0)))
+    kinds = "".join(kind[0] for epoch, kind, _ in steps if epoch == 0)
+    assert kinds == "frrrfrrr"  # 6 retain batches, 2 forget batches: one forget step every 3 iterations
+    for epoch in (0, 1):
+        for kind, n in (("forget", 4), ("retain", 12)):
+            assert sorted(i for e, k, idx in steps if (e, k) == (epoch, kind) for i in idx) == list(range(n))
+    assert [idx for e, _, idx in steps if e == 0] != [idx for e, _, idx in steps if e == 1]  # reshuffled
+
+
+def test_training_only_trains_w_alone_and_restores_even_on_error():
+    from asru_min.steer import training_only
+
+    toy = ToyLM(vocab=64, d=16, f=24, n=2).train()
+    W = toy.model.language_model.layers[1].mlp.down_proj.weight
+    toy.model.language_model.layers[0].requires_grad_(False)  # mixed flags to restore
+    flags = {n: p.requires_grad for n, p in toy.named_parameters()}
+    with pytest.raises(RuntimeError, match="boom"):
+        with training_only(toy, W) as master:
+            trainable = [p for p in toy.parameters() if p.requires_grad]
+            assert master is W and len(trainable) == 1 and trainable[0] is W
+            assert not any(m.training for m in toy.modules())
+            W.grad = torch.ones_like(W)
+            raise RuntimeError("boom")
+    assert {n: p.requires_grad for n, p in toy.named_parameters()} == flags
+    assert all(m.training for m in toy.modules()) and W.grad is None
+    toy.bfloat16()
+    with training_only(toy, W) as master:  # a bf16 weight trains through a float32 master copy
+        assert master is not W and master.dtype == torch.float32 and torch.equal(master, W.float())
