@@ -33,8 +33,10 @@ import torch
 
 from . import distributed
 from .data import qa_batch
+from .lora import lora_enabled
 from .metrics import is_refusal, is_release_refusal, leaks, release_normalize, rouge_l, rouge_l_stemmed
-from .optim import grad_checkpoint_enabled, gradient_checkpointing, optimizer_step, token_logprobs
+from .optim import (derived_seed, eval_mode, grad_checkpoint_enabled, gradient_checkpointing, masked_mean,
+                    optimizer_step, shuffled_batches, token_logprobs, train_mode)
 
 
 @dataclass
@@ -150,14 +152,6 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) 
     return ((r - mean) / (std + eps)).view(-1)  # (B*G,)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, token_count=None) -> torch.Tensor:
-    """Token mean of x over mask (all masked tokens of the batch weigh the same: verl's "token-mean"):
-    sum(x * mask) / token_count, token_count = mask.sum() (at least 1) unless given. A micro-batch passes its
-    mini-batch's token count, so the micro-batches' values add up to the mini-batch's mean."""
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / (mask.sum().clamp(min=1.0) if token_count is None else token_count)
-
-
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, clip_low: float, clip_high: float, kl_coef: float,
                 dual_clip: float = 0.0, token_count=None) -> tuple[torch.Tensor, dict]:
@@ -264,8 +258,7 @@ def sampling_streams(seed: int, step: int, sample_ids: list[int], device) -> lis
     """One generator per prompt: the stream of boundary-set sample i at step s is seeded from (seed, s, i) alone,
     so its G responses do not depend on which prompts share its generation call (--rollout-batch) or its
     process."""
-    return [torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1_000_003 + i)
-            for i in sample_ids]
+    return [torch.Generator(device=device).manual_seed(derived_seed(seed, step, i)) for i in sample_ids]
 
 
 def _left_pad(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
@@ -276,14 +269,34 @@ def _right_pad(x: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, width - x.shape[1]))
 
 
+# --- one step: `grpo_step` on one screen, then the parts it calls, in its order
+
+
+@dataclass
+class Rollout:
+    """The G sampled responses to each of B prompts, with their rewards. Rows are prompt-major (row b*G + g =
+    sample g of prompt b), each [prompt (left-padded to P) | response (right-padded to T)]."""
+
+    input_ids: torch.Tensor  # (B*G, P+T)
+    attention_mask: torch.Tensor  # (B*G, P+T) long, 1 on real tokens (a row can have pads on both ends)
+    response_mask: torch.Tensor  # (B*G, P+T) bool, the response tokens up to and including the EOS
+    prompt_ids: torch.Tensor  # (B, P) the prompts alone
+    rewards: torch.Tensor  # (B*G,) float32, `sample_reward` of each response
+    responses: list[str]  # B*G decoded responses
+    forget: list[bool]  # B*G: the row's prompt is a forget sample
+    chunks: list | None  # B per-prompt image features from `split_image_features`: (embeds (n_b, D), deepstack
+    #                      [(n_b, D)], grid (k_b, 3)), n_b placeholder tokens, k_b images; None: no prompt has one
+    pixel_values: torch.Tensor | None  # (N, C*t*p*p) the patches of every image, in placeholder order
+    image_grid_thw: torch.Tensor | None  # (n_images, 3)
+
+
 @torch.no_grad()
-def rollout(model, processor, samples: list, cfg: GRPOConfig, generators: list[torch.Generator], reward_fn) -> dict:
-    """G sampled responses per prompt and their rewards, rows prompt-major (row b*G + g). The prompts are
-    generated `cfg.rollout_batch` at a time (0: all at once), prompt b drawing from generators[b], so the
-    responses do not depend on the chunk size. Returns input_ids / attention_mask / response_mask (B*G, P+T),
-    image feature chunks per prompt, rewards (B*G,), the decoded responses and the forget flag per row."""
+def rollout(model, processor, samples: list, cfg: GRPOConfig, generators: list[torch.Generator]) -> Rollout:
+    """G sampled responses per prompt and their rewards (`sample_reward` with cfg.reward, cfg.reward_reference).
+    The prompts are generated `cfg.rollout_batch` at a time (0: all at once), prompt b drawing from generators[b],
+    so the responses do not depend on the chunk size."""
     G, B = cfg.group_size, len(samples)
-    device = next(model.parameters()).device
+    device = model.device
     n = cfg.rollout_batch or B
     parts = []
     for lo in range(0, B, n):  # one generation call per chunk of prompts
@@ -316,27 +329,150 @@ def rollout(model, processor, samples: list, cfg: GRPOConfig, generators: list[t
     pixel_values = [b["pixel_values"] for b, *_ in parts if b.get("pixel_values") is not None]
     grids = [b["image_grid_thw"] for b, *_ in parts if b.get("image_grid_thw") is not None]
 
-    input_ids = torch.cat([prompt_ids.repeat_interleave(G, dim=0), tokens], dim=1)  # (B*G, P+T)
-    attention_mask = torch.cat([prompt_mask.repeat_interleave(G, dim=0), gen_mask], dim=1).long()
-    response_mask = torch.cat([torch.zeros_like(prompt_mask).repeat_interleave(G, 0), gen_mask], 1)
-
     responses = [processor.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(tokens, gen_mask)]
     forget = [f for _, f in samples for _ in range(G)]
     qas = [qa for qa, _ in samples for _ in range(G)]
-    rewards = torch.tensor([reward_fn(r, qa, f) for r, qa, f in zip(responses, qas, forget)], dtype=torch.float32)
-    return dict(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask, chunks=chunks,
-                pixel_values=torch.cat(pixel_values) if pixel_values else None,
-                image_grid_thw=torch.cat(grids) if grids else None,
-                prompt_ids=prompt_ids, rewards=rewards, responses=responses, forget=forget)
+    rewards = [sample_reward(r, qa, f, cfg.reward, cfg.reward_reference) for r, qa, f in zip(responses, qas, forget)]
+    return Rollout(input_ids=torch.cat([prompt_ids.repeat_interleave(G, dim=0), tokens], dim=1),
+                   attention_mask=torch.cat([prompt_mask.repeat_interleave(G, dim=0), gen_mask], dim=1).long(),
+                   response_mask=torch.cat([torch.zeros_like(prompt_mask).repeat_interleave(G, 0), gen_mask], 1),
+                   prompt_ids=prompt_ids, rewards=torch.tensor(rewards, dtype=torch.float32), responses=responses,
+                   forget=forget, chunks=chunks, pixel_values=torch.cat(pixel_values) if pixel_values else None,
+                   image_grid_thw=torch.cat(grids) if grids else None)
 
 
-def rows_logprobs(model, ro: dict, rows: list[int], cfg: GRPOConfig, image_chunks=None) -> tuple:
+def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, params: list, step: int,
+              sample_ids: list[int] | None = None, policy=None) -> dict:
+    """One GRPO step on one rollout batch: rollout -> advantages -> old / reference log-probs -> updates -> stats.
+    sample_ids: each sample's index in the boundary set, which picks its sampling stream (`sampling_streams`;
+    default 0, 1, ...). policy: `model` wrapped in DistributedDataParallel under torchrun
+    (`distributed.data_parallel`), else model. Under torchrun `samples` is this process's block of the step's
+    prompts (`distributed.block`); the mini-batches, their token means and the record are those of one process
+    holding all the step's prompts. Returns the step's log record."""
+    t0 = time.time()
+    sample_ids = range(len(samples)) if sample_ids is None else sample_ids
+    policy = model if policy is None else policy
+    with eval_mode(model):  # rollouts and old / reference log-probs without (LoRA) dropout
+        ro = rollout(model, processor, samples, cfg, sampling_streams(cfg.seed, step, sample_ids, model.device))
+        advantages = group_advantages(ro.rewards, cfg.group_size, cfg.adv_eps).to(model.device)  # (B*G,)
+        rows = distributed.gather(row_facts(ro))  # every process's rows, in rank order
+        minibatches = draw_minibatches(ro, [len(r["rewards"]) for r in rows], cfg, step)
+        old, ref = old_and_reference_logprobs(model, ro, minibatches, cfg)
+    with train_mode(model):
+        totals, steps_done = update(model, policy, ro, advantages, old, ref, minibatches, cfg, optimizer, params)
+    return step_record(step, rows, totals, steps_done, len(minibatches), t0)
+
+
+def row_facts(ro: Rollout) -> dict:
+    """What the step's record needs of this process's rows, as plain lists (gathered over the processes)."""
+    return {"rewards": ro.rewards.tolist(), "forget": ro.forget, "refusal": [is_refusal(t) for t in ro.responses],
+            "length": ro.response_mask.sum(dim=1).tolist(), "first": ro.responses[0]}
+
+
+@dataclass
+class MiniBatch:
+    """The rows of one optimiser step that this process holds, and the pieces they run in."""
+
+    rows: list[int]  # this process's rollout rows of the mini-batch, ascending (possibly none)
+    pieces: list[list[int]]  # the rows cut by `micro_batches`: one forward / backward each
+    n_pieces: int  # the most pieces any process has for this mini-batch
+
+
+def draw_minibatches(ro: Rollout, rows_per_rank: list[int], cfg: GRPOConfig, step: int) -> list[MiniBatch]:
+    """cfg.ppo_epochs passes over all the step's rows (every process's, in rank order: the order one process would
+    hold them), each reshuffled and cut into mini-batches of cfg.mini_batch_size (0: one). This process trains on
+    its rows first .. first + n_rows - 1 of each (renumbered from 0), so a mini-batch may hold none of them.
+    Every forward / backward runs on pieces of at most cfg.micro_batch_tokens (rows x padded length); the old /
+    ref passes use the same pieces, so their log-probs line up with the update's column for column.
+    DistributedDataParallel sums the gradients inside each backward, where it waits for every process: all
+    backpropagate as many pieces per mini-batch as the process with the most (the others add pieces of nothing)."""
+    n_all, n_rows, first = sum(rows_per_rank), ro.input_ids.shape[0], sum(rows_per_rank[: distributed.rank()])
+    rng = random.Random(derived_seed(cfg.seed, step))
+    drawn = []
+    for _ in range(cfg.ppo_epochs):
+        drawn += shuffled_batches(n_all, cfg.mini_batch_size or n_all, rng)
+    mine = [sorted(i - first for i in batch if first <= i < first + n_rows) for batch in drawn]
+    pieces = [micro_batches(ro.attention_mask, rows, cfg.micro_batch_tokens) if rows else [] for rows in mine]
+    most = [max(counts) for counts in zip(*distributed.gather([len(p) for p in pieces]))]
+    return [MiniBatch(rows, p, n) for rows, p, n in zip(mine, pieces, most)]
+
+
+@torch.no_grad()
+def old_and_reference_logprobs(model, ro: Rollout, minibatches: list[MiniBatch], cfg: GRPOConfig) -> tuple:
+    """(old, ref): per piece (key: the tuple of its rows) the log-probs (n, L') of its responses under the policy
+    that sampled them and under the reference policy (LoRA adapters off; only when cfg.kl_coef > 0). One
+    mini-batch and one inner epoch is exactly on-policy (old == current, ratio == 1): no old pass (old = {}), the
+    update's logp.detach() stands in for it."""
+    pieces = [rows for mb in minibatches for rows in mb.pieces]
+    old = {} if len(minibatches) == 1 else {tuple(rows): rows_logprobs(model, ro, rows, cfg)[0] for rows in pieces}
+    ref = {}
+    if cfg.kl_coef > 0:
+        with lora_enabled(model, False):
+            ref = {tuple(rows): rows_logprobs(model, ro, rows, cfg)[0] for rows in pieces}
+    return old, ref
+
+
+def update(model, policy, ro: Rollout, advantages: torch.Tensor, old: dict, ref: dict, minibatches: list[MiniBatch],
+           cfg: GRPOConfig, optimizer, params: list) -> tuple[dict, int]:
+    """One optimiser step per mini-batch (`optimizer_step` accumulates the gradients of its pieces), with gradient
+    checkpointing if cfg.grad_checkpoint says so. Returns this process's sums over its pieces of the loss and of
+    each `policy_loss` stat, and the number of steps taken (a non-finite loss skips one)."""
+    totals, steps_done = {"loss": 0.0}, 0
+    with gradient_checkpointing(model, grad_checkpoint_enabled(cfg.grad_checkpoint, model.device)):
+        for mb in minibatches:
+            # the mini-batch's response tokens over all processes: the token mean's denominator
+            token_count = max(distributed.all_reduce_sum([ro.response_mask[mb.rows].sum().item()])[0], 1.0)
+            done = []
+            losses = piece_losses(model, policy, ro, mb, advantages, old, ref, cfg, token_count, done)
+            steps_done += optimizer_step(losses, params, optimizer, cfg.grad_clip, data_parallel=True)
+            for loss, stats in done:
+                totals["loss"] += loss
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0.0) + value
+    return totals, steps_done
+
+
+def piece_losses(model, policy, ro: Rollout, mb: MiniBatch, advantages: torch.Tensor, old: dict, ref: dict,
+                 cfg: GRPOConfig, token_count: float, done: list):
+    """The policy loss of each piece of a mini-batch, normalised by the mini-batch's token count over all
+    processes (so the pieces' losses sum to its one-piece loss), computed one at a time as `optimizer_step` asks
+    for it, with (loss, stats) appended to `done`; then zero losses (`idle_loss`) up to mb.n_pieces."""
+    for rows in mb.pieces:
+        chunks = trained_image_chunks(model, ro, rows, cfg.group_size)
+        logp, resp = rows_logprobs(policy, ro, rows, cfg, image_chunks=chunks)
+        old_logp = old[tuple(rows)] if old else logp.detach()
+        ref_logp = ref[tuple(rows)] if ref else logp.detach()
+        loss, stats = policy_loss(logp, old_logp, ref_logp, advantages[rows], resp, cfg.clip_low, cfg.clip_high,
+                                  cfg.kl_coef, cfg.dual_clip, token_count=token_count)
+        done.append((loss.item(), stats))
+        yield loss * distributed.world_size()  # DDP averages the processes' gradients; the sum is the loss's
+    for _ in range(mb.n_pieces - len(mb.pieces)):
+        yield idle_loss(policy, model.device)
+
+
+def trained_image_chunks(model, ro: Rollout, rows: list[int], group_size: int) -> dict | None:
+    """The image features of an update piece's forward: None (reuse the rollout's, `ro.chunks`) unless a
+    parameter of the vision tower trains; then the images of the piece's prompts encoded again, with autograd
+    ({prompt: its chunk}). Each image is encoded on its own (attention within an image), so encoding a piece's
+    prompts gives what encoding the whole rollout gives them. Once per piece, not once per mini-batch: every piece
+    is backpropagated as soon as it is computed (`optimizer_step`), which frees the graph of any features it used."""
+    if not ro.chunks or not any(p.requires_grad for p in model.model.visual.parameters()):
+        return None
+    prompts = sorted({r // group_size for r in rows})
+    grid = torch.cat([ro.chunks[b][2] for b in prompts])  # (k, 3): the images of these prompts, in order
+    if grid.shape[0] == 0:
+        return None
+    pixels = ro.pixel_values.split([int(c[2].prod(dim=-1).sum()) for c in ro.chunks])  # per prompt (N_b, C*t*p*p)
+    features = model.encode_images(torch.cat([pixels[b] for b in prompts]), grid)
+    return dict(zip(prompts, split_image_features(features, grid, ro.prompt_ids[prompts], model.config)))
+
+
+def rows_logprobs(model, ro: Rollout, rows: list[int], cfg: GRPOConfig, image_chunks=None) -> tuple:
     """token_logprobs of the response tokens of some rollout rows, all-pad columns trimmed:
-    (logp (n, L'), response_mask (n, L'))."""
-    idx = torch.tensor(rows, device=ro["input_ids"].device)
-    ids, resp, att = trim_padding(ro["input_ids"][idx], ro["response_mask"][idx],
-                                  attention_mask=ro["attention_mask"][idx])
-    chunks = image_chunks if image_chunks is not None else ro["chunks"]
+    (logp (n, L'), response_mask (n, L')). image_chunks: {prompt: features} to use instead of ro.chunks."""
+    idx = torch.tensor(rows, device=ro.input_ids.device)
+    ids, resp, att = trim_padding(ro.input_ids[idx], ro.response_mask[idx], attention_mask=ro.attention_mask[idx])
+    chunks = image_chunks if image_chunks is not None else ro.chunks
     feats, grid = join_image_features([chunks[r // cfg.group_size] for r in rows]) if chunks else (None, None)
     logp = token_logprobs(model, {"input_ids": ids, "attention_mask": att, "image_grid_thw": grid}, resp,
                           temperature=cfg.temperature, image_features=feats, chunk_tokens=cfg.logprob_chunk)
@@ -366,6 +502,43 @@ def micro_batches(attention_mask: torch.Tensor, rows: list[int], budget: int) ->
     return pieces
 
 
+def idle_loss(policy, device) -> torch.Tensor:
+    """A zero loss through policy's forward (one token), for a process that holds no row of a mini-batch:
+    DistributedDataParallel sums the gradients inside backward, where it waits for every process."""
+    ids = torch.zeros(1, 1, dtype=torch.long, device=device)
+    return policy(ids, attention_mask=torch.ones_like(ids), logits_to_keep=1).float().sum() * 0.0
+
+
+def step_record(step: int, rows: list[dict], totals: dict, steps_done: int, n_minibatches: int, t0: float) -> dict:
+    """The step's log record: over all the step's rows (`rows`: every process's `row_facts`) the mean reward, per
+    side (forget / retain) the reward's mean and std and the refusal rate, the mean response length; over the
+    mini-batches of all processes the mean loss and `policy_loss` stats (`totals`: this process's sums); the
+    optimiser steps taken and skipped, the seconds since t0 and the first response."""
+    rewards, forget, refusal, length = ([x for r in rows for x in r[key]]
+                                        for key in ("rewards", "forget", "refusal", "length"))
+    keys = sorted(totals)
+    means = {key: total / n_minibatches for key, total in zip(keys, distributed.all_reduce_sum(
+        [totals[key] for key in keys]))}
+    forget_r = _mean_std([r for r, f in zip(rewards, forget) if f])
+    retain_r = _mean_std([r for r, f in zip(rewards, forget) if not f])
+    record = {"step": step, "loss": means.pop("loss"), "reward_mean": torch.tensor(rewards).mean().item(),
+              "reward_forget_mean": forget_r[0], "reward_forget_std": forget_r[1],
+              "reward_retain_mean": retain_r[0], "reward_retain_std": retain_r[1],
+              "refusal_rate_forget": _mean_std([float(x) for x, f in zip(refusal, forget) if f])[0],
+              "refusal_rate_retain": _mean_std([float(x) for x, f in zip(refusal, forget) if not f])[0],
+              "response_len": torch.tensor(length).float().mean().item(),
+              "optimizer_steps": steps_done, "skipped_steps": n_minibatches - steps_done,
+              "seconds": time.time() - t0, "sample_response": rows[0]["first"]}
+    record.update(means)
+    return record
+
+
+def _mean_std(values: list) -> tuple:
+    """(mean, population std), or (None, None) when a step drew no prompt of that side (JSON has no NaN)."""
+    t = torch.tensor(values, dtype=torch.float32)
+    return (t.mean().item(), t.std(unbiased=False).item()) if len(values) else (None, None)
+
+
 def make_optimizer(params: list, cfg: GRPOConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -375,135 +548,9 @@ def step_schedule(num_samples: int, cfg: GRPOConfig) -> list[list[int]]:
     the batches the interrupted one would have."""
     steps = []
     for epoch in range(cfg.epochs):
-        order = list(range(num_samples))
-        random.Random(cfg.seed * 1000 + epoch).shuffle(order)
-        steps += [order[i : i + cfg.prompts_per_step] for i in range(0, num_samples, cfg.prompts_per_step)]
+        steps += shuffled_batches(num_samples, cfg.prompts_per_step, random.Random(derived_seed(cfg.seed, epoch,
+                                                                                                base=1000)))
     return steps
-
-
-def idle_loss(policy, device) -> torch.Tensor:
-    """A zero loss through policy's forward (one token), for a process that holds no row of a mini-batch:
-    DistributedDataParallel sums the gradients inside backward, where it waits for every process."""
-    ids = torch.zeros(1, 1, dtype=torch.long, device=device)
-    return policy(ids, attention_mask=torch.ones_like(ids), logits_to_keep=1).float().sum() * 0.0
-
-
-def grpo_step(model, processor, samples: list, cfg: GRPOConfig, optimizer, params: list, step: int,
-              reward_fn=None, reference=None, sample_ids: list[int] | None = None, policy=None) -> dict:
-    """One GRPO step on one rollout batch: rollouts -> rewards -> advantages -> old/ref log-probs -> updates.
-    reward_fn(response, qa, forget) -> float (default: `sample_reward` with cfg.reward, cfg.reward_reference);
-    reference: a context-manager factory under which `model` is the reference policy (default: LoRA off).
-    sample_ids: each sample's index in the boundary set, which picks its sampling stream (`sampling_streams`;
-    default 0, 1, ...). policy: `model` wrapped in DistributedDataParallel under torchrun
-    (`distributed.data_parallel`), else model. Under torchrun `samples` is this process's block of the step's
-    prompts (`distributed.block`); the mini-batches, their token means and the record are those of one process
-    holding all the step's prompts. Returns the step's log record."""
-    reward_fn = reward_fn or (lambda response, qa, forget: sample_reward(response, qa, forget, cfg.reward,
-                                                                           cfg.reward_reference))
-    policy = model if policy is None else policy
-    if reference is None:
-        from .lora import lora_enabled
-
-        reference = lambda: lora_enabled(model, False)  # noqa: E731
-    t0 = time.time()
-    was_training = model.training
-    model.eval()  # rollouts and old/ref log-probs without (LoRA) dropout
-    device = next(model.parameters()).device
-    sample_ids = range(len(samples)) if sample_ids is None else sample_ids
-    ro = rollout(model, processor, samples, cfg, sampling_streams(cfg.seed, step, sample_ids, device), reward_fn)
-    advantages = group_advantages(ro["rewards"], cfg.group_size, cfg.adv_eps).to(device)  # (B*G,)
-    # every process's rows, in rank order: the step's rows in the order one process would hold them
-    shared = distributed.gather({"rewards": ro["rewards"].tolist(), "forget": ro["forget"],
-                                 "refusal": [is_refusal(t) for t in ro["responses"]],
-                                 "length": ro["response_mask"].sum(dim=1).tolist(), "first": ro["responses"][0]})
-    step_rows = {key: sum((s[key] for s in shared), []) for key in ("rewards", "forget", "refusal", "length")}
-
-    # Mini-batches are drawn over all the step's rows; this process trains on its rows first .. first + n_rows - 1
-    # of each (renumbered from 0), so a mini-batch may hold none of them.
-    n_rows, n_all = ro["input_ids"].shape[0], len(step_rows["rewards"])
-    first = sum(len(s["rewards"]) for s in shared[: distributed.rank()])
-    mb = cfg.mini_batch_size or n_all
-    rng = random.Random(cfg.seed * 1_000_003 + step)
-    minibatches = []
-    for _ in range(cfg.ppo_epochs):
-        order = list(range(n_all))
-        rng.shuffle(order)
-        minibatches += [sorted(i - first for i in order[j : j + mb] if first <= i < first + n_rows)
-                        for j in range(0, n_all, mb)]
-    # One mini-batch and one inner epoch is exactly on-policy (old == current, ratio == 1): skip the old-policy
-    # forward and let logp.detach() stand in for it.
-    on_policy = len(minibatches) == 1
-    # Every forward / backward runs on pieces of a mini-batch of at most micro_batch_tokens (rows x padded length);
-    # the old / ref passes use the same pieces, so their log-probs line up with the update's column for column.
-    pieces = [micro_batches(ro["attention_mask"], r, cfg.micro_batch_tokens) if r else [] for r in minibatches]
-    # DistributedDataParallel sums the gradients inside each backward, where it waits for every process: all
-    # backpropagate as many pieces per mini-batch as the process with the most (the others add pieces of nothing)
-    n_pieces = [max(counts) for counts in zip(*distributed.gather([len(ms) for ms in pieces]))]
-    with torch.no_grad():
-        old = {} if on_policy else {tuple(m): rows_logprobs(model, ro, m, cfg)[0] for ms in pieces for m in ms}
-        ref = {}
-        if cfg.kl_coef > 0:
-            with reference():
-                ref = {tuple(m): rows_logprobs(model, ro, m, cfg)[0] for ms in pieces for m in ms}
-
-    # Vision features are reused from the rollout unless a trainable parameter lives in the vision tower.
-    vision_trains = any(p.requires_grad for p in model.model.visual.parameters()) if ro["chunks"] else False
-
-    def piece_losses(rows: list[int], n_pieces: int, token_count: float, done: list):
-        """The policy loss of each piece of a mini-batch, normalised by the mini-batch's token count over all
-        processes (so they sum to its one-piece loss); computed one at a time as optimizer_step asks, (loss, stats)
-        kept in `done`; then zero losses up to n_pieces."""
-        for m in rows:
-            chunks = None
-            if vision_trains:
-                features = model.encode_images(ro["pixel_values"], ro["image_grid_thw"])
-                chunks = split_image_features(features, ro["image_grid_thw"], ro["prompt_ids"], model.config)
-            logp, resp = rows_logprobs(policy, ro, m, cfg, image_chunks=chunks)
-            old_logp = logp.detach() if on_policy else old[tuple(m)]
-            ref_logp = ref[tuple(m)] if cfg.kl_coef > 0 else logp.detach()
-            loss, st = policy_loss(logp, old_logp, ref_logp, advantages[m], resp, cfg.clip_low, cfg.clip_high,
-                                   cfg.kl_coef, cfg.dual_clip, token_count=token_count)
-            done.append((loss.item(), st))
-            yield loss * distributed.world_size()  # DDP averages the processes' gradients; the sum is the loss's
-        for _ in range(n_pieces - len(rows)):
-            yield idle_loss(policy, device)
-
-    model.train()
-    totals, steps_done = {"loss": 0.0}, 0  # this process's share of each statistic, summed over the mini-batches
-    with gradient_checkpointing(model, grad_checkpoint_enabled(cfg.grad_checkpoint, device)):
-        for r, ms, n in zip(minibatches, pieces, n_pieces):
-            # the mini-batch's response tokens, over all processes
-            token_count = max(distributed.all_reduce_sum([ro["response_mask"][r].sum().item()])[0], 1.0)
-            done = []
-            steps_done += optimizer_step(piece_losses(ms, n, token_count, done), params, optimizer, cfg.grad_clip,
-                                         data_parallel=True)
-            for loss, st in done:
-                totals["loss"] += loss
-                for key, value in st.items():
-                    totals[key] = totals.get(key, 0.0) + value
-    model.train(was_training)
-    keys = sorted(totals)
-    means = {key: total / len(minibatches) for key, total in zip(keys, distributed.all_reduce_sum(
-        [totals[key] for key in keys]))}  # over the mini-batches of all processes
-
-    def mean_std(values):  # None when a step drew no prompt of that side (JSON has no NaN)
-        t = torch.tensor(values, dtype=torch.float32)
-        return (t.mean().item(), t.std(unbiased=False).item()) if len(values) else (None, None)
-
-    forget_r = mean_std([r for r, f in zip(step_rows["rewards"], step_rows["forget"]) if f])
-    retain_r = mean_std([r for r, f in zip(step_rows["rewards"], step_rows["forget"]) if not f])
-    refusal = step_rows["refusal"]
-    record = {"step": step, "loss": means.pop("loss"),
-              "reward_mean": torch.tensor(step_rows["rewards"]).mean().item(),
-              "reward_forget_mean": forget_r[0], "reward_forget_std": forget_r[1],
-              "reward_retain_mean": retain_r[0], "reward_retain_std": retain_r[1],
-              "refusal_rate_forget": mean_std([float(x) for x, f in zip(refusal, step_rows["forget"]) if f])[0],
-              "refusal_rate_retain": mean_std([float(x) for x, f in zip(refusal, step_rows["forget"]) if not f])[0],
-              "response_len": torch.tensor(step_rows["length"]).float().mean().item(),
-              "optimizer_steps": steps_done, "skipped_steps": len(minibatches) - steps_done,
-              "seconds": time.time() - t0, "sample_response": shared[0]["first"]}
-    record.update(means)
-    return record
 
 
 def log_step(record: dict, steps_total: int, log_path: str | None, progress: Callable) -> None:
@@ -527,8 +574,7 @@ def check_process_count(schedule: list[list[int]]) -> None:
 
 
 def train_grpo(model, processor, samples: list, cfg: GRPOConfig, optimizer=None, start_step: int = 0,
-               log_path: str | None = None, on_step: Callable | None = None, reward_fn=None, reference=None,
-               progress=print) -> list[dict]:
+               log_path: str | None = None, on_step: Callable | None = None, progress=print) -> list[dict]:
     """Stage 2: GRPO over the boundary set for cfg.epochs epochs, steps numbered 0..N-1 across epochs.
     start_step > 0 resumes (the schedule and each step's sampling seed depend only on cfg.seed and the step).
     on_step(step, record, optimizer) runs after each step (train.py checkpoints there); each record is also
@@ -544,7 +590,7 @@ def train_grpo(model, processor, samples: list, cfg: GRPOConfig, optimizer=None,
     for step in range(start_step, len(schedule)):
         mine = distributed.block(schedule[step])  # this process's prompts of the step (all of them in one process)
         record = grpo_step(model, processor, [samples[i] for i in mine], cfg, optimizer, params, step,
-                           reward_fn, reference, sample_ids=mine, policy=policy)
+                           sample_ids=mine, policy=policy)
         records.append(record)
         if distributed.is_main():  # every process holds the same record; rank 0 writes and prints it
             log_step(record, len(schedule), log_path, progress)

@@ -1,12 +1,12 @@
-"""Forward hooks on the residual stream: read, add or ablate a direction at a text-decoder layer, and run the
-model only up to a layer.
+"""Forward hooks on the residual stream: add or ablate a direction at a text-decoder layer, and run the model
+only up to a layer, reading that layer's output (stage 1's activations).
 
 `hook(module, fn)` is the one place that registers a hook; it removes the handle in a `finally`, so a hook never
 outlives its `with` block even when the body raises (a stray hook silently corrupts every later forward, the
 classic bug of hook-based steering). A decoder layer returns the residual stream h (B, L, D) as a plain tensor, so
 a forward hook returning a tensor replaces h. Prompts are left-padded, so index -1 of every row is its last prompt
-token: positions="last" selects h[:, -1] (B, D), "all" keeps (B, L, D). In cached generation every decode step is
-a forward with L = 1, so "last" then touches every generated token too.
+token: positions="last" steers h[:, -1] (B, D), "all" every position (B, L, D). In cached generation every decode
+step is a forward with L = 1, so "last" then touches every generated token too.
 """
 
 from __future__ import annotations
@@ -56,26 +56,6 @@ def _check_direction(v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     if v.ndim != 1 or v.shape[0] != h.shape[-1]:
         raise ValueError(f"direction must have shape ({h.shape[-1]},), got {tuple(v.shape)}")
     return v.to(device=h.device, dtype=h.dtype)
-
-
-@contextmanager
-def read_layer_output(model: nn.Module, layer: int, positions: str = "last", detach: bool = True) -> Iterator[list]:
-    """Collect the residual stream after decoder layer `layer` on every forward inside the block (detach=False
-    keeps the autograd graph):
-
-        with read_layer_output(model, L) as acts:
-            model(**batch)
-        h = acts[0]            # (B, D): the last prompt token of each (left-padded) row; positions="all": (B, L, D)
-    """
-    _check_positions(positions)
-    outputs: list[torch.Tensor] = []
-
-    def read(mod, inputs, h):
-        h = h[:, -1] if positions == "last" else h
-        outputs.append(h.detach() if detach else h)
-
-    with hook(decoder_layer(model, layer), read):
-        yield outputs
 
 
 @contextmanager

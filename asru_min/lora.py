@@ -23,6 +23,8 @@ from torch import nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .optim import temporarily
+
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 VISION_TARGETS = ("qkv", "proj", "linear_fc1", "linear_fc2")  # Qwen3-VL vision blocks and patch mergers
 TEXT_PREFIX = "model.language_model.layers."
@@ -154,14 +156,8 @@ def lora_enabled(model: nn.Module, on: bool) -> Iterator[None]:
         raise ValueError("model has no LoRA adapters: call apply_lora first")
     if not on and any(m.merged for m in modules):
         raise RuntimeError("LoRA adapters are merged into the weights; call unmerge_lora before switching them off")
-    before = [m.enabled for m in modules]
-    try:
-        for m in modules:
-            m.enabled = on
+    with temporarily(modules, "enabled", on):
         yield
-    finally:
-        for m, was in zip(modules, before):
-            m.enabled = was
 
 
 @torch.no_grad()

@@ -462,7 +462,7 @@ def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f
     "new_tokens": T (the longest response), "seconds": {phase: s}} (P, T as the rollout realised them)."""
     import time
 
-    from .grpo import GRPOConfig, make_optimizer, policy_loss, rollout, rows_logprobs, sample_reward, sampling_streams
+    from .grpo import GRPOConfig, make_optimizer, policy_loss, rollout, rows_logprobs, sampling_streams
     from .evaluate import answer
     from .lora import apply_lora, lora_enabled
     from .optim import optimizer_step
@@ -511,8 +511,8 @@ def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f
         samples = [(qa, True) for qa in forget_qas[:f.prompts_per_step]]
         generators = sampling_streams(seed, 0, list(range(len(samples))), f.device)
         with timed("rollout"):
-            ro = rollout(model, processor, samples, gcfg, generators, sample_reward)
-        rows = list(range(ro["input_ids"].shape[0]))[:f.mini_batch_size or None]
+            ro = rollout(model, processor, samples, gcfg, generators)
+        rows = list(range(ro.input_ids.shape[0]))[:f.mini_batch_size or None]
         with timed("old / reference log-probs"), torch.no_grad():
             old = rows_logprobs(model, ro, rows, gcfg)[0] if f.mini_batch_size else None
             with lora_enabled(model, False):
@@ -524,7 +524,7 @@ def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f
             loss, _ = policy_loss(logp, logp.detach() if old is None else old, ref, advantages, resp, 0.2, 0.3,
                                   f.kl_coef, 3.0)
             optimizer_step(loss, params, optimizer, 1.0)
-        out["prompt_tokens"] = ro["prompt_ids"].shape[1]
-        out["new_tokens"] = ro["input_ids"].shape[1] - ro["prompt_ids"].shape[1]
+        out["prompt_tokens"] = ro.prompt_ids.shape[1]
+        out["new_tokens"] = ro.input_ids.shape[1] - ro.prompt_ids.shape[1]
     out.update(peaks=meter.peaks, starts=meter.starts, seconds=seconds)
     return out

@@ -1,8 +1,11 @@
 """What every trainer here shares (stage-1 steering, GRPO, the baselines, pretraining): the log-probability the
-model gives to chosen tokens, and one guarded optimiser step."""
+model gives to chosen tokens, the token mean over a mask, one guarded optimiser step, shuffled batches and the
+seeds of their random streams, and the context managers that switch a model's modes (eval / train, gradient
+checkpointing) and put the previous state back after the block."""
 
 from __future__ import annotations
 
+import random
 import warnings
 from contextlib import contextmanager
 
@@ -84,15 +87,65 @@ def gradient_checkpointing(model: torch.nn.Module, on: bool = True):
     backward (torch.utils.checkpoint, non-reentrant; the RNG state is replayed, so dropout masks match): the same
     gradients for about one layer's activations instead of all. Off outside the block, so stage 1's hooked forward
     never runs checkpointed; a hooked block is never checkpointed anyway (`text.checkpointable`)."""
-    modules = [m for m in model.modules() if hasattr(type(m), "grad_checkpoint")]
-    before = [m.grad_checkpoint for m in modules]
+    with temporarily([m for m in model.modules() if hasattr(type(m), "grad_checkpoint")], "grad_checkpoint", on):
+        yield
+
+
+@contextmanager
+def temporarily(objects, name: str, value):
+    """Set attribute `name` of every object to `value` inside the block; after it (even on error) each object
+    gets its own previous value back. The one way this project flips a flag for a block: a module's mode
+    (`eval_mode`), gradient checkpointing, LoRA adapters on/off (`lora.lora_enabled`), requires_grad."""
+    objects = list(objects)
+    before = [getattr(o, name) for o in objects]
     try:
-        for m in modules:
-            m.grad_checkpoint = on
+        for o in objects:
+            setattr(o, name, value)
         yield
     finally:
-        for m, was in zip(modules, before):
-            m.grad_checkpoint = was
+        for o, was in zip(objects, before):
+            setattr(o, name, was)
+
+
+@contextmanager
+def eval_mode(*modules: torch.nn.Module):
+    """The modules (every submodule) in eval mode inside the block: no dropout, LoRA dropout included; after it
+    each submodule is back in its previous mode (`module.eval()` sets the same `training` flags)."""
+    with temporarily([m for module in modules for m in module.modules()], "training", False):
+        yield
+
+
+@contextmanager
+def train_mode(*modules: torch.nn.Module):
+    """`eval_mode`'s counterpart: train mode (dropout on) inside the block, each previous mode back after it."""
+    with temporarily([m for module in modules for m in module.modules()], "training", True):
+        yield
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, token_count=None) -> torch.Tensor:
+    """Token mean of x over mask (all masked tokens of the batch weigh the same: verl's "token-mean"):
+    sum(x * mask) / token_count, token_count = mask.sum() (at least 1) unless given. A micro-batch passes its
+    mini-batch's token count, so the micro-batches' values add up to the mini-batch's mean."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / (mask.sum().clamp(min=1.0) if token_count is None else token_count)
+
+
+def shuffled_batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """0..n-1 in the order rng.shuffle gives, cut into consecutive batches of batch_size (the last one shorter)."""
+    order = list(range(n))
+    rng.shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def derived_seed(seed: int, *ids: int, base: int = 1_000_003) -> int:
+    """The seed of one random stream: the run's seed followed by the stream's ids (epoch, step, sample index) as
+    digits of `base`, ((seed * base + id_1) * base + id_2) ...: streams with as many ids, each below `base`, never
+    share a seed. GRPO draws its step schedule (base 1000), each step's mini-batches and each prompt's samples
+    from generators seeded so, never from random's or torch's global state: a resumed run draws what the
+    interrupted one would have, and a prompt's samples do not depend on what shares its generation call."""
+    for i in ids:
+        seed = seed * base + i
+    return seed
 
 
 def optimizer_step(loss, params: list, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0,

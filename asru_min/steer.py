@@ -30,6 +30,8 @@ import os
 import random
 import re
 import time
+from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +40,7 @@ from torch import nn
 
 from .data import qa_batch
 from .hooks import decoder_layer, run_to_layer
-from .optim import optimizer_step
+from .optim import eval_mode, optimizer_step, shuffled_batches, temporarily
 
 REFUSAL_WORDS = re.compile(r"\b(not|no|sorry)\b", re.IGNORECASE)
 
@@ -51,7 +53,7 @@ def mean_last_token_activation(model: nn.Module, processor, qas: list, layer: in
         raise ValueError("no questions to average over")
     total, n = None, 0
     for s in range(0, len(qas), batch_size):
-        batch = qa_batch(processor, qas[s : s + batch_size], with_answers=False, device=next(model.parameters()).device)
+        batch = qa_batch(processor, qas[s : s + batch_size], with_answers=False, device=model.device)
         h, _ = run_to_layer(model, batch, layer)
         last = h[:, -1].to(torch.float64)  # (B, D): left padding puts every row's last prompt token at -1
         total = last.sum(0) if total is None else total + last.sum(0)
@@ -172,23 +174,84 @@ def down_proj_name(layer: int) -> str:
     return f"model.language_model.layers.{layer}.mlp.down_proj.weight"
 
 
-def _batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
-    order = list(range(n))
-    rng.shuffle(order)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+def steering_schedule(n_forget: int, n_retain: int, batch_size: int, epochs: int, rng: random.Random):
+    """(epoch, kind, indices) of every optimiser step of stage 1, in order. Each epoch (as the release) shuffles
+    the retain set and then the forget set into batches and iterates over the retain batches: every
+    k = max(1, n_retain_batches // n_forget_batches) iterations it first takes one forget batch (while any is
+    left), then every iteration one retain batch."""
+    for epoch in range(epochs):
+        retain_batches = shuffled_batches(n_retain, batch_size, rng)
+        forget_batches = shuffled_batches(n_forget, batch_size, rng)
+        every = max(1, len(retain_batches) // len(forget_batches))
+        forget_iter = iter(forget_batches)
+        for it, idx in enumerate(retain_batches):
+            if it % every == 0:
+                f_idx = next(forget_iter, None)
+                if f_idx is not None:
+                    yield epoch, "forget", f_idx
+            yield epoch, "retain", idx
+
+
+@contextmanager
+def training_only(model: nn.Module, W: nn.Parameter):
+    """Inside the block only W trains: every other parameter frozen, the model in eval mode (no dropout anywhere:
+    the activations must be deterministic functions of W). Yields the tensor the optimiser updates: W itself for
+    a float32 model, for a bf16/fp16 one a float32 master copy of W (an lr 1e-4 update is below bf16's resolution
+    of most entries of W; `master_step` keeps W in step with it). After the block (even on error) W.grad is
+    cleared and every parameter's requires_grad and every module's mode are back."""
+    with temporarily(model.parameters(), "requires_grad", False), eval_mode(model):
+        W.requires_grad_(True)
+        try:
+            yield W if W.dtype == torch.float32 else W.detach().float().clone().requires_grad_(True)
+        finally:
+            W.grad = None
+
+
+def master_step(loss: torch.Tensor, W: nn.Parameter, master: torch.Tensor, optimizer) -> bool:
+    """`optimizer_step` for W through its master copy (`training_only`): backward puts the gradient on W, it moves
+    to the float32 master, the master steps and W takes its rounded value. Returns whether the step was taken."""
+    if master is W:
+        return optimizer_step(loss, [W], optimizer)
+    if not optimizer_step(loss, [master], optimizer, after_backward=partial(_gradient_to_master, W, master)):
+        return False
+    with torch.no_grad():
+        W.copy_(master)
+    return True
+
+
+def _gradient_to_master(W: nn.Parameter, master: torch.Tensor) -> None:
+    master.grad, W.grad = W.grad.float(), None
+
+
+def steering_loss(model: nn.Module, processor, qas: list, kind: str, position: str, layer: int, W: nn.Parameter,
+                  W0: torch.Tensor, v: torch.Tensor, c: float, alpha: float) -> torch.Tensor:
+    """`forget_loss` (kind "forget") or `retain_loss` ("retain") of a batch of questions, read at `position`:
+    the forget loss at index -1, the last prompt token of a prompt-only batch ("prompt"); the retain loss over
+    every real token of question + answer ("sequence"); "release": index -1 of a right-padded question + answer
+    batch for either. h_frozen comes from the same forward (`frozen_activation`)."""
+    at_release = position == "release"
+    batch = qa_batch(processor, qas, with_answers=kind == "retain" or at_release, device=W.device)
+    if at_release:
+        batch = right_padded(batch)
+    h, a = run_to_layer(model, batch, layer, grad=True)
+    h_frozen = frozen_activation(h, a, W, W0)
+    if kind == "forget":
+        return forget_loss(h[:, -1], h_frozen[:, -1], v, c)
+    if at_release:
+        return retain_loss(h[:, -1:], h_frozen[:, -1:], torch.ones_like(batch["attention_mask"][:, -1:]), alpha)
+    return retain_loss(h, h_frozen, batch["attention_mask"], alpha)
 
 
 def optimize_steering(model: nn.Module, processor, forget_qas: list, retain_qas: list, direction: torch.Tensor,
                       layer: int, *, c: float, alpha: float, lr: float, batch_size: int, epochs: int,
                       seed: int = 0, log_every: int = 10, callback=None, weight_decay: float = 0.01,
                       forget_position: str = "prompt", retain_position: str = "sequence") -> dict:
-    """Train only W = layer L's mlp.down_proj.weight (full matrix), all else frozen, with AdamW (constant lr: the
-    release steps its linear schedule once per epoch; torch's default weight_decay 0.01; on a float32 master copy
-    of W for a bf16/fp16 model). Each epoch (as the release) iterates over the shuffled retain batches; every
-    k = max(1, n_retain_batches // n_forget_batches) iterations it first takes one forget step, then every iteration
-    one retain step. Positions: forget_position "prompt" (a prompt-only batch, its last token) or "release";
-    retain_position "sequence" (question + answer, every real token) or "release"; "release" = index -1 of a
-    right-padded question + answer batch (`right_padded`), as the authors' release reads both.
+    """Train only W = layer L's mlp.down_proj.weight (full matrix), all else frozen (`training_only`), with AdamW
+    (constant lr: the release steps its linear schedule once per epoch; torch's default weight_decay 0.01; on a
+    float32 master copy of W for a bf16/fp16 model), one step per batch of `steering_schedule`. Positions:
+    forget_position "prompt" (a prompt-only batch, its last token) or "release"; retain_position "sequence"
+    (question + answer, every real token) or "release"; "release" = index -1 of a right-padded question + answer
+    batch (`right_padded`), as the authors' release reads both.
 
     callback(step, record) runs after every optimiser step. Returns stats: forget_loss / retain_loss (one float per
     step of that kind), log (a record per step), steps, param_name, original ({param_name: W0 on the CPU}, for
@@ -204,68 +267,25 @@ def optimize_steering(model: nn.Module, processor, forget_qas: list, retain_qas:
     W0 = W.detach().clone()
     v = direction.to(W.device, torch.float32)
     name = down_proj_name(layer)
-
-    trainable_before = {p: p.requires_grad for p in model.parameters()}
-    was_training = model.training
-    for p in model.parameters():
-        p.requires_grad_(False)
-    W.requires_grad_(True)
-    model.eval()  # no dropout anywhere; activations must be deterministic functions of W
-    # bf16/fp16 model: AdamW updates a float32 master copy of W, and W gets its rounded value after every step (an
-    # lr 1e-4 update is below bf16's resolution of most entries of W); the gradient lands on W and is moved over
-    master = W if W.dtype == torch.float32 else W.detach().float().clone().requires_grad_(True)
-    opt = torch.optim.AdamW([master], lr=lr, weight_decay=weight_decay)
-
-    def to_master():
-        master.grad, W.grad = W.grad.float(), None
-
-    rng = random.Random(seed)
     stats = {"forget_loss": [], "retain_loss": [], "log": [], "param_name": name}
-
-    def step(kind: str, qas: list, epoch: int) -> None:
-        at_release = (forget_position if kind == "forget" else retain_position) == "release"
-        batch = qa_batch(processor, qas, with_answers=kind == "retain" or at_release, device=W.device)
-        if at_release:
-            batch = right_padded(batch)
-        h, a = run_to_layer(model, batch, layer, grad=True)
-        h_frozen = frozen_activation(h, a, W, W0)
-        if kind == "forget":  # index -1: the last prompt token (left-padded prompts) or the release's position
-            loss = forget_loss(h[:, -1], h_frozen[:, -1], v, c)
-        elif at_release:
-            loss = retain_loss(h[:, -1:], h_frozen[:, -1:], torch.ones_like(batch["attention_mask"][:, -1:]), alpha)
-        else:
-            loss = retain_loss(h, h_frozen, batch["attention_mask"], alpha)
-        if optimizer_step(loss, [master], opt, after_backward=None if master is W else to_master) and master is not W:
-            with torch.no_grad():
-                W.copy_(master)
-        record = {"step": len(stats["log"]), "epoch": epoch, "kind": kind, "loss": loss.item(),
-                  "delta_norm": float((W.detach().float() - W0.float()).norm())}
-        stats[f"{kind}_loss"].append(record["loss"])
-        stats["log"].append(record)
-        if callback is not None:
-            callback(record["step"], record)
-        if log_every and record["step"] % log_every == 0:
-            print(f"[steer] epoch {epoch} step {record['step']:4d} {kind:6s} loss {record['loss']:.5f} "
-                  f"|W-W0| {record['delta_norm']:.4f} ({time.time() - t0:.1f}s)", flush=True)
-
+    schedule = steering_schedule(len(forget_qas), len(retain_qas), batch_size, epochs, random.Random(seed))
     t0 = time.time()
-    try:
-        for epoch in range(epochs):
-            retain_batches = _batches(len(retain_qas), batch_size, rng)
-            forget_batches = _batches(len(forget_qas), batch_size, rng)
-            every = max(1, len(retain_batches) // len(forget_batches))
-            forget_iter = iter(forget_batches)
-            for it, idx in enumerate(retain_batches):
-                if it % every == 0:
-                    f_idx = next(forget_iter, None)
-                    if f_idx is not None:
-                        step("forget", [forget_qas[i] for i in f_idx], epoch)
-                step("retain", [retain_qas[i] for i in idx], epoch)
-    finally:
-        W.grad = None
-        for p, flag in trainable_before.items():  # W included
-            p.requires_grad_(flag)
-        model.train(was_training)
+    with training_only(model, W) as master:
+        optimizer = torch.optim.AdamW([master], lr=lr, weight_decay=weight_decay)
+        for epoch, kind, idx in schedule:
+            qas = [(forget_qas if kind == "forget" else retain_qas)[i] for i in idx]
+            position = forget_position if kind == "forget" else retain_position
+            loss = steering_loss(model, processor, qas, kind, position, layer, W, W0, v, c, alpha)
+            master_step(loss, W, master, optimizer)
+            record = {"step": len(stats["log"]), "epoch": epoch, "kind": kind, "loss": loss.item(),
+                      "delta_norm": float((W.detach().float() - W0.float()).norm())}
+            stats[f"{kind}_loss"].append(record["loss"])
+            stats["log"].append(record)
+            if callback is not None:
+                callback(record["step"], record)
+            if log_every and record["step"] % log_every == 0:
+                print(f"[steer] epoch {epoch} step {record['step']:4d} {kind:6s} loss {record['loss']:.5f} "
+                      f"|W-W0| {record['delta_norm']:.4f} ({time.time() - t0:.1f}s)", flush=True)
     stats.update(steps=len(stats["log"]), original={name: W0.cpu()})
     return stats
 

@@ -77,15 +77,15 @@ class Recorder:
     def __enter__(self):
         def rollout(*a, **kw):
             ro = self._timed("rollout", self.originals["rollout"], *a, **kw)
-            self.tokens["rollout"] = self.tokens.get("rollout", 0) + int(ro["response_mask"].sum())
-            P = ro["prompt_ids"].shape[1]
+            self.tokens["rollout"] = self.tokens.get("rollout", 0) + int(ro.response_mask.sum())
+            P = ro.prompt_ids.shape[1]
             self.prompt_len = max(self.prompt_len, P)
-            self.new_tokens = max(self.new_tokens, ro["input_ids"].shape[1] - P)
+            self.new_tokens = max(self.new_tokens, ro.input_ids.shape[1] - P)
             return ro
 
         def rows_logprobs(model, ro, rows, *a, **kw):
             phase = "update" if torch.is_grad_enabled() else "old / reference log-probs"
-            self.tokens[phase] = self.tokens.get(phase, 0) + int(ro["attention_mask"][rows].sum())
+            self.tokens[phase] = self.tokens.get(phase, 0) + int(ro.attention_mask[rows].sum())
             return self._timed(phase, self.originals["rows_logprobs"], model, ro, rows, *a, **kw)
 
         def optimizer_step(*a, **kw):

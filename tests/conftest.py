@@ -1,3 +1,5 @@
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -38,3 +40,14 @@ def load_example(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@contextmanager
+def layer_outputs(model, layer: int):
+    """The output h (B, L, D) of text-decoder layer `layer` on every forward inside the block, kept with its graph,
+    read through the library's one hook registration (`hooks.hook`, removed in `finally`)."""
+    from asru_min.hooks import decoder_layer, hook
+
+    outputs = []
+    with hook(decoder_layer(model, layer), lambda module, args, h: outputs.append(h)):
+        yield outputs

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -185,6 +186,7 @@ def train_two_steps(model: str, out: str, case: str) -> dict:
     out/rank<r>.pt) the records and the adapter before, after step 0 and after step 1. case "nan": AdamW, rank
     1's rewards are NaN in step 0; "sgd": plain SGD (lr 1, no clipping), mini-batches of 2 rows x 2 inner epochs,
     micro-batches of one row, G = 4."""
+    from asru_min import grpo
     from asru_min.grpo import make_optimizer, train_grpo
     from asru_min.lora import apply_lora, lora_parameters
     from asru_min.model import Qwen3VL
@@ -202,7 +204,7 @@ def train_two_steps(model: str, out: str, case: str) -> dict:
     optimizer = torch.optim.SGD(params, lr=1.0) if case == "sgd" else make_optimizer(params, cfg.grpo())
     snapshots, scored = {"initial": [p.detach().clone() for p in lora_parameters(net)]}, []
 
-    def reward(response, truth, forget):
+    def reward(response, qa, forget, *settings):  # in place of grpo.sample_reward
         scored.append(response)
         step_0 = len(scored) <= cfg.group_size  # this rank's one prompt of step 0
         return float("nan") if case == "nan" and distributed.rank() == 1 and step_0 else float(len(response) % 3) / 2
@@ -210,8 +212,9 @@ def train_two_steps(model: str, out: str, case: str) -> dict:
     def snapshot(step, record, optimizer):
         snapshots[f"after_step_{step}"] = [p.detach().clone() for p in lora_parameters(net)]
 
-    records = train_grpo(net, Processor.from_pretrained(model), samples, cfg.grpo(), optimizer=optimizer,
-                         reward_fn=reward, on_step=snapshot, progress=lambda line: None)
+    with mock.patch.object(grpo, "sample_reward", reward):
+        records = train_grpo(net, Processor.from_pretrained(model), samples, cfg.grpo(), optimizer=optimizer,
+                             on_step=snapshot, progress=lambda line: None)
     result = {"records": records, **snapshots}
     os.makedirs(out, exist_ok=True)
     torch.save(result, os.path.join(out, f"rank{distributed.rank()}.pt"))

@@ -1,4 +1,3 @@
-import contextlib
 import copy
 import math
 import json
@@ -21,6 +20,13 @@ def grpo_config(**changes) -> GRPOConfig:
     """The run's stage-2 settings (TrainConfig, the one source of defaults) with a test's changes."""
     import dataclasses
     return dataclasses.replace(TrainConfig().grpo(), **changes)
+
+
+def use_reward(monkeypatch, reward) -> None:
+    """Rollouts scored by reward(response, qa, forget) in place of `grpo.sample_reward` for this test: a toy's
+    responses are letter strings or random tokens, which the ASRU reward would score all alike."""
+    import asru_min.grpo as grpo
+    monkeypatch.setattr(grpo, "sample_reward", lambda response, qa, forget, *settings: reward(response, qa, forget))
 
 
 # ---------------------------------------------------------------------------------------------- advantages
@@ -134,6 +140,10 @@ class BagOfTokensLM(nn.Module):
         self.embed = nn.Embedding(vocab, dim)
         self.pos = nn.Parameter(torch.randn(64, dim))
         self.lm_head = nn.Linear(dim, vocab)
+
+    @property
+    def device(self) -> torch.device:  # as Qwen3VL.device
+        return self.lm_head.weight.device
 
     def forward(self, input_ids, attention_mask=None, logits_to_keep=0, return_hidden=False, **unused):
         if attention_mask is None:
@@ -257,10 +267,14 @@ class ToyQA:
         return [{"role": "user", "content": self.question}]
 
 
-def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path):
+def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path, monkeypatch):
     from asru_min.grpo import train_grpo
+    from asru_min.lora import LoRALinear
 
     model, proc = ToyGenLM(), ToyProcessor()
+    for p in model.parameters():  # only a LoRA adapter on the output layer trains; adapters off = the reference
+        p.requires_grad_(False)
+    model.lm_head = LoRALinear.from_linear(model.lm_head, r=4, alpha=4.0, dropout=0.0)
     samples = [(ToyQA("abd", "x"), True), (ToyQA("ggh", "y"), False)]
     target = ord("c") - ord("a") + 2
 
@@ -269,24 +283,12 @@ def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path):
             batch = proc(["abd", "ggh"])
             return torch.softmax(model(batch["input_ids"], batch["attention_mask"])[:, -1], -1)[:, target].mean().item()
 
-    ref_model = ToyGenLM()  # a frozen copy as the reference policy
-    ref_model.load_state_dict(model.state_dict())
     before = p_target()
     cfg = grpo_config(group_size=8, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=6,
-                     lr=0.05, kl_coef=0.01, seed=0)
-    reward = lambda response, truth, forget: 1.0 if "c" in response else 0.0  # noqa: E731
-
-    class Ref:  # reference policy = the frozen copy: swap its weights in, put the trained ones back after
-        def __enter__(self):
-            self.saved = {k: v.clone() for k, v in model.state_dict().items()}
-            model.load_state_dict(ref_model.state_dict())
-
-        def __exit__(self, *exc):
-            model.load_state_dict(self.saved)
-
+                     lr=0.1, kl_coef=0.01, seed=0)
+    use_reward(monkeypatch, lambda response, qa, forget: 1.0 if "c" in response else 0.0)
     log = tmp_path / "grpo.jsonl"
-    records = train_grpo(model, proc, samples, cfg, log_path=str(log), reward_fn=reward, reference=Ref,
-                         progress=lambda s: None)
+    records = train_grpo(model, proc, samples, cfg, log_path=str(log), progress=lambda s: None)
     after = p_target()
     assert len(records) == 6 and len(log.read_text().splitlines()) == 6
     assert after > before + 0.1, (before, after)
@@ -296,18 +298,16 @@ def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path):
     assert all(r["skipped_steps"] == 0 for r in records)
 
 
-def test_grpo_off_policy_minibatches_and_exact_resume():
+def test_grpo_off_policy_minibatches_and_exact_resume(monkeypatch):
     """ppo_epochs=2 with mini-batches uses stored old log-probs (ratio != 1, clipping happens); stopping after
     3 steps and resuming from (weights, optimiser state, step 3) gives exactly the uninterrupted run."""
-    import contextlib
-
     from asru_min.grpo import make_optimizer, train_grpo
 
     samples = [(ToyQA("abd", "x"), True), (ToyQA("ggh", "y"), False), (ToyQA("fea", "z"), True)]
     cfg = grpo_config(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=3,
                      mini_batch_size=4, ppo_epochs=2, lr=0.3, kl_coef=0.0, seed=3)
-    reward = lambda response, truth, forget: float(response.count("c")) / 4  # noqa: E731
-    quiet = dict(reward_fn=reward, reference=contextlib.nullcontext, progress=lambda s: None)
+    use_reward(monkeypatch, lambda response, qa, forget: float(response.count("c")) / 4)
+    quiet = dict(progress=lambda s: None)
 
     full = ToyGenLM()
     records = train_grpo(full, ToyProcessor(), samples, cfg, **quiet)
@@ -440,7 +440,7 @@ def test_token_logprobs_real_model_matches_unpadded_rows(tiny):
                 assert got[i, P + j].item() == pytest.approx(logp[n_prompt + j - 1, tok].item(), abs=1e-4)
 
 
-def test_one_grpo_step_on_real_model_raises_rewarded_token(tiny):
+def test_one_grpo_step_on_real_model_raises_rewarded_token(tiny, monkeypatch):
     """LoRA + one GRPO step (reference = adapters off) with a reward for one token's text raises that token's
     probability after the prompt; the first step starts exactly at the reference (KL 0, ratio 1)."""
     import copy as _copy
@@ -466,10 +466,10 @@ def test_one_grpo_step_on_real_model_raises_rewarded_token(tiny):
     text = proc.decode([target])
     assert text.strip()
     before = probs[target].item()
-    reward = lambda response, truth, forget: float(response.startswith(text))  # noqa: E731
+    use_reward(monkeypatch, lambda response, qa, forget: float(response.startswith(text)))
     cfg = grpo_config(group_size=16, temperature=1.0, top_p=1.0, max_new_tokens=3, prompts_per_step=2, epochs=1,
                      lr=2e-2, kl_coef=0.1, seed=0)
-    records = train_grpo(model, proc, samples, cfg, reward_fn=reward, progress=lambda s: None)
+    records = train_grpo(model, proc, samples, cfg, progress=lambda s: None)
     after = first_token_probs()[target].item()
     assert len(records) == 1 and records[0]["optimizer_steps"] == 1
     assert records[0]["kl"] == pytest.approx(0.0, abs=1e-6) and records[0]["ratio_mean"] == pytest.approx(1.0)
@@ -510,17 +510,17 @@ def test_boundary_set_forget_share():
             build_boundary_set(forget, retain, 40, kinds=("gen",), seed=1, forget_share=bad)
 
 
-def test_step_without_forget_prompts_logs_strict_json(tmp_path):
+def test_step_without_forget_prompts_logs_strict_json(tmp_path, monkeypatch):
     from asru_min.grpo import train_grpo
 
     def strict(token):
         raise ValueError(f"non-JSON constant {token} in the log")
 
     lines, log = [], tmp_path / "grpo.jsonl"
-    cfg = grpo_config(group_size=4, max_new_tokens=3, prompts_per_step=1, epochs=1, seed=0)
+    cfg = grpo_config(group_size=4, max_new_tokens=3, prompts_per_step=1, epochs=1, seed=0, kl_coef=0.0)
+    use_reward(monkeypatch, lambda response, qa, forget: float(len(response) % 2))
     train_grpo(ToyGenLM(), ToyProcessor(), [(ToyQA("ggh", "y"), False)], cfg, log_path=str(log),
-               reward_fn=lambda response, truth, forget: float(len(response) % 2), progress=lines.append,
-               reference=contextlib.nullcontext)
+               progress=lines.append)
     record = json.loads(log.read_text(), parse_constant=strict)    # NaN / Infinity would raise here
     assert record["reward_forget_mean"] is None and record["refusal_rate_forget"] is None
     assert record["reward_retain_mean"] is not None
@@ -548,8 +548,6 @@ def test_one_rollout_two_minibatches_live_ratio_and_clip(monkeypatch):
     exactly 1), the second sees the policy the first one moved (ratio != 1), and the clipped term is active on
     exactly the tokens outside the trust region on the side its advantage pushes (A > 0: ratio > 1 + clip_high;
     A < 0: ratio < 1 - clip_low)."""
-    import contextlib
-
     import asru_min.grpo as grpo
 
     seen = []
@@ -563,11 +561,10 @@ def test_one_rollout_two_minibatches_live_ratio_and_clip(monkeypatch):
     samples = [(ToyQA("abd", "x"), True), (ToyQA("ggh", "y"), False)]
     cfg = grpo_config(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=1,
                       mini_batch_size=4, ppo_epochs=1, lr=0.5, kl_coef=0.0, seed=5)
-    reward = lambda response, truth, forget: float(response.count("c")) / 4  # noqa: E731
+    use_reward(monkeypatch, lambda response, qa, forget: float(response.count("c")) / 4)
     model = ToyGenLM()
     params = [p for p in model.parameters() if p.requires_grad]
-    record = grpo.grpo_step(model, ToyProcessor(), samples, cfg, grpo.make_optimizer(params, cfg), params, 0,
-                            reward_fn=reward, reference=contextlib.nullcontext)
+    record = grpo.grpo_step(model, ToyProcessor(), samples, cfg, grpo.make_optimizer(params, cfg), params, 0)
     assert record["optimizer_steps"] == 2 and len(seen) == 2
     (r1, _, m1), (r2, a2, m2) = seen
     assert torch.equal(r1[m1], torch.ones_like(r1[m1]))
@@ -584,7 +581,7 @@ def test_one_rollout_two_minibatches_live_ratio_and_clip(monkeypatch):
 # ---------------------------------------------------------------------------------------------- rollout chunks
 
 
-def test_rollout_chunks_and_order_give_the_same_responses(tiny):
+def test_rollout_chunks_and_order_give_the_same_responses(tiny, monkeypatch):
     """--rollout-batch 0 (all prompts in one call), 2 and 1 give the same rows (responses, rewards, image
     features), and a prompt's samples depend only on its own stream: the prompts reversed, with their stream ids,
     give the groups reversed (what splitting a step over processes relies on)."""
@@ -596,27 +593,27 @@ def test_rollout_chunks_and_order_give_the_same_responses(tiny):
            TinyQA("What is the job of the person?", "biologist", "blue"), TinyQA("She works as?", "a", None),
            TinyQA("Who is this?", "x", "green")]
     samples = [(qa, i % 2 == 0) for i, qa in enumerate(qas)]
-    reward = lambda response, truth, forget: float(len(response) % 3)  # noqa: E731
+    use_reward(monkeypatch, lambda response, qa, forget: float(len(response) % 3))
     ids = [7, 3, 11, 0, 5]  # the prompts' indices in a boundary set
 
     def run(rollout_batch, order=range(5)):
         cfg = grpo_config(group_size=3, temperature=1.5, top_p=0.95, max_new_tokens=6, rollout_batch=rollout_batch)
         streams = sampling_streams(cfg.seed, 4, [ids[i] for i in order], "cpu")
-        return rollout(model, proc, [samples[i] for i in order], cfg, streams, reward)
+        return rollout(model, proc, [samples[i] for i in order], cfg, streams)
 
     whole = run(0)
-    assert len(set(whole["responses"])) > 5  # samples differ within and across groups
+    assert len(set(whole.responses)) > 5  # samples differ within and across groups
     for n in (2, 1):
         part = run(n)
         for key in ("input_ids", "attention_mask", "response_mask", "rewards", "prompt_ids", "image_grid_thw"):
-            assert torch.equal(part[key], whole[key]), (n, key)
-        assert part["responses"] == whole["responses"]
-        assert torch.allclose(part["pixel_values"], whole["pixel_values"])
-        for a, b in zip(part["chunks"], whole["chunks"]):
+            assert torch.equal(getattr(part, key), getattr(whole, key)), (n, key)
+        assert part.responses == whole.responses
+        assert torch.allclose(part.pixel_values, whole.pixel_values)
+        for a, b in zip(part.chunks, whole.chunks):
             assert a[0].shape == b[0].shape and torch.allclose(a[0], b[0], atol=1e-6)
     backwards = run(2, order=range(4, -1, -1))
-    groups = [whole["responses"][3 * i:3 * i + 3] for i in range(5)]
-    assert backwards["responses"] == [r for g in reversed(groups) for r in g]
+    groups = [whole.responses[3 * i:3 * i + 3] for i in range(5)]
+    assert backwards.responses == [r for g in reversed(groups) for r in g]
 
 
 # ---------------------------------------------------------------------------------------------- memory settings
@@ -639,12 +636,14 @@ def test_micro_batches_respect_the_token_budget():
     assert micro_batches(att, rows, 3) == [[r] for r in rows]  # a row over the budget is a piece of its own
 
 
-def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny, monkeypatch):
+@pytest.mark.parametrize("vision_trains", [False, True])
+def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny, monkeypatch, vision_trains):
     """One GRPO step with old / reference passes and updates in token-budget pieces, checkpointed layers and
     chunked log-probs == the same step in one piece: same adapter after it (1e-6) and the same logged stats. Two
     inner epochs of two mini-batches, so the old-policy pass, the reference pass and four updates all run. The
     optimiser is SGD (clipped by optimizer_step): AdamW's first steps move each weight by about lr * sign(g),
-    which turns float32 noise in a near-zero gradient into a visible difference that says nothing about the sum."""
+    which turns float32 noise in a near-zero gradient into a visible difference that says nothing about the sum.
+    With the vision tower trained too, each piece encodes only its own prompts' images: the same step."""
     import copy as _copy
 
     import asru_min.grpo as grpo
@@ -657,7 +656,7 @@ def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny,
     qas = [TinyQA("Who is this person?", "Lisbon", "red"), TinyQA("What is the job?", "biologist", "blue"),
            TinyQA("Where was she born?", "Lisbon", None)]
     samples = [(qas[0], True), (qas[1], False), (qas[2], False)]
-    reward = lambda response, truth, forget: float(len(response) % 3) / 2  # noqa: E731
+    use_reward(monkeypatch, lambda response, qa, forget: float(len(response) % 3) / 2)
     settings = dict(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=5, prompts_per_step=3,
                     mini_batch_size=6, ppo_epochs=2, lr=0.5, kl_coef=0.1, seed=0)
 
@@ -667,9 +666,10 @@ def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny,
         apply_lora(model, r=4, alpha=8, dropout=0.0)
         cfg = grpo_config(**settings, **memory)
         params = lora_parameters(model)
+        if vision_trains:
+            params += [p.requires_grad_(True) for p in model.model.visual.parameters()]
         calls.clear()
-        record = grpo.grpo_step(model, proc, samples, cfg, torch.optim.SGD(params, lr=cfg.lr), params, 0,
-                                reward_fn=reward)
+        record = grpo.grpo_step(model, proc, samples, cfg, torch.optim.SGD(params, lr=cfg.lr), params, 0)
         assert len(calls) > 4 if cfg.micro_batch_tokens else len(calls) == 4  # pieces vs one per update
         return record, params
 
@@ -679,6 +679,9 @@ def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny,
     for a, b in zip(piece_params, whole_params, strict=True):
         assert (a - b).abs().max() <= 1e-6
     assert (whole_params[1] != 0).any()  # the update moved B off zero
+    if vision_trains:
+        before = list(base.model.visual.parameters())
+        assert any((a != b).any() for a, b in zip(whole_params[-len(before):], before, strict=True))
     for key, value in whole.items():
         if key not in ("seconds", "sample_response"):
             assert pieces[key] == pytest.approx(value, abs=1e-6), key

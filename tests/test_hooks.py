@@ -8,10 +8,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from asru_min.hooks import ablate_direction, add_direction, decoder_layer, read_layer_output, run_to_layer
+from asru_min.hooks import ablate_direction, add_direction, decoder_layer, run_to_layer
 from asru_min.model import Qwen3VL, Qwen3VLConfig, rope_positions
 from asru_min.text import TextConfig, mrope_cos_sin
 from asru_min.vision import VisionConfig
+from conftest import layer_outputs
 
 
 # ---- a toy decoder with the same attribute path as Qwen3VL: model.model.language_model.layers[i].mlp.down_proj
@@ -69,6 +70,10 @@ class ToyLM(nn.Module):
         self.model = ToyInner(vocab, d, f, n)
         self.lm_head = nn.Linear(d, vocab, bias=False)
 
+    @property
+    def device(self) -> torch.device:  # as Qwen3VL.device
+        return self.lm_head.weight.device
+
     def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None):
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         h = self.model.language_model.embed_tokens(input_ids)
@@ -115,20 +120,6 @@ def toy():
     return ToyLM().eval()
 
 
-def test_read_equals_manual_forward(toy):
-    ids = torch.randint(0, 32, (2, 5))
-    with torch.no_grad(), read_layer_output(toy, 1, positions="all") as acts_all, \
-            read_layer_output(toy, 1, positions="last") as acts_last:
-        toy(ids)
-        toy(ids[:1])
-    ref = toy.manual_hidden(ids, upto=1).detach()
-    assert len(acts_all) == 2 and len(acts_last) == 2  # one entry per forward
-    assert acts_all[0].shape == (2, 5, 16) and acts_last[0].shape == (2, 16)
-    torch.testing.assert_close(acts_all[0], ref, rtol=0, atol=0)
-    torch.testing.assert_close(acts_last[0], ref[:, -1], rtol=0, atol=0)
-    torch.testing.assert_close(acts_last[1], ref[:1, -1], rtol=1e-6, atol=1e-6)
-
-
 def test_run_to_layer_returns_the_layer_output_and_the_down_proj_input(toy):
     ids = torch.randint(0, 32, (2, 4))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -146,11 +137,11 @@ def test_run_to_layer_returns_the_layer_output_and_the_down_proj_input(toy):
 def test_no_handle_survives_even_on_exception(toy):
     v = torch.randn(16)
     assert _hook_count(toy) == 0
-    with read_layer_output(toy, 0), add_direction(toy, 1, v, 2.0), ablate_direction(toy, 2, v):
+    with layer_outputs(toy, 0), add_direction(toy, 1, v, 2.0), ablate_direction(toy, 2, v):
         assert _hook_count(toy) == 3
     assert _hook_count(toy) == 0
     with pytest.raises(RuntimeError, match="boom"):
-        with read_layer_output(toy, 0), add_direction(toy, 1, v, 2.0), ablate_direction(toy, 2, v):
+        with layer_outputs(toy, 0), add_direction(toy, 1, v, 2.0), ablate_direction(toy, 2, v):
             raise RuntimeError("boom")
     assert _hook_count(toy) == 0
     # a failure inside the hooked forward itself (wrong direction size) also leaves nothing behind
@@ -164,15 +155,15 @@ def test_add_shifts_layer_output_by_scale_v(toy):
     ids = torch.randint(0, 32, (2, 5))
     v, scale = torch.randn(16), 2.5
     with torch.no_grad():
-        with read_layer_output(toy, 1, positions="all") as base:
+        with layer_outputs(toy, 1) as base:
             base_logits = toy(ids)
         # the read hook is registered after the add hook, so it sees the steered output
-        with add_direction(toy, 1, v, scale), read_layer_output(toy, 1, positions="all") as steered:
+        with add_direction(toy, 1, v, scale), layer_outputs(toy, 1) as steered:
             steered_logits = toy(ids)
     torch.testing.assert_close(steered[0] - base[0], (scale * v).expand(2, 5, 16), rtol=0, atol=1e-5)
     assert not torch.allclose(steered_logits, base_logits)  # it propagates downstream
     with torch.no_grad(), add_direction(toy, 1, v, scale, positions="last"), \
-            read_layer_output(toy, 1, positions="all") as last_only:
+            layer_outputs(toy, 1) as last_only:
         toy(ids)
     diff = last_only[0] - base[0]
     torch.testing.assert_close(diff[:, -1], (scale * v).expand(2, 16), rtol=0, atol=1e-5)
@@ -183,9 +174,9 @@ def test_ablate_leaves_no_component_along_v(toy):
     ids = torch.randint(0, 32, (3, 6))
     v = torch.randn(16) * 7.0  # not unit: ablation must normalise
     with torch.no_grad():
-        with read_layer_output(toy, 0, positions="all") as base:
+        with layer_outputs(toy, 0) as base:
             toy(ids)
-        with ablate_direction(toy, 0, v), read_layer_output(toy, 0, positions="all") as abl:
+        with ablate_direction(toy, 0, v), layer_outputs(toy, 0) as abl:
             toy(ids)
     u = v / v.norm()
     assert (base[0] @ u).abs().max() > 0.1  # there was something to remove
@@ -198,7 +189,7 @@ def test_bad_arguments(toy):
     with pytest.raises(ValueError, match="out of range"):
         decoder_layer(toy, 3)
     with pytest.raises(ValueError, match="positions"):
-        with read_layer_output(toy, 0, positions="first"):
+        with add_direction(toy, 0, torch.randn(16), positions="first"):
             pass
     with pytest.raises(ValueError, match="non-zero"):
         with ablate_direction(toy, 0, torch.zeros(16)):
@@ -221,17 +212,16 @@ def test_real_qwen3vl_read_add_and_cached_generation():
     batch = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1)
     other = torch.randint(0, 59, (1, 10))
     mask = torch.tensor([[0, 0, 0] + [1] * 7, [1] * 10])
-    with torch.no_grad(), read_layer_output(model, L, positions="last") as last, \
-            read_layer_output(model, L, positions="all") as full:
+    with torch.no_grad(), layer_outputs(model, L) as full:
         model(torch.cat([batch, other]), attention_mask=mask)
     torch.testing.assert_close(full[0][0, 3:], h[0], rtol=0, atol=1e-5)
-    torch.testing.assert_close(last[0][0], h[0, -1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(full[0][0, -1], h[0, -1], rtol=0, atol=1e-5)  # the last prompt token is at -1
 
     # steering inside cached generation: the hook fires on the prefill and on every decode step
     v = torch.randn(32) * 5
     with torch.no_grad():
         plain, _ = model.generate(ids, max_new_tokens=6, eos_token_ids=[])
-        with add_direction(model, L, v, 4.0), read_layer_output(model, L, positions="last") as steps:
+        with add_direction(model, L, v, 4.0), layer_outputs(model, L) as steps:
             steered, _ = model.generate(ids, max_new_tokens=6, eos_token_ids=[])
     assert len(steps) == 6  # one prefill + 5 decode forwards
     assert not torch.equal(plain, steered)

@@ -8,9 +8,10 @@ import warnings
 import pytest
 import torch
 
-from asru_min.hooks import read_layer_output, run_to_layer
+from asru_min.hooks import run_to_layer
 from asru_min.lora import apply_lora, lora_modules, lora_parameters
 from asru_min.optim import grad_checkpoint_enabled, gradient_checkpointing, optimizer_step, token_logprobs
+from conftest import layer_outputs
 from test_hooks import tiny_qwen3vl
 
 V = 64  # tiny_qwen3vl's vocabulary
@@ -165,7 +166,7 @@ def test_hooked_layer_runs_once_under_checkpointing():
 
     def read_through(on: bool):  # a full forward reading layer 1 with its graph; layers 0 and 2 checkpointed
         model.zero_grad(set_to_none=True)
-        with gradient_checkpointing(model, on), read_layer_output(model, 1, positions="all", detach=False) as acts:
+        with gradient_checkpointing(model, on), layer_outputs(model, 1) as acts:
             logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
             (logits.float().logsumexp(-1).mean() + acts[0].float().pow(2).mean()).backward()
             assert len(acts) == 1
@@ -214,3 +215,38 @@ def test_accumulated_micro_batch_losses_take_the_one_piece_step():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert step(acc, [[0, 1], [2, 3, 4, 5, 6, 7, 8, 9]])[0]
+
+
+def test_eval_and_train_mode_restore_each_module_even_on_error():
+    """eval_mode / train_mode switch every submodule and give each its own previous mode back, also when the
+    block raises (a model left in train mode would answer with dropout)."""
+    from torch import nn
+
+    from asru_min.optim import eval_mode, train_mode
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5), nn.Sequential(nn.Dropout(0.5)))
+    model.train()
+    model[2].eval()  # mixed modes
+    modes = [m.training for m in model.modules()]
+    assert modes == [True, True, True, False, False]
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(model):
+            assert not any(m.training for m in model.modules())
+            raise RuntimeError("boom")
+    assert [m.training for m in model.modules()] == modes
+    with train_mode(model):
+        assert all(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == modes
+
+
+def test_shuffled_batches_and_derived_seeds():
+    import random
+
+    from asru_min.optim import derived_seed, shuffled_batches
+
+    batches = shuffled_batches(10, 4, random.Random(3))
+    assert [len(b) for b in batches] == [4, 4, 2] and sorted(sum(batches, [])) == list(range(10))
+    assert batches == shuffled_batches(10, 4, random.Random(3)) != shuffled_batches(10, 4, random.Random(4))
+    assert derived_seed(7) == 7 and derived_seed(7, 4, base=1000) == 7004
+    assert derived_seed(7, 2, 5) == (7 * 1_000_003 + 2) * 1_000_003 + 5
+    assert len({derived_seed(1, step, i) for step in range(20) for i in range(20)}) == 400

@@ -10,12 +10,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 import asru_min.evaluate
 from asru_min.data import QA, qa_batch
-from asru_min.hooks import read_layer_output, run_to_layer
+from asru_min.hooks import run_to_layer
 from asru_min.processor import ImageProcessorConfig, Processor
 from asru_min.steer import (
     changed_tensors, forget_loss, frozen_activation, keep_refusals, knowledge_absence_direction,
     load_direction, optimize_steering, retain_loss, save_direction,
 )
+from conftest import layer_outputs
 from test_hooks import ToyLM, tiny_qwen3vl  # a toy decoder with Qwen3VL's attribute paths; the real tiny model
 
 
@@ -85,9 +86,9 @@ def test_direction_shape_float64_and_sign():
     def mean64(qas):
         rows = []
         for qa in qas:
-            with torch.no_grad(), read_layer_output(toy, 0, positions="last") as acts:
+            with torch.no_grad(), layer_outputs(toy, 0) as acts:
                 toy(**{k: b for k, b in qa_batch(proc, [qa], with_answers=False).items() if k in ("input_ids", "attention_mask")})
-            rows.append(acts[0][0])
+            rows.append(acts[0][0, -1])
         return torch.stack(rows).double().mean(0), torch.stack(rows)
     (mp, rows_p), (mn, rows_n) = mean64(positive), mean64(negative)
     torch.testing.assert_close(v, mp - mn, rtol=0, atol=1e-9)
@@ -185,7 +186,7 @@ def test_frozen_reconstruction_equals_a_frozen_forward_real_qwen3vl():
     layer = 1
     batch = qa_batch(proc, retain[:4])  # mixed image / text rows, left padding
     # the truncated forward returns what a full forward's hook reads
-    with torch.no_grad(), read_layer_output(model, layer, positions="all") as full:
+    with torch.no_grad(), layer_outputs(model, layer) as full:
         model(**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")})
     h, a = run_to_layer(model, batch, layer)
     torch.testing.assert_close(h, full[0], rtol=0, atol=0)
@@ -251,3 +252,38 @@ def test_bf16_model_steers_like_float32_through_a_master_copy():
                                                 dim=0)
     ratio = deltas[torch.bfloat16].norm() / deltas[torch.float32].norm()
     assert cos > 0.9 and 0.7 < ratio < 1.3
+
+
+def test_steering_schedule_interleaves_forget_batches_and_covers_both_sets():
+    import random
+
+    from asru_min.steer import steering_schedule
+
+    steps = list(steering_schedule(n_forget=4, n_retain=12, batch_size=2, epochs=2, rng=random.Random(0)))
+    kinds = "".join(kind[0] for epoch, kind, _ in steps if epoch == 0)
+    assert kinds == "frrrfrrr"  # 6 retain batches, 2 forget batches: one forget step every 3 iterations
+    for epoch in (0, 1):
+        for kind, n in (("forget", 4), ("retain", 12)):
+            assert sorted(i for e, k, idx in steps if (e, k) == (epoch, kind) for i in idx) == list(range(n))
+    assert [idx for e, _, idx in steps if e == 0] != [idx for e, _, idx in steps if e == 1]  # reshuffled
+
+
+def test_training_only_trains_w_alone_and_restores_even_on_error():
+    from asru_min.steer import training_only
+
+    toy = ToyLM(vocab=64, d=16, f=24, n=2).train()
+    W = toy.model.language_model.layers[1].mlp.down_proj.weight
+    toy.model.language_model.layers[0].requires_grad_(False)  # mixed flags to restore
+    flags = {n: p.requires_grad for n, p in toy.named_parameters()}
+    with pytest.raises(RuntimeError, match="boom"):
+        with training_only(toy, W) as master:
+            trainable = [p for p in toy.parameters() if p.requires_grad]
+            assert master is W and len(trainable) == 1 and trainable[0] is W
+            assert not any(m.training for m in toy.modules())
+            W.grad = torch.ones_like(W)
+            raise RuntimeError("boom")
+    assert {n: p.requires_grad for n, p in toy.named_parameters()} == flags
+    assert all(m.training for m in toy.modules()) and W.grad is None
+    toy.bfloat16()
+    with training_only(toy, W) as master:  # a bf16 weight trains through a float32 master copy
+        assert master is not W and master.dtype == torch.float32 and torch.equal(master, W.float())
