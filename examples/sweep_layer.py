@@ -197,8 +197,9 @@ def main(argv=None) -> dict:
             for c in [float(x) for x in args.c.split(",")]:
                 for lr in [float(x) for x in args.steer_lr.split(",")]:
                     res = optimize_steering(model, processor, negatives, steer_retain, v, L, c=c,
-                                            alpha=TrainConfig.alpha, lr=lr, batch_size=TrainConfig.steer_batch_size,
-                                            epochs=args.steer_epochs, seed=args.seed, log_every=0)
+                                            alpha=TrainConfig.steer_retain_weight, lr=lr,
+                                            batch_size=TrainConfig.steer_batch_size, epochs=args.steer_epochs,
+                                            seed=args.seed, log_every=0)
                     row = {"layer": L, "setting": f"opt c={c:g} lr={lr:g}", "norm": stats["norm"],
                            **score(model, processor, sets, args),
                            "first_forget_loss": res["forget_loss"][0], "final_forget_loss": res["forget_loss"][-1],

@@ -272,7 +272,7 @@ def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path):
     ref_model = ToyGenLM()  # a frozen copy as the reference policy
     ref_model.load_state_dict(model.state_dict())
     before = p_target()
-    cfg = grpo_config(group_size=8, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=6,
+    cfg = grpo_config(group_size=8, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, grpo_epochs=6,
                      lr=0.05, kl_coef=0.01, seed=0)
     reward = lambda response, truth, forget: 1.0 if "c" in response else 0.0  # noqa: E731
 
@@ -297,15 +297,15 @@ def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path):
 
 
 def test_grpo_off_policy_minibatches_and_exact_resume():
-    """ppo_epochs=2 with mini-batches uses stored old log-probs (ratio != 1, clipping happens); stopping after
+    """epochs_per_rollout=2 with mini-batches uses stored old log-probs (ratio != 1, clipping happens); stopping after
     3 steps and resuming from (weights, optimiser state, step 3) gives exactly the uninterrupted run."""
     import contextlib
 
     from asru_min.grpo import make_optimizer, train_grpo
 
     samples = [(ToyQA("abd", "x"), True), (ToyQA("ggh", "y"), False), (ToyQA("fea", "z"), True)]
-    cfg = grpo_config(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=3,
-                     mini_batch_size=4, ppo_epochs=2, lr=0.3, kl_coef=0.0, seed=3)
+    cfg = grpo_config(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, grpo_epochs=3,
+                     mini_batch_size=4, epochs_per_rollout=2, grpo_lr=0.3, kl_coef=0.0, seed=3)
     reward = lambda response, truth, forget: float(response.count("c")) / 4  # noqa: E731
     quiet = dict(reward_fn=reward, reference=contextlib.nullcontext, progress=lambda s: None)
 
@@ -467,7 +467,7 @@ def test_one_grpo_step_on_real_model_raises_rewarded_token(tiny):
     assert text.strip()
     before = probs[target].item()
     reward = lambda response, truth, forget: float(response.startswith(text))  # noqa: E731
-    cfg = grpo_config(group_size=16, temperature=1.0, top_p=1.0, max_new_tokens=3, prompts_per_step=2, epochs=1,
+    cfg = grpo_config(group_size=16, temperature=1.0, top_p=1.0, max_new_tokens=3, prompts_per_step=2, grpo_epochs=1,
                      lr=2e-2, kl_coef=0.1, seed=0)
     records = train_grpo(model, proc, samples, cfg, reward_fn=reward, progress=lambda s: None)
     after = first_token_probs()[target].item()
@@ -517,7 +517,7 @@ def test_step_without_forget_prompts_logs_strict_json(tmp_path):
         raise ValueError(f"non-JSON constant {token} in the log")
 
     lines, log = [], tmp_path / "grpo.jsonl"
-    cfg = grpo_config(group_size=4, max_new_tokens=3, prompts_per_step=1, epochs=1, seed=0)
+    cfg = grpo_config(group_size=4, max_new_tokens=3, prompts_per_step=1, grpo_epochs=1, seed=0)
     train_grpo(ToyGenLM(), ToyProcessor(), [(ToyQA("ggh", "y"), False)], cfg, log_path=str(log),
                reward_fn=lambda response, truth, forget: float(len(response) % 2), progress=lines.append,
                reference=contextlib.nullcontext)
@@ -544,7 +544,7 @@ def test_dual_clip_bounds_negative_advantage_terms_by_hand():
 
 
 def test_one_rollout_two_minibatches_live_ratio_and_clip(monkeypatch):
-    """ppo_epochs=1, two mini-batches per rollout (the release's mode): the first update is on-policy (ratio
+    """epochs_per_rollout=1, two mini-batches per rollout (the release's mode): the first update is on-policy (ratio
     exactly 1), the second sees the policy the first one moved (ratio != 1), and the clipped term is active on
     exactly the tokens outside the trust region on the side its advantage pushes (A > 0: ratio > 1 + clip_high;
     A < 0: ratio < 1 - clip_low)."""
@@ -561,8 +561,8 @@ def test_one_rollout_two_minibatches_live_ratio_and_clip(monkeypatch):
 
     monkeypatch.setattr(grpo, "policy_loss", recording)
     samples = [(ToyQA("abd", "x"), True), (ToyQA("ggh", "y"), False)]
-    cfg = grpo_config(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=1,
-                      mini_batch_size=4, ppo_epochs=1, lr=0.5, kl_coef=0.0, seed=5)
+    cfg = grpo_config(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, grpo_epochs=1,
+                      mini_batch_size=4, epochs_per_rollout=1, grpo_lr=0.5, kl_coef=0.0, seed=5)
     reward = lambda response, truth, forget: float(response.count("c")) / 4  # noqa: E731
     model = ToyGenLM()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -659,7 +659,7 @@ def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny,
     samples = [(qas[0], True), (qas[1], False), (qas[2], False)]
     reward = lambda response, truth, forget: float(len(response) % 3) / 2  # noqa: E731
     settings = dict(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=5, prompts_per_step=3,
-                    mini_batch_size=6, ppo_epochs=2, lr=0.5, kl_coef=0.1, seed=0)
+                    mini_batch_size=6, epochs_per_rollout=2, grpo_lr=0.5, kl_coef=0.1, seed=0)
 
     def step(**memory):
         model = _copy.deepcopy(base)
