@@ -25,7 +25,6 @@ import torch
 from PIL import Image
 
 FORGET_PERCENTS = (5, 10, 15)
-SPLITS = ("forget", "retain", "test", "real", "utility", "private", "unknown")
 LETTERS = "ABCD"
 MC_SUFFIX = "Just give ONE letter representing the answer directly."
 CLOZE_PREFIX = "Fill in the [Blank]:"

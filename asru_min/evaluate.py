@@ -47,13 +47,17 @@ import time
 import torch
 
 from .data import LETTERS, qa_batch, question_stem, with_protocol
-from .metrics import bleu, contains_truth, is_refusal, judge, leaks, rouge_l, rouge_n
+from .metrics import bleu, is_refusal, judge, leaks, rouge_l, rouge_n
 
-VALIDATION_SPLITS = ("validation", "retain_validation")  # for choosing settings: evaluated on request only
-QA_SPLITS = ("test", "retain_test", "forget", "retain", "real") + VALIDATION_SPLITS  # mc / cloze / gen about people
-QUALITY_SPLITS = ("test", "forget", "validation")  # generation quality is judged where the model should refuse
-EVAL_SPLITS = ("test", "retain_test", "forget", "retain", "real", "utility", "private")  # default grid, held-out first
-ALL_SPLITS = EVAL_SPLITS + ("unknown",) + VALIDATION_SPLITS
+# Every split the grid knows, in the table's order (held-out questions first), and what its questions are:
+# "forget" / "retain" people (mc / cloze / gen, `score_people_questions`; the judge's quality of a refusal only
+# where the model should refuse), "utility" (general questions, `score_utility`), "refuse" (questions nobody was
+# trained on, `score_private`).
+SPLIT_KINDS = {"test": "forget", "retain_test": "retain", "forget": "forget", "retain": "retain", "real": "retain",
+               "utility": "utility", "private": "refuse", "unknown": "refuse",
+               "validation": "forget", "retain_validation": "retain"}
+# The default grid: unknown and the validation splits (for choosing settings) are evaluated on request only.
+EVAL_SPLITS = ("test", "retain_test", "forget", "retain", "real", "utility", "private")
 # Table labels: held-out questions (the headline) against the prompts the stages train on.
 SPLIT_LABELS = {"test": "test (held-out)", "retain_test": "retain_test (held-out)",
                 "forget": "forget (trained prompts)", "retain": "retain (trained prompts)",
@@ -158,7 +162,8 @@ def score_people_questions(qas: list, preds: list[str], finished: list[bool] | N
     `metrics.Vocabulary` for the judge (None: its rule-based fallback)."""
     finished = finished if finished is not None else [None] * len(qas)
     letter = release_letter if protocol == "release" else mc_letter
-    found = (lambda p, t: t.lower() in p.lower()) if protocol == "release" else contains_truth
+    # cloze correctness: the leak match (whole words, so "No" is not found in "not"); the release: a substring
+    found = (lambda p, t: t.lower() in p.lower()) if protocol == "release" else leaks
     mc = [letter(p) == correct_letter(qa) for qa, p in zip(qas, preds) if qa.kind == "mc"]
     cloze = [found(p, _truth(qa)) for qa, p in zip(qas, preds) if qa.kind == "cloze"]
     gen = [(qa, p, f) for qa, p, f in zip(qas, preds, finished) if qa.kind == "gen"]
@@ -184,8 +189,8 @@ def score_people_questions(qas: list, preds: list[str], finished: list[bool] | N
 
 
 def score_utility(qas: list, preds: list[str]) -> dict:
-    """General questions: acc = the ground truth appears in the answer (`metrics.contains_truth`); refusal_rate."""
-    return {"acc": _mean([contains_truth(p, _truth(qa)) for qa, p in zip(qas, preds)]),
+    """General questions: acc = the answer states the ground truth (`metrics.leaks`); refusal_rate."""
+    return {"acc": _mean([leaks(p, _truth(qa)) for qa, p in zip(qas, preds)]),
             "refusal_rate": _mean([is_refusal(p) for p in preds]), "n": len(qas)}
 
 
@@ -204,10 +209,10 @@ def score_split(name: str, qas: list, preds: list[str], finished: list[bool] | N
     for form in FORMS + ("all",):
         keep = [i for i, qa in enumerate(qas) if form == "all" or _form(qa) == form]
         q, p, f = [qas[i] for i in keep], [preds[i] for i in keep], [finished[i] for i in keep]
-        if name in QA_SPLITS:
-            out[form] = score_people_questions(q, p, f, quality=name in QUALITY_SPLITS, protocol=protocol,
+        if SPLIT_KINDS[name] in ("forget", "retain"):
+            out[form] = score_people_questions(q, p, f, quality=SPLIT_KINDS[name] == "forget", protocol=protocol,
                                                vocabulary=vocabulary)
-        elif name == "utility":
+        elif SPLIT_KINDS[name] == "utility":
             out[form] = score_utility(q, p)
         else:
             out[form] = score_private(q, p)
@@ -245,9 +250,9 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
     answer_fn = answer_fn or answer
     t0 = time.time()
     results: dict = {"examples": {}, "generation": {}}
-    bad = [n for n in names if n not in ALL_SPLITS]
+    bad = [n for n in names if n not in SPLIT_KINDS]
     if bad:
-        raise ValueError(f"cannot evaluate splits {bad}; known: {ALL_SPLITS}")
+        raise ValueError(f"cannot evaluate splits {bad}; known: {tuple(SPLIT_KINDS)}")
     for name in names:
         shot_people = SHOT_PEOPLE.get(name, name)
         qas = limit_split(with_protocol(splits.get(name, []), protocol, splits.get(shot_people, []) if shot_people
@@ -262,7 +267,7 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
         shown = [(qa, p) for qa, p in zip(qas, preds) if qa.kind not in ("mc", "cloze")][:num_examples]
         results["examples"][name] = [{"question": qa.question, "answer": qa.answer, "ground_truth": qa.ground_truth,
                                       "form": _form(qa), "prediction": p} for qa, p in shown]
-        if name in QA_SPLITS:
+        if SPLIT_KINDS[name] in ("forget", "retain"):
             results["generation"][name] = judge_records(qas, preds)
     results["meta"] = {"max_new_tokens": max_new_tokens, "limit": limit, "protocol": protocol,
                        "seconds": round(time.time() - t0, 1)}
@@ -310,7 +315,7 @@ def format_table(results_by_name: dict) -> str:
                 for v in values]
 
     rows = []  # (split label, form, result name, cells)
-    for split in ALL_SPLITS:
+    for split in SPLIT_KINDS:
         forms = [f for f in FORMS
                  if any(c.strip() != "-" for r in results_by_name.values() for c in cells(split, f, r))]
         for form in forms + (["all"] if len(forms) > 1 else []):
@@ -338,7 +343,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=50)
-    p.add_argument("--splits", default=",".join(EVAL_SPLITS), help=f"comma-separated subset of {ALL_SPLITS}")
+    p.add_argument("--splits", default=",".join(EVAL_SPLITS), help=f"comma-separated subset of {tuple(SPLIT_KINDS)}")
     p.add_argument("--protocol", default="plain", choices=("plain", "release"),
                    help="prompts and answer parsing: this project's (plain) or the ASRU release's")
     p.add_argument("--export-judge", default=None, metavar="DIR",

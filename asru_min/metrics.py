@@ -441,12 +441,6 @@ def unmarked(truth: str) -> str:
     return truth.replace("[", "").replace("]", "")
 
 
-def contains_truth(text: str, truth: str) -> bool:
-    """Cloze / utility correctness: the `leaks` match, where MLLMU-Bench tests a case-insensitive substring,
-    so a one-word truth such as "No" (is the person wearing glasses?) is not found inside "not" or "know"."""
-    return leaks(text, truth)
-
-
 _TERMINAL = re.compile(r"[.!?\u3002][\"')\]]*\s*$")
 
 

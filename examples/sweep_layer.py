@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from asru_min.evaluate import answer, limit_split  # noqa: E402
 from asru_min.data import qa_batch  # noqa: E402
 from asru_min.hooks import add_direction, decoder_layers, run_to_layer  # noqa: E402
-from asru_min.metrics import contains_truth, is_refusal, leaks  # noqa: E402
+from asru_min.metrics import is_refusal, leaks  # noqa: E402
 from asru_min.model import Qwen3VL  # noqa: E402
 from asru_min.processor import Processor  # noqa: E402
 from asru_min.train import TrainConfig, stage1_positives  # noqa: E402
@@ -60,9 +60,9 @@ def score(model, processor, sets: dict, args) -> dict:
     return {
         "forget_refusal": _mean([is_refusal(p) for _, p in f]),
         "forget_leak": _mean([leaks(p, _truth(qa)) for qa, p in f]),
-        "retain_acc": _mean([contains_truth(p, _truth(qa)) for qa, p in r]),
+        "retain_acc": _mean([leaks(p, _truth(qa)) for qa, p in r]),
         "retain_refusal": _mean([is_refusal(p) for _, p in r]),
-        "utility_acc": _mean([contains_truth(p, _truth(qa)) for qa, p in u]),
+        "utility_acc": _mean([leaks(p, _truth(qa)) for qa, p in u]),
         "utility_refusal": _mean([is_refusal(p) for _, p in u]),
         "example_forget": f[0][1] if f else "",
         "example_retain": r[0][1] if r else "",

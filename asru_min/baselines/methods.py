@@ -198,7 +198,7 @@ class BaselineConfig:
     max_new_tokens: int = 50  # evaluation: greedy, <= 50 new tokens (MLLMU-Bench protocol)
     eval_limit: int = 0  # evaluation: at most N questions per split, kind and form (0 = all)
     eval_batch_size: int = 32
-    eval_splits: tuple = EVAL_SPLITS  # the splits evaluated (evaluate.ALL_SPLITS names)
+    eval_splits: tuple = EVAL_SPLITS  # the splits evaluated (names of evaluate.SPLIT_KINDS)
     kinds: tuple = ("gen",)  # QA kinds trained on (the benchmark's generation QA pairs); empty = all
     evaluate: bool = True
     threads: int = 1  # torch CPU threads; a tiny model runs fastest on one (more threads fight over shared cores)
