@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
 from . import distributed
+from .distributed import write_atomic
 from . import memory
 from .evaluate import evaluate_model, format_table
 from .grpo import (REWARD_REFERENCES, REWARDS, GRPOConfig, build_boundary_set, check_process_count,
@@ -250,18 +251,7 @@ def validate_settings(cfg: TrainConfig, model_config: Qwen3VLConfig, base_config
                             f"({layers} decoder layers):\n  " + "\n  ".join(bad))
 
 
-# --- atomic files: write(tmp) then os.replace(tmp, path), so readers see the old file or the new one, never half
-def write_atomic(path: str, write) -> None:
-    """Every file of a run is written here, by rank 0 alone under torchrun (the others hold the same data)."""
-    if not distributed.is_main():
-        return
-    tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    if os.path.isdir(path):  # os.replace cannot replace a non-empty folder: that one is removed first
-        shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-
-
+# --- the run's files, each written whole (`distributed.write_atomic`)
 def write_text(path: str, text: str) -> None:
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
@@ -511,10 +501,10 @@ def stage2(run: Run, model, processor, data: dict) -> list[dict]:
             return
         name = os.path.join("ckpt", f"step_{step:06d}")
         if distributed.is_main():  # every process holds the same adapter and optimiser state
-            tmp = run.path(name + f".tmp{os.getpid()}")
-            save_lora(model, tmp, base_model_name_or_path=cfg.model)
-            torch.save(opt.state_dict(), os.path.join(tmp, "optimizer.pt"))
-            os.replace(tmp, run.path(name))  # a fresh name: a directory rename is atomic
+            def save(tmp: str) -> None:
+                save_lora(model, tmp, base_model_name_or_path=cfg.model)
+                torch.save(opt.state_dict(), os.path.join(tmp, "optimizer.pt"))
+            write_atomic(run.path(name), save)
             old = run.state["grpo_ckpt"]
             run.commit(grpo_step=step, grpo_ckpt=name)
             if old and old != name:

@@ -55,6 +55,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..data import qa_batch
+from ..distributed import write_atomic
 from ..model import Qwen3VL, Qwen3VLConfig
 from ..optim import optimizer_step, token_logprobs
 from ..processor import (ENDOFTEXT, IGNORE_INDEX, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
@@ -364,10 +365,9 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
             window, mc_window, match_window = [], [], []
         if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_suffix(f".tmp{os.getpid()}")  # written whole, then moved: never half a checkpoint
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
-                        "seconds": time.time() - t0, "recipe": recipe(cfg)}, tmp)
-            os.replace(tmp, ckpt)
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
+                     "seconds": time.time() - t0, "recipe": recipe(cfg)}
+            write_atomic(str(ckpt), lambda tmp: torch.save(state, tmp))  # never half a checkpoint
             log(f"checkpoint {ckpt} at step {done}")
     model.eval()
     return model, processor, losses, time.time() - t0  # seconds: the whole run's, resumed parts included
