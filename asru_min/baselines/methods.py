@@ -2,7 +2,7 @@
 
 Each method is one small loss over a *forget batch* and a *retain batch* (open-unlearning style): the batches
 are prompt + answer sequences (`data.qa_batch`), and every loss is written in terms of the answer-token
-log-likelihoods of those sequences (`answer_logprobs`, from `optim.token_logprobs`). The loss functions are pure functions of tensors, so
+log-likelihoods of those sequences (`optim.answer_logprobs`). The loss functions are pure functions of tensors, so
 their equations can be checked on hand-made numbers (tests/test_baselines.py).
 
 Notation (all sums over *answer tokens* only, i.e. positions whose label is not -100):
@@ -44,7 +44,8 @@ from ..data import qa_batch
 from ..evaluate import EVAL_SPLITS, evaluate_model, format_table
 from ..lora import apply_lora, lora_enabled, lora_parameters, save_lora
 from ..model import Qwen3VL
-from ..optim import IGNORE_INDEX, grad_checkpoint_enabled, gradient_checkpointing, optimizer_step, token_logprobs
+from ..optim import (IGNORE_INDEX, answer_logprobs, grad_checkpoint_enabled, gradient_checkpointing,
+                     optimizer_step)
 from ..processor import Processor
 from ..world import load_world
 
@@ -86,15 +87,7 @@ _NAME = re.compile(r"(?<=\s)[A-Z][\w-]*(?:\s+[A-Z][\w-]*)*")  # capitalised word
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Answer-token log-likelihoods
-
-
-def answer_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logp_theta(y|x), -NLL(x, y)) per sequence of a `data.qa_batch`, both (B,): the sum and the mean over the
-    row's answer tokens of `optim.token_logprobs`."""
-    logp = token_logprobs(model, batch)  # (B, L), 0 outside the answer
-    total = logp.sum(-1)
-    return total, total / (batch["labels"] != IGNORE_INDEX).sum(-1).clamp(min=1)
+# Whole-distribution logits (the answer log-likelihoods: `optim.answer_logprobs`)
 
 
 def forward_logits(model, batch: dict) -> torch.Tensor:

@@ -57,8 +57,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from ..data import qa_batch
 from ..distributed import write_atomic
 from ..model import Qwen3VL, Qwen3VLConfig
-from ..optim import optimizer_step, token_logprobs
-from ..processor import (ENDOFTEXT, IGNORE_INDEX, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
+from ..optim import answer_logprobs, optimizer_step
+from ..processor import (ENDOFTEXT, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
                         ImageProcessorConfig, Processor)
 from ..text import TextConfig
 from ..vision import VisionConfig
@@ -283,10 +283,10 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 
 
 def forward_loss(model: Qwen3VL, batch: dict, per_row: bool = False) -> torch.Tensor:
-    """L = mean_b [ mean_{t in answer_b} -log p(x_t | x_<t, image) ] on a `data.qa_batch` (optim.token_logprobs,
+    """L = mean_b [ mean_{t in answer_b} -log p(x_t | x_<t, image) ] on a `data.qa_batch` (optim.answer_logprobs,
     which runs the output head only on the positions that predict answer tokens); `per_row` keeps the (B,)
     vector of per-answer means."""
-    rows = -token_logprobs(model, batch).sum(1) / (batch["labels"] != IGNORE_INDEX).sum(1).clamp(min=1)
+    rows = -answer_logprobs(model, batch)[1]  # (B,) answer NLL
     return rows if per_row else rows.mean()
 
 
