@@ -72,10 +72,6 @@ SHOT_PEOPLE = {"test": "forget", "validation": "forget", "retain_test": "retain"
 RELEASE_MODES = {"forget": "forget", "test": "test", "retain": "retain_shared", "real": "retain_celebrity"}
 
 
-def _form(qa) -> str:
-    return getattr(qa, "form", "") or ("image" if qa.image is not None else "text")
-
-
 @torch.no_grad()
 def answer(model, processor, qas: list, batch_size: int = 32, max_new_tokens: int = 50,
            progress=None, return_finished: bool = False):
@@ -138,7 +134,7 @@ def release_letter(text: str) -> str:
 def correct_letter(qa) -> str:
     """The correct option of a multiple-choice QA: the letter in `qa.answer` ("B" or "B. a nurse") when it
     points at `ground_truth` in `options` (or there are no options), else the position of `ground_truth`."""
-    options = getattr(qa, "options", None) or []
+    options = qa.options
     letter = mc_letter(qa.answer)
     if letter and (not options or options[LETTERS.index(letter)] == qa.ground_truth):
         return letter
@@ -207,7 +203,7 @@ def score_split(name: str, qas: list, preds: list[str], finished: list[bool] | N
     finished = finished if finished is not None else [None] * len(qas)
     out = {}
     for form in FORMS + ("all",):
-        keep = [i for i, qa in enumerate(qas) if form == "all" or _form(qa) == form]
+        keep = [i for i, qa in enumerate(qas) if form == "all" or qa.form == form]
         q, p, f = [qas[i] for i in keep], [preds[i] for i in keep], [finished[i] for i in keep]
         if SPLIT_KINDS[name] in ("forget", "retain"):
             out[form] = score_people_questions(q, p, f, quality=SPLIT_KINDS[name] == "forget", protocol=protocol,
@@ -228,7 +224,7 @@ def limit_split(qas: list, limit: int | None) -> list:
         raise ValueError(f"limit must be >= 1, got {limit}")
     groups: dict = {}
     for i, qa in enumerate(qas):
-        groups.setdefault((qa.kind, _form(qa)), []).append(i)
+        groups.setdefault((qa.kind, qa.form), []).append(i)
     keep = set()
     for idx in groups.values():
         keep |= {idx[j * len(idx) // limit] for j in range(limit)} if len(idx) > limit else set(idx)
@@ -266,7 +262,7 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
         results[name] = score_split(name, qas, preds, finished, protocol, vocabulary)
         shown = [(qa, p) for qa, p in zip(qas, preds) if qa.kind not in ("mc", "cloze")][:num_examples]
         results["examples"][name] = [{"question": qa.question, "answer": qa.answer, "ground_truth": qa.ground_truth,
-                                      "form": _form(qa), "prediction": p} for qa, p in shown]
+                                      "form": qa.form, "prediction": p} for qa, p in shown]
         if SPLIT_KINDS[name] in ("forget", "retain"):
             results["generation"][name] = judge_records(qas, preds)
     results["meta"] = {"max_new_tokens": max_new_tokens, "limit": limit, "protocol": protocol,
@@ -278,7 +274,7 @@ def judge_records(qas: list, preds: list[str]) -> list[dict]:
     """The generation answers as the release's evaluation writes them and its judge (eval/natural_evaluation.py)
     reads them: {"image_id": person, "question type": "Image_Textual" | "Pure_Text", "question": the bare
     question (`data.question_stem`), "generated_answer", "ground_truth": the reference sentence `qa.answer`}."""
-    return [{"image_id": qa.person, "question type": "Image_Textual" if _form(qa) == "image" else "Pure_Text",
+    return [{"image_id": qa.person, "question type": "Image_Textual" if qa.form == "image" else "Pure_Text",
              "question": question_stem(qa), "generated_answer": p, "ground_truth": qa.answer}
             for qa, p in zip(qas, preds) if qa.kind == "gen"]
 

@@ -256,6 +256,9 @@ class ToyQA:
     def messages(self):
         return [{"role": "user", "content": self.question}]
 
+    def images(self):
+        return []
+
 
 def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path):
     from asru_min.grpo import train_grpo
@@ -273,7 +276,7 @@ def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path):
     ref_model.load_state_dict(model.state_dict())
     before = p_target()
     cfg = grpo_config(group_size=8, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, grpo_epochs=6,
-                     lr=0.05, kl_coef=0.01, seed=0)
+                     grpo_lr=0.05, kl_coef=0.01, seed=0)
     reward = lambda response, truth, forget: 1.0 if "c" in response else 0.0  # noqa: E731
 
     class Ref:  # reference policy = the frozen copy: swap its weights in, put the trained ones back after
@@ -386,7 +389,7 @@ def tiny(tmp_path_factory):
 
 
 class TinyQA:
-    """A QA-like sample with an image, as data.QA provides (.messages(), .ground_truth, .image, .kind)."""
+    """A QA-like sample with an image, as data.QA provides (.messages(), .images(), .ground_truth, .image, .kind)."""
 
     def __init__(self, question, truth, color):
         from PIL import Image
@@ -397,6 +400,9 @@ class TinyQA:
     def messages(self):
         content = ([{"type": "image"}] if self.image else []) + [{"type": "text", "text": self.question}]
         return [{"role": "user", "content": content}]
+
+    def images(self):
+        return [self.image] if self.image else []
 
 
 def test_token_logprobs_real_model_matches_unpadded_rows(tiny):
@@ -468,7 +474,7 @@ def test_one_grpo_step_on_real_model_raises_rewarded_token(tiny):
     before = probs[target].item()
     reward = lambda response, truth, forget: float(response.startswith(text))  # noqa: E731
     cfg = grpo_config(group_size=16, temperature=1.0, top_p=1.0, max_new_tokens=3, prompts_per_step=2, grpo_epochs=1,
-                     lr=2e-2, kl_coef=0.1, seed=0)
+                     grpo_lr=2e-2, kl_coef=0.1, seed=0)
     records = train_grpo(model, proc, samples, cfg, reward_fn=reward, progress=lambda s: None)
     after = first_token_probs()[target].item()
     assert len(records) == 1 and records[0]["optimizer_steps"] == 1
@@ -668,7 +674,7 @@ def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny,
         cfg = grpo_config(**settings, **memory)
         params = lora_parameters(model)
         calls.clear()
-        record = grpo.grpo_step(model, proc, samples, cfg, torch.optim.SGD(params, lr=cfg.lr), params, 0,
+        record = grpo.grpo_step(model, proc, samples, cfg, torch.optim.SGD(params, lr=cfg.grpo_lr), params, 0,
                                 reward_fn=reward)
         assert len(calls) > 4 if cfg.micro_batch_tokens else len(calls) == 4  # pieces vs one per update
         return record, params
