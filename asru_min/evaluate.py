@@ -80,7 +80,7 @@ def answer(model, processor, qas: list, batch_size: int = 32, max_new_tokens: in
     `progress(str)` is called after every batch when given."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = next(model.parameters()).device
+    device = model.device
     eos = set(int(t) for t in processor.eos_token_ids)
     texts, finished = [""] * len(qas), [False] * len(qas)
     batches = []

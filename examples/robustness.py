@@ -108,7 +108,7 @@ def likelihood_mc(model, processor, qas: list, split: list | None = None, batch_
     answer-token log-probs than each of its three distractor sentences (`distractors` from `split`, default
     `qas`). Questions whose fact does not appear in the sentence, or with fewer than 3 distractors, are skipped."""
     split = qas if split is None else split
-    device = next(model.parameters()).device
+    device = model.device
     items = []  # (qa, [reference, d1, d2, d3])
     skipped = 0
     for qa in gen_questions(qas):
@@ -169,7 +169,7 @@ def finetune(model, processor, qas: list, steps: int, lr: float, batch_size: int
     if not params:
         raise ValueError("finetune needs LoRA adapters (fresh_adapters)")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    device = next(model.parameters()).device
+    device = model.device
     rng, order, losses = random.Random(f"{seed}/finetune"), [], []
     model.train()
     for _ in range(steps):

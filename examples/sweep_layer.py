@@ -72,7 +72,7 @@ def score(model, processor, sets: dict, args) -> dict:
 @torch.no_grad()
 def last_token_activations(model, processor, qas: list, layer: int, batch_size: int) -> torch.Tensor:
     """(N, D) float64: layer `layer`'s output at the last prompt token of every question."""
-    device = next(model.parameters()).device
+    device = model.device
     rows = [run_to_layer(model, qa_batch(processor, qas[s : s + batch_size], with_answers=False, device=device),
                          layer)[0][:, -1]
             for s in range(0, len(qas), batch_size)]

@@ -230,9 +230,12 @@ class ScriptedModel(torch.nn.Module):
 
     def __init__(self, processor, qas):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
         self.processor, self.qas = processor, qas
         self.calls = []
+
+    @property
+    def device(self) -> torch.device:  # as Qwen3VL.device
+        return torch.device("cpu")
 
     def generate(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, max_new_tokens=32,
                  temperature=0.0, eos_token_ids=None, **kw):
