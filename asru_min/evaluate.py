@@ -332,7 +332,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--forget", type=int, default=10, help="forget percentage (5, 10 or 15)")
     p.add_argument("--data", default=None, help="MLLMU-Bench root; default: the synthetic world")
     p.add_argument("--num-people", type=int, default=100, help="synthetic world size")
-    p.add_argument("--seed", type=int, default=0, help="synthetic world seed")
+    p.add_argument("--world-seed", type=int, default=0, help="synthetic world seed (train.py's --world-seed)")
     p.add_argument("--limit", type=int, default=None, help="at most N questions per split, kind and form")
     p.add_argument("--out", default="metrics.json")
     p.add_argument("--device", default="cpu")
@@ -367,10 +367,10 @@ def main(argv=None) -> dict:
         from .lora import load_lora
 
         load_lora(model, args.adapter)
-    splits, vocabulary = load_world(args.data, args.forget, args.num_people, args.seed, model=args.model)
+    splits, vocabulary = load_world(args.data, args.forget, args.num_people, args.world_seed, model=args.model)
     results = evaluate_model(model, processor, splits, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                              limit=args.limit, names=tuple(n for n in args.splits.split(",") if n),
-                             protocol=args.protocol, vocabulary=vocabulary)
+                             protocol=args.protocol, seed=args.world_seed, vocabulary=vocabulary)
     results["meta"].update(model=args.model, adapter=args.adapter, forget=args.forget, data=args.data or "synthetic")
     name = os.path.basename(os.path.normpath(args.adapter or args.model))
     print(format_table({name: results}))
