@@ -6,7 +6,8 @@
               emits EOS leaves the batch (its cache row dropped)
 
 A decode step does only decode work (RoPE and masks are prepared once per call; q/k/v and gate/up run fused,
-`fused_projections`, for the duration of the call only). Sampling is sort-free (`sample_next`: top-p by rejection) and draws from the distribution of the sort-based reference `sample_sorted` (tested by frequencies).
+`fused_projections`, for the duration of the call only). Sampling is sort-free (`sample_next`: top-p by
+rejection) and draws from the distribution of the sort-based reference `sample_sorted` (tested by frequencies).
 
 Random numbers: at every step each row takes `UNIFORMS_PER_STEP` uniforms from its stream (finished rows too,
 their draws unused), and a row's token depends only on its logits and its own uniforms. With one generator per

@@ -95,8 +95,7 @@ class TrainConfig:
     steer_kinds: str = "gen"  # forget QA kinds for v's negatives and the forget loss (mc prompts dominated v)
     # stage 1: steering optimisation
     forget_scale: float = 3.0  # c
-    steer_retain_weight: float = 3.0  # alpha of L_retain (paper: 1; with steer_lr 3e-3 it keeps more retain answers,
-    # validation)
+    steer_retain_weight: float = 3.0  # alpha of L_retain (paper: 1; with steer_lr 3e-3, 3 kept more retain answers)
     steer_lr: float = 3e-3  # paper: 1e-4 (too small to move the tiny model in 3 epochs)
     steer_weight_decay: float = 0.01  # AdamW's (torch's default, as the release)
     steer_batch_size: int = 2
