@@ -96,6 +96,21 @@ def test_defaults_and_good_settings_pass(model_config):
     validate_settings(TrainConfig(), Qwen3VLConfig.from_pretrained(REPO / "weights"))  # the shipped default run
 
 
+def test_one_flag_per_setting_and_stage_two_built_from_them():
+    """Every TrainConfig field is the flag of its name; GRPOConfig's fields are TrainConfig fields of the same
+    name (the advantage's epsilon alone is fixed), so each GRPO flag reaches stage 2 unchanged."""
+    from asru_min.grpo import GRPOConfig
+
+    cfg, _ = train.parse_args(["--steer-retain-weight", "2", "--steer-weight-decay", "0.5", "--grpo-weight-decay",
+                               "0.25", "--epochs-per-rollout", "2", "--grpo-epochs", "5", "--grpo-lr", "0.1"])
+    assert (cfg.steer_retain_weight, cfg.steer_weight_decay) == (2.0, 0.5)
+    g = cfg.grpo()
+    assert (g.grpo_weight_decay, g.epochs_per_rollout, g.grpo_epochs, g.grpo_lr) == (0.25, 2, 5, 0.1)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {f.name for f in dataclasses.fields(GRPOConfig)} - names == {"adv_eps"}
+    assert all(getattr(g, n) == getattr(cfg, n) for n in {f.name for f in dataclasses.fields(GRPOConfig)} & names)
+
+
 @pytest.mark.parametrize("field,value,words", BAD, ids=[f"{f}={v!r}" for f, v, _ in BAD])
 def test_bad_setting_named_with_its_requirement(field, value, words, model_config):
     with pytest.raises(SettingsError) as err:
