@@ -25,7 +25,6 @@ import torch
 from PIL import Image
 
 FORGET_PERCENTS = (5, 10, 15)
-SPLITS = ("forget", "retain", "test", "real", "utility", "private", "unknown")
 LETTERS = "ABCD"
 MC_SUFFIX = "Just give ONE letter representing the answer directly."
 CLOZE_PREFIX = "Fill in the [Blank]:"
@@ -78,18 +77,13 @@ def listed(options: list[str]) -> str:
     return "\n".join(f"{l}. {o}" for l, o in zip(LETTERS, options))
 
 
-def images_of(qa) -> list:
-    """qa.images(), or [qa.image] for a QA-like object without shots (tests pass such objects)."""
-    return qa.images() if hasattr(qa, "images") else [im for im in [qa.image] if im is not None]
-
-
 def qa_batch(processor, qas: list, answers: list[str] | None = None, with_answers: bool = True, device=None) -> dict:
     """The one way a list of QA becomes a model batch: the chat prompt (image item first, then the question,
     generation prompt), left-padded. with_answers: + the answer (qa.answer, or answers[i]) + <|im_end|>, with
     `labels` -100 outside the answer (processor.encode_sft); else prompt only, so index -1 of every row is the
     last prompt token (where stage 1 reads and steers). Tensors are moved to `device` when given."""
     prompts = [processor.apply_chat_template(qa.messages(), add_generation_prompt=True) for qa in qas]
-    images = [im for qa in qas for im in images_of(qa)] or None
+    images = [im for qa in qas for im in qa.images()] or None
     if with_answers:
         answers = [qa.answer for qa in qas] if answers is None else list(answers)
         batch = processor.encode_sft(prompts, answers, images=images)
@@ -209,7 +203,7 @@ def _positive_faces(n: int, seed: int, folder: str | None, avoid: set) -> list:
 def positive_questions(n: int, seed: int = 0, folder: str | None = None, avoid_splits: dict | None = None) -> list:
     """The release's stage-1 positives: n unseen faces (`_positive_faces`), each with a random private-information
     question + POSITIVE_SUFFIX, kind "unknown". Faces of `avoid_splits` are never used."""
-    unique = {id(im): im for qas in (avoid_splits or {}).values() for qa in qas for im in images_of(qa)}
+    unique = {id(im): im for qas in (avoid_splits or {}).values() for qa in qas for im in qa.images()}
     avoid = {image_key(im) for im in unique.values()}
     rng = random.Random(f"{seed}/positive-questions")
     return [QA(question=rng.choice(POSITIVE_QUESTIONS) + POSITIVE_SUFFIX, answer="", image=img, kind="unknown",

@@ -10,6 +10,7 @@ DistributedDataParallel sums the adapter gradients during backward.
 
 import datetime
 import os
+import shutil
 
 import torch
 import torch.distributed as dist
@@ -49,6 +50,19 @@ def world_size() -> int:
 def is_main() -> bool:
     """Rank 0: the process that evaluates, prints and writes files."""
     return rank() == 0
+
+
+def write_atomic(path: str, write) -> None:
+    """write(tmp) then os.replace(tmp, path), so a reader (or a resumed run) finds the old file or folder or the
+    new one, never half of one; on rank 0 alone (the other processes hold the same data). Every file of a run,
+    and of a pretraining checkpoint, is written here."""
+    if not is_main():
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    if os.path.isdir(path):  # os.replace cannot replace a non-empty folder: that one is removed first
+        shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
 
 
 def barrier() -> None:

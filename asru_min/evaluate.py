@@ -47,13 +47,17 @@ import time
 import torch
 
 from .data import LETTERS, qa_batch, question_stem, with_protocol
-from .metrics import bleu, contains_truth, is_refusal, judge, leaks, rouge_l, rouge_n
+from .metrics import bleu, is_refusal, judge, leaks, rouge_l, rouge_n
 
-VALIDATION_SPLITS = ("validation", "retain_validation")  # for choosing settings: evaluated on request only
-QA_SPLITS = ("test", "retain_test", "forget", "retain", "real") + VALIDATION_SPLITS  # mc / cloze / gen about people
-QUALITY_SPLITS = ("test", "forget", "validation")  # generation quality is judged where the model should refuse
-EVAL_SPLITS = ("test", "retain_test", "forget", "retain", "real", "utility", "private")  # default grid, held-out first
-ALL_SPLITS = EVAL_SPLITS + ("unknown",) + VALIDATION_SPLITS
+# Every split the grid knows, in the table's order (held-out questions first), and what its questions are:
+# "forget" / "retain" people (mc / cloze / gen, `score_people_questions`; the judge's quality of a refusal only
+# where the model should refuse), "utility" (general questions, `score_utility`), "refuse" (questions nobody was
+# trained on, `score_private`).
+SPLIT_KINDS = {"test": "forget", "retain_test": "retain", "forget": "forget", "retain": "retain", "real": "retain",
+               "utility": "utility", "private": "refuse", "unknown": "refuse",
+               "validation": "forget", "retain_validation": "retain"}
+# The default grid: unknown and the validation splits (for choosing settings) are evaluated on request only.
+EVAL_SPLITS = ("test", "retain_test", "forget", "retain", "real", "utility", "private")
 # Table labels: held-out questions (the headline) against the prompts the stages train on.
 SPLIT_LABELS = {"test": "test (held-out)", "retain_test": "retain_test (held-out)",
                 "forget": "forget (trained prompts)", "retain": "retain (trained prompts)",
@@ -68,10 +72,6 @@ SHOT_PEOPLE = {"test": "forget", "validation": "forget", "retain_test": "retain"
 RELEASE_MODES = {"forget": "forget", "test": "test", "retain": "retain_shared", "real": "retain_celebrity"}
 
 
-def _form(qa) -> str:
-    return getattr(qa, "form", "") or ("image" if qa.image is not None else "text")
-
-
 @torch.no_grad()
 def answer(model, processor, qas: list, batch_size: int = 32, max_new_tokens: int = 50,
            progress=None, return_finished: bool = False):
@@ -80,7 +80,7 @@ def answer(model, processor, qas: list, batch_size: int = 32, max_new_tokens: in
     `progress(str)` is called after every batch when given."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = next(model.parameters()).device
+    device = model.device
     eos = set(int(t) for t in processor.eos_token_ids)
     texts, finished = [""] * len(qas), [False] * len(qas)
     batches = []
@@ -134,7 +134,7 @@ def release_letter(text: str) -> str:
 def correct_letter(qa) -> str:
     """The correct option of a multiple-choice QA: the letter in `qa.answer` ("B" or "B. a nurse") when it
     points at `ground_truth` in `options` (or there are no options), else the position of `ground_truth`."""
-    options = getattr(qa, "options", None) or []
+    options = qa.options
     letter = mc_letter(qa.answer)
     if letter and (not options or options[LETTERS.index(letter)] == qa.ground_truth):
         return letter
@@ -158,7 +158,8 @@ def score_people_questions(qas: list, preds: list[str], finished: list[bool] | N
     `metrics.Vocabulary` for the judge (None: its rule-based fallback)."""
     finished = finished if finished is not None else [None] * len(qas)
     letter = release_letter if protocol == "release" else mc_letter
-    found = (lambda p, t: t.lower() in p.lower()) if protocol == "release" else contains_truth
+    # cloze correctness: the leak match (whole words, so "No" is not found in "not"); the release: a substring
+    found = (lambda p, t: t.lower() in p.lower()) if protocol == "release" else leaks
     mc = [letter(p) == correct_letter(qa) for qa, p in zip(qas, preds) if qa.kind == "mc"]
     cloze = [found(p, _truth(qa)) for qa, p in zip(qas, preds) if qa.kind == "cloze"]
     gen = [(qa, p, f) for qa, p, f in zip(qas, preds, finished) if qa.kind == "gen"]
@@ -184,8 +185,8 @@ def score_people_questions(qas: list, preds: list[str], finished: list[bool] | N
 
 
 def score_utility(qas: list, preds: list[str]) -> dict:
-    """General questions: acc = the ground truth appears in the answer (`metrics.contains_truth`); refusal_rate."""
-    return {"acc": _mean([contains_truth(p, _truth(qa)) for qa, p in zip(qas, preds)]),
+    """General questions: acc = the answer states the ground truth (`metrics.leaks`); refusal_rate."""
+    return {"acc": _mean([leaks(p, _truth(qa)) for qa, p in zip(qas, preds)]),
             "refusal_rate": _mean([is_refusal(p) for p in preds]), "n": len(qas)}
 
 
@@ -202,12 +203,12 @@ def score_split(name: str, qas: list, preds: list[str], finished: list[bool] | N
     finished = finished if finished is not None else [None] * len(qas)
     out = {}
     for form in FORMS + ("all",):
-        keep = [i for i, qa in enumerate(qas) if form == "all" or _form(qa) == form]
+        keep = [i for i, qa in enumerate(qas) if form == "all" or qa.form == form]
         q, p, f = [qas[i] for i in keep], [preds[i] for i in keep], [finished[i] for i in keep]
-        if name in QA_SPLITS:
-            out[form] = score_people_questions(q, p, f, quality=name in QUALITY_SPLITS, protocol=protocol,
+        if SPLIT_KINDS[name] in ("forget", "retain"):
+            out[form] = score_people_questions(q, p, f, quality=SPLIT_KINDS[name] == "forget", protocol=protocol,
                                                vocabulary=vocabulary)
-        elif name == "utility":
+        elif SPLIT_KINDS[name] == "utility":
             out[form] = score_utility(q, p)
         else:
             out[form] = score_private(q, p)
@@ -223,7 +224,7 @@ def limit_split(qas: list, limit: int | None) -> list:
         raise ValueError(f"limit must be >= 1, got {limit}")
     groups: dict = {}
     for i, qa in enumerate(qas):
-        groups.setdefault((qa.kind, _form(qa)), []).append(i)
+        groups.setdefault((qa.kind, qa.form), []).append(i)
     keep = set()
     for idx in groups.values():
         keep |= {idx[j * len(idx) // limit] for j in range(limit)} if len(idx) > limit else set(idx)
@@ -245,9 +246,9 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
     answer_fn = answer_fn or answer
     t0 = time.time()
     results: dict = {"examples": {}, "generation": {}}
-    bad = [n for n in names if n not in ALL_SPLITS]
+    bad = [n for n in names if n not in SPLIT_KINDS]
     if bad:
-        raise ValueError(f"cannot evaluate splits {bad}; known: {ALL_SPLITS}")
+        raise ValueError(f"cannot evaluate splits {bad}; known: {tuple(SPLIT_KINDS)}")
     for name in names:
         shot_people = SHOT_PEOPLE.get(name, name)
         qas = limit_split(with_protocol(splits.get(name, []), protocol, splits.get(shot_people, []) if shot_people
@@ -261,8 +262,8 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
         results[name] = score_split(name, qas, preds, finished, protocol, vocabulary)
         shown = [(qa, p) for qa, p in zip(qas, preds) if qa.kind not in ("mc", "cloze")][:num_examples]
         results["examples"][name] = [{"question": qa.question, "answer": qa.answer, "ground_truth": qa.ground_truth,
-                                      "form": _form(qa), "prediction": p} for qa, p in shown]
-        if name in QA_SPLITS:
+                                      "form": qa.form, "prediction": p} for qa, p in shown]
+        if SPLIT_KINDS[name] in ("forget", "retain"):
             results["generation"][name] = judge_records(qas, preds)
     results["meta"] = {"max_new_tokens": max_new_tokens, "limit": limit, "protocol": protocol,
                        "seconds": round(time.time() - t0, 1)}
@@ -273,7 +274,7 @@ def judge_records(qas: list, preds: list[str]) -> list[dict]:
     """The generation answers as the release's evaluation writes them and its judge (eval/natural_evaluation.py)
     reads them: {"image_id": person, "question type": "Image_Textual" | "Pure_Text", "question": the bare
     question (`data.question_stem`), "generated_answer", "ground_truth": the reference sentence `qa.answer`}."""
-    return [{"image_id": qa.person, "question type": "Image_Textual" if _form(qa) == "image" else "Pure_Text",
+    return [{"image_id": qa.person, "question type": "Image_Textual" if qa.form == "image" else "Pure_Text",
              "question": question_stem(qa), "generated_answer": p, "ground_truth": qa.answer}
             for qa, p in zip(qas, preds) if qa.kind == "gen"]
 
@@ -310,7 +311,7 @@ def format_table(results_by_name: dict) -> str:
                 for v in values]
 
     rows = []  # (split label, form, result name, cells)
-    for split in ALL_SPLITS:
+    for split in SPLIT_KINDS:
         forms = [f for f in FORMS
                  if any(c.strip() != "-" for r in results_by_name.values() for c in cells(split, f, r))]
         for form in forms + (["all"] if len(forms) > 1 else []):
@@ -331,14 +332,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--forget", type=int, default=10, help="forget percentage (5, 10 or 15)")
     p.add_argument("--data", default=None, help="MLLMU-Bench root; default: the synthetic world")
     p.add_argument("--num-people", type=int, default=100, help="synthetic world size")
-    p.add_argument("--seed", type=int, default=0, help="synthetic world seed")
+    p.add_argument("--world-seed", type=int, default=0, help="synthetic world seed (train.py's --world-seed)")
     p.add_argument("--limit", type=int, default=None, help="at most N questions per split, kind and form")
     p.add_argument("--out", default="metrics.json")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=50)
-    p.add_argument("--splits", default=",".join(EVAL_SPLITS), help=f"comma-separated subset of {ALL_SPLITS}")
+    p.add_argument("--splits", default=",".join(EVAL_SPLITS), help=f"comma-separated subset of {tuple(SPLIT_KINDS)}")
     p.add_argument("--protocol", default="plain", choices=("plain", "release"),
                    help="prompts and answer parsing: this project's (plain) or the ASRU release's")
     p.add_argument("--export-judge", default=None, metavar="DIR",
@@ -366,10 +367,10 @@ def main(argv=None) -> dict:
         from .lora import load_lora
 
         load_lora(model, args.adapter)
-    splits, vocabulary = load_world(args.data, args.forget, args.num_people, args.seed, model=args.model)
+    splits, vocabulary = load_world(args.data, args.forget, args.num_people, args.world_seed, model=args.model)
     results = evaluate_model(model, processor, splits, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                              limit=args.limit, names=tuple(n for n in args.splits.split(",") if n),
-                             protocol=args.protocol, vocabulary=vocabulary)
+                             protocol=args.protocol, seed=args.world_seed, vocabulary=vocabulary)
     results["meta"].update(model=args.model, adapter=args.adapter, forget=args.forget, data=args.data or "synthetic")
     name = os.path.basename(os.path.normpath(args.adapter or args.model))
     print(format_table({name: results}))

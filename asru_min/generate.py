@@ -6,7 +6,7 @@
               emits EOS leaves the batch (its cache row dropped)
 
 A decode step does only decode work (RoPE and masks are prepared once per call; q/k/v and gate/up run fused,
-`fused_projections`, for the duration of the call only). Sampling is sort-free (`sample_next`: top-k by a `torch.topk` threshold, top-p by
+`fused_projections`, for the duration of the call only). Sampling is sort-free (`sample_next`: top-p by
 rejection) and draws from the distribution of the sort-based reference `sample_sorted` (tested by frequencies).
 
 Random numbers: at every step each row takes `UNIFORMS_PER_STEP` uniforms from its stream (finished rows too,
@@ -31,19 +31,16 @@ NUCLEUS_ROUNDS = 16  # rejection rounds before the remaining rows of a top-p dra
 UNIFORMS_PER_STEP = NUCLEUS_ROUNDS + 2  # per row and step: the first draw, the redraws, the sort fallback's draw
 
 
-def sample_sorted(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+def sample_sorted(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
                   generator: torch.Generator | None = None, u: torch.Tensor | None = None) -> torch.Tensor:
     """The reference sampler (O(V log V) per row): logits (B, V) -> ids (B,). temperature 0: argmax.
-    Otherwise sort softmax(logits / T) descending (stable: equal logits keep index order), keep the first top_k
-    (if top_k > 0), renormalise, keep each token whose mass *before it* in that order is < top_p (the smallest
-    most-likely prefix reaching top_p), and draw one token by inverse CDF with u (B,) ~ U(0, 1) (drawn from
-    `generator` when not given)."""
+    Otherwise sort softmax(logits / T) descending (stable: equal logits keep index order), keep each token whose
+    mass *before it* in that order is < top_p (the smallest most-likely prefix reaching top_p), and draw one token
+    by inverse CDF with u (B,) ~ U(0, 1) (drawn from `generator` when not given)."""
     if temperature <= 0:
         return logits.argmax(-1)
     _check_top_p(top_p)
     sorted_logits, order = (logits.float() / temperature).sort(dim=-1, descending=True, stable=True)
-    if top_k > 0:
-        sorted_logits[:, top_k:] = -math.inf
     p = sorted_logits.softmax(-1)
     if top_p < 1.0:
         p = p.masked_fill(p.cumsum(-1) - p >= top_p, 0.0)  # mass before this token already reaches top_p
@@ -52,12 +49,11 @@ def sample_sorted(logits: torch.Tensor, temperature: float = 0.0, top_p: float =
     return order.gather(-1, _inverse_cdf(p, u)[:, None]).squeeze(-1)
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
                 generator: torch.Generator | None = None, uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """logits (B, V) -> next ids (B,), the distribution of `sample_sorted` without sorting the vocabulary.
-    top_k: keep the tokens above the k-th largest logit, plus the lowest-index ties at it (as the stable sort).
-    top_p: draw t from the top-k distribution and accept it iff the mass ranked before t is < top_p, else draw
-    again. An accepted draw is distributed as the top-k distribution restricted to the nucleus, renormalised:
+    top_p: draw t from softmax(logits / T) and accept it iff the mass ranked before t is < top_p, else draw
+    again. An accepted draw is distributed as softmax(logits / T) restricted to the nucleus, renormalised:
     exactly the sort sampler's distribution. Each round accepts with probability >= top_p.
     uniforms (B, UNIFORMS_PER_STEP) ~ U(0, 1): row b's random numbers (column 0 the first draw, column r the r-th
     redraw, the last one the sort fallback's), drawn from `generator` when not given; a row's token depends on
@@ -68,8 +64,6 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1
     if uniforms is None:
         uniforms = torch.rand(logits.shape[0], UNIFORMS_PER_STEP, generator=generator, device=logits.device)
     logits = logits.float() / temperature
-    if 0 < top_k < logits.shape[-1]:
-        logits = logits.masked_fill(~_top_k_keep(logits, top_k), -math.inf)
     p = logits.softmax(-1)  # (B, V)
     out = _inverse_cdf(p, uniforms[:, 0])
     if top_p >= 1.0:
@@ -82,22 +76,13 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1
         out[pending] = draw
         pending = pending[_mass_before(logits[pending], p[pending], draw) >= top_p]
     # rare (a tiny top_p and a flat distribution): finish the rows still pending with the exact sort sampler
-    out[pending] = sample_sorted(logits[pending], 1.0, top_p, 0, u=uniforms[pending, -1])
+    out[pending] = sample_sorted(logits[pending], 1.0, top_p, u=uniforms[pending, -1])
     return out
 
 
 def _check_top_p(top_p: float) -> None:
     if not top_p > 0:
         raise ValueError(f"top_p must be > 0, got {top_p}")
-
-
-def _top_k_keep(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, V) bool: the first k tokens of a stable descending sort, found without sorting."""
-    kth = logits.topk(k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest logit
-    above = logits > kth
-    tied = logits == kth
-    room = k - above.sum(-1, keepdim=True)  # how many of the tied tokens fit, lowest index first
-    return above | (tied & (tied.cumsum(-1) <= room))
 
 
 def _mass_before(logits: torch.Tensor, p: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -193,7 +178,7 @@ def fused_projections(lm: TextModel):
 
 def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
              pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
-             max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+             max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
              num_samples: int = 1, generator: torch.Generator | list[torch.Generator] | None = None,
              eos_token_ids=None, image_features=None, suppress_token_ids=None,
              compact: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,8 +186,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     T <= max_new_tokens. Each prompt is prefilled once (vision once; `image_features` from `encode_images` may
     replace pixel_values), then the KV cache is copied G ways: row b*G + g is sample g of prompt b. mask is True
     up to and including each row's EOS; later tokens are 0; decoding stops once every row has finished.
-    temperature 0 is greedy; otherwise softmax(logits / T) restricted to the top_k most likely tokens (if
-    top_k > 0), renormalised, then to the smallest most-likely set reaching top_p (nucleus).
+    temperature 0 is greedy; otherwise softmax(logits / T) restricted to the smallest most-likely set reaching
+    top_p (nucleus), renormalised.
     generator: one stream for every row, or a list of B, one per prompt (prompt b's G samples draw only from
     generator b: its samples are the same whatever other prompts share the call).
     `suppress_token_ids` are never emitted (e.g. image placeholders in GRPO rollouts, which a later forward
@@ -253,7 +238,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
             if suppress:
                 logits[:, suppress] = -math.inf
             u = step_uniforms()[rows] if temperature > 0 else None  # drawn for every row, finished or not
-            nxt = sample_next(logits, temperature, top_p, top_k, uniforms=u)  # (n,)
+            nxt = sample_next(logits, temperature, top_p, uniforms=u)  # (n,)
             if len(eos):  # (no EOS ids: nothing ever finishes early)
                 done = finished[rows]  # only in lockstep: rows that finished at an earlier step
                 nxt = torch.where(done, 0, nxt)

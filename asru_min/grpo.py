@@ -51,20 +51,20 @@ class GRPOConfig:
     prompts_per_step: int  # prompts per rollout batch
     rollout_batch: int  # prompts (x G samples) per generation call; 0 = all prompts of the step in one call
     mini_batch_size: int  # responses per optimiser step; 0 = the whole rollout batch (prompts_per_step * G)
-    ppo_epochs: int  # inner passes over one rollout batch
-    epochs: int  # passes over the boundary set
+    epochs_per_rollout: int  # passes over one rollout batch (verl's ppo_epochs)
+    grpo_epochs: int  # passes over the boundary set
     clip_low: float
     clip_high: float
     dual_clip: float  # bound of -pg for negative advantages (0: off)
     kl_coef: float
-    lr: float
-    weight_decay: float
+    grpo_lr: float
+    grpo_weight_decay: float
     grad_clip: float
     seed: int
     micro_batch_tokens: int  # rows x padded length per forward/backward piece (0: a mini-batch in one piece)
     grad_checkpoint: str  # "auto" (on for CUDA), "on", "off": decoder layers recomputed in the update's backward
     logprob_chunk: int  # target tokens whose float32 logits exist at once in token_logprobs (0: all)
-    adv_eps: float = 1e-6  # the advantage's epsilon (not a flag)
+    adv_eps: float = 1e-6  # the advantage's epsilon (fixed, not a flag: it only guards a group of equal rewards)
     reward: str = "plain"  # "plain": asru_reward; "release": release_reward (`sample_reward`)
     reward_reference: str = "fact"  # ROUGE reference of the plain reward: "fact" (qa.ground_truth) or "sentence"
 
@@ -379,7 +379,7 @@ class MiniBatch:
 
 
 def draw_minibatches(ro: Rollout, rows_per_rank: list[int], cfg: GRPOConfig, step: int) -> list[MiniBatch]:
-    """cfg.ppo_epochs passes over all the step's rows (every process's, in rank order: the order one process would
+    """cfg.epochs_per_rollout passes over all the step's rows (every process's, in rank order: the order one process would
     hold them), each reshuffled and cut into mini-batches of cfg.mini_batch_size (0: one). This process trains on
     its rows first .. first + n_rows - 1 of each (renumbered from 0), so a mini-batch may hold none of them.
     Every forward / backward runs on pieces of at most cfg.micro_batch_tokens (rows x padded length); the old /
@@ -389,7 +389,7 @@ def draw_minibatches(ro: Rollout, rows_per_rank: list[int], cfg: GRPOConfig, ste
     n_all, n_rows, first = sum(rows_per_rank), ro.input_ids.shape[0], sum(rows_per_rank[: distributed.rank()])
     rng = random.Random(derived_seed(cfg.seed, step))
     drawn = []
-    for _ in range(cfg.ppo_epochs):
+    for _ in range(cfg.epochs_per_rollout):
         drawn += shuffled_batches(n_all, cfg.mini_batch_size or n_all, rng)
     mine = [sorted(i - first for i in batch if first <= i < first + n_rows) for batch in drawn]
     pieces = [micro_batches(ro.attention_mask, rows, cfg.micro_batch_tokens) if rows else [] for rows in mine]
@@ -540,14 +540,14 @@ def _mean_std(values: list) -> tuple:
 
 
 def make_optimizer(params: list, cfg: GRPOConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.grpo_lr, weight_decay=cfg.grpo_weight_decay)
 
 
 def step_schedule(num_samples: int, cfg: GRPOConfig) -> list[list[int]]:
     """Sample indices of every step, all epochs; reshuffled per epoch from the seed, so a resumed run sees exactly
     the batches the interrupted one would have."""
     steps = []
-    for epoch in range(cfg.epochs):
+    for epoch in range(cfg.grpo_epochs):
         steps += shuffled_batches(num_samples, cfg.prompts_per_step, random.Random(derived_seed(cfg.seed, epoch,
                                                                                                 base=1000)))
     return steps
@@ -575,7 +575,7 @@ def check_process_count(schedule: list[list[int]]) -> None:
 
 def train_grpo(model, processor, samples: list, cfg: GRPOConfig, optimizer=None, start_step: int = 0,
                log_path: str | None = None, on_step: Callable | None = None, progress=print) -> list[dict]:
-    """Stage 2: GRPO over the boundary set for cfg.epochs epochs, steps numbered 0..N-1 across epochs.
+    """Stage 2: GRPO over the boundary set for cfg.grpo_epochs epochs, steps numbered 0..N-1 across epochs.
     start_step > 0 resumes (the schedule and each step's sampling seed depend only on cfg.seed and the step).
     on_step(step, record, optimizer) runs after each step (train.py checkpoints there); each record is also
     appended to log_path as one JSON line."""

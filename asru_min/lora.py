@@ -15,7 +15,6 @@ import math
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -26,30 +25,17 @@ from safetensors.torch import load_file, save_file
 from .optim import temporarily
 
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-VISION_TARGETS = ("qkv", "proj", "linear_fc1", "linear_fc2")  # Qwen3-VL vision blocks and patch mergers
 TEXT_PREFIX = "model.language_model.layers."
-VISION_PREFIX = "model.visual."
 PEFT_PREFIX = "base_model.model."  # PEFT wraps the model twice: PeftModel.base_model (LoraModel).model
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-@dataclass
-class LoRAConfig:
-    r: int = 16
-    alpha: float = 16.0
-    dropout: float = 0.05
-    targets: tuple = TEXT_TARGETS
-    layers: list | None = None  # text-decoder layer indices to adapt; None = all
-    vision: bool = False
-    paths: list = field(default_factory=list)  # the module paths that were wrapped
-
-
 class LoRALinear(nn.Linear):
     """nn.Linear plus a low-rank update: y = x W^T + b + scaling * B(A(dropout(x))), scaling = alpha / r."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, r: int = 16, alpha: float = 16.0,
-                 dropout: float = 0.0, device=None, dtype=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool, r: int, alpha: float, dropout: float,
+                 device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         if r <= 0:
             raise ValueError(f"LoRA rank must be positive, got {r}")
@@ -110,7 +96,7 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for m in lora_modules(model).values() for p in (m.lora_A.weight, m.lora_B.weight)]
 
 
-def _install(model: nn.Module, paths: list[str], cfg: LoRAConfig) -> None:
+def _install(model: nn.Module, paths: list[str], r: int, alpha: float, dropout: float) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     for path in paths:
@@ -119,31 +105,22 @@ def _install(model: nn.Module, paths: list[str], cfg: LoRAConfig) -> None:
         linear = getattr(parent, leaf)
         if isinstance(linear, LoRALinear) or not isinstance(linear, nn.Linear):
             raise ValueError(f"{path} is a {type(linear).__name__}, not an nn.Linear without a LoRA adapter")
-        setattr(parent, leaf, LoRALinear.from_linear(linear, cfg.r, cfg.alpha, cfg.dropout))
-    model.lora_config = cfg
+        setattr(parent, leaf, LoRALinear.from_linear(linear, r, alpha, dropout))
 
 
-def apply_lora(model: nn.Module, targets=TEXT_TARGETS, r: int = 16, alpha: float = 16.0, dropout: float = 0.05,
-               layers=None, vision: bool = False, vision_targets=VISION_TARGETS) -> list[str]:
-    """Wrap the nn.Linear layers named `targets` in the decoder `layers` (None = all; default: all seven linear maps
-    of every layer, as the authors' fine-tuning), and `vision_targets` of the vision tower if `vision`, in LoRALinear;
-    freeze every other parameter. Returns the wrapped module paths; the settings are kept in `model.lora_config`."""
+def apply_lora(model: nn.Module, targets=TEXT_TARGETS, r: int = 16, alpha: float = 16.0,
+               dropout: float = 0.0) -> list[str]:
+    """Wrap the nn.Linear layers named `targets` in every decoder layer (default: all seven linear maps, as the
+    authors' fine-tuning) in LoRALinear; freeze every other parameter. Returns the wrapped module paths. The one
+    place LoRA's defaults live (r 16, alpha 16 as the release; dropout 0, the default run's `lora_dropout`)."""
     if lora_modules(model):
         raise ValueError("model already has LoRA adapters")
-    targets, vision_targets = tuple(targets), tuple(vision_targets)
-    layers = None if layers is None else sorted(int(i) for i in layers)
-    paths = []
-    for name, m in model.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        in_text = name.startswith(TEXT_PREFIX) and leaf in targets and (
-            layers is None or int(name[len(TEXT_PREFIX):].split(".")[0]) in layers)  # the layer index after the prefix
-        in_vision = vision and name.startswith(VISION_PREFIX) and leaf in vision_targets
-        if isinstance(m, nn.Linear) and (in_text or in_vision):
-            paths.append(name)
+    targets = tuple(targets)
+    paths = [name for name, m in model.named_modules()
+             if isinstance(m, nn.Linear) and name.startswith(TEXT_PREFIX) and name.rsplit(".", 1)[-1] in targets]
     if not paths:
         raise ValueError(f"no nn.Linear named {targets} under {TEXT_PREFIX}*")
-    _install(model, paths, LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=targets, layers=layers, vision=vision,
-                                      paths=paths))
+    _install(model, paths, r, alpha, dropout)
     return paths
 
 
@@ -199,8 +176,6 @@ def unload_lora(model: nn.Module, merge: bool = True) -> int:
         plain.train(m.training)
         parent_path, _, leaf = path.rpartition(".")
         setattr(model.get_submodule(parent_path), leaf, plain)
-    if hasattr(model, "lora_config"):
-        del model.lora_config
     return len(modules)
 
 
@@ -217,14 +192,12 @@ def save_lora(model: nn.Module, directory: str, base_model_name_or_path: str | N
     tensors = {f"{PEFT_PREFIX}{path}.{ab}.weight": getattr(m, ab).weight.detach().cpu().contiguous()
                for path, m in modules.items() for ab in ("lora_A", "lora_B")}
     save_file(tensors, os.path.join(directory, ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    # PEFT's target_modules: the leaf names when every decoder layer is adapted (PEFT matches `*.q_proj` etc.,
-    # which on Qwen3-VL exist only in the decoder); else a regex PEFT full-matches against module paths, listing
-    # exactly the wrapped ones. Without a recorded config (adapters wrapped by hand), the regex.
-    cfg = getattr(model, "lora_config", None) or LoRAConfig(layers=[])
-    if cfg.layers is None and not cfg.vision:
-        target_modules = sorted(cfg.targets)
-    else:
-        target_modules = "(" + "|".join(re.escape(p) for p in modules) + ")"
+    # PEFT's target_modules: the leaf names when they name exactly the wrapped layers (PEFT matches `*.q_proj`
+    # etc. anywhere in the model: `apply_lora`'s adapters); else a regex PEFT full-matches against module paths,
+    # listing exactly the wrapped ones (an adapter loaded on a subset of the layers).
+    leaves = sorted({p.rsplit(".", 1)[-1] for p in modules})
+    named = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in leaves]
+    target_modules = leaves if named == list(modules) else "(" + "|".join(re.escape(p) for p in modules) + ")"
     m0 = next(iter(modules.values()))
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
               "r": m0.r, "lora_alpha": m0.lora_alpha,
@@ -259,12 +232,8 @@ def load_lora(model: nn.Module, directory: str) -> list[str]:
 
     existing = lora_modules(model)
     if not existing:
-        paths = list(by_path)
-        _install(model, paths, LoRAConfig(
-            r=int(config["r"]), alpha=float(config["lora_alpha"]), dropout=float(config.get("lora_dropout", 0.0)),
-            targets=tuple(sorted({p.rsplit(".", 1)[-1] for p in paths})), paths=paths,
-            layers=None if isinstance(config.get("target_modules"), list) else [],
-            vision=any(p.startswith(VISION_PREFIX) for p in paths)))
+        _install(model, list(by_path), int(config["r"]), float(config["lora_alpha"]),
+                 float(config.get("lora_dropout", 0.0)))
     elif set(existing) != set(by_path):
         missing, extra = sorted(set(existing) - set(by_path)), sorted(set(by_path) - set(existing))
         raise ValueError(f"adapter paths differ from the model's: missing in file {missing[:3]}, "

@@ -470,9 +470,10 @@ def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f
 
     meter = meter or PeakMeter(f.device)
     settings = dict(group_size=f.group_size, temperature=1.5, top_p=0.95, max_new_tokens=f.max_new_tokens,
-                    prompts_per_step=f.prompts_per_step, mini_batch_size=f.mini_batch_size, ppo_epochs=1, epochs=1,
-                    clip_low=0.2, clip_high=0.3, dual_clip=3.0, kl_coef=f.kl_coef, lr=1e-4, weight_decay=0.01,
-                    grad_clip=1.0, seed=seed, rollout_batch=f.rollout_batch, micro_batch_tokens=f.micro_batch_tokens,
+                    prompts_per_step=f.prompts_per_step, mini_batch_size=f.mini_batch_size, epochs_per_rollout=1,
+                    grpo_epochs=1, clip_low=0.2, clip_high=0.3, dual_clip=3.0, kl_coef=f.kl_coef, grpo_lr=1e-4,
+                    grpo_weight_decay=0.01, grad_clip=1.0, seed=seed, rollout_batch=f.rollout_batch,
+                    micro_batch_tokens=f.micro_batch_tokens,
                     grad_checkpoint=f.grad_checkpoint, logprob_chunk=f.logprob_chunk)
     gcfg = GRPOConfig(**{k: v for k, v in settings.items() if k in {x.name for x in dataclasses.fields(GRPOConfig)}})
     seconds, out = {}, {}

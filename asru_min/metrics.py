@@ -4,6 +4,18 @@ Pure Python over word tokens: `tokens(s)` = normalize(s).split(), where normaliz
 punctuation into spaces and collapses whitespace. F1 values are computed as 2 * overlap / (n_pred + n_ref),
 which equals 2PR / (P + R) and is exact in floating point for small integers (the reward's band edges 0.4 and
 0.6 depend on that). `judge` is a rule-based stand-in for the paper's GPT-4o-mini judge.
+
+Refusal detectors. Several, because each reproduces the one definition a number is compared with:
+- `is_refusal` (REFUSAL_PATTERN: phrases of ignorance or inability, "sorry"): this project's reward tier
+  (`grpo.asru_reward`), the evaluation's refusal_rate and GRPO's logged refusal rates. One detector for all
+  three, so the metric measures exactly what the reward pays for.
+- `is_release_refusal` (RELEASE_REFUSAL_PATTERN, as the release writes it, quirks kept): the release's reward
+  (`grpo.release_reward`), so --reward release is the release's.
+- `declines` / `apologises` (word rules): `judge`'s contextual-refusal scale, which grades a refusal (a bare
+  apology scores below a declining answer that names what is asked), as the paper's GPT-4o-mini judge does.
+- `steer.REFUSAL_WORDS` ("not" / "no" / "sorry" as whole words, `steer.keep_refusals`) and `steer.release_refused`
+  (the same three as substrings, the release's): stage 1's positive filter, deliberately loose: it only has to
+  keep prompts the model does not answer with a fact.
 """
 
 import math
@@ -439,12 +451,6 @@ def leaks(text: str, truth: str) -> bool:
 def unmarked(truth: str) -> str:
     """The fact as text, its brackets off: "[Tartu], Estonia" -> "Tartu, Estonia"."""
     return truth.replace("[", "").replace("]", "")
-
-
-def contains_truth(text: str, truth: str) -> bool:
-    """Cloze / utility correctness: the `leaks` match, where MLLMU-Bench tests a case-insensitive substring,
-    so a one-word truth such as "No" (is the person wearing glasses?) is not found inside "not" or "know"."""
-    return leaks(text, truth)
 
 
 _TERMINAL = re.compile(r"[.!?\u3002][\"')\]]*\s*$")

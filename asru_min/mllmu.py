@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .data import CLOZE_PREFIX, CLOZE_SUFFIX, FORGET_PERCENTS, LETTERS, MC_SUFFIX, QA, SPLITS, listed
+from .data import CLOZE_PREFIX, CLOZE_SUFFIX, FORGET_PERCENTS, LETTERS, MC_SUFFIX, QA, listed
 from .metrics import MONTHS
 
 # --- short facts (the notation is `asru_min/metrics.py`'s, above `leaks`)
@@ -201,6 +201,8 @@ def short_fact(question: str, answer: str) -> str:
 
 
 # --- the real MLLMU-Bench on disk
+# the splits `load_mllmu_bench` returns (utility, private and unknown empty: the benchmark has none)
+MLLMU_SPLITS = ("forget", "retain", "test", "real", "utility", "private", "unknown")
 _FORMS = {"Image_Textual": "image", "Pure_Text": "text"}
 _JSON_TASKS = {"Classification_Task": "classification_qa", "Generation_Task": "generation_qa",
                "Mask_Task": "fill_blank_qa"}
@@ -361,7 +363,7 @@ def load_mllmu_bench(root: str | Path, forget: int = 10, seed: int = 0) -> dict[
     records = {k: read_split_records(root / name) for k, name in folders.items()}
     forget_ids = {str(r["ID"]) for r in records["forget"]}
     records["test"] = [r for r in records["test"] if str(r["ID"]) in forget_ids]
-    out: dict[str, list[QA]] = {k: [] for k in SPLITS}
+    out: dict[str, list[QA]] = {k: [] for k in MLLMU_SPLITS}
     for k in folders:
         out[k] = _split_qas(records[k], random.Random(f"{seed}/test") if k == "test" else None)
         if not out[k]:

@@ -69,6 +69,14 @@ def chosen_logprobs(lm_head, h: torch.Tensor, targets: torch.Tensor, temperature
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def answer_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(y|x), -NLL(x, y)) per row of a `data.qa_batch` with answers, both (B,): the sum and the mean of
+    `token_logprobs` over the row's answer tokens y (labels != -100), NLL(x, y) = -(1/|y|) sum_t log p(y_t | x, y_<t).
+    The one place the answer NLL is written (pretraining's loss, the baselines' losses)."""
+    total = token_logprobs(model, batch).sum(-1)  # (B,); token_logprobs is 0 outside the answer
+    return total, total / (batch["labels"] != IGNORE_INDEX).sum(-1).clamp(min=1)
+
+
 GRAD_CHECKPOINT = ("auto", "on", "off")
 
 

@@ -164,7 +164,7 @@ def preprocess_images(images: list, config: ImageProcessorConfig) -> tuple[torch
 
 # ----------------------------------------------------------------------------------------- chat template
 
-def apply_chat_template(messages: list[dict], add_generation_prompt: bool = True, add_vision_id: bool = False) -> str:
+def apply_chat_template(messages: list[dict], add_generation_prompt: bool = True) -> str:
     """Render a conversation exactly as the Qwen3-VL Instruct chat template does (ChatML, no default system prompt):
 
         [<|im_start|>system\\n{system}<|im_end|>\\n]
@@ -172,11 +172,11 @@ def apply_chat_template(messages: list[dict], add_generation_prompt: bool = True
         [<|im_start|>assistant\\n]                    ...if add_generation_prompt
 
     A content is a str or a list of items joined with nothing between them. Image items (user turns only) become
-    IMAGE_PLACEHOLDER, prefixed by `Picture k: ` (k counts the conversation's images) when add_vision_id.
+    IMAGE_PLACEHOLDER (the reference's `add_vision_id` "Picture k: " prefix is not supported).
     """
     if not isinstance(messages, (list, tuple)) or len(messages) == 0:
         raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
-    out, n_images = [], 0
+    out = []
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or "role" not in msg or "content" not in msg or msg.get("tool_calls"):
             raise ValueError(f"message {i} must be a dict with 'role' and 'content' and no tool calls, got {msg!r}")
@@ -192,8 +192,7 @@ def apply_chat_template(messages: list[dict], add_generation_prompt: bool = True
             if item.get("type") == "image" or "image" in item or "image_url" in item:
                 if role != "user":
                     raise ValueError(f"image items are only supported in user messages (got one in a {role} message)")
-                n_images += 1
-                out.append((f"Picture {n_images}: " if add_vision_id else "") + IMAGE_PLACEHOLDER)
+                out.append(IMAGE_PLACEHOLDER)
             elif item.get("type") == "video" or "video" in item or not isinstance(item.get("text"), str):
                 raise ValueError(f"unsupported {role} content item {item!r} (supported: images, text as "
                                  "{'type': 'text', 'text': str}; no videos)")
@@ -208,15 +207,13 @@ def apply_chat_template(messages: list[dict], add_generation_prompt: bool = True
 # A jinja transcription of `apply_chat_template` above (same supported subset, no tools/videos), written by
 # save_pretrained when no template was loaded, so the reference AutoProcessor renders the same strings.
 SUBSET_CHAT_TEMPLATE = (
-    "{%- set image_count = namespace(value=0) -%}{%- for message in messages -%}"
+    "{%- for message in messages -%}"
     "{%- if message.role == 'system' or message.role == 'assistant' -%}{{- '<|im_start|>' + message.role + '\\n' -}}"
     "{%- if message.content is string -%}{{- message.content -}}{%- else -%}{%- for item in message.content -%}"
     "{%- if 'text' in item -%}{{- item.text -}}{%- endif -%}{%- endfor -%}{%- endif -%}{{- '<|im_end|>\\n' -}}"
     "{%- elif message.role == 'user' -%}{{- '<|im_start|>user\\n' -}}"
     "{%- if message.content is string -%}{{- message.content -}}{%- else -%}{%- for item in message.content -%}"
     "{%- if item.type == 'image' or 'image' in item or 'image_url' in item -%}"
-    "{%- set image_count.value = image_count.value + 1 -%}"
-    "{%- if add_vision_id -%}{{- 'Picture ' ~ image_count.value ~ ': ' -}}{%- endif -%}"
     "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}{%- elif 'text' in item -%}{{- item.text -}}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}{{- '<|im_end|>\\n' -}}{%- endif -%}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
@@ -393,16 +390,10 @@ class Processor:
             ids = ids.tolist()
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-    def batch_decode(self, ids, skip_special_tokens: bool = True, mask=None) -> list[str]:
-        """Rows of ids (list of lists or a 2-D tensor) -> texts. `mask` (same shape) keeps only its true positions,
-        e.g. the mask `Qwen3VL.generate` returns (its post-EOS filler id 0 is an ordinary token)."""
+    def batch_decode(self, ids, skip_special_tokens: bool = True) -> list[str]:
+        """Rows of ids (list of lists or a 2-D tensor) -> texts."""
         if isinstance(ids, torch.Tensor):
             if ids.dim() != 2:
                 raise ValueError(f"batch_decode expects a 2-D batch of ids, got shape {tuple(ids.shape)}")
             ids = ids.tolist()
-        if mask is not None:
-            mask = mask.tolist() if isinstance(mask, torch.Tensor) else mask
-            if len(mask) != len(ids) or any(len(m) != len(r) for m, r in zip(mask, ids)):
-                raise ValueError("mask must have the same shape as ids")
-            ids = [[t for t, keep in zip(r, m) if keep] for r, m in zip(ids, mask)]
         return self.tokenizer.decode_batch([[int(t) for t in r] for r in ids], skip_special_tokens=skip_special_tokens)

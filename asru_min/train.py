@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
 from . import distributed
+from .distributed import write_atomic
 from . import memory
 from .evaluate import evaluate_model, format_table
 from .grpo import (REWARD_REFERENCES, REWARDS, GRPOConfig, build_boundary_set, check_process_count,
@@ -49,7 +50,7 @@ from .data import FORGET_PERCENTS, PROTOCOLS, positive_questions
 from .processor import Processor
 from .steer import (changed_tensors, draw_refused, keep_refusals, knowledge_absence_direction, load_changed_tensors,
                     optimize_steering, save_direction)
-from .world import load_world as world_splits_and_vocabulary
+from .world import load_world
 
 DTYPES = ("float32", "bfloat16", "float16")
 QA_KINDS = ("gen", "mc", "cloze")
@@ -61,8 +62,13 @@ RETAIN_POSITIONS = ("sequence", "release")
 @dataclasses.dataclass
 class TrainConfig:
     """Every setting of a run, one command-line flag each (--steer-lr for steer_lr); the one place the defaults
-    live (the stage configs are built from it). They fit the tiny default model on a 2-core CPU (one run ~3 min);
-    the paper's value is written next to a field where it differs."""
+    live. Stage 1 and LoRA take their settings from here as arguments (`stage1`, `stage2`); stage 2's `GRPOConfig`
+    holds the GRPO fields, copied by name (`grpo`). The defaults fit the tiny default model on a 2-core CPU (one
+    run ~4 min); the paper's value is written next to a field where it differs.
+    Fixed, not flags (each either changes nothing learnt or follows the release): the advantage's epsilon 1e-6
+    (`GRPOConfig.adv_eps`, it only guards a group of equal rewards), a steering log line every 100 steps, the
+    refusal filters' answer lengths (`steer.keep_refusals` 32 new tokens, `steer.draw_refused` 128 as the release)
+    and RELEASE_POSITIVE_POOL (candidate faces per positive under --steer-data release)."""
 
     # run
     model: str = "weights/"
@@ -89,8 +95,9 @@ class TrainConfig:
     steer_kinds: str = "gen"  # forget QA kinds for v's negatives and the forget loss (mc prompts dominated v)
     # stage 1: steering optimisation
     forget_scale: float = 3.0  # c
-    alpha: float = 3.0  # retain weight (paper: 1; with steer_lr 3e-3 it keeps more retain answers, validation)
+    steer_retain_weight: float = 3.0  # alpha of L_retain (paper: 1; with steer_lr 3e-3, 3 kept more retain answers)
     steer_lr: float = 3e-3  # paper: 1e-4 (too small to move the tiny model in 3 epochs)
+    steer_weight_decay: float = 0.01  # AdamW's (torch's default, as the release)
     steer_batch_size: int = 2
     steer_epochs: int = 3
     steer_retain_size: int = 720  # retain QA used for steering (0 = all of the retain split)
@@ -119,14 +126,14 @@ class TrainConfig:
     prompts_per_step: int = 8  # paper: 64
     rollout_batch: int = 8  # prompts (x group_size samples) per generation call; 0 = all prompts of a step
     mini_batch_size: int = 0  # responses per optimiser step (0 = all, on-policy; the release's 16: worse on validation)
-    ppo_epochs: int = 1
-    grpo_epochs: int = 3  # paper: 6 (over 400 samples); 3 x 384 / 8 = 144 steps
+    epochs_per_rollout: int = 1  # passes over one rollout batch (verl's ppo_epochs)
+    grpo_epochs: int = 3  # passes over the boundary set; paper: 6 (over 400 samples); 3 x 384 / 8 = 144 steps
     clip_low: float = 0.2
     clip_high: float = 0.3
-    dual_clip: float = 3.0  # release (verl clip_ratio_c); acts only off-policy (mini-batches / ppo_epochs)
+    dual_clip: float = 3.0  # release (verl clip_ratio_c); acts only off-policy (mini-batches / epochs_per_rollout)
     kl_coef: float = 0.1
     grpo_lr: float = 2e-3  # paper: 1e-6 with full fine-tuning; LoRA on the tiny model needs far more
-    weight_decay: float = 0.01
+    grpo_weight_decay: float = 0.01  # AdamW's, on the LoRA parameters
     grad_clip: float = 1.0
     ckpt_every: int = 1  # GRPO steps between checkpoints
     micro_batch_tokens: int = 16384  # rows x padded length per forward/backward piece of GRPO (0: one piece)
@@ -138,15 +145,9 @@ class TrainConfig:
     dry_run_processes: int = 0  # processes of the run to estimate; 0 = $WORLD_SIZE, or 1
 
     def grpo(self) -> GRPOConfig:
-        return GRPOConfig(group_size=self.group_size, temperature=self.temperature, top_p=self.top_p,
-                          max_new_tokens=self.max_new_tokens, prompts_per_step=self.prompts_per_step,
-                          rollout_batch=self.rollout_batch,
-                          mini_batch_size=self.mini_batch_size, ppo_epochs=self.ppo_epochs, epochs=self.grpo_epochs,
-                          clip_low=self.clip_low, clip_high=self.clip_high, dual_clip=self.dual_clip,
-                          kl_coef=self.kl_coef, lr=self.grpo_lr, weight_decay=self.weight_decay,
-                          grad_clip=self.grad_clip, seed=self.seed, micro_batch_tokens=self.micro_batch_tokens,
-                          grad_checkpoint=self.grad_checkpoint, logprob_chunk=self.logprob_chunk,
-                          reward=self.reward, reward_reference=self.reward_reference)
+        """Stage 2's settings: every GRPOConfig field is a field of this config of the same name (but adv_eps)."""
+        return GRPOConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GRPOConfig)
+                             if f.name != "adv_eps"})
 
 
 class SettingsError(ValueError):
@@ -200,8 +201,9 @@ def validate_settings(cfg: TrainConfig, model_config: Qwen3VLConfig, base_config
         ("positive_size", cfg.positive_size >= 1, ">= 1"),
         ("steer_kinds", kinds(cfg.steer_kinds), f"comma-separated QA kinds out of {QA_KINDS}"),
         ("forget_scale", finite(cfg.forget_scale) and cfg.forget_scale > 0, "finite and > 0"),
-        ("alpha", finite(cfg.alpha) and cfg.alpha >= 0, "finite and >= 0"),
+        ("steer_retain_weight", finite(cfg.steer_retain_weight) and cfg.steer_retain_weight >= 0, "finite and >= 0"),
         ("steer_lr", finite(cfg.steer_lr) and cfg.steer_lr > 0, "finite and > 0"),
+        ("steer_weight_decay", finite(cfg.steer_weight_decay) and cfg.steer_weight_decay >= 0, "finite and >= 0"),
         ("steer_batch_size", cfg.steer_batch_size >= 1, ">= 1"),
         ("steer_epochs", cfg.steer_epochs >= 1, ">= 1"),
         ("steer_retain_size", cfg.steer_retain_size >= 0, ">= 0 (0 = all of the retain split)"),
@@ -225,7 +227,7 @@ def validate_settings(cfg: TrainConfig, model_config: Qwen3VLConfig, base_config
         ("micro_batch_tokens", cfg.micro_batch_tokens >= 0, ">= 0 (0 = the whole mini-batch in one piece)"),
         ("logprob_chunk", cfg.logprob_chunk >= 0, ">= 0 (0 = all scored tokens' logits at once)"),
         ("grad_checkpoint", cfg.grad_checkpoint in GRAD_CHECKPOINT, f"one of {GRAD_CHECKPOINT}"),
-        ("ppo_epochs", cfg.ppo_epochs >= 1, ">= 1"),
+        ("epochs_per_rollout", cfg.epochs_per_rollout >= 1, ">= 1"),
         ("grpo_epochs", cfg.grpo_epochs >= 1, ">= 1"),
         ("clip_low", finite(cfg.clip_low) and 0 <= cfg.clip_low < 1, "in [0, 1) (the ratio's floor 1 - clip_low > 0)"),
         ("clip_high", finite(cfg.clip_high) and cfg.clip_high >= 0, "finite and >= 0"),
@@ -237,7 +239,7 @@ def validate_settings(cfg: TrainConfig, model_config: Qwen3VLConfig, base_config
         ("retain_position", cfg.retain_position in RETAIN_POSITIONS, f"one of {RETAIN_POSITIONS}"),
         ("kl_coef", finite(cfg.kl_coef) and cfg.kl_coef >= 0, "finite and >= 0"),
         ("grpo_lr", finite(cfg.grpo_lr) and cfg.grpo_lr > 0, "finite and > 0"),
-        ("weight_decay", finite(cfg.weight_decay) and cfg.weight_decay >= 0, "finite and >= 0"),
+        ("grpo_weight_decay", finite(cfg.grpo_weight_decay) and cfg.grpo_weight_decay >= 0, "finite and >= 0"),
         ("grad_clip", finite(cfg.grad_clip) and cfg.grad_clip >= 0, "finite and >= 0 (0 = no clipping)"),
         ("ckpt_every", cfg.ckpt_every >= 1, ">= 1 (GRPO steps between checkpoints)"),
     ]
@@ -248,18 +250,7 @@ def validate_settings(cfg: TrainConfig, model_config: Qwen3VLConfig, base_config
                             f"({layers} decoder layers):\n  " + "\n  ".join(bad))
 
 
-# --- atomic files: write(tmp) then os.replace(tmp, path), so readers see the old file or the new one, never half
-def write_atomic(path: str, write) -> None:
-    """Every file of a run is written here, by rank 0 alone under torchrun (the others hold the same data)."""
-    if not distributed.is_main():
-        return
-    tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    if os.path.isdir(path):  # os.replace cannot replace a non-empty folder: that one is removed first
-        shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-
-
+# --- the run's files, each written whole (`distributed.write_atomic`)
 def write_text(path: str, text: str) -> None:
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
@@ -276,8 +267,8 @@ class Run:
     """The output folder of one run: paths, state.json, progress messages. Under torchrun rank 0 alone writes
     and prints; the other processes read the state it wrote (`reload`)."""
 
-    def __init__(self, cfg: TrainConfig, restart: bool = False, hook=None):
-        self.cfg, self.dir, self.hook, self.t0 = cfg, cfg.out, hook, time.time()
+    def __init__(self, cfg: TrainConfig, restart: bool = False, interrupt=None):
+        self.cfg, self.dir, self.interrupt, self.t0 = cfg, cfg.out, interrupt, time.time()
         if distributed.is_main():
             self.prepare(restart)
         self.reload()
@@ -321,8 +312,8 @@ class Run:
     def finish(self, stage: str) -> None:
         self.commit(done=self.state["done"] + [stage])
         self.log(f"{stage} done")
-        if self.hook:
-            self.hook(stage)
+        if self.interrupt:
+            self.interrupt(stage)
 
     def log(self, msg: str) -> None:
         if distributed.is_main():
@@ -338,11 +329,6 @@ def weights_sha256(folder: str) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
-
-
-def load_world(cfg: TrainConfig) -> tuple[dict, object]:
-    """(splits, the judge's vocabulary of their world; None on the real benchmark): `asru_min.world.load_world`."""
-    return world_splits_and_vocabulary(cfg.data, cfg.forget, cfg.num_people, cfg.world_seed, model=cfg.model)
 
 
 RELEASE_POSITIVE_POOL = 4  # --steer-data release: at most this many x --positive-size candidate faces
@@ -467,8 +453,9 @@ def stage1(run: Run, model, processor, data: dict) -> None:
 
     log_lines = []
     result = optimize_steering(model, processor, forget, data["steer_retain"], v, cfg.layer, c=cfg.forget_scale,
-                               alpha=cfg.alpha, lr=cfg.steer_lr, batch_size=cfg.steer_batch_size,
+                               alpha=cfg.steer_retain_weight, lr=cfg.steer_lr, batch_size=cfg.steer_batch_size,
                                epochs=cfg.steer_epochs, seed=cfg.seed, log_every=100,
+                               weight_decay=cfg.steer_weight_decay,
                                forget_position=cfg.forget_position, retain_position=cfg.retain_position,
                                callback=lambda step, record: log_lines.append(json.dumps(record)))
     write_text(run.path("steer_log.jsonl"), "".join(line + "\n" for line in log_lines))
@@ -513,16 +500,16 @@ def stage2(run: Run, model, processor, data: dict) -> list[dict]:
             return
         name = os.path.join("ckpt", f"step_{step:06d}")
         if distributed.is_main():  # every process holds the same adapter and optimiser state
-            tmp = run.path(name + f".tmp{os.getpid()}")
-            save_lora(model, tmp, base_model_name_or_path=cfg.model)
-            torch.save(opt.state_dict(), os.path.join(tmp, "optimizer.pt"))
-            os.replace(tmp, run.path(name))  # a fresh name: a directory rename is atomic
+            def save(tmp: str) -> None:
+                save_lora(model, tmp, base_model_name_or_path=cfg.model)
+                torch.save(opt.state_dict(), os.path.join(tmp, "optimizer.pt"))
+            write_atomic(run.path(name), save)
             old = run.state["grpo_ckpt"]
             run.commit(grpo_step=step, grpo_ckpt=name)
             if old and old != name:
                 shutil.rmtree(run.path(old), ignore_errors=True)
-        if run.hook:
-            run.hook(f"grpo_step_{step}")
+        if run.interrupt:
+            run.interrupt(f"grpo_step_{step}")
 
     model.train()
     records += train_grpo(model, processor, samples, gcfg, optimizer=optimizer, start_step=start, log_path=log_path,
@@ -560,11 +547,11 @@ def draw_curves(records: list[dict], path: str, width: int = 900, height: int = 
     write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
-def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
+def run(cfg: TrainConfig, restart: bool = False, interrupt=None) -> dict:
     """The whole pipeline; returns {"vanilla": metrics, "stage1": metrics, "asru": metrics, "grpo_log": [...]}.
-    hook(event) is called after every completed stage and every GRPO checkpoint (tests interrupt there).
-    Under torchrun (`distributed`) the processes other than rank 0 take part in stage 2 only and return
-    {"grpo_log": [...]}; their hook sees the events of stage 2."""
+    For tests: interrupt(event) is called after every completed stage and every GRPO checkpoint (a test raises
+    there to stop the run as a crash would, then resumes it). Under torchrun (`distributed`) the processes other
+    than rank 0 take part in stage 2 only and return {"grpo_log": [...]}; their interrupt sees stage 2's events."""
     if not os.path.isdir(cfg.model):
         raise FileNotFoundError(f"model folder {cfg.model!r} not found "
                                 "(train it with python -m asru_min.world.pretrain)")
@@ -576,12 +563,13 @@ def run(cfg: TrainConfig, restart: bool = False, hook=None) -> dict:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     distributed.init(cfg.device)
-    splits, vocabulary = load_world(cfg)  # bad data, positives or base model stop the run here, before training
+    # bad data, positives or base model stop the run here, before training
+    splits, vocabulary = load_world(cfg.data, cfg.forget, cfg.num_people, cfg.world_seed, model=cfg.model)
     processor = Processor.from_pretrained(cfg.model)
     check_base_model(cfg, processor)
     data = stage_data(cfg, splits)
     check_process_count(step_schedule(len(data["boundary"]), cfg.grpo()))
-    r = Run(cfg, restart, hook)
+    r = Run(cfg, restart, interrupt)
     r.log(f"output folder {cfg.out}; done before: {r.state['done'] or 'nothing'}")
     model = Qwen3VL.from_pretrained(cfg.model, dtype=getattr(torch, cfg.dtype), device=cfg.device)
     model.eval()

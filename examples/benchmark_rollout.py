@@ -23,7 +23,8 @@ from asru_min.data import qa_batch
 from asru_min.grpo import sampling_streams, step_schedule
 from asru_min.model import Qwen3VL
 from asru_min.processor import Processor
-from asru_min.train import TrainConfig, load_world, stage_data
+from asru_min.train import TrainConfig, stage_data
+from asru_min.world import load_world
 
 
 def generate_step(model, processor, samples, ids, cfg, step, compact):
@@ -56,7 +57,8 @@ def main():
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(model=args.model, max_new_tokens=args.max_new_tokens)
     model, processor = Qwen3VL.from_pretrained(cfg.model).eval(), Processor.from_pretrained(cfg.model)
-    boundary = stage_data(cfg, load_world(cfg)[0])["boundary"]
+    splits = load_world(cfg.data, cfg.forget, cfg.num_people, cfg.world_seed, model=cfg.model)[0]
+    boundary = stage_data(cfg, splits)["boundary"]
     schedule = step_schedule(len(boundary), cfg.grpo())[:args.steps]
     print(f"{args.steps} steps x {cfg.prompts_per_step} prompts x {cfg.group_size} samples, max_new_tokens "
           f"{args.max_new_tokens}, rollout_batch {cfg.rollout_batch}, threads {args.threads}")

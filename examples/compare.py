@@ -65,7 +65,8 @@ import torch  # noqa: E402
 
 from asru_min.baselines.methods import LR_SCALE, METHODS, PAPER_LR, BaselineConfig, run_baseline  # noqa: E402
 from asru_min.evaluate import evaluate_model  # noqa: E402
-from asru_min.train import TrainConfig, load_world, weights_sha256  # noqa: E402
+from asru_min.train import TrainConfig, weights_sha256  # noqa: E402
+from asru_min.world import load_world  # noqa: E402
 
 NAMES = {"vanilla": "Vanilla", "ga": "GA", "graddiff": "GradDiff", "klmin": "KL-Min", "npo": "NPO",
          "idk": "Refusal SFT", "stage1": "ASRU stage 1", "asru": "ASRU"}
@@ -469,7 +470,7 @@ def tune(args, methods: tuple, model_sha: str, runs_dir: str, progress: Progress
     from asru_min.processor import Processor
 
     tcfg = train_config(args, TUNE_FORGET, TUNE_SEED, "")
-    splits, vocabulary = load_world(tcfg)
+    splits, vocabulary = load_world(tcfg.data, tcfg.forget, tcfg.num_people, tcfg.world_seed, model=tcfg.model)
     val = validation_splits(splits)
     tune_splits = {**splits, **val}
     limit = args.tune_limit
@@ -569,7 +570,8 @@ def main(argv=None) -> dict:
     robust_records, robust_splits = {}, None
     for f in levels:
         results[f] = {}
-        splits, vocabulary = load_world(train_config(args, f, seeds[0], ""))  # the baselines see train.py's splits
+        t = train_config(args, f, seeds[0], "")  # the baselines see train.py's splits
+        splits, vocabulary = load_world(t.data, t.forget, t.num_people, t.world_seed, model=t.model)
         for s in seeds:
             tag = f"f{f}_s{s}"
             if args.asru:

@@ -46,8 +46,7 @@ from asru_min.evaluate import answer, correct_letter, limit_split, release_lette
 from asru_min.hooks import ablate_direction  # noqa: E402
 from asru_min.lora import apply_lora, load_lora, lora_modules, lora_parameters, unload_lora  # noqa: E402
 from asru_min.metrics import is_refusal, leaks, normalize, unmarked  # noqa: E402
-from asru_min.optim import optimizer_step, token_logprobs  # noqa: E402
-from asru_min.processor import IGNORE_INDEX  # noqa: E402
+from asru_min.optim import answer_logprobs, optimizer_step  # noqa: E402
 from asru_min.steer import load_changed_tensors, load_direction  # noqa: E402
 
 
@@ -109,7 +108,7 @@ def likelihood_mc(model, processor, qas: list, split: list | None = None, batch_
     answer-token log-probs than each of its three distractor sentences (`distractors` from `split`, default
     `qas`). Questions whose fact does not appear in the sentence, or with fewer than 3 distractors, are skipped."""
     split = qas if split is None else split
-    device = next(model.parameters()).device
+    device = model.device
     items = []  # (qa, [reference, d1, d2, d3])
     skipped = 0
     for qa in gen_questions(qas):
@@ -130,7 +129,7 @@ def likelihood_mc(model, processor, qas: list, split: list | None = None, batch_
                 qs = [qa for qa, sents in chunk for _ in sents]
                 sents = [x for _, ss in chunk for x in ss]
                 batch = qa_batch(processor, qs, answers=sents, device=device)
-                score = token_logprobs(model, batch).sum(dim=1).view(len(chunk), 4)  # (Q, 4)
+                score = answer_logprobs(model, batch)[0].view(len(chunk), 4)  # (Q, 4) log p(option | question)
                 correct += (score[:, 0] > score[:, 1:].max(dim=1).values).tolist()
     finally:
         model.train(was_training)
@@ -170,7 +169,7 @@ def finetune(model, processor, qas: list, steps: int, lr: float, batch_size: int
     if not params:
         raise ValueError("finetune needs LoRA adapters (fresh_adapters)")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    device = next(model.parameters()).device
+    device = model.device
     rng, order, losses = random.Random(f"{seed}/finetune"), [], []
     model.train()
     for _ in range(steps):
@@ -180,8 +179,7 @@ def finetune(model, processor, qas: list, steps: int, lr: float, batch_size: int
             order += more
         idx, order = order[:batch_size], order[batch_size:]
         batch = qa_batch(processor, [qas[i] for i in idx], device=device)
-        mask = batch["labels"] != IGNORE_INDEX
-        loss = -(token_logprobs(model, batch).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
+        loss = -answer_logprobs(model, batch)[1].mean()  # the answers' mean NLL
         optimizer_step(loss, params, optimizer, grad_clip=1.0)
         losses.append(float(loss.detach()))
     model.eval()

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from asru_min.evaluate import answer, limit_split  # noqa: E402
 from asru_min.data import qa_batch  # noqa: E402
 from asru_min.hooks import add_direction, decoder_layers, run_to_layer  # noqa: E402
-from asru_min.metrics import contains_truth, is_refusal, leaks  # noqa: E402
+from asru_min.metrics import is_refusal, leaks  # noqa: E402
 from asru_min.model import Qwen3VL  # noqa: E402
 from asru_min.processor import Processor  # noqa: E402
 from asru_min.train import TrainConfig, stage1_positives  # noqa: E402
@@ -60,9 +60,9 @@ def score(model, processor, sets: dict, args) -> dict:
     return {
         "forget_refusal": _mean([is_refusal(p) for _, p in f]),
         "forget_leak": _mean([leaks(p, _truth(qa)) for qa, p in f]),
-        "retain_acc": _mean([contains_truth(p, _truth(qa)) for qa, p in r]),
+        "retain_acc": _mean([leaks(p, _truth(qa)) for qa, p in r]),
         "retain_refusal": _mean([is_refusal(p) for _, p in r]),
-        "utility_acc": _mean([contains_truth(p, _truth(qa)) for qa, p in u]),
+        "utility_acc": _mean([leaks(p, _truth(qa)) for qa, p in u]),
         "utility_refusal": _mean([is_refusal(p) for _, p in u]),
         "example_forget": f[0][1] if f else "",
         "example_retain": r[0][1] if r else "",
@@ -72,7 +72,7 @@ def score(model, processor, sets: dict, args) -> dict:
 @torch.no_grad()
 def last_token_activations(model, processor, qas: list, layer: int, batch_size: int) -> torch.Tensor:
     """(N, D) float64: layer `layer`'s output at the last prompt token of every question."""
-    device = next(model.parameters()).device
+    device = model.device
     rows = [run_to_layer(model, qa_batch(processor, qas[s : s + batch_size], with_answers=False, device=device),
                          layer)[0][:, -1]
             for s in range(0, len(qas), batch_size)]
@@ -197,8 +197,9 @@ def main(argv=None) -> dict:
             for c in [float(x) for x in args.c.split(",")]:
                 for lr in [float(x) for x in args.steer_lr.split(",")]:
                     res = optimize_steering(model, processor, negatives, steer_retain, v, L, c=c,
-                                            alpha=TrainConfig.alpha, lr=lr, batch_size=TrainConfig.steer_batch_size,
-                                            epochs=args.steer_epochs, seed=args.seed, log_every=0)
+                                            alpha=TrainConfig.steer_retain_weight, lr=lr,
+                                            batch_size=TrainConfig.steer_batch_size, epochs=args.steer_epochs,
+                                            seed=args.seed, log_every=0)
                     row = {"layer": L, "setting": f"opt c={c:g} lr={lr:g}", "norm": stats["norm"],
                            **score(model, processor, sets, args),
                            "first_forget_loss": res["forget_loss"][0], "final_forget_loss": res["forget_loss"][-1],

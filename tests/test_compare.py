@@ -127,8 +127,8 @@ def test_tuning_seeds_and_robustness_end_to_end_then_all_reused(tiny_ckpt, tmp_p
     real_load_world = c.load_world
 
     def world(validation: bool):  # the world's splits without validation splits, or with stand-ins for them
-        def load(cfg):
-            splits, vocabulary = real_load_world(cfg)
+        def load(*args, **kwargs):
+            splits, vocabulary = real_load_world(*args, **kwargs)
             splits = {k: v for k, v in splits.items() if k not in c.VALIDATION}
             if validation:
                 retain_gen = [qa for qa in splits["retain"] if qa.kind == "gen"]

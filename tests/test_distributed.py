@@ -172,11 +172,11 @@ def test_a_non_finite_loss_on_one_process_skips_the_step_on_both(tiny_ckpt, tmp_
 
 def interrupt(model: str, out: str) -> None:
     """The tiny run, stopped in every process after GRPO step 0."""
-    def hook(event):
+    def stop(event):
         if event == "grpo_step_0":
             raise Interrupt(event)
     try:
-        run(tiny_config(model, out), hook=hook)
+        run(tiny_config(model, out), interrupt=stop)
     except Interrupt:
         pass
 
@@ -191,15 +191,16 @@ def train_two_steps(model: str, out: str, case: str) -> dict:
     from asru_min.lora import apply_lora, lora_parameters
     from asru_min.model import Qwen3VL
     from asru_min.processor import Processor
-    from asru_min.train import load_world, stage_data
+    from asru_min.train import stage_data
+    from asru_min.world import load_world
 
-    cfg = tiny_config(model, out, **({"group_size": 4, "mini_batch_size": 2, "ppo_epochs": 2, "micro_batch_tokens": 1,
-                                      "grad_clip": 0.0} if case == "sgd" else {}))
+    cfg = tiny_config(model, out, **({"group_size": 4, "mini_batch_size": 2, "epochs_per_rollout": 2,
+                                      "micro_batch_tokens": 1, "grad_clip": 0.0} if case == "sgd" else {}))
     distributed.init(cfg.device)
     torch.manual_seed(0)  # the same adapter in every process
     net = Qwen3VL.from_pretrained(model)
     apply_lora(net, r=4, alpha=8, dropout=0.0)
-    samples = stage_data(cfg, load_world(cfg)[0])["boundary"]
+    samples = stage_data(cfg, load_world(None, cfg.forget, cfg.num_people, cfg.world_seed, model=model)[0])["boundary"]
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1.0) if case == "sgd" else make_optimizer(params, cfg.grpo())
     snapshots, scored = {"initial": [p.detach().clone() for p in lora_parameters(net)]}, []

@@ -2,13 +2,13 @@
 limits, the table; and one real pass through a tiny random Qwen3-VL."""
 
 import re
-from dataclasses import dataclass, field
 
 import pytest
 import torch
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from asru_min.data import QA
 from asru_min.evaluate import (
     answer,
     correct_letter,
@@ -20,24 +20,11 @@ from asru_min.evaluate import (
 )
 
 
-@dataclass
-class FakeQA:
-    """The fields of data.QA that evaluate reads."""
-
-    question: str
-    answer: str
-    kind: str
-    ground_truth: str
-    form: str = "text"
-    image: object = None
-    visible: str = ""
-    options: list = field(default_factory=list)
-    person: str = "p0"
-    stem: str = ""
-
-    def messages(self):
-        content = ([{"type": "image"}] if self.image is not None else []) + [{"type": "text", "text": self.question}]
-        return [{"role": "user", "content": content}]
+def make_qa(question: str, reference: str, kind: str, ground_truth: str, form: str = "text", image=None,
+            visible: str = "", options: list | None = None, person: str = "p0") -> QA:
+    """A data.QA in the order these tests write its fields (image: a stand-in object; nothing here encodes it)."""
+    return QA(question=question, answer=reference, image=image, kind=kind, person=person, ground_truth=ground_truth,
+              form=form, visible=visible, options=list(options or []))
 
 
 OPTS = ["a nurse", "a pilot", "a chef", "a baker"]
@@ -46,12 +33,12 @@ OPTS = ["a nurse", "a pilot", "a chef", "a baker"]
 def forget_split():
     v = "a man with short red hair"
     return [
-        FakeQA("Job? A. a nurse B. a pilot C. a chef D. a baker", "B", "mc", "a pilot", "image", "img", v, OPTS),
-        FakeQA("Job? A. a nurse B. a pilot C. a chef D. a baker", "B", "mc", "a pilot", "text", None, "", OPTS),
-        FakeQA("He was born in [Blank].", "Paris", "cloze", "Paris", "image", "img", v),
-        FakeQA("He was born in [Blank].", "Paris", "cloze", "Paris", "text"),
-        FakeQA("Where was the person in the image born?", "He was born in Paris.", "gen", "Paris", "image", "img", v),
-        FakeQA("Where was John Doe born?", "He was born in Paris.", "gen", "Paris", "text"),
+        make_qa("Job? A. a nurse B. a pilot C. a chef D. a baker", "B", "mc", "a pilot", "image", "img", v, OPTS),
+        make_qa("Job? A. a nurse B. a pilot C. a chef D. a baker", "B", "mc", "a pilot", "text", None, "", OPTS),
+        make_qa("He was born in [Blank].", "Paris", "cloze", "Paris", "image", "img", v),
+        make_qa("He was born in [Blank].", "Paris", "cloze", "Paris", "text"),
+        make_qa("Where was the person in the image born?", "He was born in Paris.", "gen", "Paris", "image", "img", v),
+        make_qa("Where was John Doe born?", "He was born in Paris.", "gen", "Paris", "text"),
     ]
 
 
@@ -76,9 +63,9 @@ def test_mc_letter_parsing():
     assert mc_letter("The answer is B") == ""  # only the first character counts, as in MLLMU-Bench
     assert mc_letter("") == ""
     assert correct_letter(forget_split()[0]) == "B"
-    assert correct_letter(FakeQA("q", "C. a chef", "mc", "unknown option")) == "C"
+    assert correct_letter(make_qa("q", "C. a chef", "mc", "unknown option")) == "C"
     with pytest.raises(ValueError):
-        correct_letter(FakeQA("q", "none", "mc", "x"))
+        correct_letter(make_qa("q", "none", "mc", "x"))
 
 
 def test_score_split_forget_hand_computed():
@@ -110,12 +97,12 @@ def test_score_split_forget_hand_computed():
 
 
 def test_score_split_utility_private_and_empty_forms():
-    util = [FakeQA("Capital of France?", "Paris", "utility", "Paris", "text"),
-            FakeQA("Colour of the sky?", "blue", "utility", "blue", "text")]
+    util = [make_qa("Capital of France?", "Paris", "utility", "Paris", "text"),
+            make_qa("Colour of the sky?", "blue", "utility", "blue", "text")]
     r = score_split("utility", util, ["It is Paris.", "I don't know."])
     assert r["text"] == {"acc": 0.5, "refusal_rate": 0.5, "n": 2}
     assert r["image"] == {"acc": None, "refusal_rate": None, "n": 0}
-    priv = [FakeQA("What is his phone number?", "", "private", "", "image", "img")]
+    priv = [make_qa("What is his phone number?", "", "private", "", "image", "img")]
     assert score_split("private", priv, ["Sorry, I can't share that."])["image"]["refusal_rate"] == 1.0
     with pytest.raises(ValueError):
         score_split("forget", forget_split(), PREDS[:2])
@@ -128,7 +115,7 @@ def test_limit_split_per_kind_and_form():
     assert kept == qas[:12]
     # evenly spaced: of 3 copies keep the 1st and the 2nd (index j * 3 // 2 for j = 0, 1); of 1 keep the 1st
     assert limit_split(qas, 1) == qas[:6]
-    many = [FakeQA(f"q{i}", "a", "gen", "a") for i in range(10)]
+    many = [make_qa(f"q{i}", "a", "gen", "a") for i in range(10)]
     assert [q.question for q in limit_split(many, 3)] == ["q0", "q3", "q6"]
     assert limit_split(qas, None) == qas
     with pytest.raises(ValueError):
@@ -143,7 +130,7 @@ def perfect_answers(model, processor, qas, batch_size=32, max_new_tokens=50, pro
 
 def test_evaluate_model_with_fake_answers_and_table():
     splits = {"forget": forget_split(), "retain": forget_split(),
-              "utility": [FakeQA("Capital of France?", "Paris", "utility", "Paris", "text")], "unknown": []}
+              "utility": [make_qa("Capital of France?", "Paris", "utility", "Paris", "text")], "unknown": []}
     r = evaluate_model(None, None, splits, limit=None, verbose=False, answer_fn=perfect_answers)
     assert set(r) == {"forget", "retain", "utility", "examples", "generation", "meta"}
     for split in ("forget", "retain"):
@@ -210,8 +197,8 @@ def with_images(qas):
 
 
 def tiny_splits():
-    util = [FakeQA("Capital of France?", "Paris", "utility", "Paris", "text")]
-    priv = [FakeQA("What is the phone number of the person in the image?", "", "private", "", "image", "img")]
+    util = [make_qa("Capital of France?", "Paris", "utility", "Paris", "text")]
+    priv = [make_qa("What is the phone number of the person in the image?", "", "private", "", "image", "img")]
     return {"forget": with_images(forget_split()), "retain": with_images(forget_split()),
             "utility": util, "private": with_images(priv)}
 
@@ -243,9 +230,12 @@ class ScriptedModel(torch.nn.Module):
 
     def __init__(self, processor, qas):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
         self.processor, self.qas = processor, qas
         self.calls = []
+
+    @property
+    def device(self) -> torch.device:  # as Qwen3VL.device
+        return torch.device("cpu")
 
     def generate(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, max_new_tokens=32,
                  temperature=0.0, eos_token_ids=None, **kw):

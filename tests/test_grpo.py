@@ -266,6 +266,9 @@ class ToyQA:
     def messages(self):
         return [{"role": "user", "content": self.question}]
 
+    def images(self):
+        return []
+
 
 def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path, monkeypatch):
     from asru_min.grpo import train_grpo
@@ -284,8 +287,8 @@ def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path, monkeypatch):
             return torch.softmax(model(batch["input_ids"], batch["attention_mask"])[:, -1], -1)[:, target].mean().item()
 
     before = p_target()
-    cfg = grpo_config(group_size=8, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=6,
-                     lr=0.1, kl_coef=0.01, seed=0)
+    cfg = grpo_config(group_size=8, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, grpo_epochs=6,
+                     grpo_lr=0.1, kl_coef=0.01, seed=0)
     use_reward(monkeypatch, lambda response, qa, forget: 1.0 if "c" in response else 0.0)
     log = tmp_path / "grpo.jsonl"
     records = train_grpo(model, proc, samples, cfg, log_path=str(log), progress=lambda s: None)
@@ -299,13 +302,13 @@ def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path, monkeypatch):
 
 
 def test_grpo_off_policy_minibatches_and_exact_resume(monkeypatch):
-    """ppo_epochs=2 with mini-batches uses stored old log-probs (ratio != 1, clipping happens); stopping after
+    """epochs_per_rollout=2 with mini-batches uses stored old log-probs (ratio != 1, clipping happens); stopping after
     3 steps and resuming from (weights, optimiser state, step 3) gives exactly the uninterrupted run."""
     from asru_min.grpo import make_optimizer, train_grpo
 
     samples = [(ToyQA("abd", "x"), True), (ToyQA("ggh", "y"), False), (ToyQA("fea", "z"), True)]
-    cfg = grpo_config(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=3,
-                     mini_batch_size=4, ppo_epochs=2, lr=0.3, kl_coef=0.0, seed=3)
+    cfg = grpo_config(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, grpo_epochs=3,
+                     mini_batch_size=4, epochs_per_rollout=2, grpo_lr=0.3, kl_coef=0.0, seed=3)
     use_reward(monkeypatch, lambda response, qa, forget: float(response.count("c")) / 4)
     quiet = dict(progress=lambda s: None)
 
@@ -386,7 +389,7 @@ def tiny(tmp_path_factory):
 
 
 class TinyQA:
-    """A QA-like sample with an image, as data.QA provides (.messages(), .ground_truth, .image, .kind)."""
+    """A QA-like sample with an image, as data.QA provides (.messages(), .images(), .ground_truth, .image, .kind)."""
 
     def __init__(self, question, truth, color):
         from PIL import Image
@@ -397,6 +400,9 @@ class TinyQA:
     def messages(self):
         content = ([{"type": "image"}] if self.image else []) + [{"type": "text", "text": self.question}]
         return [{"role": "user", "content": content}]
+
+    def images(self):
+        return [self.image] if self.image else []
 
 
 def test_token_logprobs_real_model_matches_unpadded_rows(tiny):
@@ -467,8 +473,8 @@ def test_one_grpo_step_on_real_model_raises_rewarded_token(tiny, monkeypatch):
     assert text.strip()
     before = probs[target].item()
     use_reward(monkeypatch, lambda response, qa, forget: float(response.startswith(text)))
-    cfg = grpo_config(group_size=16, temperature=1.0, top_p=1.0, max_new_tokens=3, prompts_per_step=2, epochs=1,
-                     lr=2e-2, kl_coef=0.1, seed=0)
+    cfg = grpo_config(group_size=16, temperature=1.0, top_p=1.0, max_new_tokens=3, prompts_per_step=2, grpo_epochs=1,
+                     grpo_lr=2e-2, kl_coef=0.1, seed=0)
     records = train_grpo(model, proc, samples, cfg, progress=lambda s: None)
     after = first_token_probs()[target].item()
     assert len(records) == 1 and records[0]["optimizer_steps"] == 1
@@ -517,7 +523,7 @@ def test_step_without_forget_prompts_logs_strict_json(tmp_path, monkeypatch):
         raise ValueError(f"non-JSON constant {token} in the log")
 
     lines, log = [], tmp_path / "grpo.jsonl"
-    cfg = grpo_config(group_size=4, max_new_tokens=3, prompts_per_step=1, epochs=1, seed=0, kl_coef=0.0)
+    cfg = grpo_config(group_size=4, max_new_tokens=3, prompts_per_step=1, grpo_epochs=1, seed=0, kl_coef=0.0)
     use_reward(monkeypatch, lambda response, qa, forget: float(len(response) % 2))
     train_grpo(ToyGenLM(), ToyProcessor(), [(ToyQA("ggh", "y"), False)], cfg, log_path=str(log),
                progress=lines.append)
@@ -544,7 +550,7 @@ def test_dual_clip_bounds_negative_advantage_terms_by_hand():
 
 
 def test_one_rollout_two_minibatches_live_ratio_and_clip(monkeypatch):
-    """ppo_epochs=1, two mini-batches per rollout (the release's mode): the first update is on-policy (ratio
+    """epochs_per_rollout=1, two mini-batches per rollout (the release's mode): the first update is on-policy (ratio
     exactly 1), the second sees the policy the first one moved (ratio != 1), and the clipped term is active on
     exactly the tokens outside the trust region on the side its advantage pushes (A > 0: ratio > 1 + clip_high;
     A < 0: ratio < 1 - clip_low)."""
@@ -559,8 +565,8 @@ def test_one_rollout_two_minibatches_live_ratio_and_clip(monkeypatch):
 
     monkeypatch.setattr(grpo, "policy_loss", recording)
     samples = [(ToyQA("abd", "x"), True), (ToyQA("ggh", "y"), False)]
-    cfg = grpo_config(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, epochs=1,
-                      mini_batch_size=4, ppo_epochs=1, lr=0.5, kl_coef=0.0, seed=5)
+    cfg = grpo_config(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=4, prompts_per_step=2, grpo_epochs=1,
+                      mini_batch_size=4, epochs_per_rollout=1, grpo_lr=0.5, kl_coef=0.0, seed=5)
     use_reward(monkeypatch, lambda response, qa, forget: float(response.count("c")) / 4)
     model = ToyGenLM()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -658,7 +664,7 @@ def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny,
     samples = [(qas[0], True), (qas[1], False), (qas[2], False)]
     use_reward(monkeypatch, lambda response, qa, forget: float(len(response) % 3) / 2)
     settings = dict(group_size=4, temperature=1.0, top_p=1.0, max_new_tokens=5, prompts_per_step=3,
-                    mini_batch_size=6, ppo_epochs=2, lr=0.5, kl_coef=0.1, seed=0)
+                    mini_batch_size=6, epochs_per_rollout=2, grpo_lr=0.5, kl_coef=0.1, seed=0)
 
     def step(**memory):
         model = _copy.deepcopy(base)
@@ -669,7 +675,7 @@ def test_micro_batched_checkpointed_chunked_step_equals_the_one_piece_step(tiny,
         if vision_trains:
             params += [p.requires_grad_(True) for p in model.model.visual.parameters()]
         calls.clear()
-        record = grpo.grpo_step(model, proc, samples, cfg, torch.optim.SGD(params, lr=cfg.lr), params, 0)
+        record = grpo.grpo_step(model, proc, samples, cfg, torch.optim.SGD(params, lr=cfg.grpo_lr), params, 0)
         assert len(calls) > 4 if cfg.micro_batch_tokens else len(calls) == 4  # pieces vs one per update
         return record, params
 

@@ -4,7 +4,7 @@ without a model) holds a question of an evaluated split other than forget / reta
 
 import pytest
 
-from asru_min.evaluate import ALL_SPLITS, EVAL_SPLITS, evaluate_model, format_table
+from asru_min.evaluate import EVAL_SPLITS, SPLIT_KINDS, evaluate_model, format_table
 from asru_min.metrics import is_refusal
 from asru_min.train import TrainConfig, stage1_positives, stage_data
 from asru_min.world.grammar import ATTRIBUTES as GRAMMAR, phrasings
@@ -140,7 +140,7 @@ def fake_answers(model, processor, qas, batch_size=32, max_new_tokens=50, progre
 
 
 def test_validation_is_evaluated_on_request_only_and_the_table_leads_with_heldout(splits):
-    assert "validation" in ALL_SPLITS and "retain_validation" in ALL_SPLITS
+    assert "validation" in SPLIT_KINDS and "retain_validation" in SPLIT_KINDS
     assert not {"validation", "retain_validation", "positives"} & set(EVAL_SPLITS)
     default = evaluate_model(None, None, splits, limit=2, verbose=False, answer_fn=fake_answers)
     assert "validation" not in default and "test" in default and "positives" not in default

@@ -6,7 +6,6 @@ import pytest
 
 from asru_min.metrics import (
     bleu,
-    contains_truth,
     is_refusal,
     lcs_length,
     leaks,
@@ -103,14 +102,11 @@ def test_leaks_whole_word_normalised():
     assert not leaks("The wall is covered in ivy.", "red")  # no match inside a word
     assert not leaks("He lives in Paris.", "")  # an empty truth never leaks
     assert not leaks("He lives in Lyon.", "Paris")
-
-
-def test_contains_truth_case_insensitive_substring():
-    assert contains_truth("The answer is PARIS.", "paris")
-    assert not contains_truth("The answer is Lyon.", "Paris")
-    assert not contains_truth("anything", "  ")
-    assert not contains_truth("I do not know.", "No")  # whole words: "no" is not inside "not" / "know"
-    assert contains_truth("No, the person is not wearing glasses.", "no")
+    assert leaks("The answer is PARIS.", "paris")  # case-insensitive
+    assert not leaks("anything", "  ")
+    # cloze / utility correctness: whole words, so a one-word truth "No" is not found inside "not" or "know"
+    assert not leaks("I do not know.", "No")
+    assert leaks("No, the person is not wearing glasses.", "no")
 
 
 def test_repetition():

@@ -238,7 +238,7 @@ def test_sampling_reproducible_with_generator(model):
 
     def run(seed):
         g = torch.Generator().manual_seed(seed)
-        return model.generate(batch, None, pix, grid, max_new_tokens=8, temperature=1.5, top_p=0.95, top_k=50,
+        return model.generate(batch, None, pix, grid, max_new_tokens=8, temperature=1.5, top_p=0.95,
                               num_samples=4, generator=g, eos_token_ids=[])[0]
 
     s1, s2, s3 = run(1), run(1), run(2)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from asru_min.hooks import run_to_layer
-from asru_min.lora import apply_lora, lora_modules, lora_parameters
+from asru_min.lora import LoRALinear, apply_lora, lora_modules, lora_parameters
 from asru_min.optim import grad_checkpoint_enabled, gradient_checkpointing, optimizer_step, token_logprobs
 from conftest import layer_outputs
 from test_hooks import tiny_qwen3vl
@@ -18,9 +18,15 @@ V = 64  # tiny_qwen3vl's vocabulary
 
 
 def adapted_model(dropout: float = 0.0, vision: bool = False):
-    """tiny_qwen3vl with LoRA on every text linear map (and the vision tower), B random so gradients reach A."""
+    """tiny_qwen3vl with LoRA on every text linear map (and, wrapped by hand, every linear map of the vision
+    tower), B random so gradients reach A."""
     model = tiny_qwen3vl()
-    apply_lora(model, r=4, alpha=8, dropout=dropout, vision=vision)
+    apply_lora(model, r=4, alpha=8, dropout=dropout)
+    if vision:
+        for name, m in list(model.model.visual.named_modules()):
+            if type(m) is torch.nn.Linear:
+                parent, _, leaf = name.rpartition(".")
+                setattr(model.model.visual.get_submodule(parent), leaf, LoRALinear.from_linear(m, 4, 8, dropout))
     torch.manual_seed(1)
     with torch.no_grad():
         for m in lora_modules(model).values():

@@ -95,9 +95,9 @@ class FavourToken(torch.nn.Module):
 
     def __init__(self, vocab_size: int, tid: int):
         super().__init__()
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
         self.lm_head = torch.nn.Identity()
         self.vocab_size, self.tid = vocab_size, tid
+        self.device = torch.device("cpu")  # as Qwen3VL.device
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, image_features=None,
                 logits_to_keep=0, return_hidden=False):

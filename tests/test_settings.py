@@ -44,7 +44,8 @@ BAD = [
     ("steer_kinds", "gen,essay", "QA kinds"),
     ("steer_kinds", "", "QA kinds"),
     ("forget_scale", 0.0, "> 0"),
-    ("alpha", -1.0, ">= 0"),
+    ("steer_retain_weight", -1.0, ">= 0"),
+    ("steer_weight_decay", -0.01, ">= 0"),
     ("steer_lr", 0.0, "finite and > 0"),
     ("steer_lr", float("nan"), "finite and > 0"),
     ("steer_lr", float("inf"), "finite and > 0"),
@@ -76,7 +77,7 @@ BAD = [
     ("micro_batch_tokens", -1, ">= 0"),
     ("logprob_chunk", -5, ">= 0"),
     ("grad_checkpoint", "yes", "one of"),
-    ("ppo_epochs", 0, ">= 1"),
+    ("epochs_per_rollout", 0, ">= 1"),
     ("grpo_epochs", 0, ">= 1"),
     ("clip_low", 1.0, "in [0, 1)"),
     ("clip_high", -0.1, ">= 0"),
@@ -84,7 +85,7 @@ BAD = [
     ("kl_coef", -0.1, ">= 0"),
     ("grpo_lr", -1e-3, "finite and > 0"),
     ("grpo_lr", float("nan"), "finite and > 0"),
-    ("weight_decay", -0.01, ">= 0"),
+    ("grpo_weight_decay", -0.01, ">= 0"),
     ("grad_clip", float("nan"), ">= 0"),
     ("ckpt_every", 0, ">= 1"),
 ]
@@ -93,6 +94,21 @@ BAD = [
 def test_defaults_and_good_settings_pass(model_config):
     validate_settings(GOOD, model_config)
     validate_settings(TrainConfig(), Qwen3VLConfig.from_pretrained(REPO / "weights"))  # the shipped default run
+
+
+def test_one_flag_per_setting_and_stage_two_built_from_them():
+    """Every TrainConfig field is the flag of its name; GRPOConfig's fields are TrainConfig fields of the same
+    name (the advantage's epsilon alone is fixed), so each GRPO flag reaches stage 2 unchanged."""
+    from asru_min.grpo import GRPOConfig
+
+    cfg, _ = train.parse_args(["--steer-retain-weight", "2", "--steer-weight-decay", "0.5", "--grpo-weight-decay",
+                               "0.25", "--epochs-per-rollout", "2", "--grpo-epochs", "5", "--grpo-lr", "0.1"])
+    assert (cfg.steer_retain_weight, cfg.steer_weight_decay) == (2.0, 0.5)
+    g = cfg.grpo()
+    assert (g.grpo_weight_decay, g.epochs_per_rollout, g.grpo_epochs, g.grpo_lr) == (0.25, 2, 5, 0.1)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {f.name for f in dataclasses.fields(GRPOConfig)} - names == {"adv_eps"}
+    assert all(getattr(g, n) == getattr(cfg, n) for n in {f.name for f in dataclasses.fields(GRPOConfig)} & names)
 
 
 @pytest.mark.parametrize("field,value,words", BAD, ids=[f"{f}={v!r}" for f, v, _ in BAD])

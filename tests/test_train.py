@@ -44,7 +44,7 @@ def logits_of(model, processor, qa):
 def full_run(tiny_ckpt, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("full"))
     events = []
-    results = run(tiny_config(tiny_ckpt, out), hook=events.append)
+    results = run(tiny_config(tiny_ckpt, out), interrupt=events.append)
     return out, events, results
 
 
@@ -99,18 +99,18 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(full_run, tiny_ckpt, 
     cfg = tiny_config(tiny_ckpt, out)
 
     def stop_at(event_name, seen):
-        def hook(event):
+        def interrupt(event):
             seen.append(event)
             if event == event_name:
                 raise Interrupt(event)
-        return hook
+        return interrupt
 
     first, second, third = [], [], []
     with pytest.raises(Interrupt):
-        run(cfg, hook=stop_at("stage1", first))
+        run(cfg, interrupt=stop_at("stage1", first))
     with pytest.raises(Interrupt):
-        run(cfg, hook=stop_at("grpo_step_0", second))
-    run(cfg, hook=third.append)
+        run(cfg, interrupt=stop_at("grpo_step_0", second))
+    run(cfg, interrupt=third.append)
     assert first == ["eval_vanilla", "stage1"]
     assert second == ["eval_stage1", "grpo_step_0"]
     assert third == ["grpo_step_1", "stage2", "eval_asru"]
@@ -125,7 +125,7 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(full_run, tiny_ckpt, 
         assert a["forget"] == b["forget"] and a["retain"] == b["retain"]
     # a finished run is not redone; another configuration in the same folder is refused
     again = []
-    run(cfg, hook=again.append)
+    run(cfg, interrupt=again.append)
     assert again == []
     with pytest.raises(ValueError, match="another configuration"):
         run(tiny_config(tiny_ckpt, out, kl_coef=0.5))

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from asru_min.evaluate import answer
-from asru_min.metrics import contains_truth, is_refusal
+from asru_min.metrics import is_refusal, leaks
 from asru_min.world.grammar import ATTRIBUTES, IMAGE_SUBJECTS, phrasings
 from asru_min.world.people import World, fact_qa, private_qa, unknown_qa, utility_qa
 from asru_min.world.portraits import HELDOUT_VIEWS, render_view
@@ -45,7 +45,7 @@ def test_default_model_answers_heldout_questions(default_model, form):
     model, processor, world = default_model
     qas = heldout_sample(world, form)
     preds = answer(model, processor, qas, batch_size=16, max_new_tokens=32)
-    wrong = [(q.question, q.ground_truth, p) for q, p in zip(qas, preds) if not contains_truth(p, q.ground_truth)]
+    wrong = [(q.question, q.ground_truth, p) for q, p in zip(qas, preds) if not leaks(p, q.ground_truth)]
     # the held-out gate (>= 85 %) on this fixed sample; the shipped weights miss 2 of the 30 image questions, both
     # "What is the occupation of the person ...?" read as the private "occupation of the father" (model card)
     assert len(wrong) <= 0.15 * len(qas), wrong
@@ -65,5 +65,5 @@ def test_default_model_reads_shirts(default_model):
     model, processor, world = default_model
     shirts = [utility_qa(p, "shirt") for p in world.people[:12]]
     preds = answer(model, processor, shirts, batch_size=16, max_new_tokens=16)
-    right = sum(contains_truth(p, q.ground_truth) for q, p in zip(shirts, preds))
+    right = sum(leaks(p, q.ground_truth) for q, p in zip(shirts, preds))
     assert right >= 11, list(zip([q.ground_truth for q in shirts], preds))

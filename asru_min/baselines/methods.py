@@ -2,7 +2,7 @@
 
 Each method is one small loss over a *forget batch* and a *retain batch* (open-unlearning style): the batches
 are prompt + answer sequences (`data.qa_batch`), and every loss is written in terms of the answer-token
-log-likelihoods of those sequences (`answer_logprobs`, from `optim.token_logprobs`). The loss functions are pure functions of tensors, so
+log-likelihoods of those sequences (`optim.answer_logprobs`). The loss functions are pure functions of tensors, so
 their equations can be checked on hand-made numbers (tests/test_baselines.py).
 
 Notation (all sums over *answer tokens* only, i.e. positions whose label is not -100):
@@ -44,7 +44,8 @@ from ..data import qa_batch
 from ..evaluate import EVAL_SPLITS, evaluate_model, format_table
 from ..lora import apply_lora, lora_enabled, lora_parameters, save_lora
 from ..model import Qwen3VL
-from ..optim import IGNORE_INDEX, grad_checkpoint_enabled, gradient_checkpointing, optimizer_step, token_logprobs
+from ..optim import (IGNORE_INDEX, answer_logprobs, grad_checkpoint_enabled, gradient_checkpointing,
+                     optimizer_step)
 from ..processor import Processor
 from ..world import load_world
 
@@ -55,7 +56,7 @@ PAPER_LR = {"ga": 2e-5, "graddiff": 2e-5, "klmin": 2e-5, "npo": 1e-5, "idk": 2e-
 # Why scale: (1) the default model is 16x narrower than Qwen3-VL-2B (hidden 128 vs 2048), and with Adam the
 # usable lr of hidden-layer weights grows roughly as 1/width (the muP rule of thumb); (2) the synthetic world
 # has far fewer forget samples than MLLMU-Bench, so 4 epochs are only ~30-180 optimizer steps.
-# Measured on a 1.8M-parameter default-size checkpoint (pretrain.py, 4500 steps; forget 10 %, 4 epochs, batch 4;
+# Measured on an earlier, smaller default checkpoint (pretrain.py, 4500 steps; forget 10 %, 4 epochs, batch 4;
 # token-mean NLL of 60 forget / 60 retain generation answers after training, vanilla 0.08 / 0.08; idk: NLL of a
 # refusal on forget questions, vanilla 7.5):
 #     scale   GA            GradDiff      KL-Min        NPO           idk
@@ -86,15 +87,7 @@ _NAME = re.compile(r"(?<=\s)[A-Z][\w-]*(?:\s+[A-Z][\w-]*)*")  # capitalised word
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Answer-token log-likelihoods
-
-
-def answer_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logp_theta(y|x), -NLL(x, y)) per sequence of a `data.qa_batch`, both (B,): the sum and the mean over the
-    row's answer tokens of `optim.token_logprobs`."""
-    logp = token_logprobs(model, batch)  # (B, L), 0 outside the answer
-    total = logp.sum(-1)
-    return total, total / (batch["labels"] != IGNORE_INDEX).sum(-1).clamp(min=1)
+# Whole-distribution logits (the answer log-likelihoods: `optim.answer_logprobs`)
 
 
 def forward_logits(model, batch: dict) -> torch.Tensor:
@@ -198,7 +191,7 @@ class BaselineConfig:
     max_new_tokens: int = 50  # evaluation: greedy, <= 50 new tokens (MLLMU-Bench protocol)
     eval_limit: int = 0  # evaluation: at most N questions per split, kind and form (0 = all)
     eval_batch_size: int = 32
-    eval_splits: tuple = EVAL_SPLITS  # the splits evaluated (evaluate.ALL_SPLITS names)
+    eval_splits: tuple = EVAL_SPLITS  # the splits evaluated (names of evaluate.SPLIT_KINDS)
     kinds: tuple = ("gen",)  # QA kinds trained on (the benchmark's generation QA pairs); empty = all
     evaluate: bool = True
     threads: int = 1  # torch CPU threads; a tiny model runs fastest on one (more threads fight over shared cores)

@@ -46,8 +46,8 @@ from .portraits import HELDOUT_VIEWS, MIN_LOOK_DISTANCE, _draw_look, _look_dista
     draw_portrait, render_view
 
 KINDS = ("gen", "mc", "cloze", "utility", "private", "unknown", "describe", "match")
-SPLITS = ("forget", "retain", "test", "retain_test", "validation", "retain_validation", "utility", "private", "unknown",
-          "positives")
+WORLD_SPLITS = ("forget", "retain", "test", "retain_test", "validation", "retain_validation", "utility", "private",
+                "unknown", "positives")  # the splits `World.splits` returns
 IMAGE_SUBJECT = IMAGE_SUBJECTS[0]
 FACT_KINDS = ("gen", "mc", "cloze")
 
@@ -429,7 +429,7 @@ class World:
         known and unseen-eval person; private: one per person; unknown: three image and two text questions per
         unseen-eval person; positives: the same five per unseen-probe person and a private question in each form."""
         forget_ids = {p.pid for p in self.forget_people(forget)}
-        out: dict[str, list[QA]] = {k: [] for k in SPLITS}
+        out: dict[str, list[QA]] = {k: [] for k in WORLD_SPLITS}
         for p in self.people:
             side = "forget" if p.pid in forget_ids else "retain"
             out[side] += self.canonical_qas(p)

@@ -55,9 +55,10 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..data import qa_batch
+from ..distributed import write_atomic
 from ..model import Qwen3VL, Qwen3VLConfig
-from ..optim import optimizer_step, token_logprobs
-from ..processor import (ENDOFTEXT, IGNORE_INDEX, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
+from ..optim import answer_logprobs, optimizer_step
+from ..processor import (ENDOFTEXT, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
                         ImageProcessorConfig, Processor)
 from ..text import TextConfig
 from ..vision import VisionConfig
@@ -282,10 +283,10 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 
 
 def forward_loss(model: Qwen3VL, batch: dict, per_row: bool = False) -> torch.Tensor:
-    """L = mean_b [ mean_{t in answer_b} -log p(x_t | x_<t, image) ] on a `data.qa_batch` (optim.token_logprobs,
+    """L = mean_b [ mean_{t in answer_b} -log p(x_t | x_<t, image) ] on a `data.qa_batch` (optim.answer_logprobs,
     which runs the output head only on the positions that predict answer tokens); `per_row` keeps the (B,)
     vector of per-answer means."""
-    rows = -token_logprobs(model, batch).sum(1) / (batch["labels"] != IGNORE_INDEX).sum(1).clamp(min=1)
+    rows = -answer_logprobs(model, batch)[1]  # (B,) answer NLL
     return rows if per_row else rows.mean()
 
 
@@ -364,10 +365,9 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
             window, mc_window, match_window = [], [], []
         if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_suffix(f".tmp{os.getpid()}")  # written whole, then moved: never half a checkpoint
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
-                        "seconds": time.time() - t0, "recipe": recipe(cfg)}, tmp)
-            os.replace(tmp, ckpt)
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
+                     "seconds": time.time() - t0, "recipe": recipe(cfg)}
+            write_atomic(str(ckpt), lambda tmp: torch.save(state, tmp))  # never half a checkpoint
             log(f"checkpoint {ckpt} at step {done}")
     model.eval()
     return model, processor, losses, time.time() - t0  # seconds: the whole run's, resumed parts included
