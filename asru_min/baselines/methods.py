@@ -55,7 +55,7 @@ PAPER_LR = {"ga": 2e-5, "graddiff": 2e-5, "klmin": 2e-5, "npo": 1e-5, "idk": 2e-
 # Why scale: (1) the default model is 16x narrower than Qwen3-VL-2B (hidden 128 vs 2048), and with Adam the
 # usable lr of hidden-layer weights grows roughly as 1/width (the muP rule of thumb); (2) the synthetic world
 # has far fewer forget samples than MLLMU-Bench, so 4 epochs are only ~30-180 optimizer steps.
-# Measured on a 1.8M-parameter default-size checkpoint (pretrain.py, 4500 steps; forget 10 %, 4 epochs, batch 4;
+# Measured on an earlier, smaller default checkpoint (pretrain.py, 4500 steps; forget 10 %, 4 epochs, batch 4;
 # token-mean NLL of 60 forget / 60 retain generation answers after training, vanilla 0.08 / 0.08; idk: NLL of a
 # refusal on forget questions, vanilla 7.5):
 #     scale   GA            GradDiff      KL-Min        NPO           idk
