@@ -23,7 +23,7 @@ from asru_min.baselines import methods
 from asru_min.model import Qwen3VLConfig, checkpoint_shapes
 from asru_min.processor import smart_resize
 from asru_min.train import TrainConfig
-from asru_min.world import portraits
+from asru_min.world import load_world, portraits
 
 ROOT = Path(__file__).resolve().parents[1]
 README, METHOD, QWEN3VL, RESULTS = (ROOT / "README.md", ROOT / "docs" / "METHOD.md", ROOT / "docs" / "QWEN3VL.md",
@@ -220,6 +220,19 @@ def test_stage2_defaults():
     assert (num(low), num(high), num(beta)) == (default("clip low"), default("clip high"), default("KL"))
 
 
+def test_default_world_counts():
+    """METHOD.md's counts of the default run's data (forget 10 %): the boundary set, the steering retain sample."""
+    assert DEFAULTS.forget == 10 and DEFAULTS.data is None
+    splits, _ = load_world(None, DEFAULTS.forget, DEFAULTS.num_people, DEFAULTS.world_seed, model=str(ROOT / "weights"))
+    gen, forget, retain = claim(METHOD, r"at forget 10 % the world has (\d+) forget generation QA, so the run uses "
+                                        r"(\d+) forget \+ (\d+) retain")
+    data = train.stage_data(DEFAULTS, splits)
+    assert int(gen) == sum(qa.kind == "gen" for qa in splits["forget"])
+    assert (int(forget), int(retain)) == (sum(f for _, f in data["boundary"]), sum(not f for _, f in data["boundary"]))
+    sample, total = claim(METHOD, r"(\d+) of the ([\d,]+) retain QA")
+    assert (int(sample), num(total)) == (len(data["steer_retain"]), len(splits["retain"]))
+
+
 def test_readme_equations():
     forget_high, retain_low = claim(README, r"0 < ROUGE-L < (\S+) -> 0\.5, else 0\.1; retain leak 1, refusal 0, "
                                             r"ROUGE-L > (\S+) -> 0\.5")
@@ -262,7 +275,9 @@ def test_quoted_line_counts():
 
 
 # --- names and flags the docs cite
-CITED = re.compile(r"`(asru_min/[\w/]+\.py|[a-z_]+\.py):([A-Za-z_][\w.]*)`")
+CITED = re.compile(r"`(asru_min/[\w/]+\.py|[a-z_]+\.py):([A-Za-z_][\w.]*)`")  # `asru_min/steer.py:forget_loss`
+MODULES = "|".join(p.stem for p in (ROOT / "asru_min").glob("*.py") if p.stem != "__init__")
+DOTTED = re.compile(rf"`({MODULES})\.([A-Za-z_]\w*)(?![\w.])")  # `metrics.judge`, `hooks.ablate_direction(...)`
 
 
 def _resolve(path: str, dotted: str) -> bool:
@@ -281,7 +296,8 @@ def _resolve(path: str, dotted: str) -> bool:
 
 @pytest.mark.parametrize("doc", [README, METHOD, QWEN3VL], ids=lambda p: p.name)
 def test_cited_names_exist(doc):
-    cited = CITED.findall(flat(doc))
+    text = flat(doc)
+    cited = CITED.findall(text) + [(f"{m}.py", n) for m, n in DOTTED.findall(text) if n not in ("py", "safetensors")]
     assert cited
     missing = sorted({f"{p}:{n}" for p, n in cited if not _resolve(p, n)})
     assert not missing, f"{doc.name} cites names that do not exist: {missing}"
