@@ -323,3 +323,33 @@ def test_flags_exist(doc):
     shown = set(re.findall(r"(?<![\w-])--[a-z][\w-]*[a-z0-9_]", doc.read_text())) - OTHER_PROGRAMS
     unknown = sorted(shown - _known_flags())
     assert not unknown, f"{doc.name} shows flags no entry point defines: {unknown}"
+
+
+def _package_imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module path relative to asru_min/ with dots, imported names) of every relative import in `path`, those
+    inside functions included."""
+    package = path.relative_to(ROOT / "asru_min").parent.parts
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(package[: len(package) - node.level + 1])
+            out.append((".".join(base + ([node.module] if node.module else [])), [a.name for a in node.names]))
+    return out
+
+
+def test_method_track_imports_run_forward():
+    """README: each file of the method track imports only the files above it (and files outside the track); no
+    file of the package outside world/ imports a private name of world/."""
+    block = re.search(r"\*\*The method\*\*.*?\n```\n(.*?)```", README.read_text(), re.S).group(1)
+    track = [line.split()[0].removesuffix(".py") for line in block.splitlines()]
+    assert track[0] == "data" and track[-1] == "train"
+    for i, name in enumerate(track):
+        for module, names in _package_imports(ROOT / "asru_min" / f"{name}.py"):
+            targets = [module] if module else names  # `from . import distributed`
+            later = [t for t in targets if t in track[i:]]
+            assert not later, f"{name}.py imports {later}, not above it in the README's method track"
+    for path in (ROOT / "asru_min").rglob("*.py"):
+        if "world" not in path.relative_to(ROOT / "asru_min").parts:
+            private = [(module, name) for module, names in _package_imports(path) if module.startswith("world")
+                       for name in names if name.startswith("_")]
+            assert not private, f"{path.name} imports private names of world/: {private}"
