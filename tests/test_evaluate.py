@@ -39,6 +39,9 @@ class FakeQA:
         content = ([{"type": "image"}] if self.image is not None else []) + [{"type": "text", "text": self.question}]
         return [{"role": "user", "content": content}]
 
+    def images(self):
+        return [self.image] if self.image is not None else []
+
 
 OPTS = ["a nurse", "a pilot", "a chef", "a baker"]
 

@@ -256,6 +256,9 @@ class ToyQA:
     def messages(self):
         return [{"role": "user", "content": self.question}]
 
+    def images(self):
+        return []
+
 
 def test_grpo_steps_raise_probability_of_rewarded_token(tmp_path):
     from asru_min.grpo import train_grpo
@@ -397,6 +400,9 @@ class TinyQA:
     def messages(self):
         content = ([{"type": "image"}] if self.image else []) + [{"type": "text", "text": self.question}]
         return [{"role": "user", "content": content}]
+
+    def images(self):
+        return [self.image] if self.image else []
 
 
 def test_token_logprobs_real_model_matches_unpadded_rows(tiny):
