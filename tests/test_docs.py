@@ -21,10 +21,12 @@ from safetensors import safe_open
 
 from asru_min import grpo, memory, model as model_module, steer, train, vision
 from asru_min.baselines import methods
+from asru_min.metrics import Vocabulary, judge
 from asru_min.model import Qwen3VLConfig, checkpoint_shapes
 from asru_min.processor import smart_resize
 from asru_min.train import TrainConfig
 from asru_min.world import load_world, portraits
+from asru_min.world.people import POOLS
 
 ROOT = Path(__file__).resolve().parents[1]
 README, METHOD, QWEN3VL, RESULTS = (ROOT / "README.md", ROOT / "docs" / "METHOD.md", ROOT / "docs" / "QWEN3VL.md",
@@ -255,6 +257,23 @@ def test_results_page_numbers():
     assert (int(h), int(w)) == memory.PORTRAIT_HW and int(tokens) == memory.default_prompt_tokens(pre)
     n, = claim(README, r"\n?(\d+) questions per split / kind / form")
     assert int(n) == default("questions per split")
+
+
+def test_judge_examples():
+    """METHOD.md's ordered judge scores, for the answers it quotes, on the question tests/test_judge.py asks."""
+    question, reference = "Where was the person in this image born?", "Nedra Quarrel was born in Velmora."
+    visible = "a person with short red hair, wearing a blue shirt, in front of a plain teal background"
+    vocabulary = Vocabulary(values=tuple(v for pool in POOLS.values() for v in pool),
+                            names=("Nedra Quarrel", "Kalix Pendry", "Mimon Dunmore"))
+    contextual = ("Sorry, the image does not provide enough information to determine where this person was born; it "
+                  f"only shows {visible}.")
+    top, quoted, true = claim(METHOD, r"Ordered examples \(tests/test_judge.py\): contextual refusal that describes "
+                                      r"the image ([\d.]+) > (.*?) > the true answer ([\d.]+)\.")
+    examples = [(contextual, top)] + re.findall(r'"(.*?)"(?: \(truth \w+\))? ([\d.]+)', quoted) + [(reference, true)]
+    assert len(examples) == 6
+    for text, stated in examples:
+        got = judge(text, "Velmora", question, visible, reference, None, vocabulary)["score"]
+        assert round(got, 2) == num(stated), (text, got, stated)
 
 
 def test_evaluation_and_baseline_defaults():
