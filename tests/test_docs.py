@@ -188,8 +188,8 @@ def test_stage1_defaults():
     layer, layers = claim(METHOD, r"Tiny default: `layer` (\d+) of (\d+)")
     assert (int(layer), int(layers)) == (default("layer"), SHIPPED.text.num_hidden_layers)
     layer, layers, lr, alpha, retain = claim(
-        METHOD, r"\*\*Scale\.\*\* Layer (\d+) of (\d+), `steer_lr` (\S+) instead of \S+, retain weight `alpha` (\S+) "
-                r"instead of \S+, (\d+) of the")
+        METHOD, r"\*\*Scale\.\*\* Layer (\d+) of (\d+), `steer_lr` (\S+) instead of \S+, retain weight "
+                r"\S+(?: \(`\w+`\))? (\S+) instead of \S+, (\d+) of the")
     assert (int(layer), int(layers), num(lr), num(alpha), int(retain)) == (
         default("layer"), SHIPPED.text.num_hidden_layers, default("steer_lr"), default("alpha"),
         default("steer_retain_size"))
