@@ -28,7 +28,7 @@ for a reported figure.
     private / unknown        refusal_rate (private facts nobody was trained on / people never seen; on request)
 
 Unlearning effectiveness = forget / test scores fall; utility = retain, real and utility scores stay.
---protocol release asks and parses the release's way (`data.with_protocol`): image questions (text cloze with the
+--protocol release asks and parses the release's way (`mllmu.with_protocol`): image questions (text cloze with the
 person's image attached), its instructions, one in-context example for mc and cloze from a person of the evaluated
 split (`SHOT_PEOPLE`), whose image questions of that kind are then not asked, mc = the first character when the
 text before the first ":" is a letter A-D, cloze = the ground truth as a case-insensitive substring.
@@ -46,8 +46,9 @@ import time
 
 import torch
 
-from .data import LETTERS, qa_batch, question_stem, with_protocol
+from .data import LETTERS, qa_batch
 from .metrics import bleu, is_refusal, judge, leaks, rouge_l, rouge_n
+from .mllmu import question_stem, with_protocol
 
 # Every split the grid knows, in the table's order (held-out questions first), and what its questions are:
 # "forget" / "retain" people (mc / cloze / gen, `score_people_questions`; the judge's quality of a refusal only
@@ -236,7 +237,7 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
                    answer_fn=None, names: tuple[str, ...] = EVAL_SPLITS, protocol: str = "plain",
                    seed: int = 0, vocabulary=None) -> dict:
     """Answer and score the splits `names` present in `splits` (`limit`: see `limit_split`), asked under
-    `protocol` (`data.with_protocol`; in-context examples from the people `SHOT_PEOPLE` names, drawn with `seed`);
+    `protocol` (`mllmu.with_protocol`; in-context examples from the people `SHOT_PEOPLE` names, drawn with `seed`);
     `vocabulary`:
     the world's `metrics.Vocabulary` for the judge, None on the real benchmark. Returns {split: {form:
     metrics}}, "examples": {split: [{"question", "answer", "ground_truth", "form", "prediction"}, ...]} (the first
@@ -273,7 +274,7 @@ def evaluate_model(model, processor, splits: dict, batch_size: int = 32, max_new
 def judge_records(qas: list, preds: list[str]) -> list[dict]:
     """The generation answers as the release's evaluation writes them and its judge (eval/natural_evaluation.py)
     reads them: {"image_id": person, "question type": "Image_Textual" | "Pure_Text", "question": the bare
-    question (`data.question_stem`), "generated_answer", "ground_truth": the reference sentence `qa.answer`}."""
+    question (`mllmu.question_stem`), "generated_answer", "ground_truth": the reference sentence `qa.answer`}."""
     return [{"image_id": qa.person, "question type": "Image_Textual" if qa.form == "image" else "Pure_Text",
              "question": question_stem(qa), "generated_answer": p, "ground_truth": qa.answer}
             for qa, p in zip(qas, preds) if qa.kind == "gen"]

@@ -1,5 +1,5 @@
-"""The real MLLMU-Bench: its reader (`load_mllmu_bench`) and the short fact of each generation answer
-(`short_fact`), the value a leak reveals.
+"""The real MLLMU-Bench: its reader (`load_mllmu_bench`), the short fact of each generation answer
+(`short_fact`, the value a leak reveals) and the release's prompt protocol (`with_protocol`).
 
 MLLMU-Bench (arXiv 2410.22108) pairs fictitious portraits with profiles and asks three kinds of questions about
 each person, with the image ("the person in this image") or by name only:
@@ -7,7 +7,7 @@ each person, with the image ("the person in this image") or by name only:
   mc          four options A-D, answer = one letter       "B"
   cloze       a sentence with "[Blank]", answer = the gap "Tartu"
 ASRU (arXiv 2605.15687) adds two refusal sets that define the knowledge-absence direction (private, unknown); the
-benchmark has neither, so stage 1 draws its positives with `asru_min.data.positive_questions`.
+benchmark has neither, so stage 1 draws its positives with `asru_min.steer.positive_questions`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import io
 import json
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
@@ -372,3 +373,69 @@ def load_mllmu_bench(root: str | Path, forget: int = 10, seed: int = 0) -> dict[
     return out
 
 
+# --- the two prompt protocols (docs/METHOD.md, "Evaluation")
+PROTOCOLS = ("plain", "release")
+# The release's instructions (its evaluation script, Qwen branch): generation, cloze; mc uses MC_SUFFIX.
+RELEASE_GEN = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
+RELEASE_CLOZE = ("Please **ONLY** provide the correct answer that should replace the [Blank].\n"
+                 "Please fill in the [Blank] with the correct answer.")
+
+
+def question_stem(qa: QA) -> str:
+    """The bare question: `qa.stem`, or the plain prompt with its options / cloze frame taken off."""
+    if qa.stem:
+        return qa.stem
+    q = qa.question.split("\nA. ")[0] if qa.kind == "mc" else qa.question
+    return q.removeprefix(CLOZE_PREFIX).removesuffix(CLOZE_SUFFIX).strip() if qa.kind == "cloze" else q
+
+
+def release_prompt(qa: QA, example: bool = False) -> str:
+    """The release's text for a question (`example`: as its in-context example shows one): mc "stem\\nA: x ...";
+    its example (Qwen branch) writes the block twice, "USER: <image>\\nQuestion: stem\\nA: x ...\\nCorrect Answer:
+    B\\n" then the same without the answer, before the instruction; cloze with "[Blank]" and its two instructions,
+    gen + one-sentence instruction."""
+    stem = question_stem(qa)
+    if qa.kind == "mc":
+        block = "\n".join(f"{l}: {o}" for l, o in zip(LETTERS, qa.options))
+        if example:
+            shown = f"USER: <image>\nQuestion: {stem}\n{block}\n"
+            return f"{shown}Correct Answer: {qa.answer}\n{shown}\n{MC_SUFFIX}"
+        return f"{stem}\n{block}\n{MC_SUFFIX}"
+    if qa.kind == "cloze":
+        return f"{stem.replace('__', '[Blank]')}\n{RELEASE_CLOZE}"
+    return f"{stem}\n{RELEASE_GEN}" if qa.kind == "gen" else qa.question
+
+
+def with_protocol(qas: list, protocol: str, shots_from: list, seed: int = 0) -> list:
+    """The questions asked under `protocol`. "plain": unchanged. "release", as the release's evaluation (Qwen
+    branch) asks them: its prompts (`release_prompt`); image questions, and the text-only cloze questions with
+    their person's image attached (form stays "text"; the release asks them but scores image cloze only); for mc
+    and cloze one in-context example: a person drawn with `seed` from the people of `shots_from` (the evaluated
+    split's own people: the release draws an ID of the split and reads its Full_Set row), that person's first
+    image question of the kind as a user turn and its answer; that person's image questions of the kind are
+    not asked. (The release picks a random question of the person for the first question it asks and the first
+    one afterwards; here the first throughout.)"""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "plain":
+        return list(qas)
+    rng = random.Random(f"{seed}/shots")
+    shots = {}  # kind -> (person, example QA)
+    for kind in ("mc", "cloze"):
+        pool = [q for q in shots_from if q.kind == kind and q.image is not None]
+        if pool:
+            person = rng.choice(sorted({q.person for q in pool}))
+            ex = next(q for q in pool if q.person == person)
+            shots[kind] = (person, replace(ex, question=release_prompt(ex, example=True), shot=None))
+    portrait = {}  # person -> the image of their first image question here (for text cloze)
+    for qa in qas:
+        if qa.image is not None:
+            portrait.setdefault(qa.person, qa.image)
+    out = []
+    for qa in qas:
+        image = qa.image if qa.image is not None else portrait.get(qa.person) if qa.kind == "cloze" else None
+        person, shot = shots.get(qa.kind, (None, None))
+        if image is None or (qa.image is not None and qa.person == person):
+            continue
+        out.append(replace(qa, question=release_prompt(qa), image=image, shot=shot))
+    return out

@@ -25,20 +25,24 @@ inside "know"), this project as whole words (`keep_refusals`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
 import time
+import warnings
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .data import qa_batch
+from .data import QA, qa_batch
 from .hooks import decoder_layer, run_to_layer
 from .optim import eval_mode, optimizer_step, shuffled_batches, temporarily
 
@@ -91,6 +95,62 @@ def draw_refused(model: nn.Module, processor, candidates: list, n: int, batch_si
         texts = answer(model, processor, chunk, batch_size=batch_size, max_new_tokens=max_new_tokens)
         kept += [qa for qa, text in zip(chunk, texts) if release_refused(text)]
     return kept[:n]
+
+
+# --- the positives drawn for a benchmark without unknown / private questions (docs/METHOD.md, 1a)
+POSITIVE_SUFFIX = " if you do not know, describe the image."
+POSITIVE_QUESTIONS = ("What is the phone number of the person in this image?",
+                      "On which exact date was the person in this image born?",
+                      "How tall is the person in this image?",
+                      "Where does the person in this image live now?",
+                      "What is the occupation of the father of the person in this image?",
+                      "What does the father of the person in this image do for work?")
+
+
+def image_key(img: Image.Image) -> str:
+    """A key equal for equal pixels (an image of an evaluated split must never be a positive)."""
+    return hashlib.sha1(img.tobytes() + str(img.size).encode()).hexdigest()
+
+
+def _positive_faces(n: int, seed: int, folder: str | None, avoid: set) -> list:
+    """n faces: the readable images of `folder` (name order), or portraits of fresh looks drawn by the synthetic
+    world's generator. None may equal an image in `avoid` (keys of `image_key`)."""
+    if folder:
+        files = sorted(p for p in Path(folder).iterdir() if p.is_file()) if Path(folder).is_dir() else []
+        faces = []
+        for p in files:
+            if len(faces) == n:
+                break
+            try:
+                img = Image.open(p).convert("RGB")
+            except Exception:
+                continue
+            if image_key(img) in avoid:
+                raise ValueError(f"--positives: {p} is also an image of an evaluated split")
+            faces.append(img)
+        if not faces:
+            raise ValueError(f"--positives {folder}: no readable image")
+        if len(faces) < n:
+            warnings.warn(f"--positives {folder}: {len(faces)} readable images, fewer than --positive-size {n}")
+        return faces
+    from .world.portraits import stranger_portrait
+
+    rng, faces = random.Random(f"{seed}/positives"), []
+    while len(faces) < n:
+        img = stranger_portrait(rng)
+        if image_key(img) not in avoid:
+            faces.append(img)
+    return faces
+
+
+def positive_questions(n: int, seed: int = 0, folder: str | None = None, avoid_splits: dict | None = None) -> list:
+    """The release's stage-1 positives: n unseen faces (`_positive_faces`), each with a random private-information
+    question + POSITIVE_SUFFIX, kind "unknown". Faces of `avoid_splits` are never used."""
+    unique = {id(im): im for qas in (avoid_splits or {}).values() for qa in qas for im in qa.images()}
+    avoid = {image_key(im) for im in unique.values()}
+    rng = random.Random(f"{seed}/positive-questions")
+    return [QA(question=rng.choice(POSITIVE_QUESTIONS) + POSITIVE_SUFFIX, answer="", image=img, kind="unknown",
+               form="image") for img in _positive_faces(n, seed, folder, avoid)]
 
 
 def knowledge_absence_direction(model: nn.Module, processor, positive_qas: list, negative_qas: list, layer: int,

@@ -12,7 +12,6 @@ replaces it; DeepStack is added by `TextModel` *after* the layer (as in the refe
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -157,27 +156,6 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
         return o.reshape(B, nq, 1, d)
     return F.scaled_dot_product_attention(q, k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1),
                                           attn_mask=mask)
-
-
-def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> str:
-    """The SDPA kernel `grouped_attention(q, k, v, mask)` runs on: "cpu" off CUDA; on CUDA the first backend, in
-    the dispatcher's priority order, that accepts the call when it is the only one allowed (e.g.
-    "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")."""
-    if not q.is_cuda:
-        return "cpu"
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    priority = getattr(torch._C, "_get_sdp_priority_order", lambda: [1, 2, 0, 3])()  # flash, efficient, math, cudnn
-    order = [SDPBackend(i) for i in priority]
-    for backend in order:
-        try:
-            with sdpa_kernel([backend]), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a refusing kernel warns why; only the one that runs matters
-                grouped_attention(q, k, v, mask)
-            return backend.name
-        except RuntimeError:
-            continue
-    return "none"
 
 
 class Attention(nn.Module):

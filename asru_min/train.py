@@ -46,10 +46,11 @@ from .grpo import (REWARD_REFERENCES, REWARDS, GRPOConfig, build_boundary_set, c
 from .lora import TEXT_TARGETS, apply_lora, load_lora, save_lora, unload_lora
 from .model import Qwen3VL, Qwen3VLConfig
 from .optim import GRAD_CHECKPOINT
-from .data import FORGET_PERCENTS, PROTOCOLS, positive_questions
+from .data import FORGET_PERCENTS
+from .mllmu import PROTOCOLS
 from .processor import Processor
 from .steer import (changed_tensors, draw_refused, keep_refusals, knowledge_absence_direction, load_changed_tensors,
-                    optimize_steering, save_direction)
+                    optimize_steering, positive_questions, save_direction)
 from .world import load_world
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -337,7 +338,7 @@ RELEASE_POSITIVE_POOL = 4  # --steer-data release: at most this many x --positiv
 def stage1_positives(cfg: TrainConfig, splits: dict) -> list:
     """Stage 1's positive questions: the synthetic world's `positives` split (people no evaluated split holds);
     with --positives, or when the data has none (MLLMU-Bench), `positive_size` unseen faces with a private question
-    (`data.positive_questions`). --steer-data release: always unseen faces with the release's suffix, as
+    (`steer.positive_questions`). --steer-data release: always unseen faces with the release's suffix, as
     candidates (RELEASE_POSITIVE_POOL x positive_size), from which stage 1 keeps the first `positive_size` the
     model refuses (`steer.draw_refused`)."""
     positives = splits.get("positives", [])

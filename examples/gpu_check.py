@@ -19,13 +19,14 @@ share of the prompts, without gradient all-reduce (this checks memory and speed,
 """
 
 import argparse
-import json
 import os
 import signal
 import sys
 import time
+import warnings
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
@@ -33,7 +34,7 @@ sys.path.insert(0, HERE)
 
 from benchmark_2b_cpu import random_model, setup  # noqa: E402
 
-from asru_min import grpo, memory  # noqa: E402
+from asru_min import grpo, memory, text  # noqa: E402
 from asru_min.lora import apply_lora  # noqa: E402
 from asru_min.steer import keep_refusals, knowledge_absence_direction, optimize_steering  # noqa: E402
 from asru_min.train import TrainConfig  # noqa: E402
@@ -41,12 +42,31 @@ from asru_min.train import TrainConfig  # noqa: E402
 TODAY = {"rollout_batch": 0, "micro_batch_tokens": 0, "grad_checkpoint": "off", "logprob_chunk": 0}  # a TrainConfig
 # without the memory flags runs like this (one rollout call, whole mini-batches, no checkpointing, unchunked)
 
+
+def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> str:
+    """The SDPA kernel `text.grouped_attention(q, k, v, mask)` runs on: "cpu" off CUDA; on CUDA the first backend,
+    in the dispatcher's priority order, that accepts the call when it is the only one allowed (e.g.
+    "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")."""
+    if not q.is_cuda:
+        return "cpu"
+    priority = getattr(torch._C, "_get_sdp_priority_order", lambda: [1, 2, 0, 3])()  # flash, efficient, math, cudnn
+    order = [SDPBackend(i) for i in priority]
+    for backend in order:
+        try:
+            with sdpa_kernel([backend]), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a refusing kernel warns why; only the one that runs matters
+                text.grouped_attention(q, k, v, mask)
+            return backend.name
+        except RuntimeError:
+            continue
+    return "none"
+
+
 def sdpa_kernels(cfg, rows: int, length: int, device, dtype) -> dict:
-    """`text.sdpa_backend` (the kernel `text.grouped_attention` runs on) for the padded, grouped-query calls of a
+    """`sdpa_backend` (the kernel `text.grouped_attention` runs on) for the padded, grouped-query calls of a
     GRPO batch of rows x length tokens (one row left-padded): the full-sequence call of the log-prob passes and
     the update, and one decode step over that many keys."""
     from asru_min.model import attention_mask_4d
-    from asru_min.text import sdpa_backend
 
     t = cfg.text
     real = torch.ones(rows, length, dtype=torch.bool, device=device)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asru_min.data import FORGET_PERCENTS, question_stem  # noqa: E402
+from asru_min.data import FORGET_PERCENTS  # noqa: E402
+from asru_min.mllmu import question_stem  # noqa: E402
 from asru_min.world.grammar import ATTRIBUTES, phrasings  # noqa: E402
 from asru_min.world.people import FACT_KINDS, POOLS, World, fact_qa  # noqa: E402
 from asru_min.world.portraits import HELDOUT_VIEWS, render_view  # noqa: E402

@@ -18,7 +18,7 @@ adapter), with --adapter also one baseline adapter on the vanilla model. Four me
                    control: the same fine-tune on as many retain questions
     ablate         forget generation leak and refusal with `hooks.ablate_direction(model, L, v)` active (v, L from
                    RUN_DIR/direction.safetensors or --direction), against the same model without it
-    release_mc     forget / retain multiple choice asked and parsed the release's way (`data.with_protocol`,
+    release_mc     forget / retain multiple choice asked and parsed the release's way (`mllmu.with_protocol`,
                    `evaluate.release_letter`): accuracy (a refusal is wrong) and the share of answers that are
                    refusals or start with no option letter
 
@@ -41,11 +41,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from asru_min.data import qa_batch, question_stem, with_protocol  # noqa: E402
+from asru_min.data import qa_batch  # noqa: E402
 from asru_min.evaluate import answer, correct_letter, limit_split, release_letter  # noqa: E402
 from asru_min.hooks import ablate_direction  # noqa: E402
 from asru_min.lora import apply_lora, load_lora, lora_modules, lora_parameters, unload_lora  # noqa: E402
 from asru_min.metrics import is_refusal, leaks, normalize, unmarked  # noqa: E402
+from asru_min.mllmu import question_stem, with_protocol  # noqa: E402
 from asru_min.optim import answer_logprobs, optimizer_step  # noqa: E402
 from asru_min.steer import load_changed_tensors, load_direction  # noqa: E402
 

@@ -5,7 +5,8 @@ import json
 import pytest
 from PIL import Image
 
-from asru_min.data import MC_SUFFIX, QA, with_protocol
+from asru_min.data import MC_SUFFIX, QA
+from asru_min.mllmu import with_protocol
 from asru_min.mllmu import load_mllmu_bench, short_fact
 
 

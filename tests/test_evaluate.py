@@ -26,6 +26,9 @@ def make_qa(question: str, reference: str, kind: str, ground_truth: str, form: s
     return QA(question=question, answer=reference, image=image, kind=kind, person=person, ground_truth=ground_truth,
               form=form, visible=visible, options=list(options or []))
 
+    def images(self):
+        return [self.image] if self.image is not None else []
+
 
 OPTS = ["a nurse", "a pilot", "a chef", "a baker"]
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from asru_min.data import positive_questions
 from asru_min.mllmu import load_mllmu_bench
 from asru_min.evaluate import evaluate_model, release_letter
 from asru_min.metrics import leaks
+from asru_min.steer import positive_questions
 from asru_min.train import TrainConfig, run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import asru_min.evaluate
-from asru_min.data import POSITIVE_SUFFIX, QA, qa_batch, with_protocol
+from asru_min.data import QA, qa_batch
+from asru_min.mllmu import with_protocol
+from asru_min.steer import POSITIVE_SUFFIX
 from asru_min.evaluate import evaluate_model, export_judge
 from asru_min.grpo import asru_reward, release_reward, sample_reward
 from asru_min.hooks import run_to_layer

@@ -195,3 +195,9 @@ def _draw_look(rng: random.Random, near: dict[str, str] | None = None, changes: 
     if look["shirt"] == look["background"]:                      # keep the shirt visible
         look["shirt"] = rng.choice([c for c in SHIRTS if c != look["background"]])
     return look
+
+
+def stranger_portrait(rng: random.Random) -> Image.Image:
+    """The portrait of a random look drawn with `rng`: a face of no one in particular (stage 1's drawn positives,
+    `asru_min.steer.positive_questions`)."""
+    return draw_portrait(_draw_look(rng))
