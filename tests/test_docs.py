@@ -34,14 +34,14 @@ README, METHOD, QWEN3VL, RESULTS = (ROOT / "README.md", ROOT / "docs" / "METHOD.
 DOCS = (README, METHOD, QWEN3VL, RESULTS, ROOT / "results" / "README.md", ROOT / "weights" / "README.md")
 DEFAULTS = TrainConfig()
 # the name a doc gives a setting -> the TrainConfig field it means
-DOC_NAMES = {"c": "forget_scale", "alpha": "alpha", "steer_lr": "steer_lr", "steer batch": "steer_batch_size",
+DOC_NAMES = {"c": "forget_scale", "alpha": "steer_retain_weight", "steer_lr": "steer_lr", "steer batch": "steer_batch_size",
              "steer epochs": "steer_epochs", "steer_retain_size": "steer_retain_size", "layer": "layer",
              "boundary_size": "boundary_size", "forget share": "boundary_forget_share",
              "new tokens": "max_new_tokens", "prompts per step": "prompts_per_step", "epochs": "grpo_epochs",
              "LoRA r": "lora_r", "LoRA alpha": "lora_alpha", "LoRA dropout": "lora_dropout",
              "grpo_lr": "grpo_lr", "G": "group_size", "temperature": "temperature", "top_p": "top_p",
              "clip low": "clip_low", "clip high": "clip_high", "dual clip": "dual_clip", "KL": "kl_coef",
-             "weight decay": "weight_decay", "gradient clip": "grad_clip",
+             "weight decay": "grpo_weight_decay", "gradient clip": "grad_clip",
              "evaluation new tokens": "eval_max_new_tokens", "questions per split": "eval_limit"}
 
 
