@@ -332,7 +332,7 @@ def test_a_model_folder_of_another_world_version_is_refused(tmp_path):
     assert [q.question for q in load_splits(None, 10, 20, 0, model=str(tmp_path / "this"))["test"]] == plain
     assert plain == [q.question for q in World.generate(20, 0).splits(10)["test"]]
     for old in ("v1", "unrecorded"):
-        with pytest.raises(ValueError, match="pretrained on world version 1.*git checkout dc6513e"):
+        with pytest.raises(ValueError, match="pretrained on world version 1.*git checkout d865cb3"):
             load_splits(None, 10, 20, 0, model=str(tmp_path / old))
 
 

@@ -11,7 +11,8 @@ import os
 # The version of the synthetic world this code builds (grammar.py, people.py), recorded by pretrain.py as
 # `world_version` in the recipe of a model folder's pretrain_metrics.json. Version 1 (no reordered question forms,
 # no names mid-sentence, private questions that opened like fact questions) is the world of the weights shipped up
-# to d865cb3; its code is in git history (`git checkout dc6513e`, weights/README.md).
+# to d865cb3; its code is in git history: d865cb3 is the last commit that builds it, dc6513e the recipe of its
+# weights (weights/README.md).
 WORLD_VERSION = 2
 
 
@@ -28,7 +29,7 @@ def check_world_version(model: str) -> None:
     if version != WORLD_VERSION:
         raise ValueError(f"{model} was pretrained on world version {version}, but this code builds world version "
                          f"{WORLD_VERSION} only; use weights trained on it (weights/), or the code of the model's "
-                         "world (version 1: git checkout dc6513e, see weights/README.md)")
+                         "world (version 1: git checkout d865cb3, the last commit that builds it; weights/README.md)")
 
 
 def load_world(data: str | None, forget: int, num_people: int, seed: int,
