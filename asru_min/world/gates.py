@@ -69,9 +69,9 @@ def gate_report(model: Qwen3VL, processor: Processor, world: World, forget: int 
     g["private_refusal"] = res["private"]["all"]["refusal_rate"]
     g["malformed_rate"] = sum(malformed(a, vocabulary) for a in answers) / max(1, len(answers))
     for form in ("image", "text"):             # the gen questions asked in a held-out reordered form (test splits)
-        new = [leaks(a, q.ground_truth) for q, a in zip(asked, answers) if q.kind == "gen" and q.form == form
-               and q.phrasing.rsplit("/", 1)[0] in REORDERED_FORMS]
-        g[f"heldout_forms_gen_{form}"] = sum(new) / len(new) if new else None
+        hits = [leaks(a, q.ground_truth) for q, a in zip(asked, answers) if q.kind == "gen" and q.form == form
+                and q.phrasing.rsplit("/", 1)[0] in REORDERED_FORMS]
+        g[f"heldout_forms_gen_{form}"] = sum(hits) / len(hits) if hits else None
     g["answers"] = len(answers)
     gates = {f"training phrasings {k} ({f}) >= 0.95": g[f"train_{k}_{f}"] >= 0.95
              for k in ("mc", "cloze", "gen") for f in ("image", "text")}
