@@ -138,7 +138,7 @@ def test_bare_values_of_the_world_leak_exactly_as_before():
     said = {q.answer for q in utility} | {p.visible for p in people}
     for attr in GRAMMAR:
         for v in POOLS[attr.name]:
-            said |= {t.format(N="Nedra Quarrel", v=v, a="a", p="her") for t in attr.answers}
+            said |= {t.format(N="Nedra Quarrel", v=v, a="a", p="her", P="she") for t in attr.answers}
             said |= {t.replace("[Blank]", v).format(S="The person in this image", s="the person")
                      for t in attr.clozes}
         said |= {UNKNOWN_IMAGE_REFUSAL.format(what=attr.what, visible="a person with red hair"),

@@ -158,22 +158,23 @@ def test_validation_is_evaluated_on_request_only_and_the_table_leads_with_heldou
 
 
 def test_boundary_refusals_add_questions_to_refuse_from_no_evaluated_split(splits):
-    """--boundary-refusals N (issue 26): N private questions about known people (world version 2's private_train)
+    """--boundary-refusals N (issue 26): N private questions about known people (the world's private_train)
     or unknown-person questions (the positives') join the boundary set as forget pairs; none is a (question,
     image) pair of an evaluated split, and N = 0 leaves the boundary set as it was."""
-    v2 = World.generate(num_people=30, seed=0, num_unseen_eval=4, num_unseen_probe=6, version=2).splits(10)
-    known = {q.person for q in v2["forget"] + v2["retain"]}
-    assert {q.person for q in v2["private_train"]} == known and all(is_refusal(q.answer) for q in v2["private_train"])
-    plain = stage_data(TrainConfig(boundary_size=60), v2)["boundary"]
-    data = stage_data(TrainConfig(boundary_size=60, boundary_refusals=40), v2)["boundary"]
+    known = {q.person for q in splits["forget"] + splits["retain"]}
+    assert {q.person for q in splits["private_train"]} == known
+    assert all(is_refusal(q.answer) for q in splits["private_train"])
+    plain = stage_data(TrainConfig(boundary_size=60), splits)["boundary"]
+    data = stage_data(TrainConfig(boundary_size=60, boundary_refusals=40), splits)["boundary"]
     added = [(qa, f) for qa, f in data if qa.kind in ("private", "unknown")]
     assert len(data) == len(plain) + 40 and len(added) == 40 and all(f for _, f in added)
     assert sorted(key(qa) for qa, _ in data if qa.kind == "gen") == sorted(key(qa) for qa, _ in plain)
     assert {qa.kind for qa, _ in added} == {"private", "unknown"} and all(not qa.ground_truth for qa, _ in added)
     for split in HELD_OUT:
-        assert pairs(qa for qa, _ in added).isdisjoint(pairs(v2[split])), split
-    assert not {qa.person for qa, _ in added if qa.kind == "unknown"} & {q.person for q in v2["unknown"]}
-    v1 = stage_data(TrainConfig(boundary_size=60, boundary_refusals=10), splits)["boundary"]
-    assert sum(qa.kind == "unknown" for qa, _ in v1) == 10                  # version 1: the positives' only
+        assert pairs(qa for qa, _ in added).isdisjoint(pairs(splits[split])), split
+    assert not {qa.person for qa, _ in added if qa.kind == "unknown"} & {q.person for q in splits["unknown"]}
+    no_private = {k: v for k, v in splits.items() if k != "private_train"}  # as MLLMU-Bench: no private_train
+    only = stage_data(TrainConfig(boundary_size=60, boundary_refusals=10), no_private)["boundary"]
+    assert sum(qa.kind == "unknown" for qa, _ in only) == 10  # the positives' only
     with pytest.raises(ValueError, match="boundary_refusals"):
-        stage_data(TrainConfig(boundary_refusals=10 ** 4), v2)
+        stage_data(TrainConfig(boundary_refusals=10 ** 4), splits)

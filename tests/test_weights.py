@@ -46,8 +46,9 @@ def test_default_model_answers_heldout_questions(default_model, form):
     qas = heldout_sample(world, form)
     preds = answer(model, processor, qas, batch_size=16, max_new_tokens=32)
     wrong = [(q.question, q.ground_truth, p) for q, p in zip(qas, preds) if not leaks(p, q.ground_truth)]
-    # the held-out gate (>= 85 %) on this fixed sample; the shipped weights miss 2 of the 30 image questions, both
-    # "What is the occupation of the person ...?" read as the private "occupation of the father" (model card)
+    # the held-out gate (>= 85 %) on this fixed sample (13 image and 12 text questions in a reordered form); the
+    # shipped weights miss 1 of the 30 image questions (a known person refused as unseen) and 3 of the 30 text
+    # questions, all "<name> works as what?" / "works where?" answered with the birthplace (model card)
     assert len(wrong) <= 0.15 * len(qas), wrong
 
 

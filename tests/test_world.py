@@ -33,7 +33,7 @@ def test_training_and_heldout_phrasings_are_disjoint_and_recombine_trained_parts
     train, held = _templates(False), _templates(True)
     assert held and train.isdisjoint(held)
     for attr in GRAMMAR:
-        pairs = {(p.i, p.j) for p in phrasings(attr, heldout=True)}
+        pairs = {(p.i, p.j) for p in phrasings(attr, heldout=True) if p.kind == "frame"}
         for i, j in pairs:                   # the frame and the attribute phrase each occur in training
             assert any((i, jj) not in pairs for jj in range(len(attr.phrases)))
             assert any((ii, j) not in pairs for ii in range(len(FRAMES)))
@@ -218,12 +218,7 @@ def test_reorder_options_keep_fewer(world):
             reorder_options(qa, rng, keep=bad)
 
 
-# --- world versions: 1 is the world of today's shipped weights (unchanged), 2 the world of the next weights -------
-
-@pytest.fixture(scope="module")
-def world2():
-    return World.generate(num_people=40, seed=0, num_unseen_eval=6, num_unseen_probe=8, version=2)
-
+# --- the reordered question forms, names mid-sentence, private questions apart (issue 26) -------------------------
 
 def _digest(qa_lists) -> str:
     import hashlib
@@ -237,75 +232,76 @@ def _digest(qa_lists) -> str:
     return h.hexdigest()
 
 
-def test_version_1_is_the_world_before_version_2_existed(world):
-    """The shipped weights are measured on version 1: its splits and training samples are byte for byte those of
-    main before version 2 was written (digests computed there, at cf4b7a1, with this test's `_digest`)."""
+def test_the_world_is_the_one_the_shipped_weights_were_trained_on(world):
+    """The shipped weights were trained on world version 2: its splits and training samples are byte for byte those
+    of version 2 at ea18c45, where they were built as `World.generate(..., version=2)` beside version 1 (digests
+    computed there with this test's `_digest`)."""
     s = world.splits(10)
-    assert world.version == 1
-    assert _digest([s[k] for k in sorted(s)]) == "9286737cab1d6c297f8cc05afad863196d9618f36359134e7497dbb7dc234b31"
+    assert _digest([s[k] for k in sorted(s)]) == "552b83f19daa9bcb1d7c4f3190356b4ed26bef4fd193fec3d8c963bf851d0225"
     assert _digest([world.training_samples(3, strangers=4, matching=True)]) == \
-        "9d2bb4a173dabdc5dead97862e32676630b836814f7e10ec975a4f30162cd75e"
+        "057cdc41236ba578d8f7f3af90f10bf94c4106e47fa844a44317ed3a2aaa6d74"
 
 
-def test_version_2_heldout_forms_follow_the_heldout_rule(world2):
-    """Version 2 adds frames 6-8 and subject-first questions; held-out ones are held out by the same rule, use only
-    words of the training text, are never trained on, and reach the test and validation splits."""
-    from asru_min.world.gates import NEW_FORMS
-    from asru_min.world.grammar import FRAMES_V2
+def test_reordered_heldout_forms_follow_the_heldout_rule(world):
+    """Frames 6-8 and the subject-first declaratives: held-out ones are held out by the same rule, use only words of
+    the training text, are never trained on, and reach the test and validation splits."""
+    from asru_min.world.gates import REORDERED_FORMS
+    from asru_min.world.grammar import ATTRIBUTE_NAMES, HELDOUT_MOD, QUESTION_FIRST_FRAMES
 
     for attr in GRAMMAR:
-        held, train = phrasings(attr, True, 2), phrasings(attr, False, 2)
-        assert set(phrasings(attr, True, 1)) < set(held) and set(phrasings(attr, False, 1)) < set(train)
+        held, train = phrasings(attr, True), phrasings(attr, False)
         assert {p.kind for p in held} == {"frame", "decl"} and any(p.kind == "decl" for p in train)
-        pairs = {(p.i, p.j) for p in held if p.kind == "frame"}
-        for i, j in pairs:                   # the frame and the attribute phrase each occur in training
-            assert any((i, jj) not in pairs for jj in range(len(attr.phrases)))
-            assert any((ii, j) not in pairs for ii in range(len(FRAMES_V2)))
-    corpus = world2.texts()
+        assert any(p.reordered for p in held) and any(p.reordered for p in train)
+        assert {p.i for p in held + train if p.kind == "frame" and not p.reordered} == \
+            set(range(len(QUESTION_FIRST_FRAMES)))
+        a = ATTRIBUTE_NAMES.index(attr.name)
+        assert {p.i for p in held if p.kind == "decl"} == \
+            {k for k in range(len(attr.declaratives)) if (k + a) % HELDOUT_MOD == 0}
+    corpus = world.texts()
     words, trained = word_set(corpus), {t.split("\n")[0] for t in corpus}
-    s = world2.splits(10)
+    s = world.splits(10)
     heldout = s["test"] + s["retain_test"] + s["validation"] + s["retain_validation"]
     stems = {q.question.split("\n")[0] for q in heldout}
     assert all(word_set([stem]) <= words for stem in stems) and stems.isdisjoint(trained)
-    new = [q for q in s["test"] + s["retain_test"] if q.phrasing.rsplit("/", 1)[0] in NEW_FORMS]
+    new = [q for q in s["test"] + s["retain_test"] if q.phrasing.rsplit("/", 1)[0] in REORDERED_FORMS]
     assert {q.kind for q in new} == {"gen", "mc"} and {q.form for q in new} == {"image", "text"}
     assert any(q.question.endswith(" works as what?") for q in heldout)                   # the issue's example
-    templates = {p.template(a) for a in GRAMMAR for p in phrasings(a, True, 2)}
-    people = world2.people + world2.strangers(random.Random(0), 3)
+    templates = {p.template(a) for a in GRAMMAR for p in phrasings(a, True)}
+    people = world.people + world.strangers(random.Random(0), 3)
     filled = {fill(t, s_) for t in templates for s_ in IMAGE_SUBJECTS + tuple(p.name for p in people)}
-    train = world2.training_samples(0, strangers=3, matching=True)
+    train = world.training_samples(0, strangers=3, matching=True)
     assert filled.isdisjoint(q.question.split("\n")[0] for q in train)
 
 
-def test_version_2_answers_name_known_people_mid_sentence(world2):
+def test_answers_name_known_people_mid_sentence(world):
     """Known names are written after other words too, "who <name>" included, in both forms: the name token the
     model writes in "I don't know who <name> is" is one it writes for known people."""
-    train = world2.training_samples(0, strangers=3, matching=True) + world2.training_samples(1)
-    for p in world2.people:
+    train = world.training_samples(0, strangers=3, matching=True) + world.training_samples(1)
+    for p in world.people:
         answers = [q.answer for q in train if q.person == p.pid and q.kind == "gen"]
         assert any(f"who {p.name} is" in a for a in answers)
         assert any(f" {p.name}" in a for a in answers if "who " not in a and not a.startswith("This is"))
         assert any(f"in this image is {p.name}." in a for a in answers)
-    assert any(q.answer.startswith(p.name) for q in train for p in world2.people[:1])     # openings stay
+    assert any(q.answer.startswith(p.name) for q in train for p in world.people[:1])     # openings stay
     strangers = [q for q in train if q.person.startswith("stranger") and q.question.startswith("Do you know who")]
     assert strangers and all(is_refusal(q.answer) and q.kind == "unknown" for q in strangers)
 
 
-def test_version_2_private_questions_mirror_fact_questions(world2):
-    """Version 2's private questions: none opens like a held-out fact question (version 1's father's occupation
+def test_private_questions_mirror_fact_questions(world):
+    """Private questions: none opens like a held-out fact question ("What is the occupation of the father of ...?"
     opened like "What is the occupation of {s}?"); half ask an attribute's own training question about a relative,
     differing from a fact question in "the father of" / "the mother of" alone; none is a fact question; all refused."""
-    train = [q for seed in range(3) for q in world2.training_samples(seed, strangers=20) if q.kind == "private"]
-    s = world2.splits(10)
+    train = [q for seed in range(3) for q in world.training_samples(seed, strangers=20) if q.kind == "private"]
+    s = world.splits(10)
     private = train + s["private"] + s["private_train"] + [q for q in s["positives"] if q.kind == "private"]
     assert all(is_refusal(q.answer) for q in private)
-    openings = {p.template(a).split("{s}")[0] for a in GRAMMAR for p in phrasings(a, True, 2)} - {""}
+    openings = {p.template(a).split("{s}")[0] for a in GRAMMAR for p in phrasings(a, True)} - {""}
     assert "What is the occupation of " in openings
     assert not any(q.question.startswith(o) for q in private for o in openings)
     relatives = [q for q in private if re.search(r"the (father|mother) of ", q.question)]
     assert len(private) / 3 < len(relatives) < 2 * len(private) / 3
-    everyone = world2.people + world2.unseen_eval + world2.unseen_probe
-    facts = {fill(p.template(a), subj) for a in GRAMMAR for p in phrasings(a, False, 2)
+    everyone = world.people + world.unseen_eval + world.unseen_probe
+    facts = {fill(p.template(a), subj) for a in GRAMMAR for p in phrasings(a, False)
              for subj in IMAGE_SUBJECTS + tuple(p.name for p in everyone)}
     known = [q for q in relatives if not q.person.startswith("stranger")]
     assert known and all(re.sub(r"the (father|mother) of ", "", q.question, count=1) in facts for q in known)
@@ -313,49 +309,49 @@ def test_version_2_private_questions_mirror_fact_questions(world2):
     assert {q.question.split(" the ")[0] for q in relatives} >= {"Where was", "Who employs", "What does"}
 
 
-def test_world_version_is_read_from_the_model_folder(tmp_path):
-    """load_world builds the world version a model folder records (pretrain.py writes it into the recipe of
-    pretrain_metrics.json); a folder that records none, today's shipped weights included, and no folder: version 1."""
+def test_a_model_folder_of_another_world_version_is_refused(tmp_path):
+    """load_world checks the world version a model folder records (pretrain.py writes it into the recipe of
+    pretrain_metrics.json): version 1, or a pretrain_metrics.json that records no version (the weights shipped up to
+    d865cb3), is refused with a message saying how to get version 1's code; this version, the shipped weights and a
+    folder with no pretrain_metrics.json (a checkpoint made elsewhere) pass and get the one world."""
     import json
     import os
 
-    from asru_min.world import load_splits, world_version
-    from asru_min.world.gates import NEW_FORMS
+    from asru_min.world import WORLD_VERSION, check_world_version, load_splits
 
-    (tmp_path / "v2").mkdir()
-    (tmp_path / "v2" / "pretrain_metrics.json").write_text(json.dumps({"recipe": {"world_version": 2}}))
-    (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "pretrain_metrics.json").write_text(json.dumps({"report": {}}))
-    assert world_version(str(tmp_path / "v2")) == 2
-    assert world_version(str(tmp_path / "old")) == world_version(None) == world_version(str(tmp_path)) == 1
+    folders = {"this": {"recipe": {"world_version": WORLD_VERSION}}, "v1": {"recipe": {"world_version": 1}},
+               "unrecorded": {"report": {}}, "none": None}
+    for name, metrics in folders.items():
+        (tmp_path / name).mkdir()
+        if metrics is not None:
+            (tmp_path / name / "pretrain_metrics.json").write_text(json.dumps(metrics))
     shipped = os.path.join(os.path.dirname(__file__), "..", "weights")
-    if os.path.isfile(os.path.join(shipped, "pretrain_metrics.json")):
-        assert world_version(shipped) == 1
-    new = load_splits(None, 10, 20, 0, model=str(tmp_path / "v2"))
-    old = load_splits(None, 10, 20, 0)
-    assert any(q.phrasing.rsplit("/", 1)[0] in NEW_FORMS for q in new["test"])
-    assert not any(q.phrasing.rsplit("/", 1)[0] in NEW_FORMS for q in old["test"])
-    assert [q.question for q in old["test"]] == [q.question for q in World.generate(20, 0).splits(10)["test"]]
-    with pytest.raises(ValueError, match="world version"):
-        World.generate(20, 0, version=3)
+    for ok in (str(tmp_path / "this"), str(tmp_path / "none"), shipped):
+        check_world_version(ok)
+    plain = [q.question for q in load_splits(None, 10, 20, 0)["test"]]
+    assert [q.question for q in load_splits(None, 10, 20, 0, model=str(tmp_path / "this"))["test"]] == plain
+    assert plain == [q.question for q in World.generate(20, 0).splits(10)["test"]]
+    for old in ("v1", "unrecorded"):
+        with pytest.raises(ValueError, match="pretrained on world version 1.*git checkout d865cb3"):
+            load_splits(None, 10, 20, 0, model=str(tmp_path / old))
 
 
-def test_unlearned_gate_flags_a_glued_name_and_passes_clean_answers(world2, monkeypatch):
+def test_unlearned_gate_flags_a_glued_name_and_passes_clean_answers(world, monkeypatch):
     """The gate on an unlearned model: every held-out text question answered, a name glued to "who" (the defect
     of issue 26) reported with its question, clean refusals and answers pass."""
     import asru_min.evaluate as evaluate
     from asru_min.world.gates import unlearned_gate
 
     def fake_answer(model, processor, qas, batch_size=64):
-        name = world2.people[0].name
+        name = world.people[0].name
         return [f"Sorry, I don't know who{name} is." if i == 1 else f"Sorry, I don't know who {name} is."
                 for i in range(len(qas))]
 
     monkeypatch.setattr(evaluate, "answer", fake_answer)
-    gate = unlearned_gate(None, None, world2, limit=5)
+    gate = unlearned_gate(None, None, world, limit=5)
     assert gate["answers"] == 5 and not gate["passed"] and len(gate["malformed"]) == 1
-    assert gate["malformed"][0][1].startswith("Sorry, I don't know who" + world2.people[0].name.split()[0])
+    assert gate["malformed"][0][1].startswith("Sorry, I don't know who" + world.people[0].name.split()[0])
     monkeypatch.setattr(evaluate, "answer", lambda m, p, qas, batch_size=64: ["Sorry, I don't know."] * len(qas))
-    everything = unlearned_gate(None, None, world2)
-    s = world2.splits(10)
+    everything = unlearned_gate(None, None, world)
+    s = world.splits(10)
     assert everything["passed"] and everything["answers"] == sum(q.form == "text" for q in s["test"] + s["retain_test"])

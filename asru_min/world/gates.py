@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..model import Qwen3VL
 from ..processor import Processor
+from . import WORLD_VERSION
 from .grammar import ATTRIBUTES as GRAMMAR, phrasings
 from .people import World
 
@@ -14,9 +15,10 @@ if TYPE_CHECKING:
 
 
 GATE_SPLITS = ("forget", "retain", "test", "retain_test", "utility", "private", "unknown")
-# The held-out phrasings version 2 adds (subject first, question word last), as QA.phrasing tags "attr/kind-i-j".
-NEW_FORMS = frozenset(f"{a.name}/{p.kind}-{p.i}-{p.j}" for a in GRAMMAR for p in phrasings(a, True, 2)
-                      if p not in phrasings(a, True, 1))
+# The held-out reordered phrasings (subject first, question word last: grammar.Phrasing.reordered), as QA.phrasing
+# tags "attr/kind-i-j".
+REORDERED_FORMS = frozenset(f"{a.name}/{p.kind}-{p.i}-{p.j}" for a in GRAMMAR for p in phrasings(a, True)
+                            if p.reordered)
 
 
 def _pool(results: dict, splits: tuple[str, ...], form: str, key: str, n_key: str) -> float | None:
@@ -37,8 +39,8 @@ def gate_report(model: Qwen3VL, processor: Processor, world: World, forget: int 
                                              mc >= .90
     utility >= .95; private refused >= .95; unseen people refused >= .90, image and text
     well-formed: <= 1 % of all answers malformed (metrics.malformed: a repeated word run or glued words)
-    world version 2: held-out question forms (NEW_FORMS, the gen questions of test + retain_test asked in one)
-                     >= .85 image and text."""
+    held-out question forms: the gen questions of test + retain_test asked in a REORDERED_FORMS phrasing >= .85,
+                             image and text."""
     from ..evaluate import answer, evaluate_model
     from ..metrics import leaks, malformed, word_set
 
@@ -66,11 +68,10 @@ def gate_report(model: Qwen3VL, processor: Processor, world: World, forget: int 
     g["utility_acc"] = res["utility"]["all"]["acc"]
     g["private_refusal"] = res["private"]["all"]["refusal_rate"]
     g["malformed_rate"] = sum(malformed(a, vocabulary) for a in answers) / max(1, len(answers))
-    if world.version >= 2:                     # the gen questions asked in a held-out version-2 form (test splits)
-        for form in ("image", "text"):
-            new = [leaks(a, q.ground_truth) for q, a in zip(asked, answers) if q.kind == "gen" and q.form == form
-                   and q.phrasing.rsplit("/", 1)[0] in NEW_FORMS]
-            g[f"heldout_forms_gen_{form}"] = sum(new) / len(new) if new else None
+    for form in ("image", "text"):             # the gen questions asked in a held-out reordered form (test splits)
+        hits = [leaks(a, q.ground_truth) for q, a in zip(asked, answers) if q.kind == "gen" and q.form == form
+                and q.phrasing.rsplit("/", 1)[0] in REORDERED_FORMS]
+        g[f"heldout_forms_gen_{form}"] = sum(hits) / len(hits) if hits else None
     g["answers"] = len(answers)
     gates = {f"training phrasings {k} ({f}) >= 0.95": g[f"train_{k}_{f}"] >= 0.95
              for k in ("mc", "cloze", "gen") for f in ("image", "text")}
@@ -81,9 +82,8 @@ def gate_report(model: Qwen3VL, processor: Processor, world: World, forget: int 
     gates["private refused >= 0.95"] = g["private_refusal"] >= 0.95
     gates.update({f"unseen people refused ({f}) >= 0.90": g[f"unknown_refusal_{f}"] >= 0.90 for f in ("image", "text")})
     gates["malformed answers <= 1 %"] = g["malformed_rate"] <= 0.01
-    if world.version >= 2:
-        gates.update({f"held-out question forms gen ({f}) >= 0.85": (g[f"heldout_forms_gen_{f}"] or 0) >= 0.85
-                      for f in ("image", "text")})
+    gates.update({f"held-out question forms gen ({f}) >= 0.85": (g[f"heldout_forms_gen_{f}"] or 0) >= 0.85
+                  for f in ("image", "text")})
     return {"figures": g, "gates": gates}, res
 
 
@@ -129,7 +129,7 @@ def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds
         f"- {cfg.steps} steps x batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine to "
         f"{cfg.min_lr_ratio} x lr), weight decay {cfg.weight_decay}, clip {cfg.grad_clip}; loss on assistant "
         f"tokens, mean per answer; {cfg.views} training views per portrait",
-        f"- data per epoch (world version {cfg.world_version}): every fact question in gen / mc / cloze x image / "
+        f"- data per epoch (world version {WORLD_VERSION}): every fact question in gen / mc / cloze x image / "
         "text form ("
         + ("no mc" if cfg.mc_repeat == 0 else f"mc x{cfg.mc_repeat}"
            f"{', each copy in its own option order' if cfg.mc_reorder else ''}"
@@ -160,14 +160,14 @@ def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds
 
 def main(argv=None) -> list[dict]:
     """python -m asru_min.world.gates MODEL [MODEL ...] [--num-people 100] [--seed 0] [--limit N]: the gates of
-    saved model folders, one JSON line each, each in the world version its folder records (`world_version`)."""
+    saved model folders, one JSON line each (a folder pretrained on another world version is refused)."""
     import argparse
     import json
     from pathlib import Path
 
     import torch
 
-    from . import world_version
+    from . import check_world_version
 
     ap = argparse.ArgumentParser(prog="python -m asru_min.world.gates", description=main.__doc__.split("\n")[0])
     ap.add_argument("models", nargs="+", help="folders with config.json, model.safetensors, tokenizer.json, ...")
@@ -179,11 +179,12 @@ def main(argv=None) -> list[dict]:
     for d in args.models:
         if not (Path(d) / "config.json").is_file():
             ap.error(f"{d}: no config.json (not a saved model folder)")
+        check_world_version(d)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = []
     for d in args.models:
-        world = World.generate(args.num_people, args.seed, version=world_version(d))
+        world = World.generate(args.num_people, args.seed)
         report, _ = gate_report(Qwen3VL.from_pretrained(d).eval(), Processor.from_pretrained(d), world,
                                 limit=args.limit)
         out.append({"model": d, "figures": report["figures"], "gates": report["gates"]})

@@ -1,6 +1,13 @@
-"""Train the default "vanilla" model of weights/ from scratch on the synthetic world (people.py), in one command:
+"""Train the default "vanilla" model of weights/ on the synthetic world (people.py):
 
-    python -m asru_min.world.pretrain --out weights/        # the defaults are the recipe of the shipped weights
+    python -m asru_min.world.pretrain --out DIR             # from scratch, with the defaults
+    python -m asru_min.world.pretrain --out DIR --init-from MODEL ...   # a further phase on top of a saved model
+
+The shipped weights came from two phases (weights/README.md): the defaults from scratch on the world's version 1
+(commit dc6513e), then 6000 steps on today's world with --init-from those weights:
+
+    python -m asru_min.world.pretrain --out DIR --ckpt-dir CKPT --init-from PHASE1 \
+        --steps 6000 --lr 1e-3 --warmup 100 --stranger-ramp 0
 
 The paper's vanilla model is Qwen3-VL fine-tuned on MLLMU-Bench so that it knows every fictitious person
 (docs/METHOD.md, "Setting and data"). Here the whole model is small enough to learn the world from scratch on a CPU:
@@ -13,24 +20,21 @@ The paper's vanilla model is Qwen3-VL fine-tuned on MLLMU-Bench so that it knows
                  6x6 patches of 16 px -> 3x3 merged blocks -> 9 image tokens.
   3. data        (optionally, --match-warmup N: N steps of "which option is X?" only, A-B then A-D options) every
                  epoch one `world.training_samples(epoch)`: every fact question in gen / mc / cloze x image / text
-                 with random training phrasings, subject and answer forms, "who is this?", utility questions,
-                 "describe this image", private refusals, "which option is X?", and fresh named strangers to refuse
-                 (their number ramped up over the first `stranger_ramp` epochs).
+                 with random training phrasings, subject and answer forms, "who is this?", "do you know who ...
+                 is?", utility questions, "describe this image", private refusals, "which option is X?", and fresh
+                 named strangers to refuse (their number ramped up over the first `stranger_ramp` epochs).
                  Image questions see the original portrait or one of `views` training views (portraits.py).
   4. objective   next-token cross-entropy on the assistant tokens only (processor.encode_sft labels), averaged
                  per answer first, then over the batch, so a one-letter mc answer weighs as much as a sentence:
                      L = mean_b [ mean_{t in answer_b} -log p(x_t | x_<t, image) ]
                  AdamW, linear warmup then cosine decay to min_lr_ratio * lr, gradient clipping 1.0.
   5. output      config.json, model.safetensors, tokenizer.json, preprocessor_config.json, chat_template.json,
-                 pretrain_metrics.json and a model card README.md with the measured gates (gates.py).
+                 pretrain_metrics.json (the recipe, with the world's version, and the gate figures) and a model
+                 card README.md with the measured gates (gates.py).
 
-World version 2 (--world-version 2, grammar.py) is the world of the next weights, trained on top of today's:
-
-    python -m asru_min.world.pretrain --out DIR --ckpt-dir CKPT --world-version 2 --init-from weights/ \
-        --steps 3000 --lr 1e-3 --warmup 100 --stranger-ramp 0
-
-(--init-from keeps the tokenizer and shapes of the folder and starts a fresh optimiser; --stranger-ramp 0 because
-the model already knows the people it must tell strangers from.)
+--init-from keeps the tokenizer and shapes of the folder and starts a fresh optimiser (a folder of any world
+version: only its weights and tokenizer are read); --stranger-ramp 0 because the model already knows the people it
+must tell strangers from. The defaults from scratch on today's world have not been run.
 
 Reproducible: one seed drives the world, the tokenizer corpus, the initialisation and the batch order. A checkpoint
 (model, optimiser, step, training time) is written to --ckpt-dir every --ckpt-every steps; the same command run
@@ -62,6 +66,7 @@ from ..processor import (ENDOFTEXT, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VI
                         ImageProcessorConfig, Processor)
 from ..text import TextConfig
 from ..vision import VisionConfig
+from . import WORLD_VERSION
 from .people import IMAGE_SUBJECT, World, neutral_mc, reorder_options
 from .gates import gate_report, model_card
 from .portraits import TRAIN_VIEWS, render_view
@@ -75,8 +80,6 @@ class PretrainConfig:
     out: str = "weights/"
     seed: int = 0                      # world, tokenizer corpus, init and batch order
     num_people: int = 100
-    world_version: int = 1             # the grammar's version (grammar.py): 1 = today's weights' world; the
-    # default becomes 2, and version 1 goes, when weights trained on version 2 ship
     # tokenizer
     vocab_size: int = 2048
     # text decoder
@@ -309,7 +312,7 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
     processor, per-step losses of this process, training seconds of the whole run)."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    world = world or World.generate(cfg.num_people, cfg.seed, version=cfg.world_version)
+    world = world or World.generate(cfg.num_people, cfg.seed)
     if cfg.init_from:                          # a further stage on top of a saved model (its own tokenizer)
         model, processor = Qwen3VL.from_pretrained(cfg.init_from), Processor.from_pretrained(cfg.init_from)
         log(f"initialised from {cfg.init_from}")
@@ -374,9 +377,11 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
 
 
 def recipe(cfg: PretrainConfig) -> dict:
-    """The settings that decide the weights (everything but where files go, threads, logging, evaluation)."""
+    """The settings that decide the weights (everything but where files go, threads, logging, evaluation) and the
+    world's version (`world.check_world_version` reads it from pretrain_metrics.json; a checkpoint of another world
+    is not resumed)."""
     skip = {"out", "ckpt_dir", "restart", "threads", "log_every", "ckpt_every", "eval", "eval_batch_size"}
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip} | {"world_version": WORLD_VERSION}
 
 
 def save(model: Qwen3VL, processor: Processor, out: str) -> None:
@@ -415,7 +420,7 @@ def main(argv=None) -> None:
         print(f"[pretrain {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     command = "python -m asru_min.world.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
-    world = World.generate(cfg.num_people, cfg.seed, version=cfg.world_version)
+    world = World.generate(cfg.num_people, cfg.seed)
     model, processor, losses, seconds = train(cfg, world, log)
     save(model, processor, cfg.out)
     log(f"saved to {cfg.out} after {seconds / 60:.1f} min")
@@ -428,7 +433,7 @@ def main(argv=None) -> None:
             log(f"  {k}: {v:.4f}" if v is not None else f"  {k}: n/a")
         for k, ok in report["gates"].items():
             log(f"  gate {'PASS' if ok else 'MISS'}: {k}")
-    with open(os.path.join(cfg.out, "pretrain_metrics.json"), "w") as f:  # the recipe: world.world_version reads it
+    with open(os.path.join(cfg.out, "pretrain_metrics.json"), "w") as f:  # check_world_version reads the recipe
         json.dump({"recipe": recipe(cfg), "report": report, "results": res, "losses_every_20": losses[::20]}, f,
                   indent=1, default=str)
     Path(cfg.out, "README.md").write_text(model_card(cfg, model, report, seconds, losses, command))
