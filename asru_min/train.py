@@ -109,9 +109,10 @@ class TrainConfig:
     boundary_size: int = 384  # paper: 200 + 200. At forget 10 % the default world has 100 forget generation QA,
     boundary_forget_share: float = 1 / 3  # so the set is 100 forget + 284 retain (paper: one half forget)
     boundary_kinds: str = "gen"  # the reward reads free text: generation QA only
-    boundary_refusals: int = 0  # + this many questions to refuse, rewarded as forget QA (refusal 1.0, else 0.1):
-    # private questions about known people (the world's private_train, version 2) and unknown-person questions
-    # (the positives' `unknown`); none is a question of an evaluated split. 0: none (the paper's boundary set)
+    boundary_refusals: int = 64  # + this many questions to refuse, rewarded as forget QA (refusal 1.0, else 0.1):
+    # private questions about known people (the world's private_train) and unknown-person questions (the
+    # positives' `unknown`); none is a question of an evaluated split. Paper: 0 (its boundary set has none); 64 kept
+    # private questions refused on the validation split (text 98 %, 86 % at 0) and halved its leaks, docs/METHOD.md 2
     lora_r: int = 16
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0  # rollouts, old log-probs: eval mode; updates: train mode; same policy only at 0
@@ -353,7 +354,9 @@ def stage1_positives(cfg: TrainConfig, splits: dict) -> list:
 def stage_data(cfg: TrainConfig, splits: dict) -> dict:
     """Every set the two stages train on, drawn from `splits` without a model: "positives" (v's positives, before
     the refusal filter), "steer_forget" (v's negatives and the forget loss), "steer_retain" (the retain loss),
-    "boundary" (GRPO's (qa, forget) pairs). In the grammar world none of them holds a question of an evaluated
+    "boundary" (GRPO's (qa, forget) pairs, with `boundary_refusals` questions to refuse drawn from the world's
+    private_train and the unknown-person questions among the positives: on MLLMU-Bench, unseen faces asked a private
+    question). In the grammar world none of them holds a question of an evaluated
     split other than forget / retain (tests/test_heldout.py). --protocol release keeps image questions only in
     steer_forget and boundary; the steering retain sample keeps both forms. --steer-data release draws the
     steering sets as the release: image questions only (forget: of `steer_kinds`), the retain set from the open
@@ -377,7 +380,7 @@ def stage_data(cfg: TrainConfig, splits: dict) -> dict:
                                   forget_share=cfg.boundary_forget_share)
     if cfg.boundary_refusals:
         boundary = with_refusals(boundary, usable(splits.get("private_train", []) + [
-            qa for qa in splits.get("positives", []) if qa.kind == "unknown"]), cfg.boundary_refusals, cfg.seed)
+            qa for qa in positives if qa.kind == "unknown"]), cfg.boundary_refusals, cfg.seed)
     return {"positives": positives, "steer_forget": steer_forget, "steer_retain": steer_retain, "boundary": boundary}
 
 

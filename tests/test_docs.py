@@ -236,7 +236,10 @@ def test_default_world_counts():
                                         r"(\d+) forget \+ (\d+) retain")
     data = train.stage_data(DEFAULTS, splits)
     assert int(gen) == sum(qa.kind == "gen" for qa in splits["forget"])
-    assert (int(forget), int(retain)) == (sum(f for _, f in data["boundary"]), sum(not f for _, f in data["boundary"]))
+    qa_pairs = [(qa, f) for qa, f in data["boundary"] if qa.kind == "gen"]  # the rest: questions to refuse
+    assert (int(forget), int(retain)) == (sum(f for _, f in qa_pairs), sum(not f for _, f in qa_pairs))
+    refusals, = claim(METHOD, r"`boundary_refusals` \(default (\d+);")
+    assert int(refusals) == len(data["boundary"]) - len(qa_pairs) == DEFAULTS.boundary_refusals
     sample, total = claim(METHOD, r"(\d+) of the ([\d,]+) retain QA")
     assert (int(sample), num(total)) == (len(data["steer_retain"]), len(splits["retain"]))
 

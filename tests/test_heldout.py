@@ -89,7 +89,7 @@ def test_positives_are_unseen_probe_people_in_no_evaluated_split(world, splits):
 
 @pytest.mark.parametrize("protocol", ["plain", "release"])
 def test_every_stage_set_is_disjoint_from_every_evaluated_split(splits, protocol):
-    cfg = TrainConfig(protocol=protocol, steer_retain_size=200, boundary_size=120)
+    cfg = TrainConfig(protocol=protocol, steer_retain_size=200, boundary_size=120, boundary_refusals=24)
     data = stage_data(cfg, splits)
     assert set(data) == {"positives", "steer_forget", "steer_retain", "boundary"}
     sets = {"positives": data["positives"], "steer_forget": data["steer_forget"],
@@ -100,8 +100,13 @@ def test_every_stage_set_is_disjoint_from_every_evaluated_split(splits, protocol
             assert pairs(qas).isdisjoint(pairs(splits[split])), (name, split)
     assert data["positives"] == splits["positives"]
     trained = pairs(splits["forget"] + splits["retain"])
-    assert all(pairs(qas) <= trained for name, qas in sets.items() if name != "positives")
-    assert all(f == (qa.person in {q.person for q in splits["forget"]}) for qa, f in data["boundary"])
+    refusals = pairs(splits["private_train"] + splits["positives"])  # the boundary's questions to refuse
+    assert all(pairs(qas) <= trained for name, qas in sets.items() if name not in ("positives", "boundary"))
+    assert pairs(sets["boundary"]) <= trained | refusals
+    assert len(pairs(sets["boundary"]) & refusals) == cfg.boundary_refusals > 0
+    forget_people = {q.person for q in splits["forget"]}
+    assert all(f == (key(qa) in refusals or qa.person in forget_people)
+               for qa, f in data["boundary"])
     if protocol == "release":
         assert all(qa.image is not None for qa in sets["steer_forget"] + sets["boundary"])
 
@@ -164,7 +169,7 @@ def test_boundary_refusals_add_questions_to_refuse_from_no_evaluated_split(split
     known = {q.person for q in splits["forget"] + splits["retain"]}
     assert {q.person for q in splits["private_train"]} == known
     assert all(is_refusal(q.answer) for q in splits["private_train"])
-    plain = stage_data(TrainConfig(boundary_size=60), splits)["boundary"]
+    plain = stage_data(TrainConfig(boundary_size=60, boundary_refusals=0), splits)["boundary"]
     data = stage_data(TrainConfig(boundary_size=60, boundary_refusals=40), splits)["boundary"]
     added = [(qa, f) for qa, f in data if qa.kind in ("private", "unknown")]
     assert len(data) == len(plain) + 40 and len(added) == 40 and all(f for _, f in added)

@@ -127,7 +127,8 @@ def test_positives_are_unseen_faces_never_in_a_split(bench, tmp_path):
 def tiny(model, data, out, **kw) -> list[str]:
     flags = dict(model=model, data=str(data), out=str(out), forget=10, layer=1, eval_limit=1,
                  eval_max_new_tokens=4, refusal_filter=False, positive_size=4, steer_retain_size=4, steer_epochs=1,
-                 boundary_size=4, group_size=2, max_new_tokens=4, prompts_per_step=2, grpo_epochs=1, seed=1)
+                 boundary_size=4, boundary_refusals=2, group_size=2, max_new_tokens=4, prompts_per_step=2, grpo_epochs=1,
+                 seed=1)  # the refusals: unseen faces with a private question (MLLMU-Bench has no private_train)
     flags.update(kw)
     argv = []
     for k, v in flags.items():

@@ -10,7 +10,7 @@ from asru_min.world.people import World
 from asru_min.model import Qwen3VL
 from asru_min.processor import IGNORE_INDEX, Processor, apply_chat_template
 from asru_min.data import qa_batch
-from asru_min.world.pretrain import (QWEN_SPECIALS, PretrainConfig, forward_loss, lr_at, make_processor, save,
+from asru_min.world.pretrain import (QWEN_SPECIALS, PretrainConfig, forward_loss, lr_at, save,
                                      tokenizer_corpus, train, train_tokenizer)
 from test_baselines import FixedLogits
 

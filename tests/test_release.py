@@ -148,14 +148,14 @@ def test_stage_data_release_steering_sets():
     from asru_min.world import load_world
 
     splits, _ = load_world(None, 10, 20, 0)
-    cfg = TrainConfig(num_people=20, steer_data="release", positive_size=5, steer_retain_size=0)
+    cfg = TrainConfig(num_people=20, steer_data="release", positive_size=5, steer_retain_size=0, boundary_refusals=0)
     data = stage_data(cfg, splits)
     assert len(data["positives"]) == 20  # RELEASE_POSITIVE_POOL x positive_size candidates
     assert all(q.question.endswith(POSITIVE_SUFFIX) and q.image is not None for q in data["positives"])
     retain_gen_image = [q for q in splits["retain"] if q.kind == "gen" and q.image is not None]
     assert data["steer_retain"] == retain_gen_image  # every open image question of the retain split
     assert all(q.image is not None and q.kind == "gen" for q in data["steer_forget"])
-    plain = stage_data(TrainConfig(num_people=20, steer_retain_size=0), splits)
+    plain = stage_data(TrainConfig(num_people=20, steer_retain_size=0, boundary_refusals=0), splits)
     assert len(plain["steer_retain"]) == len(splits["retain"]) > len(retain_gen_image)
 
 

@@ -27,7 +27,8 @@ def tiny_config(model: str, out: str, **kw) -> TrainConfig:
     """Every stage, as small as it gets: 2 GRPO steps of 2 prompts x G=2."""
     base = dict(model=model, out=out, num_people=20, layer=1, eval_limit=1, eval_max_new_tokens=4,
                 refusal_filter=False, steer_retain_size=4, steer_epochs=1, boundary_size=4, group_size=2,
-                max_new_tokens=4, prompts_per_step=2, grpo_epochs=1, grpo_lr=1e-2, save_merged=True, seed=1)
+                max_new_tokens=4, prompts_per_step=2, grpo_epochs=1, grpo_lr=1e-2, save_merged=True, seed=1,
+                boundary_refusals=0)  # the 4 boundary QA alone: 2 steps (test_heldout covers the refusals)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -174,3 +175,34 @@ def test_default_weights_forget_moves_to_refusal_retain_kept(tmp_path):
     assert f1["refusal_rate"] >= f0["refusal_rate"] + 0.2
     assert f1["leak_rate"] <= f0["leak_rate"] - 0.2
     assert r1["cloze_acc"] >= r0["cloze_acc"] - 0.10
+
+
+def test_unlearned_gate_command_loads_the_run(full_run, monkeypatch, capsys):
+    """`python -m asru_min.world.gates --unlearned RUN` rebuilds the run's model (stage-1 tensors + adapter: the
+    same logits as the merged checkpoint) and reports the gate of every held-out text question as one JSON line;
+    a folder that is not a finished run is refused before any model loads."""
+    import asru_min.evaluate as evaluate
+    from asru_min.model import Qwen3VL
+    from asru_min.world import gates
+    from asru_min.world.people import World
+
+    out, _, _ = full_run
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    merged = Qwen3VL.from_pretrained(os.path.join(out, "merged")).eval()
+    seen = {}
+
+    def fake_answer(model, processor, qas, batch_size=64):
+        ids = torch.tensor([[1, 2, 3]])
+        with torch.no_grad():
+            seen["max_diff"] = (model(ids) - merged(ids)).abs().max().item()
+        return ["Sorry, I don't know." if i else "Sorry, I don't know whoMira is." for i in range(len(qas))]
+
+    monkeypatch.setattr(evaluate, "answer", fake_answer)
+    (record,) = gates.main(["--unlearned", out])
+    splits = World.generate(cfg["num_people"], cfg["world_seed"]).splits(cfg["forget"])
+    assert seen["max_diff"] < 1e-5
+    assert record["answers"] == sum(q.form == "text" for q in splits["test"] + splits["retain_test"])
+    assert not record["passed"] and len(record["malformed"]) == 1
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run"] == out
+    with pytest.raises(SystemExit):
+        gates.main(["--unlearned", os.path.dirname(out)])

@@ -160,7 +160,9 @@ def model_card(cfg: PretrainConfig, model: Qwen3VL, report: dict | None, seconds
 
 def main(argv=None) -> list[dict]:
     """python -m asru_min.world.gates MODEL [MODEL ...] [--num-people 100] [--seed 0] [--limit N]: the gates of
-    saved model folders, one JSON line each (a folder pretrained on another world version is refused)."""
+    saved model folders, one JSON line each (a folder pretrained on another world version is refused).
+    python -m asru_min.world.gates --unlearned RUN [RUN ...]: `unlearned_gate` of train.py output folders (their
+    --model with stage1.safetensors and lora/ loaded), one JSON line each."""
     import argparse
     import json
     from pathlib import Path
@@ -170,12 +172,16 @@ def main(argv=None) -> list[dict]:
     from . import check_world_version
 
     ap = argparse.ArgumentParser(prog="python -m asru_min.world.gates", description=main.__doc__.split("\n")[0])
-    ap.add_argument("models", nargs="+", help="folders with config.json, model.safetensors, tokenizer.json, ...")
+    ap.add_argument("models", nargs="+", help="folders with config.json, model.safetensors, tokenizer.json, ... "
+                    "(with --unlearned: train.py output folders)")
+    ap.add_argument("--unlearned", action="store_true", help="the gate on unlearned models (`unlearned_gate`)")
     ap.add_argument("--num-people", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0, help="the world seed the model was trained on")
     ap.add_argument("--limit", type=int, default=None, help="at most N questions per split, kind and form")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args(argv)
+    if args.unlearned:
+        return unlearned_main(ap, args)
     for d in args.models:
         if not (Path(d) / "config.json").is_file():
             ap.error(f"{d}: no config.json (not a saved model folder)")
@@ -188,6 +194,41 @@ def main(argv=None) -> list[dict]:
         report, _ = gate_report(Qwen3VL.from_pretrained(d).eval(), Processor.from_pretrained(d), world,
                                 limit=args.limit)
         out.append({"model": d, "figures": report["figures"], "gates": report["gates"]})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def unlearned_main(ap, args) -> list[dict]:
+    """--unlearned: each RUN folder's model (its config.json's model, forget, num_people and world_seed) with
+    RUN/stage1.safetensors and RUN/lora/ loaded, through `unlearned_gate` (every held-out text question)."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from . import check_world_version
+    from ..lora import load_lora
+    from ..steer import load_changed_tensors
+
+    runs = []
+    for d in args.models:
+        files = [Path(d) / name for name in ("config.json", "stage1.safetensors", "lora")]
+        if not all(f.exists() for f in files):
+            ap.error(f"{d}: not a finished train.py folder (needs config.json, stage1.safetensors, lora/)")
+        cfg = json.loads(files[0].read_text())
+        check_world_version(cfg["model"])
+        runs.append((d, cfg))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = []
+    for d, cfg in runs:
+        model = Qwen3VL.from_pretrained(cfg["model"]).eval()
+        load_changed_tensors(model, str(Path(d) / "stage1.safetensors"))
+        load_lora(model, str(Path(d) / "lora"))
+        gate = unlearned_gate(model, Processor.from_pretrained(cfg["model"]),
+                              World.generate(cfg["num_people"], cfg["world_seed"]), forget=cfg["forget"],
+                              limit=args.limit)
+        out.append({"run": d, **gate})
         print(json.dumps(out[-1]), flush=True)
     return out
 
