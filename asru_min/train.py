@@ -65,7 +65,7 @@ class TrainConfig:
     """Every setting of a run, one command-line flag each (--steer-lr for steer_lr); the one place the defaults
     live. Stage 1 and LoRA take their settings from here as arguments (`stage1`, `stage2`); stage 2's `GRPOConfig`
     holds the GRPO fields, copied by name (`grpo`). The defaults fit the tiny default model on a 2-core CPU (one
-    run ~4 min); the paper's value is written next to a field where it differs.
+    run ~5 min); the paper's value is written next to a field where it differs.
     Fixed, not flags (each either changes nothing learnt or follows the release): the advantage's epsilon 1e-6
     (`GRPOConfig.adv_eps`, it only guards a group of equal rewards), a steering log line every 100 steps, the
     refusal filters' answer lengths (`steer.keep_refusals` 32 new tokens, `steer.draw_refused` 128 as the release)
