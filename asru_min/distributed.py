@@ -114,8 +114,8 @@ def data_parallel(model: torch.nn.Module) -> torch.nn.Module:
     """model wrapped in DistributedDataParallel when several processes train it; model itself in one process.
     DDP averages over the ranks the gradients of the parameters that require one (the LoRA adapters; frozen
     weights are left alone) during backward, and broadcasts rank 0's parameters once here (all of them), so every
-    rank starts from the same adapter. Its forward is model's forward: call it for the pass whose loss is backpropagated; the
-    model's other methods (generate, encode_images) and no-grad passes go to model directly."""
+    rank starts from the same adapter. Its forward is model's forward: call it for the pass whose loss is
+    backpropagated; the model's other methods (generate, encode_images) and no-grad passes go to model directly."""
     if world_size() == 1:
         return model
     device_ids = [torch.cuda.current_device()] if dist.get_backend() == "nccl" else None

@@ -34,7 +34,8 @@ README, METHOD, QWEN3VL, RESULTS = (ROOT / "README.md", ROOT / "docs" / "METHOD.
 DOCS = (README, METHOD, QWEN3VL, RESULTS, ROOT / "results" / "README.md", ROOT / "weights" / "README.md")
 DEFAULTS = TrainConfig()
 # the name a doc gives a setting -> the TrainConfig field it means
-DOC_NAMES = {"c": "forget_scale", "alpha": "steer_retain_weight", "steer_lr": "steer_lr", "steer batch": "steer_batch_size",
+DOC_NAMES = {"c": "forget_scale", "alpha": "steer_retain_weight", "steer_lr": "steer_lr",
+             "steer batch": "steer_batch_size",
              "steer epochs": "steer_epochs", "steer_retain_size": "steer_retain_size", "layer": "layer",
              "boundary_size": "boundary_size", "forget share": "boundary_forget_share",
              "new tokens": "max_new_tokens", "prompts per step": "prompts_per_step", "epochs": "grpo_epochs",
@@ -332,9 +333,11 @@ def test_cited_names_exist(doc):
 
 
 def _known_flags() -> set:
-    """Every flag an entry point of this repository defines: TrainConfig's (one per field) and every "--x" string
-    passed to add_argument in asru_min/ and examples/."""
-    flags = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)}
+    """Every flag an entry point of this repository defines: TrainConfig's and PretrainConfig's (one per field)
+    and every "--x" string passed to add_argument in asru_min/ and examples/."""
+    from asru_min.world.pretrain import PretrainConfig  # python -m asru_min.world.pretrain: one flag per field
+
+    flags = {"--" + f.name.replace("_", "-") for c in (TrainConfig, PretrainConfig) for f in dataclasses.fields(c)}
     flags |= {"--no-" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig) if f.type in (bool, "bool")}
     for path in list((ROOT / "asru_min").rglob("*.py")) + list((ROOT / "examples").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
