@@ -380,8 +380,9 @@ class MiniBatch:
 
 def draw_minibatches(ro: Rollout, rows_per_rank: list[int], cfg: GRPOConfig, step: int) -> list[MiniBatch]:
     """cfg.epochs_per_rollout passes over all the step's rows (every process's, in rank order: the order one
-    process would hold them), each reshuffled and cut into mini-batches of cfg.mini_batch_size (0: one). This process trains on
-    its rows first .. first + n_rows - 1 of each (renumbered from 0), so a mini-batch may hold none of them.
+    process would hold them), each reshuffled and cut into mini-batches of cfg.mini_batch_size (0: one). This
+    process trains on its rows first .. first + n_rows - 1 of each (renumbered from 0), so a mini-batch may hold
+    none of them.
     Every forward / backward runs on pieces of at most cfg.micro_batch_tokens (rows x padded length); the old /
     ref passes use the same pieces, so their log-probs line up with the update's column for column.
     DistributedDataParallel sums the gradients inside each backward, where it waits for every process: all
