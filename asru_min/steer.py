@@ -45,7 +45,7 @@ from torch import nn
 from .data import QA, qa_batch
 from .distributed import write_atomic
 from .hooks import decoder_layer, run_to_layer
-from .optim import eval_mode, masked_mean, optimizer_step, shuffled_batches, temporarily
+from .optim import eval_mode, optimizer_step, shuffled_batches, temporarily
 
 REFUSAL_WORDS = re.compile(r"\b(not|no|sorry)\b", re.IGNORECASE)
 
@@ -217,7 +217,7 @@ def retain_loss(h: torch.Tensor, h_frozen: torch.Tensor, attention_mask: torch.T
     of a right-padded batch (`right_padded`; h[:, -1:] with a mask of ones), a pad for the shorter rows."""
     m = attention_mask.to(h.device, torch.float32)  # (B, L)
     sq = (h.float() - h_frozen.float()).pow(2).sum(-1)  # (B, L)
-    return alpha * masked_mean(sq, m, token_count=m.sum().clamp(min=1) * h.shape[-1])  # over n_marked * D values
+    return alpha * (sq * m).sum() / (m.sum().clamp(min=1) * h.shape[-1])
 
 
 def right_padded(batch: dict) -> dict:
