@@ -49,6 +49,7 @@ import torch
 from .data import LETTERS, qa_batch
 from .metrics import bleu, is_refusal, judge, leaks, rouge_l, rouge_n
 from .mllmu import question_stem, with_protocol
+from .optim import eval_mode
 
 # Every split the grid knows, in the table's order (held-out questions first), and what its questions are:
 # "forget" / "retain" people (mc / cloze / gen, `score_people_questions`; the judge's quality of a refusal only
@@ -90,9 +91,7 @@ def answer(model, processor, qas: list, batch_size: int = 32, max_new_tokens: in
         group = sorted(group, key=lambda i: len(qas[i].question))  # similar lengths together: less padding
         batches += [group[s : s + batch_size] for s in range(0, len(group), batch_size)]
 
-    was_training = model.training
-    model.eval()  # no dropout (LoRA dropout included) while answering
-    try:
+    with eval_mode(model):  # no dropout (LoRA dropout included) while answering
         done, t0 = 0, time.time()
         for idx in batches:
             enc = qa_batch(processor, [qas[i] for i in idx], with_answers=False, device=device)
@@ -108,8 +107,6 @@ def answer(model, processor, qas: list, batch_size: int = 32, max_new_tokens: in
             done += len(idx)
             if progress is not None:
                 progress(f"{done}/{len(qas)} answers, {time.time() - t0:.1f}s")
-    finally:
-        model.train(was_training)
     return (texts, finished) if return_finished else texts
 
 

@@ -465,7 +465,7 @@ def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f
     from .grpo import GRPOConfig, make_optimizer, policy_loss, rollout, rows_logprobs, sampling_streams
     from .evaluate import answer
     from .lora import apply_lora, lora_enabled
-    from .optim import optimizer_step
+    from .optim import optimizer_step, train_mode
     from .steer import keep_refusals, knowledge_absence_direction, optimize_steering
 
     meter = meter or PeakMeter(f.device)
@@ -519,8 +519,7 @@ def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f
             with lora_enabled(model, False):
                 ref = rows_logprobs(model, ro, rows, gcfg)[0]
         advantages = torch.linspace(-1.0, 1.0, len(rows), device=ref.device)  # any non-zero advantages
-        model.train()
-        with timed("update"):
+        with timed("update"), train_mode(model):
             logp, resp = rows_logprobs(model, ro, rows, gcfg)
             loss, _ = policy_loss(logp, logp.detach() if old is None else old, ref, advantages, resp, 0.2, 0.3,
                                   f.kl_coef, 3.0)

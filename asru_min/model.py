@@ -393,8 +393,9 @@ class Qwen3VL(nn.Module):
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | None = None, device=None) -> "Qwen3VL":
         """Load config.json and model.safetensors (or a sharded model.safetensors.index.json).
-        dtype None keeps the stored dtype. Raises FileNotFoundError for a missing folder/file, ValueError for a
-        corrupt file, and one ValueError naming every missing, unexpected and mis-shaped tensor."""
+        dtype None keeps the stored dtype. The model comes in eval mode (no dropout), the mode it keeps outside the
+        blocks that train it (`optim.train_mode`). Raises FileNotFoundError for a missing folder/file, ValueError
+        for a corrupt file, and one ValueError naming every missing, unexpected and mis-shaped tensor."""
         from safetensors import safe_open
 
         path = Path(path)

@@ -150,7 +150,11 @@ def derived_seed(seed: int, *ids: int, base: int = 1_000_003) -> int:
     digits of `base`, ((seed * base + id_1) * base + id_2) ...: streams with as many ids, each below `base`, never
     share a seed. GRPO draws its step schedule (base 1000), each step's mini-batches and each prompt's samples
     from generators seeded so, never from random's or torch's global state: a resumed run draws what the
-    interrupted one would have, and a prompt's samples do not depend on what shares its generation call."""
+    interrupted one would have, and a prompt's samples do not depend on what shares its generation call.
+    The other streams keep their own seeds, because the weights, tables and draws made so far depend on them:
+    stage 1 and the data draw from random.Random(f"{seed}/{purpose}") (a str seed is hashed, the same in every
+    process and Python version), stage 1's schedule and the baselines from random.Random(seed), and LoRA's init
+    and dropout from torch.manual_seed(seed)."""
     for i in ids:
         seed = seed * base + i
     return seed

@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .data import QA, qa_batch
+from .distributed import write_atomic
 from .hooks import decoder_layer, run_to_layer
 from .optim import eval_mode, optimizer_step, shuffled_batches, temporarily
 
@@ -173,15 +174,15 @@ def knowledge_absence_direction(model: nn.Module, processor, positive_qas: list,
 
 
 def save_direction(path: str, v: torch.Tensor, metadata: dict | None = None) -> None:
-    """Write `path` (safetensors, tensor "direction", the metadata as strings in its header) and `path` with .json
-    (the metadata: layer, counts, norms, model path, ...)."""
+    """Write `path` with .json (the metadata: layer, counts, norms, model path, ...), then `path` (safetensors,
+    tensor "direction", the metadata as strings in its header); each file whole or not at all (`write_atomic`)."""
     meta = dict(metadata or {})
     meta.setdefault("dim", int(v.shape[0]))
     meta.setdefault("norm", float(v.double().norm()))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file({"direction": v.detach().cpu().contiguous()}, path, metadata={k: str(x) for k, x in meta.items()})
-    with open(os.path.splitext(path)[0] + ".json", "w") as f:
-        json.dump(meta, f, indent=2)
+    write_atomic(os.path.splitext(path)[0] + ".json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    write_atomic(path, lambda tmp: save_file({"direction": v.detach().cpu().contiguous()}, tmp,
+                                             metadata={k: str(x) for k, x in meta.items()}))
 
 
 def load_direction(path: str) -> tuple[torch.Tensor, dict]:

@@ -411,7 +411,6 @@ def evaluate_stage(run: Run, stage: str, model, processor, splits: dict, vocabul
         return read_json(path)
     cfg = run.cfg
     run.log(f"{stage}: evaluating (limit {cfg.eval_limit or 'all'} per split / kind / form)")
-    model.eval()
     results = evaluate_model(model, processor, splits, batch_size=cfg.eval_batch_size,
                              max_new_tokens=cfg.eval_max_new_tokens, limit=cfg.eval_limit or None, verbose=False,
                              protocol=cfg.protocol, seed=cfg.world_seed,
@@ -434,7 +433,7 @@ def stage1(run: Run, model, processor, data: dict) -> None:
     positives, forget = data["positives"], data["steer_forget"]
     base = model
     if cfg.base_model:
-        base = Qwen3VL.from_pretrained(cfg.base_model, dtype=getattr(torch, cfg.dtype), device=cfg.device).eval()
+        base = Qwen3VL.from_pretrained(cfg.base_model, dtype=getattr(torch, cfg.dtype), device=cfg.device)
     if cfg.steer_data == "release":  # the release: candidates in order until positive_size are refused
         drawn = draw_refused(base, processor, positives, cfg.positive_size, batch_size=cfg.eval_batch_size) \
             if cfg.refusal_filter else positives[: cfg.positive_size]
@@ -448,10 +447,7 @@ def stage1(run: Run, model, processor, data: dict) -> None:
     v = knowledge_absence_direction(base, processor, positives, forget, cfg.layer, batch_size=cfg.eval_batch_size,
                                     negative_model=model, stats=stats)
     del base
-    tmp = run.path(f"direction.tmp{os.getpid()}.safetensors")  # save_direction also writes the .json beside it
-    save_direction(tmp, v, {**stats, "model": cfg.model})
-    os.replace(os.path.splitext(tmp)[0] + ".json", run.path("direction.json"))
-    os.replace(tmp, run.path("direction.safetensors"))
+    save_direction(run.path("direction.safetensors"), v, {**stats, "model": cfg.model})  # and direction.json
     run.log(f"stage1: direction at layer {cfg.layer}: |v| = {stats['norm']:.3f} "
             f"({stats['n_positive']} positive, {stats['n_negative']} negative prompts)")
 
@@ -515,10 +511,8 @@ def stage2(run: Run, model, processor, data: dict) -> list[dict]:
         if run.interrupt:
             run.interrupt(f"grpo_step_{step}")
 
-    model.train()
     records += train_grpo(model, processor, samples, gcfg, optimizer=optimizer, start_step=start, log_path=log_path,
-                          on_step=checkpoint, progress=run.log)
-    model.eval()
+                          on_step=checkpoint, progress=run.log)  # each step sets the modes it needs (grpo_step)
     write_atomic(run.path("lora"), lambda tmp: save_lora(model, tmp, base_model_name_or_path=cfg.model))
     draw_curves(records, run.path("grpo_curves.png"))
     run.finish("stage2")
@@ -575,8 +569,7 @@ def run(cfg: TrainConfig, restart: bool = False, interrupt=None) -> dict:
     check_process_count(step_schedule(len(data["boundary"]), cfg.grpo()))
     r = Run(cfg, restart, interrupt)
     r.log(f"output folder {cfg.out}; done before: {r.state['done'] or 'nothing'}")
-    model = Qwen3VL.from_pretrained(cfg.model, dtype=getattr(torch, cfg.dtype), device=cfg.device)
-    model.eval()
+    model = Qwen3VL.from_pretrained(cfg.model, dtype=getattr(torch, cfg.dtype), device=cfg.device)  # in eval mode
     r.log(f"model {cfg.model} ({model.num_parameters() / 1e6:.2f} M parameters); forget {cfg.forget} %: "
           + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 

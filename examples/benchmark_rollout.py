@@ -56,7 +56,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(model=args.model, max_new_tokens=args.max_new_tokens)
-    model, processor = Qwen3VL.from_pretrained(cfg.model).eval(), Processor.from_pretrained(cfg.model)
+    model, processor = Qwen3VL.from_pretrained(cfg.model), Processor.from_pretrained(cfg.model)
     splits = load_world(cfg.data, cfg.forget, cfg.num_people, cfg.world_seed, model=cfg.model)[0]
     boundary = stage_data(cfg, splits)["boundary"]
     schedule = step_schedule(len(boundary), cfg.grpo())[:args.steps]

@@ -479,7 +479,7 @@ def tune(args, methods: tuple, model_sha: str, runs_dir: str, progress: Progress
         return {"leak": _get(m, "validation", "leak_rate"), "utility": _get(m, "retain_validation", "leak_rate")}
 
     def vanilla():
-        model = Qwen3VL.from_pretrained(args.model).eval()
+        model = Qwen3VL.from_pretrained(args.model)
         return {"metrics": evaluate_model(model, Processor.from_pretrained(args.model), val, limit=limit,
                                           names=VALIDATION, verbose=False, vocabulary=vocabulary)}
 
@@ -514,7 +514,7 @@ def robustness_suite(args, records: dict, splits: dict, model_sha: str, runs_dir
     from asru_min.processor import Processor
 
     rargs = rb.parse_args(args.robust_args + ["--threads", str(args.threads)])
-    vanilla = Qwen3VL.from_pretrained(args.model).eval()
+    vanilla = Qwen3VL.from_pretrained(args.model)
     processor = Processor.from_pretrained(args.model)
     asru = records.get("asru")
     run_dir = asru["config"]["out"] if asru else None

@@ -47,7 +47,7 @@ from asru_min.hooks import ablate_direction  # noqa: E402
 from asru_min.lora import apply_lora, load_lora, lora_modules, lora_parameters, unload_lora  # noqa: E402
 from asru_min.metrics import is_refusal, leaks, normalize, unmarked  # noqa: E402
 from asru_min.mllmu import question_stem, with_protocol  # noqa: E402
-from asru_min.optim import answer_logprobs, optimizer_step  # noqa: E402
+from asru_min.optim import answer_logprobs, eval_mode, optimizer_step, train_mode  # noqa: E402
 from asru_min.steer import load_changed_tensors, load_direction  # noqa: E402
 
 
@@ -118,10 +118,8 @@ def likelihood_mc(model, processor, qas: list, split: list | None = None, batch_
             skipped += 1
             continue
         items.append((qa, [qa.answer] + alts))
-    was_training = model.training
-    model.eval()
     correct = []
-    try:
+    with eval_mode(model):
         for with_image in (True, False):  # a batch is all-image or all-text
             group = [it for it in items if (it[0].image is not None) == with_image]
             per = max(1, batch_size // 4)
@@ -132,8 +130,6 @@ def likelihood_mc(model, processor, qas: list, split: list | None = None, batch_
                 batch = qa_batch(processor, qs, answers=sents, device=device)
                 score = answer_logprobs(model, batch)[0].view(len(chunk), 4)  # (Q, 4) log p(option | question)
                 correct += (score[:, 0] > score[:, 1:].max(dim=1).values).tolist()
-    finally:
-        model.train(was_training)
     return {"acc": _mean(correct), "n": len(correct), "skipped": skipped}
 
 
@@ -172,18 +168,18 @@ def finetune(model, processor, qas: list, steps: int, lr: float, batch_size: int
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     device = model.device
     rng, order, losses = random.Random(f"{seed}/finetune"), [], []
-    model.train()
-    for _ in range(steps):
-        if len(order) < batch_size:
-            more = list(range(len(qas)))
-            rng.shuffle(more)
-            order += more
-        idx, order = order[:batch_size], order[batch_size:]
-        batch = qa_batch(processor, [qas[i] for i in idx], device=device)
-        loss = -answer_logprobs(model, batch)[1].mean()  # the answers' mean NLL
-        optimizer_step(loss, params, optimizer, grad_clip=1.0)
-        losses.append(float(loss.detach()))
-    model.eval()
+    with train_mode(model):
+        for _ in range(steps):
+            # not optim.shuffled_batches: a batch begins with what the last pass left (other batches than its)
+            if len(order) < batch_size:
+                more = list(range(len(qas)))
+                rng.shuffle(more)
+                order += more
+            idx, order = order[:batch_size], order[batch_size:]
+            batch = qa_batch(processor, [qas[i] for i in idx], device=device)
+            loss = -answer_logprobs(model, batch)[1].mean()  # the answers' mean NLL
+            optimizer_step(loss, params, optimizer, grad_clip=1.0)
+            losses.append(float(loss.detach()))
     return losses
 
 
@@ -358,7 +354,7 @@ def main(argv=None) -> dict:
     from asru_min.world import load_world
 
     torch.set_num_threads(args.threads)
-    vanilla = Qwen3VL.from_pretrained(args.model, device=args.device).eval()
+    vanilla = Qwen3VL.from_pretrained(args.model, device=args.device)
     processor = Processor.from_pretrained(args.model)
     splits, _ = load_world(args.data, args.forget, args.num_people, args.world_seed, model=args.model)
     path = args.direction or (os.path.join(args.run, "direction.safetensors") if args.run else None)

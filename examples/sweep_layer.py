@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
 
     if not os.path.isdir(args.model):
         raise FileNotFoundError(f"model directory {args.model!r} not found (run python -m asru_min.world.pretrain)")
-    model = Qwen3VL.from_pretrained(args.model, dtype=torch.float32, device=args.device).eval()
+    model = Qwen3VL.from_pretrained(args.model, dtype=torch.float32, device=args.device)
     processor = Processor.from_pretrained(args.model)
     splits = load_splits(args.data, args.forget, args.num_people, args.seed, model=args.model)
 

@@ -44,8 +44,8 @@ from ..data import qa_batch
 from ..evaluate import EVAL_SPLITS, evaluate_model, format_table
 from ..lora import apply_lora, lora_enabled, lora_parameters, save_lora
 from ..model import Qwen3VL
-from ..optim import (IGNORE_INDEX, answer_logprobs, grad_checkpoint_enabled, gradient_checkpointing,
-                     optimizer_step)
+from ..optim import (IGNORE_INDEX, answer_logprobs, grad_checkpoint_enabled, gradient_checkpointing, masked_mean,
+                     optimizer_step, shuffled_batches, train_mode)
 from ..processor import Processor
 from ..world import load_world
 
@@ -122,7 +122,7 @@ def kl_on_answer_tokens(logits: torch.Tensor, ref_logits: torch.Tensor, labels: 
     logq = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L-1, V) current model
     logp = torch.log_softmax(ref_logits[:, :-1].float(), dim=-1)  # (B, L-1, V) reference model
     kl = (logp.exp() * (logp - logq)).sum(-1)  # (B, L-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    return masked_mean(kl, mask)
 
 
 def klmin_loss(forget_logp_mean: torch.Tensor, retain_kl: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
@@ -285,34 +285,35 @@ def train_baseline(model, processor, forget_qas, retain_qas, cfg: BaselineConfig
     if not params:
         raise ValueError("model has no LoRA parameters: call apply_lora first")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
-    retain_order, retain_pos = [], 0
+    retain_stream = cycled_order(len(retain_qas), rng)
     logs, step = [], 0
     steps_per_epoch = math.ceil(len(forget_qas) / cfg.batch_size)
-    for epoch in range(cfg.epochs):
-        order = list(range(len(forget_qas)))
-        rng.shuffle(order)
-        for i in range(0, len(order), cfg.batch_size):
-            fb = [forget_qas[j] for j in order[i : i + cfg.batch_size]]
-            rb = []
-            while retain_qas and len(rb) < cfg.batch_size:
-                if retain_pos == len(retain_order):
-                    retain_order, retain_pos = list(range(len(retain_qas))), 0
-                    rng.shuffle(retain_order)
-                rb.append(retain_qas[retain_order[retain_pos]])
-                retain_pos += 1
-            with gradient_checkpointing(model, grad_checkpoint_enabled(cfg.grad_checkpoint, model.device)):
-                loss, log = compute_loss(model, processor, fb, rb, cfg, rng)
-            if not optimizer_step(loss, params, opt, cfg.grad_clip):  # a non-finite loss or gradient
-                progress(f"  step {step}: non-finite loss or gradient, skipped")
-                continue
-            log.update(epoch=epoch, step=step)
-            logs.append(log)
-            step += 1
-        progress(f"  [{cfg.method}] epoch {epoch + 1}/{cfg.epochs} ({steps_per_epoch} steps): "
-                 + ", ".join(f"{k}={v:.4f}" for k, v in logs[-1].items() if k not in ("epoch", "step")))
-    model.eval()
+    with train_mode(model):
+        for epoch in range(cfg.epochs):
+            for batch in shuffled_batches(len(forget_qas), cfg.batch_size, rng):
+                fb = [forget_qas[j] for j in batch]
+                rb = [retain_qas[next(retain_stream)] for _ in range(cfg.batch_size)] if retain_qas else []
+                with gradient_checkpointing(model, grad_checkpoint_enabled(cfg.grad_checkpoint, model.device)):
+                    loss, log = compute_loss(model, processor, fb, rb, cfg, rng)
+                if not optimizer_step(loss, params, opt, cfg.grad_clip):  # a non-finite loss or gradient
+                    progress(f"  step {step}: non-finite loss or gradient, skipped")
+                    continue
+                log.update(epoch=epoch, step=step)
+                logs.append(log)
+                step += 1
+            progress(f"  [{cfg.method}] epoch {epoch + 1}/{cfg.epochs} ({steps_per_epoch} steps): "
+                     + ", ".join(f"{k}={v:.4f}" for k, v in logs[-1].items() if k not in ("epoch", "step")))
     return logs
+
+
+def cycled_order(n: int, rng: random.Random):
+    """0..n-1 endlessly, reshuffled by rng at the start of every pass, each shuffle drawn only when its pass begins
+    (so rng's draws interleave with the other draws of the loop exactly as the loop asks for indices). Not
+    `optim.shuffled_batches`: a retain batch may span the end of one pass and the start of the next."""
+    while True:
+        order = list(range(n))
+        rng.shuffle(order)
+        yield from order
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ def main(argv=None) -> list[dict]:
     out = []
     for d in args.models:
         world = World.generate(args.num_people, args.seed)
-        report, _ = gate_report(Qwen3VL.from_pretrained(d).eval(), Processor.from_pretrained(d), world,
+        report, _ = gate_report(Qwen3VL.from_pretrained(d), Processor.from_pretrained(d), world,
                                 limit=args.limit)
         out.append({"model": d, "figures": report["figures"], "gates": report["gates"]})
         print(json.dumps(out[-1]), flush=True)
@@ -222,7 +222,7 @@ def unlearned_main(ap, args) -> list[dict]:
         torch.set_num_threads(args.threads)
     out = []
     for d, cfg in runs:
-        model = Qwen3VL.from_pretrained(cfg["model"]).eval()
+        model = Qwen3VL.from_pretrained(cfg["model"])
         load_changed_tensors(model, str(Path(d) / "stage1.safetensors"))
         load_lora(model, str(Path(d) / "lora"))
         gate = unlearned_gate(model, Processor.from_pretrained(cfg["model"]),

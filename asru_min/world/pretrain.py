@@ -61,7 +61,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from ..data import qa_batch
 from ..distributed import write_atomic
 from ..model import Qwen3VL, Qwen3VLConfig
-from ..optim import answer_logprobs, optimizer_step
+from ..optim import answer_logprobs, optimizer_step, train_mode
 from ..processor import (ENDOFTEXT, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
                         ImageProcessorConfig, Processor)
 from ..text import TextConfig
@@ -298,12 +298,13 @@ def forward_loss(model: Qwen3VL, batch: dict, per_row: bool = False) -> torch.Te
 # --------------------------------------------------------------------------------------------------------------
 
 def build(cfg: PretrainConfig, world: World, tokenizer: Tokenizer | None = None) -> tuple[Qwen3VL, Processor]:
-    """Tokenizer (trained on `world` unless given) + processor + freshly initialised model."""
+    """Tokenizer (trained on `world` unless given) + processor + freshly initialised model (in eval mode, as
+    `Qwen3VL.from_pretrained` gives it)."""
     tokenizer = tokenizer or train_tokenizer(tokenizer_corpus(world), cfg.vocab_size)
     processor = make_processor(tokenizer, cfg.image_size)
     model = Qwen3VL(make_model_config(cfg, tokenizer))
     init_weights(model, cfg.seed)
-    return model, processor
+    return model.eval(), processor
 
 
 def train(cfg: PretrainConfig, world: World | None = None, log=print,
@@ -318,7 +319,6 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
         log(f"initialised from {cfg.init_from}")
     else:
         model, processor = build(cfg, world, tokenizer)
-    model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -345,34 +345,34 @@ def train(cfg: PretrainConfig, world: World | None = None, log=print,
         next(stream)
     losses: list[float] = []
     t0, window, mc_window, match_window = time.time() - seconds, [], [], []
-    for step in range(start, cfg.steps):
-        epoch, qas = next(stream)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        rows = forward_loss(model, qa_batch(processor, qas), per_row=True)
-        loss = rows.mean()
-        mc_window += [r for r, qa in zip(rows.tolist(), qas) if qa.kind == "mc"]
-        match_window += [r for r, qa in zip(rows.tolist(), qas) if qa.kind == "match"]
-        optimizer_step(loss, list(model.parameters()), opt, cfg.grad_clip)
-        losses.append(loss.item())
-        window.append(loss.item())
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            rate = (done - start) / (time.time() - t0 - seconds)
-            eta = (cfg.steps - done) / rate
-            # mc: mean loss of the mc answers (letter + <|im_end|>); guessing the letter gives ln(4) / 2 = 0.69
-            mc = f" mc {sum(mc_window) / len(mc_window):.3f}" if mc_window else ""
-            mc += f" match {sum(match_window) / len(match_window):.3f}" if match_window else ""
-            log(f"step {done}/{cfg.steps} epoch {epoch} loss {sum(window) / len(window):.4f}{mc} "
-                f"lr {lr_at(step, cfg):.2e} {rate:.2f} it/s ETA {eta / 60:.1f} min")
-            window, mc_window, match_window = [], [], []
-        if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
-                     "seconds": time.time() - t0, "recipe": recipe(cfg)}
-            write_atomic(str(ckpt), lambda tmp: torch.save(state, tmp))  # never half a checkpoint
-            log(f"checkpoint {ckpt} at step {done}")
-    model.eval()
+    with train_mode(model):
+        for step in range(start, cfg.steps):
+            epoch, qas = next(stream)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            rows = forward_loss(model, qa_batch(processor, qas), per_row=True)
+            loss = rows.mean()
+            mc_window += [r for r, qa in zip(rows.tolist(), qas) if qa.kind == "mc"]
+            match_window += [r for r, qa in zip(rows.tolist(), qas) if qa.kind == "match"]
+            optimizer_step(loss, list(model.parameters()), opt, cfg.grad_clip)
+            losses.append(loss.item())
+            window.append(loss.item())
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                rate = (done - start) / (time.time() - t0 - seconds)
+                eta = (cfg.steps - done) / rate
+                # mc: mean loss of the mc answers (letter + <|im_end|>); guessing the letter gives ln(4) / 2 = 0.69
+                mc = f" mc {sum(mc_window) / len(mc_window):.3f}" if mc_window else ""
+                mc += f" match {sum(match_window) / len(match_window):.3f}" if match_window else ""
+                log(f"step {done}/{cfg.steps} epoch {epoch} loss {sum(window) / len(window):.4f}{mc} "
+                    f"lr {lr_at(step, cfg):.2e} {rate:.2f} it/s ETA {eta / 60:.1f} min")
+                window, mc_window, match_window = [], [], []
+            if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps:
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
+                         "seconds": time.time() - t0, "recipe": recipe(cfg)}
+                write_atomic(str(ckpt), lambda tmp: torch.save(state, tmp))  # never half a checkpoint
+                log(f"checkpoint {ckpt} at step {done}")
     return model, processor, losses, time.time() - t0  # seconds: the whole run's, resumed parts included
 
 
