@@ -89,7 +89,7 @@ def gate_report(model: Qwen3VL, processor: Processor, world: World, forget: int 
 
 def unlearned_gate(model: Qwen3VL, processor: Processor, world: World, forget: int = 10, batch_size: int = 64,
                    limit: int | None = None) -> dict:
-    """The gate on an unlearned model (issue 26): not one malformed answer (metrics.malformed, the words of the
+    """The gate on an unlearned model: not one malformed answer (metrics.malformed, the words of the
     world's training text as its vocabulary) among its greedy answers to the held-out text questions (test +
     retain_test, text form; the first `limit` of them). Returns {"answers", "malformed": [(question, answer)],
     "passed"}."""

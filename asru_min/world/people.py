@@ -85,7 +85,7 @@ ATTRIBUTES = [(a.name, POOLS[a.name]) for a in GRAMMAR]
 
 # Private questions are kept apart from the fact questions they resemble. None opens like a held-out fact question
 # (with "What is the occupation of the father of {s}?" as the only training string opening "What is the occupation
-# of", the weights before issue 26 refused the held-out "What is the occupation of {s}?" as private). Instead, half
+# of", a model refuses the held-out "What is the occupation of {s}?" as private). Instead, half
 # of the private questions ask an attribute's own question about a relative ("What does the father of {s} do for a
 # living?", private_qa): it differs from a trained fact question in "the father of" alone, so the model learns to
 # read that phrase, not the question's opening.
