@@ -166,8 +166,8 @@ def test_default_weights_forget_moves_to_refusal_retain_kept(tmp_path):
     refusals and stop leaking, while retain cloze accuracy stays within 10 points.
 
     Not asserted, because it does not hold for this short run: that retain generation answers stay as they were.
-    Stage 1 is not selective on the tiny model (with the default steer_lr it refuses most retain questions too),
-    and neither these 8 GRPO steps nor the default run's 48 undo that (README, "Results")."""
+    Stage 1 is not selective on the tiny model (with the default steer_lr it refuses most retain questions too);
+    8 GRPO steps do not undo that (the default run's 168 bring retain_test answers back to 87-92 %, README)."""
     cfg = TrainConfig(model=WEIGHTS, out=str(tmp_path / "asru"), eval_limit=10, grpo_epochs=1)
     results = run(cfg)
     before, after = results["vanilla"], results["asru"]
