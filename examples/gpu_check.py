@@ -1,4 +1,4 @@
-"""One prepared check for a GPU machine: a Qwen3-VL-2B-shaped model at the README's paper settings.
+"""One prepared check for a GPU machine: a Qwen3-VL-2B-shaped model at the paper's settings (docs/RUNNING.md).
 
     python examples/gpu_check.py                              # one GPU (~5 minutes on an H100: estimated, not run)
     torchrun --nproc_per_node 2 examples/gpu_check.py         # two GPUs: each process takes half the prompts
