@@ -355,8 +355,9 @@ def main(argv=None) -> dict:
         raise FileNotFoundError(f"model directory {args.model!r} not found (run python -m asru_min.world.pretrain)")
     from .train import device_problem
 
-    if device_problem(args.device):
-        raise ValueError(f"--device {args.device!r}: {device_problem(args.device)}")
+    problem = device_problem(args.device)
+    if problem:
+        raise ValueError(f"--device {args.device!r}: {problem}")
     model = Qwen3VL.from_pretrained(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     processor = Processor.from_pretrained(args.model)
     if args.adapter:
