@@ -48,7 +48,7 @@ import torch
 
 from .data import LETTERS, qa_batch
 from .metrics import bleu, is_refusal, judge, leaks, rouge_l, rouge_n
-from .mllmu import question_stem, with_protocol
+from .mllmu import PROTOCOLS, question_stem, with_protocol
 from .optim import eval_mode
 
 # Every split the grid knows, in the table's order (held-out questions first), and what its questions are:
@@ -338,7 +338,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=50)
     p.add_argument("--splits", default=",".join(EVAL_SPLITS), help=f"comma-separated subset of {tuple(SPLIT_KINDS)}")
-    p.add_argument("--protocol", default="plain", choices=("plain", "release"),
+    p.add_argument("--protocol", default="plain", choices=PROTOCOLS,
                    help="prompts and answer parsing: this project's (plain) or the ASRU release's")
     p.add_argument("--export-judge", default=None, metavar="DIR",
                    help="write DIR/{split}{forget}_generation_results.json, the input of the release's judge")
