@@ -48,7 +48,7 @@ import torch
 
 from .data import LETTERS, qa_batch
 from .metrics import bleu, is_refusal, judge, leaks, rouge_l, rouge_n
-from .mllmu import question_stem, with_protocol
+from .mllmu import PROTOCOLS, question_stem, with_protocol
 from .optim import eval_mode
 
 # Every split the grid knows, in the table's order (held-out questions first), and what its questions are:
@@ -338,7 +338,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=50)
     p.add_argument("--splits", default=",".join(EVAL_SPLITS), help=f"comma-separated subset of {tuple(SPLIT_KINDS)}")
-    p.add_argument("--protocol", default="plain", choices=("plain", "release"),
+    p.add_argument("--protocol", default="plain", choices=PROTOCOLS,
                    help="prompts and answer parsing: this project's (plain) or the ASRU release's")
     p.add_argument("--export-judge", default=None, metavar="DIR",
                    help="write DIR/{split}{forget}_generation_results.json, the input of the release's judge")
@@ -355,8 +355,9 @@ def main(argv=None) -> dict:
         raise FileNotFoundError(f"model directory {args.model!r} not found (run python -m asru_min.world.pretrain)")
     from .train import device_problem
 
-    if device_problem(args.device):
-        raise ValueError(f"--device {args.device!r}: {device_problem(args.device)}")
+    problem = device_problem(args.device)
+    if problem:
+        raise ValueError(f"--device {args.device!r}: {problem}")
     model = Qwen3VL.from_pretrained(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     processor = Processor.from_pretrained(args.model)
     if args.adapter:

@@ -603,7 +603,7 @@ def run(cfg: TrainConfig, restart: bool = False, interrupt=None) -> dict:
 
 def dry_run(cfg: TrainConfig) -> str:
     """`memory.report` for cfg: --model's config.json (a folder, or the file), no weights, no data."""
-    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+    if cfg.dtype not in DTYPES:
         raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype!r}")
     processes = cfg.dry_run_processes or int(os.environ.get("WORLD_SIZE", "1"))
     model_cfg, pre = memory.load_config(cfg.model)

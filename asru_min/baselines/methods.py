@@ -40,12 +40,12 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ..data import qa_batch
+from ..data import FORGET_PERCENTS, qa_batch
 from ..evaluate import EVAL_SPLITS, evaluate_model, format_table
 from ..lora import apply_lora, lora_enabled, lora_parameters, save_lora
 from ..model import Qwen3VL
-from ..optim import (IGNORE_INDEX, answer_logprobs, grad_checkpoint_enabled, gradient_checkpointing, masked_mean,
-                     optimizer_step, shuffled_batches, train_mode)
+from ..optim import (GRAD_CHECKPOINT, IGNORE_INDEX, answer_logprobs, grad_checkpoint_enabled, gradient_checkpointing,
+                     masked_mean, optimizer_step, shuffled_batches, train_mode)
 from ..processor import Processor
 from ..world import load_world
 
@@ -364,7 +364,7 @@ def parse_args(argv=None) -> BaselineConfig:
     p = argparse.ArgumentParser(prog="python -m asru_min.baselines", description=__doc__.split("\n")[0])
     d = BaselineConfig()
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--forget", type=int, default=d.forget, choices=(5, 10, 15))
+    p.add_argument("--forget", type=int, default=d.forget, choices=FORGET_PERCENTS)
     p.add_argument("--out", default="")
     p.add_argument("--model", default=d.model)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -383,7 +383,7 @@ def parse_args(argv=None) -> BaselineConfig:
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--grad-checkpoint", default=d.grad_checkpoint, choices=("auto", "on", "off"))
+    p.add_argument("--grad-checkpoint", default=d.grad_checkpoint, choices=GRAD_CHECKPOINT)
     return BaselineConfig(**vars(p.parse_args(argv)))
 
 
