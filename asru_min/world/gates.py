@@ -188,9 +188,8 @@ def main(argv=None) -> list[dict]:
         check_world_version(d)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = []
+    world, out = World.generate(args.num_people, args.seed), []
     for d in args.models:
-        world = World.generate(args.num_people, args.seed)
         report, _ = gate_report(Qwen3VL.from_pretrained(d), Processor.from_pretrained(d), world,
                                 limit=args.limit)
         out.append({"model": d, "figures": report["figures"], "gates": report["gates"]})
