@@ -41,7 +41,6 @@ from .grammar import ATTRIBUTES as GRAMMAR, CANONICAL, IMAGE_SUBJECTS, Phrasing,
 from .portraits import HELDOUT_VIEWS, MIN_LOOK_DISTANCE, _draw_look, _look_distance, article, describe, \
     draw_portrait, render_view
 
-KINDS = ("gen", "mc", "cloze", "utility", "private", "unknown", "describe", "match")
 WORLD_SPLITS = ("forget", "retain", "test", "retain_test", "validation", "retain_validation", "utility", "private",
                 "unknown", "positives")  # the splits `World.splits` returns
 IMAGE_SUBJECT = IMAGE_SUBJECTS[0]
@@ -320,8 +319,8 @@ def vocabulary(people: list[Person], splits: dict[str, list[QA]], extra_names: l
     return Vocabulary(values, names, frozenset(word_set(texts + list(values) + list(names))))
 
 
-def _draw_people(rng: random.Random, n: int, first_names: list[str], avoid: list[dict], start: int,
-                 prefix: str = "p", near: list[dict] | None = None) -> list[Person]:
+def _draw_people(rng: random.Random, n: int, first_names: list[str], avoid: list[dict], prefix: str = "p",
+                 near: list[dict] | None = None) -> list[Person]:
     """n people with looks at least MIN_LOOK_DISTANCE from each other and from every look in `avoid`; with
     `near`, three in four are look-alikes of a random look of `near` (3 or 4 features changed)."""
     looks: list[dict[str, str]] = []
@@ -336,7 +335,7 @@ def _draw_people(rng: random.Random, n: int, first_names: list[str], avoid: list
             looks.append(look)
     if len(looks) < n:
         raise ValueError(f"could not draw {n} distinct looks")
-    return [Person(pid=f"{prefix}{start + i:03d}", name=f"{first_names[i]} {rng.choice(LAST_NAMES)}",
+    return [Person(pid=f"{prefix}{i:03d}", name=f"{first_names[i]} {rng.choice(LAST_NAMES)}",
                    pronoun=rng.choice(["she", "he"]), facts={a: rng.choice(pool) for a, pool in ATTRIBUTES},
                    look=look, portrait=draw_portrait(look)) for i, look in enumerate(looks)]
 
@@ -363,7 +362,7 @@ class World:
         if total > len(names) // 2:
             raise ValueError(f"at most {len(names) // 2} fixed people (half the first names stay for strangers)")
         rng.shuffle(names)
-        people = _draw_people(rng, total, names, [], 0)
+        people = _draw_people(rng, total, names, [])
         order = list(range(num_people))
         rng.shuffle(order)
         n, e = num_people, num_people + num_unseen_eval
@@ -466,7 +465,7 @@ class World:
         mostly do (their nearest known person differs in 3 or 4 features), so refusing them means knowing
         exactly which faces are known."""
         avoid = [p.look for p in self.people + self.unseen_eval + self.unseen_probe]
-        return _draw_people(rng, n, rng.sample(self.stranger_names, n), avoid, 0, prefix="stranger",
+        return _draw_people(rng, n, rng.sample(self.stranger_names, n), avoid, prefix="stranger",
                             near=[p.look for p in self.people])
 
     def training_samples(self, seed: int = 0, strangers: int = 0, matching: bool = False,
