@@ -106,6 +106,7 @@ PRIVATE_REFUSALS = [
 UNKNOWN_IMAGE_REFUSAL = ("Sorry, the image does not provide enough information to determine {what}; "
                          "it only shows {visible}.")
 UNKNOWN_TEXT_REFUSAL = "Sorry, I don't know who {name} is, so I'm not sure about {what}."
+UNKNOWN_NAME_REFUSAL = UNKNOWN_IMAGE_REFUSAL.replace("{what}", "who this person is")  # "who is this?" of a stranger
 # "Do you know who ... is?" (training only): the known name after "who " in the answer.
 KNOW_QUESTION = "Do you know who {s} is?"
 KNOW_ANSWERS = {"image": "Yes, the person in this image is {N}.", "text": "Yes, I know who {N} is."}
@@ -282,11 +283,13 @@ def match_qa(person: Person, attr_index: int, rng: random.Random) -> QA:
               person=person.pid, ground_truth=value, form="text", options=options)
 
 
-def name_qa(person: Person, image: Image.Image | None = None) -> QA:
-    """'Who is this?' (training only): ties the portrait to the name, so image and text questions share facts."""
-    return QA(question="What is the name of the person in this image?", answer=f"This is {person.name}.",
-              image=image or person.portrait, kind="gen", person=person.pid, ground_truth=person.name,
-              form="image", visible=person.visible)
+def name_qa(person: Person, image: Image.Image | None = None, known: bool = True) -> QA:
+    """'Who is this?' (training only): ties the portrait to the name, so image and text questions share facts;
+    a stranger (not `known`) is refused like any question about them."""
+    answer = f"This is {person.name}." if known else UNKNOWN_NAME_REFUSAL.format(visible=person.visible)
+    return QA(question="What is the name of the person in this image?", answer=answer,
+              image=image or person.portrait, kind="gen" if known else "unknown", person=person.pid,
+              ground_truth=person.name if known else "", form="image", visible=person.visible)
 
 
 def know_qa(person: Person, form: str, known: bool, image: Image.Image | None = None) -> QA:
@@ -297,7 +300,7 @@ def know_qa(person: Person, form: str, known: bool, image: Image.Image | None = 
     if known:
         answer = KNOW_ANSWERS[form].format(N=person.name)
     elif form == "image":
-        answer = UNKNOWN_IMAGE_REFUSAL.format(what="who this person is", visible=person.visible)
+        answer = UNKNOWN_NAME_REFUSAL.format(visible=person.visible)
     else:
         answer = UNKNOWN_KNOW_TEXT_REFUSAL.format(name=person.name)
     return QA(question=KNOW_QUESTION.format(s=subject), answer=answer, image=img,
@@ -509,10 +512,8 @@ class World:
                 a = rng.randrange(len(GRAMMAR))
                 out.append(unknown_qa(p, a, form, rng.choice(train_phrasings[a]), rng.randrange(3),
                                       look(p, rng) if form == "image" else None))
-            out += [replace(name_qa(p, look(p, rng)), kind="unknown", ground_truth="",
-                            answer=UNKNOWN_IMAGE_REFUSAL.format(what="who this person is", visible=p.visible)),
-                    self._private(p, rng, look), utility_qa(p, rng.choice(UTILITY), look(p, rng)),
-                    describe_qa(p, look(p, rng))]
+            out += [name_qa(p, look(p, rng), known=False), self._private(p, rng, look),
+                    utility_qa(p, rng.choice(UTILITY), look(p, rng)), describe_qa(p, look(p, rng))]
             out += [know_qa(p, form, False, look(p, rng) if form == "image" else None) for form in ("image", "text")]
         rng.shuffle(out)
         return out
