@@ -37,7 +37,7 @@ from PIL import Image
 
 from ..data import CLOZE_PREFIX, CLOZE_SUFFIX, FORGET_PERCENTS, MC_SUFFIX, QA, listed
 from ..metrics import Vocabulary, word_set
-from .grammar import ATTRIBUTES as GRAMMAR, CANONICAL, IMAGE_SUBJECTS, Phrasing, fill, phrasings, subjects
+from .grammar import ATTRIBUTES as GRAMMAR, CANONICAL, IMAGE_SUBJECTS, Phrasing, fill, phrasings, subject_of
 from .portraits import HELDOUT_VIEWS, MIN_LOOK_DISTANCE, _draw_look, _look_distance, article, describe, \
     draw_portrait, render_view
 
@@ -142,7 +142,7 @@ def fact_qa(person: Person, attr_index: int, kind: str, form: str, rng: random.R
         raise ValueError(f"bad kind/form {kind!r}/{form!r}")
     attr = GRAMMAR[attr_index]
     value = person.facts[attr.name]
-    subj = subjects(form, person.name)[subject if form == "image" else 0]
+    subj = subject_of(form, person.name, subject)
     img = (image or person.portrait) if form == "image" else None
     tag = "cloze" if kind == "cloze" else f"{phrasing.kind}-{phrasing.i}-{phrasing.j}"
     common = dict(image=img, kind=kind, person=person.pid, ground_truth=value, form=form,
@@ -243,7 +243,7 @@ def private_qa(person: Person, form: str, rng: random.Random, subject: int = 0) 
     obj = "this person" if form == "image" else person.name
     answer = rng.choice(PRIVATE_REFUSALS).format(what=what, o=obj)
     img = person.portrait if form == "image" else None
-    return QA(question=fill(question_t, subjects(form, person.name)[subject if form == "image" else 0]),
+    return QA(question=fill(question_t, subject_of(form, person.name, subject)),
               answer=answer, image=img, kind="private", person=person.pid, ground_truth="", form=form,
               visible=person.visible if img is not None else "")
 
@@ -253,7 +253,7 @@ def unknown_qa(person: Person, attr_index: int, form: str, phrasing: Phrasing = 
     """A fact question about a person the model has never seen -> a refusal that describes the image (image
     form) or says the name is unknown (text form)."""
     attr = GRAMMAR[attr_index]
-    question = fill(phrasing.template(attr), subjects(form, person.name)[subject if form == "image" else 0])
+    question = fill(phrasing.template(attr), subject_of(form, person.name, subject))
     if form == "image":
         answer = UNKNOWN_IMAGE_REFUSAL.format(what=attr.what, visible=person.visible)
         img, visible = image or person.portrait, person.visible
@@ -295,7 +295,6 @@ def name_qa(person: Person, image: Image.Image | None = None, known: bool = True
 def know_qa(person: Person, form: str, known: bool, image: Image.Image | None = None) -> QA:
     """'Do you know who ... is?' (training only): a known person is confirmed with the name
     mid-sentence ("Yes, I know who Nedra Quarrel is."), a stranger refused like any question about them."""
-    subject = IMAGE_SUBJECT if form == "image" else person.name
     img = (image or person.portrait) if form == "image" else None
     if known:
         answer = KNOW_ANSWERS[form].format(N=person.name)
@@ -303,7 +302,7 @@ def know_qa(person: Person, form: str, known: bool, image: Image.Image | None = 
         answer = UNKNOWN_NAME_REFUSAL.format(visible=person.visible)
     else:
         answer = UNKNOWN_KNOW_TEXT_REFUSAL.format(name=person.name)
-    return QA(question=KNOW_QUESTION.format(s=subject), answer=answer, image=img,
+    return QA(question=KNOW_QUESTION.format(s=subject_of(form, person.name)), answer=answer, image=img,
               kind="gen" if known else "unknown", person=person.pid, ground_truth=person.name if known else "",
               form=form, visible=person.visible if img is not None else "")
 
