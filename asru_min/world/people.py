@@ -42,7 +42,7 @@ from .portraits import HELDOUT_VIEWS, MIN_LOOK_DISTANCE, _draw_look, _look_dista
     draw_portrait, render_view
 
 WORLD_SPLITS = ("forget", "retain", "test", "retain_test", "validation", "retain_validation", "utility", "private",
-                "unknown", "positives")  # the splits `World.splits` returns
+                "unknown", "positives", "private_train")  # the splits `World.splits` returns
 IMAGE_SUBJECT = IMAGE_SUBJECTS[0]
 FACT_KINDS = ("gen", "mc", "cloze")
 
