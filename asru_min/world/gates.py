@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..model import Qwen3VL
 from ..processor import Processor
-from . import WORLD_VERSION
+from . import WORLD_VERSION, check_world_version
 from .grammar import ATTRIBUTES as GRAMMAR, phrasings
 from .people import World
 
@@ -169,8 +169,6 @@ def main(argv=None) -> list[dict]:
 
     import torch
 
-    from . import check_world_version
-
     ap = argparse.ArgumentParser(prog="python -m asru_min.world.gates", description=main.__doc__.split("\n")[0])
     ap.add_argument("models", nargs="+", help="folders with config.json, model.safetensors, tokenizer.json, ... "
                     "(with --unlearned: train.py output folders)")
@@ -205,7 +203,6 @@ def unlearned_main(ap, args) -> list[dict]:
 
     import torch
 
-    from . import check_world_version
     from ..lora import load_lora
     from ..steer import load_changed_tensors
 
