@@ -56,7 +56,7 @@ PETS, PET_NAMES = ("cat", "dog", "parrot", "rabbit"), ("Biscuit", "Juniper", "Pe
 CONDITIONS = ("asthma", "type 1 diabetes", "mild seasonal allergies", "chronic migraines")
 
 
-def sentence(attr: str, value: str, person, form: str, seed: int, hobbies=()) -> str:
+def sentence(attr: str, value: str, person, form: str, seed: int) -> str:
     """A generation ground truth in the benchmark's style about `person`'s `attr`: the extra parts (region, day
     and month, other hobbies, pet, condition, salary, height) drawn once per person and attribute, so both forms
     and every split state the same fact; the frame and the subject ("This person" / "The individual" / the pronoun
@@ -69,7 +69,7 @@ def sentence(attr: str, value: str, person, form: str, seed: int, hobbies=()) ->
         m, y = facts.randint(1, 12), facts.randint(4, 28)
         x = MONTHS[m - 1]
     elif attr == "hobby":
-        x, y = facts.sample([h for h in hobbies if h != value], 2)
+        x, y = facts.sample([h for h in POOLS["hobby"] if h != value], 2)
     elif attr == "pets":
         x, y = facts.choice(PETS), facts.choice(PET_NAMES)
     elif attr == "medical":
@@ -103,7 +103,6 @@ def person_row(world: World, person, heldout: bool = False) -> dict:
     """One row of the release's schema for `person`: every fact x (gen, mc, cloze) x (image, text); `heldout`
     (Test_Set): held-out phrasings and `images` = three held-out views instead of `image`."""
     rng = random.Random(f"fake/{world.seed}/{person.pid}/{heldout}")
-    hobbies = POOLS.get("hobby", ())
     tasks: dict = {"Classification_Task": {"Image_Textual_Questions": [], "Pure_Text_Questions": []},
                    "Generation_Task": [], "Mask_Task": []}
     for a, attr in enumerate(ATTRIBUTES):
@@ -116,7 +115,7 @@ def person_row(world: World, person, heldout: bool = False) -> dict:
                     tasks["Classification_Task"][f"{TYPES[form]}_Questions"].append(
                         {"Question": stem, "Options": dict(zip("ABCD", qa.options)), "Correct_Answer": qa.answer})
                 elif kind == "gen":
-                    truth = sentence(attr.name, qa.ground_truth, person, form, world.seed, hobbies)
+                    truth = sentence(attr.name, qa.ground_truth, person, form, world.seed)
                     tasks["Generation_Task"].append({"Question": stem, "Ground_Truth": truth, "Type": TYPES[form]})
                 else:
                     tasks["Mask_Task"].append({"Question": stem.replace("[Blank]", "__"), "Ground_Truth": qa.answer,

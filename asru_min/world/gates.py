@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..model import Qwen3VL
 from ..processor import Processor
-from . import WORLD_VERSION
+from . import WORLD_VERSION, check_world_version
 from .grammar import ATTRIBUTES as GRAMMAR, phrasings
 from .people import World
 
@@ -169,8 +169,6 @@ def main(argv=None) -> list[dict]:
 
     import torch
 
-    from . import check_world_version
-
     ap = argparse.ArgumentParser(prog="python -m asru_min.world.gates", description=main.__doc__.split("\n")[0])
     ap.add_argument("models", nargs="+", help="folders with config.json, model.safetensors, tokenizer.json, ... "
                     "(with --unlearned: train.py output folders)")
@@ -188,9 +186,8 @@ def main(argv=None) -> list[dict]:
         check_world_version(d)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = []
+    world, out = World.generate(args.num_people, args.seed), []
     for d in args.models:
-        world = World.generate(args.num_people, args.seed)
         report, _ = gate_report(Qwen3VL.from_pretrained(d), Processor.from_pretrained(d), world,
                                 limit=args.limit)
         out.append({"model": d, "figures": report["figures"], "gates": report["gates"]})
@@ -206,7 +203,6 @@ def unlearned_main(ap, args) -> list[dict]:
 
     import torch
 
-    from . import check_world_version
     from ..lora import load_lora
     from ..steer import load_changed_tensors
 

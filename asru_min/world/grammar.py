@@ -129,9 +129,9 @@ def phrasings(attr: Attribute, heldout: bool) -> list[Phrasing]:
     return [p for p in every if p.heldout == heldout]
 
 
-def subjects(form: str, name: str) -> tuple[str, ...]:
-    """The subject forms of a question: the image subjects, or the name alone."""
-    return IMAGE_SUBJECTS if form == "image" else (name,)
+def subject_of(form: str, name: str, i: int = 0) -> str:
+    """The subject of a question: image subject form `i` (IMAGE_SUBJECTS), or the name (text form)."""
+    return IMAGE_SUBJECTS[i] if form == "image" else name
 
 
 def fill(template: str, subject: str, name: str = "", value: str = "", pronoun: str = "she") -> str:

@@ -37,13 +37,12 @@ from PIL import Image
 
 from ..data import CLOZE_PREFIX, CLOZE_SUFFIX, FORGET_PERCENTS, MC_SUFFIX, QA, listed
 from ..metrics import Vocabulary, word_set
-from .grammar import ATTRIBUTES as GRAMMAR, CANONICAL, IMAGE_SUBJECTS, Phrasing, fill, phrasings, subjects
+from .grammar import ATTRIBUTES as GRAMMAR, CANONICAL, IMAGE_SUBJECTS, Phrasing, fill, phrasings, subject_of
 from .portraits import HELDOUT_VIEWS, MIN_LOOK_DISTANCE, _draw_look, _look_distance, article, describe, \
     draw_portrait, render_view
 
-KINDS = ("gen", "mc", "cloze", "utility", "private", "unknown", "describe", "match")
 WORLD_SPLITS = ("forget", "retain", "test", "retain_test", "validation", "retain_validation", "utility", "private",
-                "unknown", "positives")  # the splits `World.splits` returns
+                "unknown", "positives", "private_train")  # the splits `World.splits` returns
 IMAGE_SUBJECT = IMAGE_SUBJECTS[0]
 FACT_KINDS = ("gen", "mc", "cloze")
 
@@ -107,6 +106,7 @@ PRIVATE_REFUSALS = [
 UNKNOWN_IMAGE_REFUSAL = ("Sorry, the image does not provide enough information to determine {what}; "
                          "it only shows {visible}.")
 UNKNOWN_TEXT_REFUSAL = "Sorry, I don't know who {name} is, so I'm not sure about {what}."
+UNKNOWN_NAME_REFUSAL = UNKNOWN_IMAGE_REFUSAL.replace("{what}", "who this person is")  # "who is this?" of a stranger
 # "Do you know who ... is?" (training only): the known name after "who " in the answer.
 KNOW_QUESTION = "Do you know who {s} is?"
 KNOW_ANSWERS = {"image": "Yes, the person in this image is {N}.", "text": "Yes, I know who {N} is."}
@@ -142,7 +142,7 @@ def fact_qa(person: Person, attr_index: int, kind: str, form: str, rng: random.R
         raise ValueError(f"bad kind/form {kind!r}/{form!r}")
     attr = GRAMMAR[attr_index]
     value = person.facts[attr.name]
-    subj = subjects(form, person.name)[subject if form == "image" else 0]
+    subj = subject_of(form, person.name, subject)
     img = (image or person.portrait) if form == "image" else None
     tag = "cloze" if kind == "cloze" else f"{phrasing.kind}-{phrasing.i}-{phrasing.j}"
     common = dict(image=img, kind=kind, person=person.pid, ground_truth=value, form=form,
@@ -243,7 +243,7 @@ def private_qa(person: Person, form: str, rng: random.Random, subject: int = 0) 
     obj = "this person" if form == "image" else person.name
     answer = rng.choice(PRIVATE_REFUSALS).format(what=what, o=obj)
     img = person.portrait if form == "image" else None
-    return QA(question=fill(question_t, subjects(form, person.name)[subject if form == "image" else 0]),
+    return QA(question=fill(question_t, subject_of(form, person.name, subject)),
               answer=answer, image=img, kind="private", person=person.pid, ground_truth="", form=form,
               visible=person.visible if img is not None else "")
 
@@ -253,7 +253,7 @@ def unknown_qa(person: Person, attr_index: int, form: str, phrasing: Phrasing = 
     """A fact question about a person the model has never seen -> a refusal that describes the image (image
     form) or says the name is unknown (text form)."""
     attr = GRAMMAR[attr_index]
-    question = fill(phrasing.template(attr), subjects(form, person.name)[subject if form == "image" else 0])
+    question = fill(phrasing.template(attr), subject_of(form, person.name, subject))
     if form == "image":
         answer = UNKNOWN_IMAGE_REFUSAL.format(what=attr.what, visible=person.visible)
         img, visible = image or person.portrait, person.visible
@@ -283,25 +283,26 @@ def match_qa(person: Person, attr_index: int, rng: random.Random) -> QA:
               person=person.pid, ground_truth=value, form="text", options=options)
 
 
-def name_qa(person: Person, image: Image.Image | None = None) -> QA:
-    """'Who is this?' (training only): ties the portrait to the name, so image and text questions share facts."""
-    return QA(question="What is the name of the person in this image?", answer=f"This is {person.name}.",
-              image=image or person.portrait, kind="gen", person=person.pid, ground_truth=person.name,
-              form="image", visible=person.visible)
+def name_qa(person: Person, image: Image.Image | None = None, known: bool = True) -> QA:
+    """'Who is this?' (training only): ties the portrait to the name, so image and text questions share facts;
+    a stranger (not `known`) is refused like any question about them."""
+    answer = f"This is {person.name}." if known else UNKNOWN_NAME_REFUSAL.format(visible=person.visible)
+    return QA(question="What is the name of the person in this image?", answer=answer,
+              image=image or person.portrait, kind="gen" if known else "unknown", person=person.pid,
+              ground_truth=person.name if known else "", form="image", visible=person.visible)
 
 
 def know_qa(person: Person, form: str, known: bool, image: Image.Image | None = None) -> QA:
     """'Do you know who ... is?' (training only): a known person is confirmed with the name
     mid-sentence ("Yes, I know who Nedra Quarrel is."), a stranger refused like any question about them."""
-    subject = IMAGE_SUBJECT if form == "image" else person.name
     img = (image or person.portrait) if form == "image" else None
     if known:
         answer = KNOW_ANSWERS[form].format(N=person.name)
     elif form == "image":
-        answer = UNKNOWN_IMAGE_REFUSAL.format(what="who this person is", visible=person.visible)
+        answer = UNKNOWN_NAME_REFUSAL.format(visible=person.visible)
     else:
         answer = UNKNOWN_KNOW_TEXT_REFUSAL.format(name=person.name)
-    return QA(question=KNOW_QUESTION.format(s=subject), answer=answer, image=img,
+    return QA(question=KNOW_QUESTION.format(s=subject_of(form, person.name)), answer=answer, image=img,
               kind="gen" if known else "unknown", person=person.pid, ground_truth=person.name if known else "",
               form=form, visible=person.visible if img is not None else "")
 
@@ -320,8 +321,8 @@ def vocabulary(people: list[Person], splits: dict[str, list[QA]], extra_names: l
     return Vocabulary(values, names, frozenset(word_set(texts + list(values) + list(names))))
 
 
-def _draw_people(rng: random.Random, n: int, first_names: list[str], avoid: list[dict], start: int,
-                 prefix: str = "p", near: list[dict] | None = None) -> list[Person]:
+def _draw_people(rng: random.Random, n: int, first_names: list[str], avoid: list[dict], prefix: str = "p",
+                 near: list[dict] | None = None) -> list[Person]:
     """n people with looks at least MIN_LOOK_DISTANCE from each other and from every look in `avoid`; with
     `near`, three in four are look-alikes of a random look of `near` (3 or 4 features changed)."""
     looks: list[dict[str, str]] = []
@@ -336,7 +337,7 @@ def _draw_people(rng: random.Random, n: int, first_names: list[str], avoid: list
             looks.append(look)
     if len(looks) < n:
         raise ValueError(f"could not draw {n} distinct looks")
-    return [Person(pid=f"{prefix}{start + i:03d}", name=f"{first_names[i]} {rng.choice(LAST_NAMES)}",
+    return [Person(pid=f"{prefix}{i:03d}", name=f"{first_names[i]} {rng.choice(LAST_NAMES)}",
                    pronoun=rng.choice(["she", "he"]), facts={a: rng.choice(pool) for a, pool in ATTRIBUTES},
                    look=look, portrait=draw_portrait(look)) for i, look in enumerate(looks)]
 
@@ -363,7 +364,7 @@ class World:
         if total > len(names) // 2:
             raise ValueError(f"at most {len(names) // 2} fixed people (half the first names stay for strangers)")
         rng.shuffle(names)
-        people = _draw_people(rng, total, names, [], 0)
+        people = _draw_people(rng, total, names, [])
         order = list(range(num_people))
         rng.shuffle(order)
         n, e = num_people, num_people + num_unseen_eval
@@ -466,7 +467,7 @@ class World:
         mostly do (their nearest known person differs in 3 or 4 features), so refusing them means knowing
         exactly which faces are known."""
         avoid = [p.look for p in self.people + self.unseen_eval + self.unseen_probe]
-        return _draw_people(rng, n, rng.sample(self.stranger_names, n), avoid, 0, prefix="stranger",
+        return _draw_people(rng, n, rng.sample(self.stranger_names, n), avoid, prefix="stranger",
                             near=[p.look for p in self.people])
 
     def training_samples(self, seed: int = 0, strangers: int = 0, matching: bool = False,
@@ -510,10 +511,8 @@ class World:
                 a = rng.randrange(len(GRAMMAR))
                 out.append(unknown_qa(p, a, form, rng.choice(train_phrasings[a]), rng.randrange(3),
                                       look(p, rng) if form == "image" else None))
-            out += [replace(name_qa(p, look(p, rng)), kind="unknown", ground_truth="",
-                            answer=UNKNOWN_IMAGE_REFUSAL.format(what="who this person is", visible=p.visible)),
-                    self._private(p, rng, look), utility_qa(p, rng.choice(UTILITY), look(p, rng)),
-                    describe_qa(p, look(p, rng))]
+            out += [name_qa(p, look(p, rng), known=False), self._private(p, rng, look),
+                    utility_qa(p, rng.choice(UTILITY), look(p, rng)), describe_qa(p, look(p, rng))]
             out += [know_qa(p, form, False, look(p, rng) if form == "image" else None) for form in ("image", "text")]
         rng.shuffle(out)
         return out
