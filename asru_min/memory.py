@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -469,26 +470,20 @@ def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f
     from .steer import keep_refusals, knowledge_absence_direction, optimize_steering
 
     meter = meter or PeakMeter(f.device)
-    settings = dict(group_size=f.group_size, temperature=1.5, top_p=0.95, max_new_tokens=f.max_new_tokens,
-                    prompts_per_step=f.prompts_per_step, mini_batch_size=f.mini_batch_size, epochs_per_rollout=1,
-                    grpo_epochs=1, clip_low=0.2, clip_high=0.3, dual_clip=3.0, kl_coef=f.kl_coef, grpo_lr=1e-4,
-                    grpo_weight_decay=0.01, grad_clip=1.0, seed=seed, rollout_batch=f.rollout_batch,
-                    micro_batch_tokens=f.micro_batch_tokens,
-                    grad_checkpoint=f.grad_checkpoint, logprob_chunk=f.logprob_chunk)
-    gcfg = GRPOConfig(**{k: v for k, v in settings.items() if k in {x.name for x in dataclasses.fields(GRPOConfig)}})
+    gcfg = GRPOConfig(group_size=f.group_size, temperature=1.5, top_p=0.95, max_new_tokens=f.max_new_tokens,
+                      prompts_per_step=f.prompts_per_step, mini_batch_size=f.mini_batch_size, epochs_per_rollout=1,
+                      grpo_epochs=1, clip_low=0.2, clip_high=0.3, dual_clip=3.0, kl_coef=f.kl_coef, grpo_lr=1e-4,
+                      grpo_weight_decay=0.01, grad_clip=1.0, seed=seed, rollout_batch=f.rollout_batch,
+                      micro_batch_tokens=f.micro_batch_tokens, grad_checkpoint=f.grad_checkpoint,
+                      logprob_chunk=f.logprob_chunk)
     seconds, out = {}, {}
 
+    @contextmanager
     def timed(name):
-        class Timed:
-            def __enter__(self):
-                self.inner = meter.phase(name)
-                self.inner.__enter__()
-                self.t0 = time.time()
-
-            def __exit__(self, *exc):
-                self.inner.__exit__(*exc)
-                seconds[name] = time.time() - self.t0
-        return Timed()
+        with meter.phase(name):
+            t0 = time.time()
+            yield
+        seconds[name] = time.time() - t0
 
     with meter:
         with timed("weights"):
