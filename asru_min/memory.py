@@ -436,21 +436,18 @@ class PeakMeter:
 
     def phase(self, name: str):
         self._names.append(name)
-        return _CudaPhase(self, name) if self.cuda else torch.profiler.record_function(f"phase:{name}")
+        return self._cuda_phase(name) if self.cuda else torch.profiler.record_function(f"phase:{name}")
 
-
-class _CudaPhase:
-    def __init__(self, meter: PeakMeter, name: str):
-        self.meter, self.name = meter, name
-
-    def __enter__(self):
+    @contextmanager
+    def _cuda_phase(self, name: str):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        self.meter.starts.setdefault(self.name, torch.cuda.memory_allocated())
-
-    def __exit__(self, *exc):
-        torch.cuda.synchronize()
-        self.meter.peaks[self.name] = max(self.meter.peaks.get(self.name, 0), torch.cuda.max_memory_allocated())
+        self.starts.setdefault(name, torch.cuda.memory_allocated())
+        try:
+            yield
+        finally:
+            torch.cuda.synchronize()
+            self.peaks[name] = max(self.peaks.get(name, 0), torch.cuda.max_memory_allocated())
 
 
 def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f: Flags, layer: int,
