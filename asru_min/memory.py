@@ -39,7 +39,7 @@ STEER_ANSWER_TOKENS = 64  # answer tokens appended to a retain prompt in stage 1
 SAMPLING_COPIES = 5  # float32 (rows, V) tensors of one sampling step: logits / T, softmax, cdf, masks
 LOGIT_BYTES = 16  # bytes per (token, vocabulary entry) while log-probs are computed and differentiated:
 #                   lm_head output (b) + float32 logits / T (4, kept for backward) + exp / softmax grad (4 + 4)
-# without backward: lm_head's output (b), its float32 copy (4, none when b = 4), the logits / T (4): `logit_bytes`
+# without backward: lm_head's output (b), its float32 copy (4, none when b = 4), the logits / T (4)
 
 
 @dataclass
@@ -285,11 +285,6 @@ def micro_batch_rows(f: Flags, S: int) -> int:
     return mini if f.micro_batch_tokens == 0 else max(1, min(mini, f.micro_batch_tokens // S))
 
 
-def logit_bytes_no_grad(b: int) -> int:
-    """Bytes per (token, vocabulary entry) of a no-grad log-prob pass: lm_head output, float32 copy, / T."""
-    return b + (4 if b < 4 else 0) + 4
-
-
 def logit_tokens(f: Flags, rows: int, T: int) -> int:
     """(rows x positions) whose float32 logits exist at once: the response positions (T + 1 per row), at most
     logprob_chunk of them."""
@@ -306,7 +301,7 @@ def logprob_passes(cfg, f: Flags, n_params: int, P: int, T: int | None = None) -
     rows = micro_batch_rows(f, S)
     terms = resident_terms(cfg, f, n_params, stage2=True)
     layers = rows * S * layer_working_bytes_per_token(cfg, f.bytes) + rows * S * S * f.bytes  # + attention mask
-    logits = logit_tokens(f, rows, T) * cfg.text.vocab_size * logit_bytes_no_grad(f.bytes)
+    logits = logit_tokens(f, rows, T) * cfg.text.vocab_size * (f.bytes + (4 if f.bytes < 4 else 0) + 4)  # LOGIT_BYTES
     terms.update({"layer working set + attention mask" if layers > logits else "logits": max(layers, logits),
                   "rollout records": prompts_per_process(f) * f.group_size * S * (8 + 8 + 1 + 4 + 4)})
     return Phase("old / reference log-probs", terms)
