@@ -205,27 +205,27 @@ def adapter_bytes(cfg, f: Flags) -> int:
     return adapter_parameters(cfg, f.lora_r, f.lora_targets) * (4 if f.bytes < 4 else f.bytes)
 
 
-def generation_terms(cfg, pre, f: Flags, prompts: int, rows: int, prompt_len: int, new_tokens: int, images: int,
-                     fused: bool) -> dict:
-    """One `generate` call after the vision tower: the image features kept for every row, the fused projection
-    copies, and the largest of its four moments, which follow one another:
+def generation_terms(cfg, pre, f: Flags, prompts: int, G: int, prompt_len: int, new_tokens: int, fused: bool) -> dict:
+    """One `generate` call on `prompts` prompts of one image each, G samples each (rows = prompts x G): the image
+    features kept for every row, the fused projection copies, and the largest of its four moments, which follow
+    one another:
 
         vision tower            one block's working set on all the images' patches
         prefill                 KV cache of the prompts at S = P + T tokens + one layer's working set
         G-way copy              the prompts' cache and its copy for `rows` rows (both exist while it is copied)
         decode                  the rows' cache + the sampling step's float32 (rows, V) tensors
     """
-    b, S = f.bytes, prompt_len + new_tokens
+    b, S, rows = f.bytes, prompt_len + new_tokens, prompts * G
     patches, img_tokens = image_tokens(pre, f.portrait)
     kv_prompts, kv_rows = prompts * S * kv_bytes_per_token(cfg, b), rows * S * kv_bytes_per_token(cfg, b)
-    moments = {"vision tower": {"vision tower working set": vision_working_bytes(cfg, images * patches, b)},
+    moments = {"vision tower": {"vision tower working set": vision_working_bytes(cfg, prompts * patches, b)},
                "prefill": {"KV cache (prompts)": kv_prompts,
                            "prefill working set": prompts * prompt_len * layer_working_bytes_per_token(cfg, b)},
                "copy": {"KV cache (prompts + G-way copy)": kv_prompts + (kv_rows if rows != prompts else 0)},
                "decode": {"KV cache (rows)": kv_rows,
                           "sampling logits": SAMPLING_COPIES * rows * cfg.text.vocab_size * 4}}
     terms = dict(max(moments.values(), key=lambda m: sum(m.values())))
-    terms["image features"] = image_feature_bytes(cfg, images * img_tokens, b)
+    terms["image features"] = image_feature_bytes(cfg, prompts * img_tokens, b)
     if fused:
         terms["fused q|k|v, gate|up copies"] = fused_copy_bytes(cfg, b)
     return terms
@@ -250,8 +250,7 @@ def stage1(cfg, pre, f: Flags, n_params: int, P: int, base_params: int | None = 
     direction = resident_terms(cfg, f, n_params, stage2=False)
     if f.base_model_separate:
         direction["base model weights"] = (base_params or n_params) * b
-    direction.update(generation_terms(cfg, pre, f, f.eval_batch_size, f.eval_batch_size, P, 32, f.eval_batch_size,
-                                      fused=True))
+    direction.update(generation_terms(cfg, pre, f, f.eval_batch_size, 1, P, 32, fused=True))
     W = D * I
     rows_tokens = f.steer_batch_size * (P + STEER_ANSWER_TOKENS)
     resident = resident_terms(cfg, f, n_params, stage2=False)
@@ -271,8 +270,7 @@ def rollout(cfg, pre, f: Flags, n_params: int, P: int) -> Phase:
     prompts = prompts_per_process(f)
     chunk = min(f.rollout_batch or prompts, prompts)
     terms = resident_terms(cfg, f, n_params, stage2=True)
-    terms.update(generation_terms(cfg, pre, f, chunk, chunk * f.group_size, P, f.max_new_tokens, chunk,
-                                  fused=f.bytes == 4))
+    terms.update(generation_terms(cfg, pre, f, chunk, f.group_size, P, f.max_new_tokens, fused=f.bytes == 4))
     terms["rollout records"] = prompts * f.group_size * (P + f.max_new_tokens) * (8 + 8 + 1)
     return Phase("rollout", terms)
 
@@ -339,8 +337,7 @@ def evaluation(cfg, pre, f: Flags, n_params: int, P: int) -> Phase:
     copies (the vanilla model has no adapter) and the adapter (after stage 2)."""
     terms = resident_terms(cfg, f, n_params, stage2=False)
     terms["LoRA adapter"] = adapter_bytes(cfg, f)
-    terms.update(generation_terms(cfg, pre, f, f.eval_batch_size, f.eval_batch_size, P, f.eval_max_new_tokens,
-                                  f.eval_batch_size, fused=True))
+    terms.update(generation_terms(cfg, pre, f, f.eval_batch_size, 1, P, f.eval_max_new_tokens, fused=True))
     return Phase("evaluation", terms)
 
 
