@@ -370,11 +370,10 @@ def report(cfg: Qwen3VLConfig, pre: ImageProcessorConfig, f: Flags, base_params:
     phases = estimate(cfg, pre, f, base_params)
     P = f.prompt_tokens or default_prompt_tokens(pre, f.portrait)
     patches, img = image_tokens(pre, f.portrait)
+    prompt = "--dry-run-prompt-tokens" if f.prompt_tokens else \
+        f"a {f.portrait[0]}x{f.portrait[1]} portrait = {patches} patches -> {img} image tokens, + {P - img} text"
     lines = [f"dry run: {parameter_count(cfg) / 1e9:.3f} B parameters, {f.dtype} on {f.device}, "
-             f"{f.processes} process(es); prompt {P} tokens (a {f.portrait[0]}x{f.portrait[1]} portrait = "
-             f"{patches} patches -> {img} image tokens, + {P - img} text)" if not f.prompt_tokens else
-             f"dry run: {parameter_count(cfg) / 1e9:.3f} B parameters, {f.dtype} on {f.device}, "
-             f"{f.processes} process(es); prompt {P} tokens (--dry-run-prompt-tokens)",
+             f"{f.processes} process(es); prompt {P} tokens ({prompt})",
              f"  G={f.group_size}, T={f.max_new_tokens}, {f.prompts_per_step} prompts / step "
              f"({prompts_per_process(f)} per process), rollout_batch={f.rollout_batch}, "
              f"micro_batch_tokens={f.micro_batch_tokens}, logprob_chunk={f.logprob_chunk}, "
