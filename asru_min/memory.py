@@ -8,7 +8,7 @@ of named terms, in bytes, for one process:
 
 Notation: b bytes per weight / activation element (2 in bf16), L decoder layers, D hidden size, I intermediate
 size, nq / nkv heads of width d, V vocabulary, P prompt tokens, T new tokens, G samples per prompt, S = P + T.
-What the numbers assume (the memory features of issue #24): rollouts in chunks of `rollout_batch` prompts x G rows
+What the numbers assume: rollouts in chunks of `rollout_batch` prompts x G rows
 whose KV cache is allocated at S tokens and copied G ways; finished rows only shrink it; old / reference / update
 passes in micro-batches of at most `micro_batch_tokens` rows x S tokens; float32 logits of at most
 `logprob_chunk` tokens at once, recomputed in backward; gradient checkpointing keeps one (tokens, D) input per
@@ -265,7 +265,7 @@ def stage1(cfg, pre, f: Flags, n_params: int, P: int, base_params: int | None = 
 
 def rollout(cfg, pre, f: Flags, n_params: int, P: int) -> Phase:
     """One generation chunk: rollout_batch prompts (all of a process's prompts when 0) x G rows; the fused copies
-    only in float32 (an active adapter on bf16 weights is not folded, `text._fusable`); plus the step's token
+    only in float32 (an active adapter on bf16 weights is not folded, `generate._fusable`); plus the step's token
     records (input ids, masks: 3 int64 / bool tensors of rows x S)."""
     prompts = prompts_per_process(f)
     chunk = min(f.rollout_batch or prompts, prompts)
