@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .lora import LoRALinear
-from .text import KVCache, TextModel, apply_rope, mrope_cos_sin, rms_norm
+from .text import KVCache, TextModel, apply_rope, hook_free, mrope_cos_sin, rms_norm
 
 NUCLEUS_ROUNDS = 16  # rejection rounds before the remaining rows of a top-p draw fall back to the sort sampler
 UNIFORMS_PER_STEP = NUCLEUS_ROUNDS + 2  # per row and step: the first draw, the redraws, the sort fallback's draw
@@ -104,15 +104,11 @@ def _inverse_cdf(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 # --- fused projections: the decode step's speed-up, active only while `generate` runs
 
 
-def _hook_free(*modules: nn.Module) -> bool:
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-
-
 def _fusable(linear: nn.Module) -> bool:
     """A bias-free, hook-free nn.Linear, or such a LoRALinear whose dropout is inactive (eval mode or p = 0):
     then its map is x -> x W'^T with one weight W' (`_weight`). An active adapter on a bf16 / fp16 weight is not
     folded: W + s B A rounded to 16 bits loses most of a small adapter's effect (its A, B are kept in float32)."""
-    if linear.bias is not None or not _hook_free(linear):
+    if linear.bias is not None or not hook_free(linear):
         return False
     if type(linear) is LoRALinear:
         if linear.enabled and not linear.merged and linear.weight.dtype != torch.float32:
@@ -163,7 +159,7 @@ def fused_projections(lm: TextModel):
         for layer in lm.layers:
             a, m = layer.self_attn, layer.mlp
             qkv, gate_up = [a.q_proj, a.k_proj, a.v_proj], [m.gate_proj, m.up_proj]
-            if all(_fusable(p) for p in qkv) and _hook_free(a.q_norm, a.k_norm):
+            if all(_fusable(p) for p in qkv) and hook_free(a.q_norm, a.k_norm):
                 w_norm = torch.cat([a.q_norm.weight.expand(a.nq, a.d), a.k_norm.weight.expand(a.nkv, a.d)])
                 a.forward = _fused_attention(a, torch.cat([_weight(p) for p in qkv]), w_norm)
                 patched.append(a)

@@ -8,7 +8,7 @@ of named terms, in bytes, for one process:
 
 Notation: b bytes per weight / activation element (2 in bf16), L decoder layers, D hidden size, I intermediate
 size, nq / nkv heads of width d, V vocabulary, P prompt tokens, T new tokens, G samples per prompt, S = P + T.
-What the numbers assume (the memory features of issue #24): rollouts in chunks of `rollout_batch` prompts x G rows
+What the numbers assume: rollouts in chunks of `rollout_batch` prompts x G rows
 whose KV cache is allocated at S tokens and copied G ways; finished rows only shrink it; old / reference / update
 passes in micro-batches of at most `micro_batch_tokens` rows x S tokens; float32 logits of at most
 `logprob_chunk` tokens at once, recomputed in backward; gradient checkpointing keeps one (tokens, D) input per
@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,7 @@ STEER_ANSWER_TOKENS = 64  # answer tokens appended to a retain prompt in stage 1
 SAMPLING_COPIES = 5  # float32 (rows, V) tensors of one sampling step: logits / T, softmax, cdf, masks
 LOGIT_BYTES = 16  # bytes per (token, vocabulary entry) while log-probs are computed and differentiated:
 #                   lm_head output (b) + float32 logits / T (4, kept for backward) + exp / softmax grad (4 + 4)
-# without backward: lm_head's output (b), its float32 copy (4, none when b = 4), the logits / T (4): `logit_bytes`
+# without backward: lm_head's output (b), its float32 copy (4, none when b = 4), the logits / T (4)
 
 
 @dataclass
@@ -204,27 +205,27 @@ def adapter_bytes(cfg, f: Flags) -> int:
     return adapter_parameters(cfg, f.lora_r, f.lora_targets) * (4 if f.bytes < 4 else f.bytes)
 
 
-def generation_terms(cfg, pre, f: Flags, prompts: int, rows: int, prompt_len: int, new_tokens: int, images: int,
-                     fused: bool) -> dict:
-    """One `generate` call after the vision tower: the image features kept for every row, the fused projection
-    copies, and the largest of its four moments, which follow one another:
+def generation_terms(cfg, pre, f: Flags, prompts: int, G: int, prompt_len: int, new_tokens: int, fused: bool) -> dict:
+    """One `generate` call on `prompts` prompts of one image each, G samples each (rows = prompts x G): the image
+    features kept for every row, the fused projection copies, and the largest of its four moments, which follow
+    one another:
 
         vision tower            one block's working set on all the images' patches
         prefill                 KV cache of the prompts at S = P + T tokens + one layer's working set
         G-way copy              the prompts' cache and its copy for `rows` rows (both exist while it is copied)
         decode                  the rows' cache + the sampling step's float32 (rows, V) tensors
     """
-    b, S = f.bytes, prompt_len + new_tokens
+    b, S, rows = f.bytes, prompt_len + new_tokens, prompts * G
     patches, img_tokens = image_tokens(pre, f.portrait)
     kv_prompts, kv_rows = prompts * S * kv_bytes_per_token(cfg, b), rows * S * kv_bytes_per_token(cfg, b)
-    moments = {"vision tower": {"vision tower working set": vision_working_bytes(cfg, images * patches, b)},
+    moments = {"vision tower": {"vision tower working set": vision_working_bytes(cfg, prompts * patches, b)},
                "prefill": {"KV cache (prompts)": kv_prompts,
                            "prefill working set": prompts * prompt_len * layer_working_bytes_per_token(cfg, b)},
                "copy": {"KV cache (prompts + G-way copy)": kv_prompts + (kv_rows if rows != prompts else 0)},
                "decode": {"KV cache (rows)": kv_rows,
                           "sampling logits": SAMPLING_COPIES * rows * cfg.text.vocab_size * 4}}
     terms = dict(max(moments.values(), key=lambda m: sum(m.values())))
-    terms["image features"] = image_feature_bytes(cfg, images * img_tokens, b)
+    terms["image features"] = image_feature_bytes(cfg, prompts * img_tokens, b)
     if fused:
         terms["fused q|k|v, gate|up copies"] = fused_copy_bytes(cfg, b)
     return terms
@@ -249,8 +250,7 @@ def stage1(cfg, pre, f: Flags, n_params: int, P: int, base_params: int | None = 
     direction = resident_terms(cfg, f, n_params, stage2=False)
     if f.base_model_separate:
         direction["base model weights"] = (base_params or n_params) * b
-    direction.update(generation_terms(cfg, pre, f, f.eval_batch_size, f.eval_batch_size, P, 32, f.eval_batch_size,
-                                      fused=True))
+    direction.update(generation_terms(cfg, pre, f, f.eval_batch_size, 1, P, 32, fused=True))
     W = D * I
     rows_tokens = f.steer_batch_size * (P + STEER_ANSWER_TOKENS)
     resident = resident_terms(cfg, f, n_params, stage2=False)
@@ -265,13 +265,12 @@ def stage1(cfg, pre, f: Flags, n_params: int, P: int, base_params: int | None = 
 
 def rollout(cfg, pre, f: Flags, n_params: int, P: int) -> Phase:
     """One generation chunk: rollout_batch prompts (all of a process's prompts when 0) x G rows; the fused copies
-    only in float32 (an active adapter on bf16 weights is not folded, `text._fusable`); plus the step's token
+    only in float32 (an active adapter on bf16 weights is not folded, `generate._fusable`); plus the step's token
     records (input ids, masks: 3 int64 / bool tensors of rows x S)."""
     prompts = prompts_per_process(f)
     chunk = min(f.rollout_batch or prompts, prompts)
     terms = resident_terms(cfg, f, n_params, stage2=True)
-    terms.update(generation_terms(cfg, pre, f, chunk, chunk * f.group_size, P, f.max_new_tokens, chunk,
-                                  fused=f.bytes == 4))
+    terms.update(generation_terms(cfg, pre, f, chunk, f.group_size, P, f.max_new_tokens, fused=f.bytes == 4))
     terms["rollout records"] = prompts * f.group_size * (P + f.max_new_tokens) * (8 + 8 + 1)
     return Phase("rollout", terms)
 
@@ -282,11 +281,6 @@ def micro_batch_rows(f: Flags, S: int) -> int:
     rows = prompts_per_process(f) * f.group_size
     mini = min(math.ceil(f.mini_batch_size / f.processes), rows) if f.mini_batch_size else rows
     return mini if f.micro_batch_tokens == 0 else max(1, min(mini, f.micro_batch_tokens // S))
-
-
-def logit_bytes_no_grad(b: int) -> int:
-    """Bytes per (token, vocabulary entry) of a no-grad log-prob pass: lm_head output, float32 copy, / T."""
-    return b + (4 if b < 4 else 0) + 4
 
 
 def logit_tokens(f: Flags, rows: int, T: int) -> int:
@@ -305,7 +299,7 @@ def logprob_passes(cfg, f: Flags, n_params: int, P: int, T: int | None = None) -
     rows = micro_batch_rows(f, S)
     terms = resident_terms(cfg, f, n_params, stage2=True)
     layers = rows * S * layer_working_bytes_per_token(cfg, f.bytes) + rows * S * S * f.bytes  # + attention mask
-    logits = logit_tokens(f, rows, T) * cfg.text.vocab_size * logit_bytes_no_grad(f.bytes)
+    logits = logit_tokens(f, rows, T) * cfg.text.vocab_size * (f.bytes + (4 if f.bytes < 4 else 0) + 4)  # LOGIT_BYTES
     terms.update({"layer working set + attention mask" if layers > logits else "logits": max(layers, logits),
                   "rollout records": prompts_per_process(f) * f.group_size * S * (8 + 8 + 1 + 4 + 4)})
     return Phase("old / reference log-probs", terms)
@@ -343,8 +337,7 @@ def evaluation(cfg, pre, f: Flags, n_params: int, P: int) -> Phase:
     copies (the vanilla model has no adapter) and the adapter (after stage 2)."""
     terms = resident_terms(cfg, f, n_params, stage2=False)
     terms["LoRA adapter"] = adapter_bytes(cfg, f)
-    terms.update(generation_terms(cfg, pre, f, f.eval_batch_size, f.eval_batch_size, P, f.eval_max_new_tokens,
-                                  f.eval_batch_size, fused=True))
+    terms.update(generation_terms(cfg, pre, f, f.eval_batch_size, 1, P, f.eval_max_new_tokens, fused=True))
     return Phase("evaluation", terms)
 
 
@@ -377,11 +370,10 @@ def report(cfg: Qwen3VLConfig, pre: ImageProcessorConfig, f: Flags, base_params:
     phases = estimate(cfg, pre, f, base_params)
     P = f.prompt_tokens or default_prompt_tokens(pre, f.portrait)
     patches, img = image_tokens(pre, f.portrait)
+    prompt = "--dry-run-prompt-tokens" if f.prompt_tokens else \
+        f"a {f.portrait[0]}x{f.portrait[1]} portrait = {patches} patches -> {img} image tokens, + {P - img} text"
     lines = [f"dry run: {parameter_count(cfg) / 1e9:.3f} B parameters, {f.dtype} on {f.device}, "
-             f"{f.processes} process(es); prompt {P} tokens (a {f.portrait[0]}x{f.portrait[1]} portrait = "
-             f"{patches} patches -> {img} image tokens, + {P - img} text)" if not f.prompt_tokens else
-             f"dry run: {parameter_count(cfg) / 1e9:.3f} B parameters, {f.dtype} on {f.device}, "
-             f"{f.processes} process(es); prompt {P} tokens (--dry-run-prompt-tokens)",
+             f"{f.processes} process(es); prompt {P} tokens ({prompt})",
              f"  G={f.group_size}, T={f.max_new_tokens}, {f.prompts_per_step} prompts / step "
              f"({prompts_per_process(f)} per process), rollout_batch={f.rollout_batch}, "
              f"micro_batch_tokens={f.micro_batch_tokens}, logprob_chunk={f.logprob_chunk}, "
@@ -435,21 +427,18 @@ class PeakMeter:
 
     def phase(self, name: str):
         self._names.append(name)
-        return _CudaPhase(self, name) if self.cuda else torch.profiler.record_function(f"phase:{name}")
+        return self._cuda_phase(name) if self.cuda else torch.profiler.record_function(f"phase:{name}")
 
-
-class _CudaPhase:
-    def __init__(self, meter: PeakMeter, name: str):
-        self.meter, self.name = meter, name
-
-    def __enter__(self):
+    @contextmanager
+    def _cuda_phase(self, name: str):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        self.meter.starts.setdefault(self.name, torch.cuda.memory_allocated())
-
-    def __exit__(self, *exc):
-        torch.cuda.synchronize()
-        self.meter.peaks[self.name] = max(self.meter.peaks.get(self.name, 0), torch.cuda.max_memory_allocated())
+        self.starts.setdefault(name, torch.cuda.memory_allocated())
+        try:
+            yield
+        finally:
+            torch.cuda.synchronize()
+            self.peaks[name] = max(self.peaks.get(name, 0), torch.cuda.max_memory_allocated())
 
 
 def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f: Flags, layer: int,
@@ -469,26 +458,20 @@ def measure_phases(build_model, processor, forget_qas: list, retain_qas: list, f
     from .steer import keep_refusals, knowledge_absence_direction, optimize_steering
 
     meter = meter or PeakMeter(f.device)
-    settings = dict(group_size=f.group_size, temperature=1.5, top_p=0.95, max_new_tokens=f.max_new_tokens,
-                    prompts_per_step=f.prompts_per_step, mini_batch_size=f.mini_batch_size, epochs_per_rollout=1,
-                    grpo_epochs=1, clip_low=0.2, clip_high=0.3, dual_clip=3.0, kl_coef=f.kl_coef, grpo_lr=1e-4,
-                    grpo_weight_decay=0.01, grad_clip=1.0, seed=seed, rollout_batch=f.rollout_batch,
-                    micro_batch_tokens=f.micro_batch_tokens,
-                    grad_checkpoint=f.grad_checkpoint, logprob_chunk=f.logprob_chunk)
-    gcfg = GRPOConfig(**{k: v for k, v in settings.items() if k in {x.name for x in dataclasses.fields(GRPOConfig)}})
+    gcfg = GRPOConfig(group_size=f.group_size, temperature=1.5, top_p=0.95, max_new_tokens=f.max_new_tokens,
+                      prompts_per_step=f.prompts_per_step, mini_batch_size=f.mini_batch_size, epochs_per_rollout=1,
+                      grpo_epochs=1, clip_low=0.2, clip_high=0.3, dual_clip=3.0, kl_coef=f.kl_coef, grpo_lr=1e-4,
+                      grpo_weight_decay=0.01, grad_clip=1.0, seed=seed, rollout_batch=f.rollout_batch,
+                      micro_batch_tokens=f.micro_batch_tokens, grad_checkpoint=f.grad_checkpoint,
+                      logprob_chunk=f.logprob_chunk)
     seconds, out = {}, {}
 
+    @contextmanager
     def timed(name):
-        class Timed:
-            def __enter__(self):
-                self.inner = meter.phase(name)
-                self.inner.__enter__()
-                self.t0 = time.time()
-
-            def __exit__(self, *exc):
-                self.inner.__exit__(*exc)
-                seconds[name] = time.time() - self.t0
-        return Timed()
+        with meter.phase(name):
+            t0 = time.time()
+            yield
+        seconds[name] = time.time() - t0
 
     with meter:
         with timed("weights"):

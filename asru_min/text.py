@@ -214,11 +214,16 @@ class DecoderLayer(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
+def hook_free(*modules: nn.Module) -> bool:
+    """No forward (pre-)hook on any of `modules`: a hooked module must run as itself, once per call."""
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
 def checkpointable(block: nn.Module) -> bool:
     """Gradient checkpointing may wrap `block` (a decoder layer, a vision block) in this forward: autograd is on
     and no module inside it has a hook. Backward re-runs a checkpointed block, so a hook would fire twice (stage
     1's `hooks.run_to_layer` must see its layer once; its stop hook raises): a hooked block always runs plain."""
-    return torch.is_grad_enabled() and not any(m._forward_hooks or m._forward_pre_hooks for m in block.modules())
+    return torch.is_grad_enabled() and hook_free(*block.modules())
 
 
 class TextModel(nn.Module):
